@@ -1,0 +1,3 @@
+
+from retrieval.cli import main
+main()

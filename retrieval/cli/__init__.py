@@ -1,0 +1,58 @@
+"""The command line: a thin click layer over the library.
+
+Each command opens a library object, calls one function, and prints. Library
+exceptions (``RetrievalError``) become one-line messages here and nowhere else.
+Commands live in submodules by feature; each registers itself on ``main``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from retrieval.errors import RetrievalError
+
+
+class Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except RetrievalError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: finished work is kept; run the same command again to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="retrieval")
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Offline image-text retrieval: index image folders, search them by text or image,
+    measure recall@k, and train the aligner on your own pairs.
+
+    \b
+    Example:
+        retrieval index ~/Pictures
+        retrieval search "a dog on a beach"
+    """
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _register() -> None:
+    from retrieval.cli import engine  # noqa: F401  (commands register themselves)
+
+    for optional in ("retrieval.cli.evaluate", "retrieval.cli.train"):
+        try:
+            __import__(optional)
+        except ModuleNotFoundError as exc:
+            if exc.name != optional:
+                raise
+
+
+_register()

@@ -1,0 +1,177 @@
+"""Engine commands: index, search, info, models, demo."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from retrieval.cli import main
+
+MODEL_HELP = "Aligner spec: default, open_clip:ARCH/TAG, open_clip:ARCH/PATH, or a trained checkpoint."
+INDEX_HELP = "Index name (under ./indexes or $RETRIEVAL_HOME) or path."
+
+
+def _progress(enabled: bool):
+    from retrieval.progress import NullProgress, TqdmProgress
+
+    return TqdmProgress() if enabled else NullProgress()
+
+
+@main.command()
+@click.argument("folders", nargs=-1, type=click.Path(exists=True, file_okay=True))
+@click.option("--index", "index_name", default="default", show_default=True, help=INDEX_HELP)
+@click.option("--model", default=None, help=MODEL_HELP + " [default: the index's own, else 'default']")
+@click.option("--captions", type=click.Path(exists=True, dir_okay=False), help="Caption corpus: .txt (one a line) or CSV/TSV with a 'caption' column.")
+@click.option("--batch-size", default=32, show_default=True, help="Images per model call.")
+@click.option("--workers", type=int, default=None, help="Decoding processes [default: cores - 1].")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def index(folders, index_name, model, captions, batch_size, workers, as_json, quiet):
+    """Index image folders (recursively); re-runs encode only what changed.
+
+    JPEG, PNG, WebP, GIF, BMP and TIFF files are indexed; unreadable ones are skipped
+    and listed. Interrupt at any time: the next run resumes.
+
+    \b
+    Example:
+        retrieval index ~/Pictures --index photos
+        retrieval index --captions captions.txt --index photos
+    """
+    from retrieval.api import build_index
+    from retrieval.indexer import IndexSettings
+
+    settings = IndexSettings(batch_size=batch_size, workers=workers)
+    summary = build_index(
+        list(folders), index=index_name, model=model, captions=captions, settings=settings,
+        progress=_progress(not quiet and not as_json),
+    )
+    if as_json:
+        click.echo(json.dumps(summary.as_dict(), indent=2))
+        return
+    for item in summary.skipped[:20]:
+        click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
+    if len(summary.skipped) > 20:
+        click.echo(f"... and {len(summary.skipped) - 20} more skipped (see --json)", err=True)
+    click.echo(summary.line())
+
+
+@main.command()
+@click.argument("text", required=False)
+@click.option("--image", type=click.Path(exists=True, dir_okay=False), help="Query image (image-to-image, or fused with TEXT).")
+@click.option("--texts", is_flag=True, help="Rank the index's captions instead of its images.")
+@click.option("-k", default=10, show_default=True, type=click.IntRange(min=1), help="Number of results.")
+@click.option("--weight", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Image share when TEXT and --image are both given.")
+@click.option("--not", "negatives", multiple=True, help="A concept to push away (repeatable).")
+@click.option("--index", "index_name", default="default", show_default=True, help=INDEX_HELP)
+@click.option("--model", default=None, help=MODEL_HELP + " Must match the index.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--paths", is_flag=True, help="Print bare paths, one a line (for pipes).")
+def search(text, image, texts, k, weight, negatives, index_name, model, as_json, paths):
+    """Search an index by text, by image, or both.
+
+    \b
+    Example:
+        retrieval search "a dog on a beach"
+        retrieval search --image ref.jpg -k 5
+        retrieval search "a red car" --image ref.jpg --weight 0.3 --not "night"
+        retrieval search --image photo.jpg --texts
+    """
+    from retrieval.api import open_index
+    from retrieval.query import Query
+
+    if not text and not image:
+        raise click.UsageError("give a TEXT, an --image, or both")
+    idx = open_index(index_name, model=model)
+    try:
+        hits = idx.search(text, image=image, k=k, weight=weight, negatives=negatives, target="texts" if texts else "images")
+    finally:
+        idx.close()
+    if as_json:
+        query = Query(text=text, image=image, weight=weight, negatives=list(negatives), target="texts" if texts else "images")
+        click.echo(json.dumps({"query": {**query.describe(), "k": k}, "results": [h.as_dict() for h in hits]}, indent=2))
+    elif paths:
+        for hit in hits:
+            click.echo(hit.path if hit.path is not None else hit.text)
+    elif not hits:
+        click.echo("no results (is the index empty?)")
+    else:
+        for hit in hits:
+            click.echo(f"{hit.rank:>3}  {hit.score:.3f}  {hit.path if hit.path is not None else hit.text}")
+
+
+@main.command()
+@click.option("--index", "index_name", default="default", show_default=True, help=INDEX_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(index_name, as_json):
+    """Show an index: aligner, counts, index type, recall of approximate search, size on disk.
+
+    \b
+    Example:
+        retrieval info --index photos
+    """
+    from retrieval.api import open_index
+
+    idx = open_index(index_name)
+    try:
+        data = idx.info()
+    finally:
+        idx.close()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        if key == "files":
+            continue
+        click.echo(f"{key:>22}: {value}")
+
+
+@main.command()
+@click.option("--all", "show_all", is_flag=True, help="List every open_clip architecture/tag pair.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models(show_all, as_json):
+    """List aligner specs usable with --model.
+
+    \b
+    Example:
+        retrieval models
+        retrieval index ~/Pictures --model open_clip:ViT-B-32/laion2b_s34b_b79k
+    """
+    from retrieval.aligners import list_aligners
+
+    rows = list_aligners(all_open_clip=show_all)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        flag = "offline " if row["offline"] else "download"
+        click.echo(f"{row['spec']:<52} {flag}  {row['note']}")
+    if not show_all:
+        click.echo("(popular open_clip models shown; --all lists every pretrained tag)")
+
+
+@main.command()
+@click.option("--index", "index_name", default="demo", show_default=True, help=INDEX_HELP)
+@click.option("-k", default=3, show_default=True, help="Results per query.")
+def demo(index_name, k):
+    """Index the real photos shipped with the installed packages and run a few searches.
+
+    \b
+    Example:
+        retrieval demo
+    """
+    from retrieval.api import build_index, open_index
+    from retrieval.demo import DEMO_QUERIES, demo_folder
+
+    folder = demo_folder()
+    click.echo(f"indexing the demo photos in {folder}")
+    summary = build_index([folder], index=index_name, progress=_progress(True))
+    click.echo(summary.line())
+    idx = open_index(index_name)
+    try:
+        for query in DEMO_QUERIES:
+            click.echo(f'\nsearch "{query}"')
+            for hit in idx.search(query, k=k):
+                click.echo(f"{hit.rank:>3}  {hit.score:.3f}  {hit.path}")
+    finally:
+        idx.close()

@@ -1,0 +1,45 @@
+"""The demo photo set: real photos that installable packages ship (see scripts/PHOTOS.md).
+
+scikit-image's sample photos (public domain / CC0, a dependency of this project) are
+always there; the Debian package lomiri-wallpapers-16.04 (CC-BY / CC-BY-SA / CC0 per
+file) adds 13 landscape and nature photos when installed (scripts/setup.sh installs it
+where apt-get is available).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+SKIMAGE_PHOTOS = [
+    "astronaut.png", "camera.png", "chelsea.png", "coffee.png", "coins.png",
+    "motorcycle_left.png", "rocket.jpg", "hubble_deep_field.jpg", "moon.png", "retina.jpg",
+]
+WALLPAPER_GLOB = ("/usr/share/backgrounds", "*_by_*.jpg")
+
+DEMO_QUERIES = ["a cat", "a cup of coffee", "a rocket launch", "mountains and a lake", "an astronaut"]
+
+
+def demo_sources() -> list[Path]:
+    import skimage
+
+    data = Path(skimage.__file__).parent / "data"
+    sources = [data / name for name in SKIMAGE_PHOTOS if (data / name).exists()]
+    folder, pattern = WALLPAPER_GLOB
+    sources += sorted(Path(folder).glob(pattern))
+    return sources
+
+
+def demo_folder() -> Path:
+    """Copy the demo photos into one folder (once) and return it."""
+    base = os.environ.get("RETRIEVAL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "retrieval"
+    )
+    folder = Path(base) / "demo-photos"
+    folder.mkdir(parents=True, exist_ok=True)
+    for src in demo_sources():
+        dest = folder / src.name
+        if not dest.exists():
+            shutil.copyfile(src, dest)
+    return folder

@@ -1,0 +1,25 @@
+"""Named exceptions. The library raises these; only the CLI turns them into messages and exit codes."""
+
+
+class RetrievalError(Exception):
+    """Base class: a problem the user can fix (bad input, missing file, mismatched model)."""
+
+
+class ModelError(RetrievalError):
+    """An aligner spec that cannot be resolved or loaded."""
+
+
+class IndexNotFound(RetrievalError):
+    """The named index does not exist on disk."""
+
+
+class ModelMismatch(RetrievalError):
+    """An index built with one aligner was asked to work with another."""
+
+
+class DatasetError(RetrievalError):
+    """A dataset file that cannot be read or parsed; the message names file and line."""
+
+
+class TrainingError(RetrievalError):
+    """Training cannot start or continue (too little data, an existing output, ...)."""

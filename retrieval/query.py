@@ -1,0 +1,113 @@
+"""Ranking cross-modal matches: build a query vector, search the derived index, map ids to rows.
+
+A query is a weighted fusion of modalities: text and/or image vectors, minus concepts
+to push away. Every search reads one published generation: the catalog snapshot and
+the FAISS file of that generation belong together.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from retrieval import index as faiss_index
+from retrieval.aligners.base import normalize
+from retrieval.errors import RetrievalError
+from retrieval.store import IndexStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Query:
+    text: str | None = None
+    image: str | None = None
+    #: Share of the image in a text + image query.
+    weight: float = 0.5
+    negatives: list[str] = field(default_factory=list)
+    #: How hard each negative pushes (its vector is subtracted with this weight).
+    negative_weight: float = 0.5
+    #: "images" or "texts" (the caption corpus).
+    target: str = "images"
+
+    def describe(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if v not in (None, [])}
+        if self.image:
+            out["image"] = str(Path(self.image).expanduser().resolve())
+        return out
+
+
+@dataclass
+class Hit:
+    rank: int
+    id: int
+    score: float
+    path: str | None = None
+    text: str | None = None
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def query_vector(aligner, query: Query) -> np.ndarray:
+    """The normalized weighted sum of the query's parts."""
+    if not query.text and not query.image:
+        raise RetrievalError("give a text, an --image, or both")
+    if not 0.0 <= query.weight <= 1.0:
+        raise RetrievalError(f"--weight must be between 0 and 1, got {query.weight}")
+    parts = []
+    if query.text:
+        parts.append((1.0 - query.weight if query.image else 1.0, aligner.encode_texts([query.text])[0]))
+    if query.image:
+        parts.append((query.weight if query.text else 1.0, encode_image_file(aligner, query.image)))
+    if query.negatives:
+        negatives = aligner.encode_texts(list(query.negatives)).mean(axis=0)
+        parts.append((-query.negative_weight, negatives))
+    vector = sum(w * v for w, v in parts)
+    return normalize(vector[None, :])
+
+
+def encode_image_file(aligner, path: str) -> np.ndarray:
+    from retrieval.loader import load
+
+    item = load(str(Path(path).expanduser()), aligner.transform, draft=True)
+    if item.error:
+        raise RetrievalError(f"cannot use {path} as a query image: {item.error}")
+    return aligner.encode_images(item.pixels[None])[0]
+
+
+def search_vectors(store: IndexStore, vectors: np.ndarray, k: int, target: str = "images") -> list[list[Hit]]:
+    """Top-k hits for each query vector, from one consistent generation of the index."""
+    if target not in ("images", "texts"):
+        raise RetrievalError(f"unknown search target {target!r}")
+    kind, table = ("images", "images") if target == "images" else ("captions", "captions")
+    catalog = store.catalog
+    with catalog.snapshot():
+        generation = catalog.generation
+        path = store.faiss_path(kind, generation)
+        if not path.exists():
+            if kind == "captions":
+                raise RetrievalError(
+                    f"index {store.folder} holds no captions; add some with: retrieval index --captions FILE"
+                )
+            if generation == 0:
+                return [[] for _ in vectors]
+            raise RetrievalError(f"{path} is missing; re-run `retrieval index` to rebuild it")
+        index = faiss_index.read(path)
+        scores, ids = faiss_index.search(index, vectors, k)
+        rows = catalog.rows_by_id(table, [i for i in ids.ravel().tolist() if i >= 0])
+    results = []
+    for qscores, qids in zip(scores, ids):
+        hits = []
+        for score, id_ in zip(qscores.tolist(), qids.tolist()):
+            row = rows.get(id_)
+            if id_ < 0 or row is None:
+                continue
+            hits.append(
+                Hit(rank=len(hits) + 1, id=int(id_), score=round(float(score), 6), path=row.get("path"), text=row.get("text"))
+            )
+        results.append(hits)
+    return results

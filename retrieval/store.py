@@ -1,0 +1,120 @@
+"""An index folder on disk: where it lives, its catalog, its FAISS files, its writer lock.
+
+Layout of ``indexes/NAME/``::
+
+    catalog.db            the truth (SQLite): files, vectors, captions, meta
+    images-<gen>.faiss    image index of published generation <gen> (derived)
+    captions-<gen>.faiss  caption index of generation <gen> (derived, optional)
+    write.lock            held by the one run that may write
+
+A run writes the FAISS files of generation g+1 first and then commits the catalog
+transaction that makes g+1 current, so at every moment the folder holds a complete
+previous generation or a complete new one. The files of g-1 are kept one generation
+longer so a search that read generation g-1 just before the switch can still open them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from retrieval.catalog import CATALOG_FILE, Catalog
+from retrieval.errors import IndexNotFound, ModelMismatch, RetrievalError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAME = "default"
+
+
+def home() -> Path:
+    """Where named indexes live: $RETRIEVAL_HOME, else ./indexes."""
+    return Path(os.environ.get("RETRIEVAL_HOME") or "indexes")
+
+
+def resolve(name_or_path: str | os.PathLike | None) -> Path:
+    """A bare name is a folder under :func:`home`; anything with a slash is a path."""
+    value = str(name_or_path or DEFAULT_NAME)
+    if os.sep in value or value.startswith(".") or value.startswith("~"):
+        return Path(value).expanduser().resolve()
+    return (home() / value).resolve()
+
+
+class IndexStore:
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.catalog = Catalog(self.folder / CATALOG_FILE)
+
+    @classmethod
+    def open(cls, name_or_path, create: bool = False) -> IndexStore:
+        folder = resolve(name_or_path)
+        if not (folder / CATALOG_FILE).exists():
+            if not create:
+                raise IndexNotFound(
+                    f"no index at {folder}. Build one with: retrieval index FOLDER --index {name_or_path or DEFAULT_NAME}"
+                )
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not folder.is_dir():
+            raise RetrievalError(f"{folder} is not an index folder")
+        return cls(folder)
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    # -- identity of the aligner --------------------------------------------
+    @property
+    def model_spec(self) -> str | None:
+        return self.catalog.get_meta("model")
+
+    def bind_model(self, aligner) -> None:
+        """Record the aligner on first use; refuse a different one afterwards."""
+        identity = self.catalog.get_meta("model_identity")
+        if identity is None:
+            self.catalog.set_meta(model=aligner.spec, model_identity=aligner.identity, dim=aligner.dim)
+            return
+        self.check_model(aligner)
+
+    def check_model(self, aligner) -> None:
+        identity = self.catalog.get_meta("model_identity")
+        if identity is not None and identity != aligner.identity:
+            raise ModelMismatch(
+                f"index {self.folder} was built with {self.model_spec!r}, not {aligner.spec!r}: "
+                "vectors from different models cannot be compared. Search it with its own model "
+                "(leave out --model) or build a new index with --index NEW_NAME."
+            )
+
+    # -- FAISS files --------------------------------------------------------
+    def faiss_path(self, kind: str, generation: int) -> Path:
+        return self.folder / f"{kind}-{generation}.faiss"
+
+    def prune(self, generation: int) -> None:
+        """Delete FAISS files older than the generation before `generation`."""
+        for path in self.folder.glob("*.faiss"):
+            try:
+                gen = int(path.stem.rsplit("-", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            if gen < generation - 1:
+                path.unlink(missing_ok=True)
+        for path in self.folder.glob("*.faiss.tmp-*"):
+            path.unlink(missing_ok=True)
+
+    @contextmanager
+    def write_lock(self):
+        """Only one run writes at a time; searches never need the lock."""
+        with open(self.folder / "write.lock", "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RetrievalError(
+                    f"another `retrieval index` run is writing to {self.folder}; wait for it to finish"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def disk_usage(self) -> dict[str, int]:
+        return {p.name: p.stat().st_size for p in sorted(self.folder.iterdir()) if p.is_file()}
