@@ -59,7 +59,9 @@ def walk(roots: Iterable[str | Path]) -> Iterator[FileStat]:
                 try:
                     stat = os.stat(path)
                 except OSError:
-                    continue  # vanished between listing and stat
+                    # A dangling link or a file we may not stat: let load() report it as unreadable.
+                    yield FileStat(path, -1, 0.0)
+                    continue
                 yield FileStat(path, stat.st_size, stat.st_mtime)
 
 
@@ -94,7 +96,8 @@ def load(
         return Loaded(path, hash=digest, error="not an image")
     except (OSError, ValueError, SyntaxError) as exc:
         # Pillow reports truncated and corrupt data as OSError / SyntaxError.
-        return Loaded(path, hash=digest, error=f"corrupt image: {exc}")
+        kind = "truncated image" if "truncated" in str(exc).lower() else "corrupt image"
+        return Loaded(path, hash=digest, error=f"{kind}: {exc}")
     return Loaded(path, hash=digest, width=size[0], height=size[1], pixels=pixels)
 
 

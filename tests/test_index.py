@@ -1,0 +1,207 @@
+"""Incremental indexing mechanics: ids, re-runs, renames, edits, deletes, bad files, generations."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import ColorAligner, make_image
+
+from retrieval import indexer
+from retrieval.catalog import from_blobs
+from retrieval.errors import ModelMismatch, RetrievalError
+from retrieval.indexer import IndexSettings
+from retrieval.query import search_vectors
+from retrieval.store import IndexStore
+
+SEQUENTIAL = IndexSettings(workers=0, batch_size=4)
+
+
+def run(store, aligner, folder, **kw):
+    return indexer.run(store, aligner, [folder], settings=kw.pop("settings", SEQUENTIAL), **kw)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = IndexStore.open(tmp_path / "idx", create=True)
+    yield s
+    s.close()
+
+
+def stored(store) -> dict[str, tuple[int, str]]:
+    return {path: (row.id, row.hash) for path, row in store.catalog.files().items()}
+
+
+def test_first_run_indexes_every_format_and_search_matches_exact_numpy(store, color_aligner, image_dir):
+    summary = run(store, color_aligner, image_dir)
+    assert (summary.added, summary.encoded, len(summary.skipped)) == (12, 12, 0)
+    suffixes = {os.path.splitext(p)[1] for p in stored(store)}
+    assert suffixes == {".jpg", ".png", ".webp", ".bmp", ".gif", ".tiff"}
+
+    ids, vectors = next(store.catalog.image_vectors())
+    queries = color_aligner.encode_texts(["q1", "q2", "q3"])
+    expected = np.argsort(-(queries @ vectors.T), axis=1)[:, :5]
+    for query, want in zip(queries, expected):
+        hits = search_vectors(store, query[None], k=5)[0]
+        assert [h.id for h in hits] == ids[want].tolist()
+        assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+    # image-to-image: each stored image finds itself first
+    own = search_vectors(store, vectors[:3], k=1)
+    assert [hits[0].id for hits in own] == ids[:3].tolist()
+
+
+def test_rerun_encodes_nothing_and_keeps_generation(store, color_aligner, image_dir):
+    run(store, color_aligner, image_dir)
+    generation, calls = store.catalog.generation, color_aligner.calls
+    summary = run(store, color_aligner, image_dir)
+    assert (summary.encoded, summary.added, summary.unchanged) == (0, 0, 12)
+    assert color_aligner.calls == calls
+    assert store.catalog.generation == generation
+
+
+def test_rename_and_move_keep_vector_without_encoding(store, color_aligner, image_dir):
+    run(store, color_aligner, image_dir)
+    before = stored(store)
+    src = image_dir / "sub0" / "img00.jpg"
+    dst = image_dir / "moved" / "renamed.jpg"
+    dst.parent.mkdir()
+    shutil.move(src, dst)
+    summary = run(store, color_aligner, image_dir)
+    after = stored(store)
+    assert (summary.encoded, summary.added, summary.removed) == (0, 1, 1)
+    assert str(src) not in after and after[str(dst)][1] == before[str(src)][1]
+    assert len(search_vectors(store, color_aligner.encode_texts(["x"]), k=50)[0]) == 12
+
+
+def test_delete_and_edit(store, color_aligner, image_dir):
+    run(store, color_aligner, image_dir)
+    before = stored(store)
+    gone, edited = image_dir / "sub1" / "img01.png", image_dir / "sub2" / "img02.webp"
+    gone.unlink()
+    make_image(edited, seed=999)
+    summary = run(store, color_aligner, image_dir)
+    after = stored(store)
+    assert (summary.removed, summary.updated, summary.encoded) == (2, 1, 1)
+    assert str(gone) not in after
+    assert after[str(edited)][1] != before[str(edited)][1]
+    assert after[str(edited)][0] != before[str(edited)][0]  # new content, new id: ids are never reused
+    hits = search_vectors(store, color_aligner.encode_texts(["x"]), k=50)[0]
+    assert {h.path for h in hits} == set(after)
+
+
+def test_identical_files_are_encoded_once(store, color_aligner, tmp_path):
+    folder = tmp_path / "dups"
+    make_image(folder / "a.png", seed=1)
+    shutil.copyfile(folder / "a.png", folder / "b.png")
+    shutil.copyfile(folder / "a.png", folder / "c.png")
+    summary = run(store, color_aligner, folder)
+    assert (summary.added, summary.encoded) == (3, 1)
+    assert len({h for _, h in stored(store).values()}) == 1
+
+
+def test_bad_files_are_skipped_with_reasons_and_never_abort(store, color_aligner, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    make_image(folder / "good.jpg", seed=3)
+    (folder / "text.jpg").write_text("this is not a picture")
+    (folder / "empty.png").write_bytes(b"")
+    whole = (folder / "good.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    os.symlink(folder / "nowhere.png", folder / "dangling.png")
+    Image.new("1", (20000, 20000)).save(folder / "bomb.png")  # 400 Mpx, a few KB on disk
+    summary = run(store, color_aligner, folder)
+    reasons = {os.path.basename(s["path"]): s["reason"] for s in summary.skipped}
+    assert summary.added == 1
+    assert reasons.keys() == {"text.jpg", "empty.png", "truncated.jpg", "dangling.png", "bomb.png"}
+    assert reasons["text.jpg"] == "not an image"
+    assert reasons["empty.png"] == "empty file"
+    assert "truncated" in reasons["truncated.jpg"]
+    assert reasons["dangling.png"].startswith("unreadable")
+    assert "decompression bomb" in reasons["bomb.png"]
+    # unchanged bad files stay reported on the next run without being read again
+    again = run(store, color_aligner, folder)
+    assert {os.path.basename(s["path"]) for s in again.skipped} == reasons.keys()
+    assert again.encoded == 0
+
+
+def test_worker_processes_give_the_same_vectors_as_in_process(tmp_path, color_aligner, image_dir):
+    a = IndexStore.open(tmp_path / "a", create=True)
+    b = IndexStore.open(tmp_path / "b", create=True)
+    run(a, color_aligner, image_dir, settings=IndexSettings(workers=0))
+    run(b, ColorAligner(), image_dir, settings=IndexSettings(workers=2, chunk=2, batch_size=3))
+    va, vb = next(a.catalog.image_vectors())[1], next(b.catalog.image_vectors())[1]
+    assert stored(a) == stored(b)
+    np.testing.assert_array_equal(va, vb)
+
+
+def test_draft_decoding_of_large_jpegs_barely_moves_vectors(tmp_path):
+    from retrieval.loader import load
+
+    path = make_image(tmp_path / "big.jpg", seed=5, size=(3000, 2000))
+    transform = ColorAligner().transform
+    fast, full = load(str(path), transform, draft=True), load(str(path), transform, draft=False)
+    assert (fast.width, fast.height) == (full.width, full.height) == (3000, 2000)
+    aligner = ColorAligner()
+    v = aligner.encode_images(np.stack([fast.pixels, full.pixels]))
+    assert float(v[0] @ v[1]) > 0.999
+
+
+def test_other_aligner_is_refused(store, color_aligner, image_dir):
+    run(store, color_aligner, image_dir)
+    with pytest.raises(ModelMismatch, match="was built with"):
+        run(store, ColorAligner(identity="test/other"), image_dir)
+
+
+def test_only_folders_of_this_run_lose_files(store, color_aligner, tmp_path):
+    make_image(tmp_path / "a" / "1.png", seed=1)
+    make_image(tmp_path / "b" / "2.png", seed=2)
+    run(store, color_aligner, tmp_path / "a")
+    summary = run(store, color_aligner, tmp_path / "b")
+    assert summary.removed == 0 and len(stored(store)) == 2
+
+
+def test_snapshot_reader_keeps_its_generation_while_a_run_publishes(store, color_aligner, image_dir, tmp_path):
+    run(store, color_aligner, image_dir)
+    reader = IndexStore.open(store.folder)
+    with reader.catalog.snapshot():
+        generation = reader.catalog.generation
+        make_image(image_dir / "new.png", seed=77)
+        run(store, color_aligner, image_dir)
+        assert store.catalog.generation == generation + 1
+        assert reader.catalog.generation == generation
+        assert reader.catalog.count("images") == 12
+        assert reader.faiss_path("images", generation).exists()
+    assert reader.catalog.count("images") == 13
+    reader.close()
+
+
+def test_captions_corpus_is_searchable_and_reencoded_only_when_new(store, color_aligner, tmp_path, image_dir):
+    corpus = tmp_path / "captions.txt"
+    corpus.write_text("a red square\na blue circle\n\na green field\n")
+    summary = indexer.run(store, color_aligner, [image_dir], captions_file=corpus, settings=SEQUENTIAL)
+    assert summary.captions == 3
+    query = color_aligner.encode_texts(["a blue circle"])
+    hits = search_vectors(store, query, k=3, target="texts")[0]
+    assert hits[0].text == "a blue circle" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    ids = {h.text: h.id for h in hits}
+    corpus.write_text("a blue circle\na yellow star\n")
+    indexer.run(store, color_aligner, [], captions_file=corpus, settings=SEQUENTIAL)
+    hits = search_vectors(store, query, k=5, target="texts")[0]
+    assert {h.text for h in hits} == {"a blue circle", "a yellow star"}
+    assert {h.text: h.id for h in hits}["a blue circle"] == ids["a blue circle"]
+
+
+def test_search_of_missing_captions_is_a_clear_error(store, color_aligner, image_dir):
+    run(store, color_aligner, image_dir)
+    with pytest.raises(RetrievalError, match="no captions"):
+        search_vectors(store, color_aligner.encode_texts(["x"]), k=3, target="texts")
+
+
+def test_vectors_are_stored_as_float32_blobs(store, color_aligner, image_dir):
+    run(store, color_aligner, image_dir)
+    blob = store.catalog.db.execute("SELECT vector FROM vectors LIMIT 1").fetchone()[0]
+    assert len(blob) == 4 * color_aligner.dim
+    np.testing.assert_allclose(np.linalg.norm(from_blobs([blob], color_aligner.dim)), 1.0, rtol=1e-5)
