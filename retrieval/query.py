@@ -96,7 +96,7 @@ def search_vectors(store: IndexStore, vectors: np.ndarray, k: int, target: str =
             if generation == 0:
                 return [[] for _ in vectors]
             raise RetrievalError(f"{path} is missing; re-run `retrieval index` to rebuild it")
-        index = faiss_index.read(path)
+        index = faiss_index.read(path, mmap=True)
         scores, ids = faiss_index.search(index, vectors, k)
         rows = catalog.rows_by_id(table, [i for i in ids.ravel().tolist() if i >= 0])
     results = []

@@ -78,6 +78,12 @@ class IndexStore:
 
     def check_model(self, aligner) -> None:
         identity = self.catalog.get_meta("model_identity")
+        if identity is not None and identity != aligner.identity and self.model_spec == aligner.spec:
+            raise ModelMismatch(
+                f"index {self.folder} was built with another version of {aligner.spec!r} "
+                f"({identity}; this one is {aligner.identity}): its vectors cannot be mixed with new ones. "
+                f"Re-index into a new index (--index NEW_NAME) or delete {self.folder} and index again."
+            )
         if identity is not None and identity != aligner.identity:
             raise ModelMismatch(
                 f"index {self.folder} was built with {self.model_spec!r}, not {aligner.spec!r}: "

@@ -67,7 +67,8 @@ def index(folders, index_name, model, captions, batch_size, workers, as_json, qu
 @click.option("--model", default=None, help=MODEL_HELP + " Must match the index.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--paths", is_flag=True, help="Print bare paths, one a line (for pipes).")
-def search(text, image, texts, k, weight, negatives, index_name, model, as_json, paths):
+@click.option("--sheet", type=click.Path(dir_okay=False), help="Also draw the image results as a contact sheet PNG.")
+def search(text, image, texts, k, weight, negatives, index_name, model, as_json, paths, sheet):
     """Search an index by text, by image, or both.
 
     \b
@@ -76,6 +77,7 @@ def search(text, image, texts, k, weight, negatives, index_name, model, as_json,
         retrieval search --image ref.jpg -k 5
         retrieval search "a red car" --image ref.jpg --weight 0.3 --not "night"
         retrieval search --image photo.jpg --texts
+        retrieval search "a cat" --sheet cats.png
     """
     from retrieval.api import open_index
     from retrieval.query import Query
@@ -87,6 +89,10 @@ def search(text, image, texts, k, weight, negatives, index_name, model, as_json,
         hits = idx.search(text, image=image, k=k, weight=weight, negatives=negatives, target="texts" if texts else "images")
     finally:
         idx.close()
+    if sheet and not texts:
+        from retrieval.sheet import contact_sheet
+
+        contact_sheet([(_title(text, image), hits)], sheet)
     if as_json:
         query = Query(text=text, image=image, weight=weight, negatives=list(negatives), target="texts" if texts else "images")
         click.echo(json.dumps({"query": {**query.describe(), "k": k}, "results": [h.as_dict() for h in hits]}, indent=2))
@@ -98,6 +104,13 @@ def search(text, image, texts, k, weight, negatives, index_name, model, as_json,
     else:
         for hit in hits:
             click.echo(f"{hit.rank:>3}  {hit.score:.3f}  {hit.path if hit.path is not None else hit.text}")
+
+
+def _title(text, image) -> str:
+    parts = [f'"{text}"'] if text else []
+    if image:
+        parts.append(f"image {image}")
+    return " + ".join(parts)
 
 
 @main.command()
@@ -153,7 +166,8 @@ def models(show_all, as_json):
 @main.command()
 @click.option("--index", "index_name", default="demo", show_default=True, help=INDEX_HELP)
 @click.option("-k", default=3, show_default=True, help="Results per query.")
-def demo(index_name, k):
+@click.option("--sheet", default="demo.png", show_default=True, type=click.Path(dir_okay=False), help="Contact sheet of the results.")
+def demo(index_name, k, sheet):
     """Index the real photos shipped with the installed packages and run a few searches.
 
     \b
@@ -168,10 +182,16 @@ def demo(index_name, k):
     summary = build_index([folder], index=index_name, progress=_progress(True))
     click.echo(summary.line())
     idx = open_index(index_name)
+    rows = []
     try:
         for query in DEMO_QUERIES:
             click.echo(f'\nsearch "{query}"')
-            for hit in idx.search(query, k=k):
+            hits = idx.search(query, k=k)
+            rows.append((f'"{query}"', hits))
+            for hit in hits:
                 click.echo(f"{hit.rank:>3}  {hit.score:.3f}  {hit.path}")
     finally:
         idx.close()
+    from retrieval.sheet import contact_sheet
+
+    click.echo(f"\ncontact sheet of these results: {contact_sheet(rows, sheet)}")
