@@ -13,6 +13,7 @@ import concurrent.futures as cf
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -81,6 +82,8 @@ _WORKER: dict = {}
 
 
 def _init_worker(transform, known: frozenset[str], draft: bool) -> None:
+    # Ctrl-C reaches the whole process group; the parent alone decides how to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Sent once per worker, not with every task: the known-hash set can be large.
     _WORKER.update(transform=transform, known=known, draft=draft)
 

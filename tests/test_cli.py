@@ -156,6 +156,33 @@ def test_sigkill_mid_run_resumes_to_the_same_catalog_as_a_clean_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path):
+    folder = tmp_path / "many"
+    for i in range(40):
+        make_image(folder / f"{i:03d}.jpg", seed=i, size=(320, 240))
+    index = tmp_path / "idx"
+    proc = _cli("index", folder, "--index", index, "--batch-size", 4, "--workers", 1, "--quiet",
+                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            with sqlite3.connect(index / "catalog.db", timeout=1) as db:
+                if db.execute("SELECT count(*) FROM vectors").fetchone()[0] >= 4:
+                    break
+        except sqlite3.OperationalError:
+            continue
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    kept = len(_catalog(index)[1])
+    resumed = _cli("index", folder, "--index", index, "--json", stdout=subprocess.PIPE, text=True)
+    summary = json.loads(resumed.communicate(timeout=300)[0])
+    assert summary["added"] == 40 and summary["encoded"] == 40 - kept
+
+
+@pytest.mark.slow
 def test_user_mistakes_never_show_a_traceback(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
