@@ -1,3 +1,4 @@
 
 from retrieval.cli import main
+
 main()

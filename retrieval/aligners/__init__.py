@@ -8,7 +8,7 @@ Specs:
 - ``open_clip:ARCH/PATH``: an open_clip architecture with a local checkpoint file.
 - ``PATH``: a checkpoint written by ``retrieval train`` (self-describing).
 
-Importing this package imports torch; the rest of the engine imports it lazily.
+Importing this package does not import torch; each aligner imports what it needs when loaded.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from retrieval.errors import ModelError
 
 __all__ = ["Aligner", "load_aligner", "list_aligners", "normalize"]
 
-_LOADED: dict[tuple[str, str | None], Aligner] = {}
+_LOADED: dict[tuple, Aligner] = {}
 
 
 def load_aligner(spec: str = "default", device: str | None = None) -> Aligner:
@@ -31,10 +31,19 @@ def load_aligner(spec: str = "default", device: str | None = None) -> Aligner:
     (1, 384)
     """
     spec = (spec or "default").strip()
-    key = (spec, device)
+    key = (spec, device, _file_stamp(spec))
     if key not in _LOADED:
         _LOADED[key] = _load(spec, device)
     return _LOADED[key]
+
+
+def _file_stamp(spec: str) -> tuple | None:
+    # `retrieval train` rewrites its checkpoint every epoch: a changed file is another aligner.
+    try:
+        stat = Path(spec).expanduser().stat()
+    except (OSError, ValueError):
+        return None
+    return (stat.st_mtime_ns, stat.st_size)
 
 
 def _load(spec: str, device: str | None) -> Aligner:

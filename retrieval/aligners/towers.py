@@ -1,0 +1,255 @@
+"""The frozen towers of an aligner, as training sees them (LiT: locked towers, trained heads).
+
+An image tower is a list of stages (stem, blocks, head) followed by a *readout*. The last
+``unlock`` stages are the *trunk*: float32 copies that training may update. The stages
+before them are frozen and run once per image; their output is what the trainer caches
+on disk. The readout is cheap and may depend on settings that get retuned (``default``'s
+ConSE recipe), so it is not cached: it runs over the cache when training starts.
+
+Image features begin with the columns that reproduce the base aligner's own image vector
+(``base_columns``), so heads can start as the identity on them: a freshly initialised
+trained aligner ranks exactly like its base.
+
+- ``default`` (ConSE): features are [its ConSE vector (384) | pooled EfficientNet features
+  (1280), L2-normalized]; the pooled features carry what ImageNet's 1000 classes cannot
+  say (colours, shapes, layout). The ConSE vector is computed by ``conse.conse_combine``
+  itself, so it is the base's vector exactly; with an unlocked trunk, gradients flow
+  through the pooled features (the ConSE part follows the trunk but passes no gradient).
+- open_clip: the image embedding; unlocking needs a plain VisionTransformer (its last
+  residual blocks, then the final norm and projection, are the stages).
+- any other aligner: its own image vectors (nothing to unlock).
+
+The text tower is the base aligner's own ``encode_texts`` (frozen in every case).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from retrieval.aligners.base import Aligner
+from retrieval.errors import TrainingError
+
+#: Bumped when what a tower computes changes, so old feature caches are not reused.
+TOWER_VERSION = 2
+
+
+class ImageTower:
+    """Frozen stages, trainable trunk, readout: pixels -> (n, feature_dim) float32 features."""
+
+    kind: str
+    feature_dim: int
+    base_columns: slice
+
+    def __init__(self, base: Aligner, stages: Sequence[nn.Module] | None, unlock: int):
+        self.base = base
+        self.transform = base.transform
+        self.dtype = base_dtype(base)  # loads the model, which settles its device
+        self.device = torch.device(getattr(base, "device", None) or "cpu")
+        self.unlock = unlock
+        if unlock and stages is None:
+            raise TrainingError(f"--unlock-last is not supported for {base.spec}")
+        if stages is not None and not 0 <= unlock < len(stages):
+            raise TrainingError(f"--unlock-last must be between 0 and {len(stages) - 1} for {base.spec}")
+        cut = len(stages) - unlock if stages is not None else 0
+        self.frozen_stages = list(stages[:cut]) if stages is not None else []
+        # Copies, so training never changes the base aligner that other code may share.
+        self.trunk = nn.ModuleList(copy.deepcopy(s).float() for s in (stages[cut:] if unlock else []))
+        # Eval mode even while training: batch-norm statistics stay the pretrained ones.
+        self.trunk.to(self.device).eval().requires_grad_(True)
+
+    def cache_identity(self) -> str:
+        """What the cached frozen output depends on (not the readout)."""
+        return f"{self.base.identity}|{self.kind}-v{TOWER_VERSION}|unlock{self.unlock}|{self.transform!r}"
+
+    def readout(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def run_all(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The whole frozen tower when nothing is unlocked (may be faster than stage by stage)."""
+        return self.run_stages(pixels)
+
+    def run_stages(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.frozen_stages:
+            x = stage(x)
+        return x
+
+    @torch.no_grad()
+    def frozen(self, pixels: np.ndarray) -> torch.Tensor:
+        """Pixels -> the cached quantity: the trunk's input, or the readout's when nothing is unlocked."""
+        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
+        return (self.run_stages(batch) if self.unlock else self.run_all(batch)).float()
+
+    def trunk_forward(self, cached: torch.Tensor) -> torch.Tensor:
+        """Cached frozen output (float32, on device) -> features, with gradients through the trunk."""
+        x = cached
+        for stage in self.trunk:
+            x = stage(x)
+        return self.readout(x)
+
+    def features(self, pixels: np.ndarray) -> torch.Tensor:
+        return self.trunk_forward(self.frozen(pixels))
+
+
+def base_dtype(base: Aligner) -> torch.dtype:
+    model = getattr(base, "classifier", None) or getattr(base, "model", None)
+    if isinstance(model, nn.Module):
+        return next(model.parameters()).dtype
+    return torch.float32
+
+
+# -- default (ConSE over EfficientNet-Lite) -----------------------------------------
+class ConseImageTower(ImageTower):
+    kind = "conse+pooled"
+
+    def __init__(self, base, unlock: int = 0):
+        clf = base.classifier
+        stages = [
+            nn.Sequential(clf.conv_stem, clf.bn1),
+            *clf.blocks,
+            nn.Sequential(clf.conv_head, clf.bn2, clf.global_pool),
+        ]
+        super().__init__(base, stages, unlock)
+        self.classifier = copy.deepcopy(clf.classifier).float().to(self.device).requires_grad_(False)
+        self.conse_dim = int(base.dim)
+        self.feature_dim = self.conse_dim + int(clf.num_features)
+        self.base_columns = slice(0, self.conse_dim)
+
+    def cache_identity(self) -> str:
+        # The pooled features depend on the classifier and the preprocessing only, not on
+        # the ConSE recipe: retuning `default` keeps the (expensive) cache valid.
+        return f"efficientnet-{self.base.config['image_model']}|{self.kind}-v{TOWER_VERSION}|unlock{self.unlock}|{self.transform!r}"
+
+    def run_all(self, pixels):
+        clf = self.base.classifier
+        return clf.forward_head(clf.forward_features(pixels), pre_logits=True)
+
+    def readout(self, pooled: torch.Tensor) -> torch.Tensor:
+        from retrieval.aligners.conse import conse_combine
+
+        with torch.no_grad():
+            logits = self.classifier(pooled).cpu().numpy()
+        conse = conse_combine(logits, self.base.class_embeddings, self.base.config)
+        conse = torch.from_numpy(np.asarray(conse, np.float32)).to(pooled.device)
+        return torch.cat([conse, nn.functional.normalize(pooled, dim=-1)], dim=-1)
+
+
+# -- open_clip and any other aligner ------------------------------------------------
+class VectorImageTower(ImageTower):
+    """Any aligner: its own image vectors are the features."""
+
+    kind = "vectors"
+
+    def __init__(self, base, unlock: int = 0, stages: Sequence[nn.Module] | None = None):
+        super().__init__(base, stages, unlock)
+        self.feature_dim = int(base.dim)
+        self.base_columns = slice(0, self.feature_dim)
+
+    @torch.no_grad()
+    def frozen(self, pixels: np.ndarray) -> torch.Tensor:
+        if self.unlock:
+            return super().frozen(pixels)
+        return torch.from_numpy(self.base.encode_images(pixels)).to(self.device)
+
+    def readout(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x, dim=-1)
+
+
+class _ViTEmbeds(nn.Module):
+    def __init__(self, visual):
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, x):
+        x = self.visual._embeds(x)
+        return x if self.visual.transformer.batch_first else x.transpose(0, 1)
+
+
+class _ViTBlock(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class _ViTPost(nn.Module):
+    """Pooling, final norm and projection of a plain open_clip VisionTransformer."""
+
+    def __init__(self, visual):
+        super().__init__()
+        self.batch_first = visual.transformer.batch_first
+        self.pool_type = visual.pool_type
+        self.final_ln_after_pool = visual.final_ln_after_pool
+        self.ln_post = visual.ln_post
+        self.proj = visual.proj
+
+    def forward(self, x):
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        if not self.final_ln_after_pool:
+            x = self.ln_post(x)
+        pooled = x[:, 1:].mean(dim=1) if self.pool_type == "avg" else x[:, 0]
+        if self.final_ln_after_pool:
+            pooled = self.ln_post(pooled)
+        return pooled @ self.proj if self.proj is not None else pooled
+
+
+def vit_stages(visual) -> list[nn.Module] | None:
+    from open_clip.transformer import VisionTransformer
+
+    if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None or visual.pool_type not in ("tok", "avg"):
+        return None
+    return [_ViTEmbeds(visual), *(_ViTBlock(b) for b in visual.transformer.resblocks), _ViTPost(visual)]
+
+
+class ClipImageTower(VectorImageTower):
+    kind = "clip"
+
+    def __init__(self, base, unlock: int = 0):
+        super().__init__(base, unlock, vit_stages(base.model.visual) if unlock else None)
+
+
+def image_tower(base: Aligner, unlock: int = 0) -> ImageTower:
+    """The trainable view of `base`'s image tower, with its last `unlock` stages trainable."""
+    from retrieval.aligners.conse import ConseAligner
+    from retrieval.aligners.openclip import OpenClipAligner
+
+    if isinstance(base, ConseAligner):
+        return ConseImageTower(base, unlock)
+    if isinstance(base, OpenClipAligner):
+        return ClipImageTower(base, unlock)
+    return VectorImageTower(base, unlock)
+
+
+def describe_base(base: Aligner) -> dict:
+    """What a checkpoint records to rebuild `base` later, even after `default` is retuned."""
+    info = {"spec": base.spec, "identity": base.identity}
+    if base.spec == "default" and isinstance(getattr(base, "config", None), dict):
+        info["config"] = dict(base.config)
+    return info
+
+
+_REBUILT: dict[tuple[str, str | None], Aligner] = {}
+
+
+def rebuild_base(info: dict, device: str | None = None) -> Aligner:
+    """The base aligner a checkpoint was trained on: by its spec, or by its recorded recipe."""
+    from retrieval.aligners import load_aligner
+
+    base = load_aligner(info["spec"], device=device)
+    if base.identity == info["identity"] or "config" not in info:
+        return base
+    # `default` has been retuned since training: the recorded recipe rebuilds the one trained on.
+    from retrieval.aligners.conse import ConseAligner
+
+    key = (json.dumps(info["config"], sort_keys=True), device)
+    if key not in _REBUILT:
+        _REBUILT[key] = ConseAligner(device=device, config=info["config"])
+    return _REBUILT[key]

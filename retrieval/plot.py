@@ -1,0 +1,67 @@
+"""Recall@k curves as a PNG: one panel per direction, one line per model (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retrieval.errors import RetrievalError
+
+DIRECTIONS = (("text_to_image", "text → image"), ("image_to_text", "image → text"))
+
+
+def plot_recall(report: dict, path: str | Path) -> Path:
+    """Draw recall@k against k for both directions and every model of an evaluation report.
+
+    `report` is ``EvalReport.as_dict()``. Exact search is a solid line over every k up to
+    the largest asked; through-index figures, when present, are hollow markers on a dashed line.
+
+    >>> plot_recall(evaluate(ds, ["default"]).as_dict(), "recall.png")   # doctest: +SKIP
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path).expanduser()
+    ks = report["settings"]["ks"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True, constrained_layout=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (key, title) in zip(axes, DIRECTIONS, strict=True):
+        for n, model in enumerate(report["models"]):
+            color = colors[n % len(colors)]
+            curve = [100 * v for v in model["curves"][key]]
+            xs = list(range(1, len(curve) + 1))
+            ax.plot(xs, curve, color=color, lw=2, label=f"{model['model']} (exact)")
+            ax.plot(ks, [curve[k - 1] for k in ks], "o", color=color)
+            indexed = (model.get("through_index") or {}).get(key)
+            if indexed:
+                ax.plot(
+                    ks, [100 * indexed[f"R@{k}"] for k in ks], "o--", color=color, mfc="white", lw=1,
+                    label=f"{model['model']} (index {indexed['index']})",
+                )
+            for k in ks:
+                ax.annotate(f"{curve[k - 1]:.1f}", (k, curve[k - 1]), textcoords="offset points",
+                            xytext=(0, 7), ha="center", fontsize=8, color=color)
+        ax.set_title(title)
+        ax.set_xlabel("k")
+        ax.set_xticks(sorted(set([1, *ks])))
+        ax.set_xlim(0.5, max(ks) + 0.5)
+        ax.set_ylim(0, 109)
+        ax.set_yticks(range(0, 101, 20))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("recall@k (%)")
+    axes[0].legend(loc="lower right", fontsize=8)
+    data = report["dataset"]
+    shared = ", shared captions grouped" if data.get("shared_captions") else ""
+    fig.suptitle(
+        f"{data['name']}" + (f" ({data['split']})" if data.get('split') else "") + f": {data['images']:,} images, "
+        f"{data['captions']:,} captions{shared}"
+    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise RetrievalError(f"cannot write plot {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+    return path

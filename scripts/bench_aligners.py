@@ -1,0 +1,116 @@
+"""Encoder throughput of each aligner on this machine, in one run: images/s and texts/s.
+
+Images are preprocessed pixel batches (decoding and resizing are the loader's cost, not
+the aligner's); texts are the dev set's hand-written captions (one sentence of 8 to 25
+words each). Every figure is the fastest of several timed rounds after a warm-up round:
+other work on a shared machine only ever slows a round down, so the fastest is the
+closest to what the machine can do.
+Also times the cold start of a text query with ``default`` in a fresh process (what
+``retrieval search "..."`` pays before it can search).
+
+    python scripts/bench_aligners.py            # prints a markdown table
+    python scripts/bench_aligners.py --quick    # fewer rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from retrieval.aligners.conse import ConseAligner
+from retrieval.aligners.openclip import OpenClipAligner
+
+CAPTIONS = Path(__file__).with_name("devset_captions.csv")
+
+
+def rates(fns: list, items: int, rounds: int) -> list[float]:
+    """Items per second of each call: its fastest of `rounds`, after a warm-up call each.
+
+    The calls take turns within each round, so a change in the machine's load hits all
+    of them alike and their ratios stay fair.
+    """
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [items / min(spent) for spent in times]
+
+
+def rate(fn, items: int, rounds: int) -> float:
+    return rates([fn], items, rounds)[0]
+
+
+def captions(n: int) -> list[str]:
+    with open(CAPTIONS, newline="", encoding="utf-8") as fh:
+        texts = [row["caption"] for row in csv.DictReader(fh)]
+    return (texts * (n // len(texts) + 1))[:n]
+
+
+def pixels(aligner, n: int) -> np.ndarray:
+    size = aligner.transform.size
+    return np.random.default_rng(0).normal(size=(n, 3, size, size)).astype(np.float32)
+
+
+def cold_start_seconds(rounds: int) -> float:
+    """Fresh interpreter -> first text vector from `default`, fastest of `rounds`."""
+    code = "from retrieval.aligners import load_aligner; load_aligner('default').encode_texts(['a dog on a beach'])"
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=32, help="images per batch")
+    parser.add_argument("--texts", type=int, default=256, help="texts per batch")
+    parser.add_argument("--quick", action="store_true", help="1 timed round instead of 5")
+    args = parser.parse_args()
+    rounds = 1 if args.quick else 5
+    load_before = os.getloadavg()[0]
+    texts = captions(args.texts)
+    rows = []
+
+    for variant in ("lite0", "lite2"):
+        aligner = ConseAligner(device="cpu", config={"image_model": variant})
+        batch = pixels(aligner, args.batch)
+        images = rate(lambda: aligner.encode_images(batch), len(batch), rounds)  # noqa: B023
+        text = rate(lambda: aligner.encode_texts(texts), len(texts), rounds)  # noqa: B023
+        label = "`default` (EfficientNet-Lite0 + MiniLM-L6)" if variant == "lite0" else "default recipe with Lite2 (260 px)"
+        rows.append((label, images, f"{text:.0f}"))
+
+    clip = OpenClipAligner("ViT-B-32", "random", device="cpu")
+    batch = pixels(clip, args.batch)
+    images = rate(lambda: clip.encode_images(batch), len(batch), rounds)
+    trimmed, full = rates([lambda: clip.encode_texts(texts), lambda: clip.encode_texts(texts, trim=False)], len(texts), rounds)
+    rows.append(("`open_clip:ViT-B-32/random`", images, f"{trimmed:.0f} trimmed / {full:.0f} full 77 tokens ({trimmed / full:.1f}x)"))
+    cold = cold_start_seconds(rounds)
+
+    cpu = platform.processor() or platform.machine()
+    print(f"CPU: {cpu}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"batches of {args.batch} images / {args.texts} captions; fastest of {rounds} rounds; "
+          f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work slows every figure)\n")
+    print("| aligner | images/s | texts/s |\n|---|---|---|")
+    for label, images, text in rows:
+        print(f"| {label} | {images:.1f} | {text} |")
+    print(f"\nCold start of a text query with `default` (fresh process to first vector): {cold:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
