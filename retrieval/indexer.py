@@ -55,6 +55,8 @@ class RunSummary:
     added: int = 0
     updated: int = 0
     removed: int = 0
+    #: New paths whose content an indexed file that has gone had: renames and moves (no encoding).
+    moved: int = 0
     unchanged: int = 0
     encoded: int = 0
     captions: int | None = None
@@ -69,7 +71,7 @@ class RunSummary:
 
     def line(self) -> str:
         text = (
-            f"added {self.added}, updated {self.updated}, removed {self.removed}, "
+            f"added {self.added}, updated {self.updated}, moved {self.moved}, removed {self.removed}, "
             f"skipped {len(self.skipped)}, unchanged {self.unchanged}, encoded {self.encoded}"
         )
         if self.captions is not None:
@@ -188,7 +190,7 @@ def run(
 
         captions = _caption_rows(store, aligner, captions_file, progress) if captions_file else None
         plan = _plan(catalog, roots, seen, old_files, old_skipped, loaded)
-        summary.added, summary.updated, summary.removed = plan.added, plan.updated, len(plan.deletes)
+        summary.added, summary.updated, summary.removed, summary.moved = plan.added, plan.updated, plan.removed, plan.moved
         summary.unchanged, summary.skipped = plan.unchanged, plan.skipped
         summary.captions = None if captions is None else len(captions)
         summary.generation = catalog.generation
@@ -219,6 +221,8 @@ class Plan:
     added: int = 0
     updated: int = 0
     unchanged: int = 0
+    removed: int = 0
+    moved: int = 0
     skipped_changed: bool = False
 
     @property
@@ -232,7 +236,8 @@ def _plan(catalog, roots, seen, old_files, old_skipped, loaded) -> Plan:
     upserts, deletes, skipped, add_ids, add_hashes = [], [], [], [], []
     sizes = _sizes_of(catalog, [it.hash for it in loaded.values() if it.error is None])
     next_id = int(catalog.get_meta("next_id", 1))
-    added = updated = unchanged = 0
+    added = updated = unchanged = removed = 0
+    new_hashes: list[str] = []  # content of paths the index did not have
     for path, stat in seen_paths.items():
         old = old_files.get(path)
         item = loaded.get(path)
@@ -247,6 +252,7 @@ def _plan(catalog, roots, seen, old_files, old_skipped, loaded) -> Plan:
             skipped.append({"path": path, "size": stat.size, "mtime": stat.mtime, "reason": reason})
             if old is not None:
                 deletes.append(old.id)
+                removed += 1
             continue
         width, height = sizes[item.hash]
         row = {"path": path, "size": stat.size, "mtime": stat.mtime, "hash": item.hash, "width": width, "height": height}
@@ -259,13 +265,24 @@ def _plan(catalog, roots, seen, old_files, old_skipped, loaded) -> Plan:
             updated += 1
         else:
             added += 1
+            new_hashes.append(item.hash)
         upserts.append({**row, "id": next_id})
         add_ids.append(next_id)
         add_hashes.append(item.hash)
         next_id += 1
+    gone: dict[str, int] = {}
     for path, old in old_files.items():
         if path not in seen_paths and _under(path, roots):
             deletes.append(old.id)
+            gone[old.hash] = gone.get(old.hash, 0) + 1
+    # A new path with the content of a path that has gone is a rename or a move, not an add and a remove.
+    moved = 0
+    for digest in new_hashes:
+        if gone.get(digest, 0) > 0:
+            gone[digest] -= 1
+            moved += 1
+    removed += sum(gone.values())
+    added -= moved
     kept = len(old_files) - len(deletes)
     # Bad files outside this run's folders stay recorded as they were.
     skipped += [
@@ -277,7 +294,7 @@ def _plan(catalog, roots, seen, old_files, old_skipped, loaded) -> Plan:
     return Plan(
         upserts=upserts, deletes=deletes, skipped=skipped, add_ids=add_ids, add_hashes=add_hashes,
         final_count=kept + len(add_ids), next_id=next_id, added=added, updated=updated,
-        unchanged=unchanged, skipped_changed=skipped_changed,
+        unchanged=unchanged, removed=removed, moved=moved, skipped_changed=skipped_changed,
     )
 
 

@@ -31,6 +31,14 @@ def test_every_command_has_help_with_an_example():
         assert command.help, name
 
 
+def test_every_command_is_documented_in_the_readme():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name in main.commands:
+        assert f"retrieval {name}" in readme, name
+
+
 def test_missing_index_is_a_message_not_a_traceback(tmp_path):
     result = invoke("search", "a cat", "--index", tmp_path / "nope", ok=False)
     assert result.exit_code == 1

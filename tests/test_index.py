@@ -70,7 +70,7 @@ def test_rename_and_move_keep_vector_without_encoding(store, color_aligner, imag
     shutil.move(src, dst)
     summary = run(store, color_aligner, image_dir)
     after = stored(store)
-    assert (summary.encoded, summary.added, summary.removed) == (0, 1, 1)
+    assert (summary.encoded, summary.added, summary.moved, summary.removed) == (0, 0, 1, 0)
     assert str(src) not in after and after[str(dst)][1] == before[str(src)][1]
     assert len(search_vectors(store, color_aligner.encode_texts(["x"]), k=50)[0]) == 12
 
@@ -83,7 +83,7 @@ def test_delete_and_edit(store, color_aligner, image_dir):
     make_image(edited, seed=999)
     summary = run(store, color_aligner, image_dir)
     after = stored(store)
-    assert (summary.removed, summary.updated, summary.encoded) == (2, 1, 1)
+    assert (summary.removed, summary.updated, summary.added, summary.encoded) == (1, 1, 0, 1)
     assert str(gone) not in after
     assert after[str(edited)][1] != before[str(edited)][1]
     assert after[str(edited)][0] != before[str(edited)][0]  # new content, new id: ids are never reused
