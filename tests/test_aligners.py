@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import socket
@@ -120,10 +121,14 @@ def test_trimming_is_off_for_towers_that_read_padding():
     ("spec", "expected"),
     [
         ("open_clip:ViT-B-3/random", "Did you mean: ViT-B-32"),
+        ("open_clip:vit-b-32/openai", "Did you mean: ViT-B-32,"),
+        ("open_clip:NoSuchArch/foo", "Common ones: ViT-B-32"),
+        ("open_clip:ViT-L/14/openai", "use '-', not '/'. Did you mean open_clip:ViT-L-14/openai?"),
         ("open_clip:ViT-B-32/laion2b_s34b_b79", "Known tags: laion2b_s34b_b79k"),
         ("open_clip:ViT-B-32", "open_clip:ARCH/PRETRAINED_TAG"),
         ("open_clip:ViT-B-32/missing.pt", "checkpoint file not found: "),
         ("no-such-model", "unknown model 'no-such-model'"),
+        ("missing.pt", f"checkpoint file not found: {os.getcwd()}"),
     ],
 )
 def test_bad_specs_get_clear_messages(spec, expected):
@@ -143,7 +148,7 @@ def test_unreadable_checkpoint_names_the_file(tiny_arch, tmp_path):
         openclip.OpenClipAligner(tiny_arch, str(path))
 
 
-def test_download_without_network_fails_at_once_and_says_what_to_do(monkeypatch, tmp_path):
+def test_download_without_network_fails_at_once_and_says_what_to_do(monkeypatch, tmp_path, caplog):
     import huggingface_hub.constants
 
     lookups = []
@@ -155,9 +160,24 @@ def test_download_without_network_fails_at_once_and_says_what_to_do(monkeypatch,
     monkeypatch.setattr(openclip, "reachable", lambda url, timeout=3.0: False)
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
-    with pytest.raises(ModelError, match=r"no network.*--model open_clip:ViT-B-32/PATH"):
+    source = "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+    with pytest.raises(ModelError, match=rf"no network.*\(from {source}\).*--model open_clip:ViT-B-32/PATH"):
         openclip.OpenClipAligner("ViT-B-32", "laion2b_s34b_b79k")
     assert lookups == []  # offline mode: not one connection attempt, so no retry loop
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # our error says it all
+
+
+def test_open_clip_logs_pass_on_success_only(caplog):
+    def from_open_clip(message):
+        path = os.path.join(os.sep, "site-packages", "open_clip", "factory.py")
+        return logging.makeLogRecord({"levelno": logging.WARNING, "levelname": "WARNING", "msg": message, "pathname": path})
+
+    with pytest.raises(RuntimeError), openclip.open_clip_logs():
+        logging.getLogger().handle(from_open_clip("held back"))
+        raise RuntimeError
+    with openclip.open_clip_logs():
+        logging.getLogger().handle(from_open_clip("passed on"))
+    assert [r.getMessage() for r in caplog.records] == ["passed on"]
 
 
 def test_models_list_starts_with_the_offline_default():

@@ -68,7 +68,7 @@ def _load(spec: str, device: str | None) -> Aligner:
 
         return load_trained(path, device=device)
     if path.suffix in {".pt", ".pth", ".bin", ".safetensors"} or "/" in spec:
-        raise ModelError(f"checkpoint file not found: {path}")
+        raise ModelError(f"checkpoint file not found: {path.absolute()}")
     raise ModelError(
         f"unknown model {spec!r}. Use 'default', 'open_clip:ARCH/TAG', 'open_clip:ARCH/PATH' "
         "or the path of a checkpoint written by `retrieval train`; `retrieval models` lists them."

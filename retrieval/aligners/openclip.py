@@ -44,14 +44,35 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_arch(arch: str) -> None:
+#: Offered when a misspelt architecture name is close to none.
+COMMON_ARCHS = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50", "convnext_base_w")
+
+
+def closest(name: str, choices: Sequence[str], n: int = 5, cutoff: float = 0.5) -> list[str]:
+    """The choices nearest to `name`, ignoring case (so 'vit-b-32' finds 'ViT-B-32' first)."""
+    by_lower = {c.lower(): c for c in choices}
+    return [by_lower[c] for c in difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=cutoff)]
+
+
+def check_arch(arch: str, weights: str = "") -> None:
     import open_clip
 
     models = open_clip.list_models()
-    if arch not in models:
-        close = difflib.get_close_matches(arch, models, n=5, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else " See `retrieval models --all`."
-        raise ModelError(f"unknown open_clip architecture {arch!r}.{hint}")
+    if arch in models:
+        return
+    # 'open_clip:ViT-L/14/openai': the '-' of the architecture's name written as '/'.
+    head, _, rest = weights.partition("/")
+    if f"{arch}-{head}" in models:
+        raise ModelError(
+            f"unknown open_clip architecture {arch!r}: architecture names use '-', not '/'. "
+            f"Did you mean open_clip:{arch}-{head}/{rest or 'TAG'}?"
+        )
+    close = closest(arch, models)
+    hint = f"Did you mean: {', '.join(close)}?" if close else f"Common ones: {', '.join(COMMON_ARCHS)}."
+    raise ModelError(
+        f"unknown open_clip architecture {arch!r}. {hint} "
+        "`retrieval models --all` lists every architecture with pretrained weights."
+    )
 
 
 def check_tag(arch: str, tag: str) -> None:
@@ -59,7 +80,7 @@ def check_tag(arch: str, tag: str) -> None:
 
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if tag not in tags and tag != RANDOM_TAG:
-        close = difflib.get_close_matches(tag, tags, n=5, cutoff=0.3) or tags[:8]
+        close = closest(tag, tags, n=5, cutoff=0.3) or tags[:8]
         raise ModelError(
             f"unknown pretrained tag {tag!r} for {arch}. Known tags: {', '.join(close) or 'none'}"
             f" (or '{RANDOM_TAG}', or a local checkpoint file: open_clip:{arch}/PATH)"
@@ -131,12 +152,64 @@ def hub_offline(offline: bool) -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = saved_env
 
 
-def download_error(spec: str, arch: str, offline: bool, exc: Exception) -> ModelError:
+def weights_source(arch: str, tag: str) -> str | None:
+    """The page or URL a pretrained tag's weights come from, to fetch them by hand."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    if cfg.get("hf_hub"):
+        repo = "/".join(cfg["hf_hub"].strip("/").split("/")[:2])
+        return f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}/{repo}"
+    return cfg.get("url") or None
+
+
+def download_error(spec: str, arch: str, offline: bool, exc: Exception, weights: str | None = None) -> ModelError:
+    """What to do when a download failed. `weights`: the pretrained tag, when the weights were
+    what was missing (a local file fixes that); None when it was a Hugging Face text tower or
+    tokenizer (only the Hugging Face cache fixes that)."""
     why = "no network, and not in the cache" if offline else f"{type(exc).__name__}: {str(exc)[:200]}"
+    if weights is None:
+        return ModelError(
+            f"could not download the Hugging Face text tower or tokenizer that {arch} uses ({why}). "
+            "Load this model once on a connected machine and copy its Hugging Face cache "
+            "(~/.cache/huggingface, or $HF_HOME) to this one."
+        )
+    source = weights_source(arch, weights)
+    where = f" (from {source})" if source else ""
     return ModelError(
-        f"could not download the files {spec} needs ({why}). Download the weights on a connected machine "
+        f"could not download the weights {spec} needs ({why}). Download them on a connected machine{where} "
         f"and give the file instead: --model open_clip:{arch}/PATH"
     )
+
+
+@contextlib.contextmanager
+def open_clip_logs() -> Iterator[None]:
+    """Hold back what open_clip logs on the root logger while it builds a model.
+
+    When the build fails, our ModelError says it better, so its records go to debug level
+    only; when it succeeds they are passed on as they were.
+    """
+    root = logging.getLogger()
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if f"{os.sep}open_clip{os.sep}" in record.pathname:
+            held.append(record)
+            return False
+        return True
+
+    failed = True
+    root.addFilter(hold)
+    try:
+        yield
+        failed = False
+    finally:
+        root.removeFilter(hold)
+        for record in held:
+            if failed:
+                log.debug("open_clip: %s", record.getMessage())
+            else:
+                root.handle(record)
 
 
 # -- the aligner ------------------------------------------------------------------------
@@ -144,7 +217,7 @@ class OpenClipAligner(Aligner):
     def __init__(self, arch: str, weights: str, device: str | None = None):
         import open_clip
 
-        check_arch(arch)
+        check_arch(arch, weights)
         path = None
         if looks_like_path(weights) and weights not in open_clip.list_pretrained_tags_by_model(arch):
             path = Path(weights).expanduser()
@@ -171,18 +244,18 @@ class OpenClipAligner(Aligner):
         host = download_host(arch, None if path else pretrained)
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or (host is not None and not reachable(host))
         try:
-            with hub_offline(offline), torch.random.fork_rng(devices=[]):
+            with open_clip_logs(), hub_offline(offline), torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)  # makes the random-weights model reproducible
                 model = open_clip.create_model(arch, pretrained=pretrained, device=self.device)
         except Exception as exc:  # open_clip reports bad files and failed downloads many ways
-            if path:
+            if path and not (host and offline):
                 raise ModelError(f"{path} could not be loaded as a {arch} checkpoint: {str(exc)[:300]}") from exc
             if host is None:
                 raise
-            raise download_error(self.spec, arch, offline, exc) from exc
+            raise download_error(self.spec, arch, offline, exc, weights=None if path else pretrained) from exc
         try:
             # Some architectures use a tokenizer from the Hugging Face hub.
-            with hub_offline(offline):
+            with open_clip_logs(), hub_offline(offline):
                 tokenizer = open_clip.get_tokenizer(arch)
         except Exception as exc:
             raise download_error(self.spec, arch, offline, exc) from exc
