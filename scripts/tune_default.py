@@ -19,6 +19,8 @@ one thing at a time.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import inspect
 import sys
 from pathlib import Path
 
@@ -27,6 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import devset  # noqa: E402
 
+import retrieval.loader  # noqa: E402
+import retrieval.transform  # noqa: E402
 from retrieval.aligners import conse  # noqa: E402
 from retrieval.aligners.base import normalize  # noqa: E402
 from retrieval.loader import load  # noqa: E402
@@ -128,7 +132,9 @@ class Sweep:
         self.memo: dict[str, np.ndarray] = {}
         self.logits: dict[tuple, np.ndarray] = {}
         self.aligners: dict = {}
-        self.cache = conse.cache_dir() / "tune-default-cache.npz"
+        # Logits depend on how photos are decoded and preprocessed: a change there is a new cache.
+        code = "".join(inspect.getsource(m) for m in (retrieval.loader, retrieval.transform))
+        self.cache = conse.cache_dir() / f"tune-default-cache-{hashlib.sha256(code.encode()).hexdigest()[:12]}.npz"
         if self.cache.exists():
             stored = np.load(self.cache, allow_pickle=True)["data"].item()
             self.memo.update(stored["memo"])
