@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ def load(
     if digest in skip_hashes or transform is None:
         return Loaded(path, hash=digest)
     try:
-        image, size = decode(data, draft_to=getattr(transform, "size", None) if draft else None)
+        image, size = decode(data, draft_to=draft_size(transform) if draft else None)
         pixels = transform(image)
     except Image.DecompressionBombError:
         return Loaded(path, hash=digest, error="decompression bomb (too many pixels)")
@@ -121,6 +122,11 @@ def decode(data: bytes, draft_to: int | None = None) -> tuple[Image.Image, tuple
     return image, size
 
 
+def draft_size(transform) -> int | None:
+    """The short side a draft decode must keep: what the transform resizes to before cropping."""
+    return getattr(transform, "resize_to", None) or getattr(transform, "size", None)
+
+
 def _draft_box(size: tuple[int, int], short_side: int) -> tuple[int, int]:
     # draft() keeps the result at least as large as the box; scale the box so the short side
     # stays >= short_side while the long side follows the aspect ratio.
@@ -137,3 +143,21 @@ def load_many(
 ) -> list[Loaded]:
     """Load a chunk of files; the unit of work sent to a worker process."""
     return [load(p, transform, skip_hashes=skip_hashes, draft=draft) for p in paths]
+
+
+# -- worker processes -------------------------------------------------------------
+# The functions a loader process runs live here, not in the indexer, so that a spawned
+# worker imports only this module (numpy, Pillow) and starts in a fraction of a second.
+_WORKER: dict = {}
+
+
+def init_worker(transform, skip_hashes: frozenset[str], draft: bool) -> None:
+    """Process-pool initializer: the settings arrive once per worker, not with every chunk."""
+    # Ctrl-C reaches the whole process group; the parent alone decides how to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER.update(transform=transform, skip_hashes=skip_hashes, draft=draft)
+
+
+def load_chunk(paths: list[str]) -> list[Loaded]:
+    """:func:`load_many` with the settings :func:`init_worker` stored."""
+    return load_many(paths, _WORKER["transform"], _WORKER["skip_hashes"], _WORKER["draft"])

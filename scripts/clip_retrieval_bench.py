@@ -77,17 +77,20 @@ def _pip(python: Path, *args: str) -> None:
     _log(f"  done in {time.perf_counter() - t0:.0f}s")
 
 
-def ensure_venv(path: str | os.PathLike, base_python: str | None = None) -> str:
+def ensure_venv(path: str | os.PathLike, base_python: str | None = None, torch_pins: list[str] | None = None) -> str:
     """Create (or reuse) a venv with clip-retrieval in it; return its python executable.
 
     Idempotent: a marker file written after a successful install and import check short-cuts
     later calls. ``base_python`` defaults to the running interpreter; it must be CPython 3.11
     on this machine because that is what the on-disk torch wheels are built for.
-    Costs about 4 minutes and 6.4 GB on a fresh machine (torch's CUDA build is 5.5 GB of it).
+    ``torch_pins`` (default :data:`TORCH_PINS`) lets a caller pin the torch it runs itself,
+    so that both sides of a comparison use the same torch.
+    Costs about 3 minutes and 6.4 GB on a fresh machine (torch's CUDA build is 5.5 GB of it).
     """
     venv = Path(path).resolve()
     python = _venv_python(venv)
-    spec = {"clip-retrieval": CLIP_RETRIEVAL_VERSION, "torch": TORCH_PINS, "setuptools": SETUPTOOLS_PIN}
+    torch_pins = list(torch_pins or TORCH_PINS)
+    spec = {"clip-retrieval": CLIP_RETRIEVAL_VERSION, "torch": torch_pins, "setuptools": SETUPTOOLS_PIN}
     marker = venv / _MARKER
     if python.exists() and marker.exists():
         try:
@@ -103,11 +106,11 @@ def ensure_venv(path: str | os.PathLike, base_python: str | None = None) -> str:
         subprocess.run([base_python or sys.executable, "-m", "venv", str(venv)], check=True)
     # torch first, alone: the exact pins make pip take the local-disk wheels; installing
     # clip-retrieval first would let its "torch<3" range pick whatever the index offers.
-    _pip(python, "--quiet", *TORCH_PINS)
+    _pip(python, "--quiet", *torch_pins)
     # Then clip-retrieval with its full dependency set (needed anyway: clip_retrieval/__init__
     # imports the flask back end, faiss, wandb and sentence-transformers even for inference).
     # Repeating the torch pins keeps the resolver from touching torch; numpy goes to 1.26.
-    _pip(python, "--quiet", f"clip-retrieval=={CLIP_RETRIEVAL_VERSION}", SETUPTOOLS_PIN, *TORCH_PINS)
+    _pip(python, "--quiet", f"clip-retrieval=={CLIP_RETRIEVAL_VERSION}", SETUPTOOLS_PIN, *torch_pins)
     # Import check through the real entry point, offline, so a broken venv fails here, not mid-benchmark.
     check = "from clip_retrieval.clip_inference.main import main; import open_clip, torch; print(torch.__version__)"
     out = subprocess.run([str(python), "-c", check], check=True, capture_output=True, text=True, env=_env())

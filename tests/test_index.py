@@ -128,6 +128,8 @@ def test_bad_files_are_skipped_with_reasons_and_never_abort(store, color_aligner
 
 
 def test_worker_processes_give_the_same_vectors_as_in_process(tmp_path, color_aligner, image_dir):
+    for i in range(2):  # large JPEGs too, so the workers take the draft-decoding path
+        make_image(image_dir / "big" / f"big{i}.jpg", seed=50 + i, size=(2400, 1800))
     a = IndexStore.open(tmp_path / "a", create=True)
     b = IndexStore.open(tmp_path / "b", create=True)
     run(a, color_aligner, image_dir, settings=IndexSettings(workers=0))
@@ -135,6 +137,22 @@ def test_worker_processes_give_the_same_vectors_as_in_process(tmp_path, color_al
     va, vb = next(a.catalog.image_vectors())[1], next(b.catalog.image_vectors())[1]
     assert stored(a) == stored(b)
     np.testing.assert_array_equal(va, vb)
+
+
+def test_draft_decoding_shrinks_large_jpegs_but_never_below_the_model_input(tmp_path):
+    from retrieval.loader import decode, draft_size
+    from retrieval.transform import ImageTransform
+
+    jpeg = make_image(tmp_path / "big.jpg", seed=5, size=(3000, 2000)).read_bytes()
+    image, size = decode(jpeg, draft_to=224)
+    assert size == (3000, 2000) and 224 <= min(image.size) < 2 * 224  # decoded at 1/8 scale
+    assert decode(jpeg)[0].size == (3000, 2000)  # no draft: full size
+    png = make_image(tmp_path / "big.png", seed=5, size=(3000, 2000)).read_bytes()
+    assert decode(png, draft_to=224)[0].size == (3000, 2000)  # only JPEG has a reduced-scale decode
+    # A centre crop after resizing (crop_pct < 1) needs the larger pre-crop size: 256 here, not 224.
+    timm_style = ImageTransform(224, (0.5,) * 3, (0.5,) * 3, crop_pct=0.875)
+    assert draft_size(timm_style) == 256
+    assert min(decode(jpeg, draft_to=draft_size(timm_style))[0].size) >= 256
 
 
 def test_draft_decoding_of_large_jpegs_barely_moves_vectors(tmp_path):
@@ -147,6 +165,81 @@ def test_draft_decoding_of_large_jpegs_barely_moves_vectors(tmp_path):
     aligner = ColorAligner()
     v = aligner.encode_images(np.stack([fast.pixels, full.pixels]))
     assert float(v[0] @ v[1]) > 0.999
+
+
+def test_vectors_commit_quickly_during_a_run_and_durably_afterwards(store, color_aligner, image_dir):
+    def synchronous():
+        return store.catalog.db.execute("PRAGMA synchronous").fetchone()[0]
+
+    before = synchronous()
+    seen = []
+    encode = color_aligner.encode_images
+    color_aligner.encode_images = lambda pixels: seen.append(synchronous()) or encode(pixels)
+    run(store, color_aligner, image_dir)
+    assert set(seen) == {1} and synchronous() == before  # NORMAL while encoding, then back
+    with pytest.raises(RuntimeError), indexer.quick_commits(store.catalog):
+        raise RuntimeError("interrupted")
+    assert synchronous() == before
+
+
+@pytest.mark.slow
+def test_fast_path_gives_the_same_results_as_the_plain_path(tmp_path):
+    """Worker processes with draft decoding vs one process decoding at full size, real model, real photos."""
+    from retrieval.aligners.conse import ConseAligner
+
+    folder = big_photos(tmp_path / "photos")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RETRIEVAL_CACHE", str(tmp_path / "cache"))
+        aligner = ConseAligner(device="cpu")
+        stores = {}
+        for name, settings in {"fast": IndexSettings(), "plain": IndexSettings(workers=0, draft=False)}.items():
+            stores[name] = IndexStore.open(tmp_path / name, create=True)
+            assert indexer.run(stores[name], aligner, [folder], settings=settings).added == len(PHOTO_CAPTIONS)
+        fast, plain = stores["fast"], stores["plain"]
+        assert stored(fast) == stored(plain)
+        ids, vf = next(fast.catalog.image_vectors())
+        _, vp = next(plain.catalog.image_vectors())
+        cosines = (vf * vp).sum(axis=1)
+        # ConSE vectors mix class-name embeddings by softmax weight, so they move more than the
+        # pixels do (0.97 at worst here; open_clip's ViT-B-32 moves less, see bench_index.py).
+        assert float(cosines.min()) > 0.95 and float(cosines.mean()) > 0.99
+        # Each caption finds its own photo first in both indexes...
+        queries = aligner.encode_texts(list(PHOTO_CAPTIONS.values()))
+        own = [str((folder / f"{i}.jpg").resolve()) for i in range(len(PHOTO_CAPTIONS))]
+        assert [hits[0].path for hits in search_vectors(fast, queries, k=1)] == own
+        assert [hits[0].path for hits in search_vectors(plain, queries, k=1)] == own
+        # ...and each photo's fast-path vector finds its plain-path twin first, and the other way round.
+        assert [hits[0].id for hits in search_vectors(plain, vf, k=1)] == ids.tolist()
+        assert [hits[0].id for hits in search_vectors(fast, vp, k=1)] == ids.tolist()
+        for s in stores.values():
+            s.close()
+
+
+PHOTO_CAPTIONS = {
+    "astronaut.png": "an astronaut in a spacesuit in front of a flag",
+    "chelsea.png": "a tabby cat looking at the camera",
+    "coffee.png": "a cup of coffee on a saucer",
+    "rocket.jpg": "a rocket on its launch pad",
+    "motorcycle_left.png": "a red motorcycle parked in a garage",
+    "camera.png": "a black and white photo of a man with a camera on a tripod",
+}
+
+
+def big_photos(folder):
+    """scikit-image's real photos as 3-9 megapixel JPEGs with sensor-like grain, like camera files."""
+    from conftest import skimage_photo
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for i, name in enumerate(PHOTO_CAPTIONS):
+        image = Image.open(skimage_photo(name)).convert("RGB")
+        width = 2400 + 300 * i
+        height = round(width * image.height / image.width)
+        pixels = np.asarray(image.resize((width, height), Image.Resampling.BICUBIC), np.float32)
+        pixels += rng.normal(0, 3, (height, width, 1)).astype(np.float32)
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{i}.jpg", quality=90)
+    return folder
 
 
 def test_other_aligner_is_refused(store, color_aligner, image_dir):

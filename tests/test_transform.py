@@ -69,3 +69,25 @@ def test_picklable_and_hashable():
 def test_rejects_unknown_settings(kwargs):
     with pytest.raises(ValueError):
         ImageTransform(224, MEAN, STD, **kwargs)
+
+
+@pytest.mark.parametrize("size", [(2400, 1600), (1600, 2400), (1000, 700)])
+def test_draft_decoded_jpeg_stays_within_a_grey_level_of_open_clip_on_the_full_image(size):
+    """The loader's fast path (JPEG decoded at 1/2 to 1/8 scale) against open_clip on the full decode."""
+    import io
+
+    from open_clip.transform import image_transform
+
+    from retrieval.loader import decode
+
+    buffer = io.BytesIO()
+    photo(size).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    reference = image_transform(224, is_train=False, mean=MEAN, std=STD)(Image.open(io.BytesIO(data))).numpy()
+    ours = ImageTransform(224, MEAN, STD)
+    drafted, original = decode(data, draft_to=224)
+    assert original == size and min(drafted.size) < min(size)  # the fast path was taken
+    one_level = 1 / 255 / max(STD)  # one 8-bit grey level after normalization
+    diff = np.abs(ours(drafted) - reference)
+    assert diff.mean() < one_level and diff.max() < 10 * one_level
+    np.testing.assert_allclose(ours(decode(data)[0]), reference, atol=1e-5)  # the plain path: identical

@@ -24,7 +24,7 @@ def _progress(enabled: bool):
 @click.option("--model", default=None, help=MODEL_HELP + " [default: the index's own, else 'default']")
 @click.option("--captions", type=click.Path(exists=True, dir_okay=False), help="Caption corpus: .txt (one a line) or CSV/TSV with a 'caption' column.")
 @click.option("--batch-size", default=32, show_default=True, help="Images per model call.")
-@click.option("--workers", type=int, default=None, help="Decoding processes [default: cores - 1].")
+@click.option("--workers", type=int, default=None, help="Decoding processes [default: one per core].")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def index(folders, index_name, model, captions, batch_size, workers, as_json, quiet):
