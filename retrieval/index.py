@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 # class of machine (see scripts/bench_search.py), so approximation buys nothing.
 EXACT_LIMIT = 200_000
 TARGET_RECALL = 0.99
+#: Fewer queries than this are searched on one thread (see :func:`search`).
+SMALL_BATCH = 8
 
 
 @dataclass
@@ -107,7 +109,18 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
         n = len(queries)
         return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
     k = min(k, index.ntotal)
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if len(queries) >= SMALL_BATCH:
+        return index.search(queries, k)
+    # One query is a memory-bound scan: a second OpenMP thread adds little, and on a busy
+    # machine its team waits for a core (100k vectors on 2 loaded cores: 80 ms with 2
+    # threads, 19 ms with 1; scripts/bench_search.py compares both).
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.search(queries, k)
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def write(index: faiss.Index, path: Path) -> None:

@@ -298,3 +298,24 @@ def test_vectors_are_stored_as_float32_blobs(store, color_aligner, image_dir):
     blob = store.catalog.db.execute("SELECT vector FROM vectors LIMIT 1").fetchone()[0]
     assert len(blob) == 4 * color_aligner.dim
     np.testing.assert_allclose(np.linalg.norm(from_blobs([blob], color_aligner.dim)), 1.0, rtol=1e-5)
+
+
+def test_single_queries_search_on_one_thread_with_the_same_results():
+    import faiss
+
+    from retrieval import index as faiss_index
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(2000, 32)).astype(np.float32)
+    faiss.normalize_L2(vectors)
+    ids = np.arange(10, 2010, dtype=np.int64)
+    built, _ = faiss_index.build(ids, vectors, factory="IDMap2,Flat")
+    queries = vectors[:faiss_index.SMALL_BATCH + 4]
+    threads = faiss.omp_get_max_threads()
+    batch_scores, batch_ids = faiss_index.search(built, queries, 5)
+    for i, query in enumerate(queries):
+        scores, got = faiss_index.search(built, query[None], 5)
+        assert got[0].tolist() == batch_ids[i].tolist()
+        np.testing.assert_allclose(scores[0], batch_scores[i], rtol=1e-5)
+    assert batch_ids[:, 0].tolist() == ids[: len(queries)].tolist()
+    assert faiss.omp_get_max_threads() == threads
