@@ -225,6 +225,8 @@ def _resolve(base: Path, name: str) -> str:
 # -- pairs file -------------------------------------------------------------------
 def _pairs(path: Path, split: str, skip_missing: bool) -> _Builder:
     text = _read_text(path)
+    if not text.strip():
+        raise DatasetError(f"{path}: empty file (expected a header line such as 'image,caption', then one row per pair)")
     first = text.split("\n", 1)[0]
     delimiter = "\t" if path.suffix.lower() == ".tsv" or ("\t" in first and "," not in first) else ","
     reader = csv.DictReader(text.splitlines(), delimiter=delimiter)

@@ -325,6 +325,15 @@ def write_dump(
     return folder
 
 
+def short_names(specs: Sequence[str]) -> list[str]:
+    """Model names for tables and plots: a checkpoint's file name instead of its full path, when unambiguous."""
+    short = [_file_name(s) for s in specs]
+    return short if len(set(short)) == len(set(specs)) else list(specs)
+
+
+def _file_name(spec: str) -> str:
+    return Path(spec).name if ("/" in spec and not spec.startswith("open_clip:")) else spec
+
+
 def _slug(spec: str) -> str:
-    name = Path(spec).name if ("/" in spec and not spec.startswith("open_clip:")) else spec
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", _file_name(spec)).strip("_") or "model"

@@ -7,10 +7,13 @@ reason, and the indexer records them as skipped.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
+import multiprocessing
 import os
 import signal
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -18,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: prctl(2) option: the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -155,7 +161,26 @@ def init_worker(transform, skip_hashes: frozenset[str], draft: bool) -> None:
     """Process-pool initializer: the settings arrive once per worker, not with every chunk."""
     # Ctrl-C reaches the whole process group; the parent alone decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     _WORKER.update(transform=transform, skip_hashes=skip_hashes, draft=draft)
+
+
+def _die_with_parent() -> None:
+    """End this worker when its parent dies, even by SIGKILL (Linux).
+
+    A spawned pool worker holds both ends of its task pipe, so it never sees end-of-file
+    when the parent is killed: without this it would wait on the pipe forever.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(0)  # the parent died before the line above took effect
 
 
 def load_chunk(paths: list[str]) -> list[Loaded]:

@@ -76,7 +76,7 @@ class TrainSettings:
     val_share: float = 0.1
     seed: int = 0
     ks: tuple[int, ...] = (1, 5, 10)
-    #: Decoding processes for feature extraction (None: cores - 1).
+    #: Decoding processes for feature extraction (None: one per core).
     workers: int | None = None
     device: str | None = None
 
@@ -138,6 +138,8 @@ class TrainResult:
     seconds: float
     feature_seconds: float
     history: list[dict] = field(default_factory=list)
+    #: Time spent in this run's epochs (training steps and validation), after the features.
+    train_seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -622,6 +624,7 @@ def train(
     else:
         on_epoch(run.evaluate(0, None, 0.0))  # the starting point: the base aligner's own recall
     steps = train_split.pairs // settings.batch_size
+    training_started = time.monotonic()
     for epoch in range(run.first_epoch, settings.epochs + 1):
         epoch_started = time.monotonic()
         loss = run.trainer.epoch(
@@ -640,5 +643,5 @@ def train(
         epochs=settings.epochs, best_epoch=run.best["epoch"],
         before=history[0]["metrics"] if history and history[0]["epoch"] == 0 else None,
         best_metrics=run.best["metrics"], seconds=time.monotonic() - started,
-        feature_seconds=features.seconds, history=history,
+        feature_seconds=features.seconds, history=history, train_seconds=time.monotonic() - training_started,
     )

@@ -153,14 +153,34 @@ def test_sigkill_mid_run_resumes_to_the_same_catalog_as_a_clean_run(tmp_path):
                     break
         except sqlite3.OperationalError:
             continue
+    workers = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    deadline = time.time() + 10
+    while workers and time.time() < deadline:  # decoding workers die with their parent
+        workers = [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
+        time.sleep(0.1)
+    assert workers == []
     files, vectors = _catalog(killed)
     assert files == [] and 8 <= len(vectors) < 48  # nothing published, encoded work kept
     assert _cli("index", folder, "--index", killed, "--quiet").wait() == 0
     assert _cli("index", folder, "--index", clean, "--quiet").wait() == 0
     assert _catalog(killed) == _catalog(clean)
     assert len(_catalog(clean)[0]) == 48
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of `pid` (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if entry.isdigit() and int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
 
 
 @pytest.mark.slow

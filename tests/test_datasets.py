@@ -116,6 +116,7 @@ def test_txt_caption_without_its_image(tmp_path):
     "name, text, message",
     [
         ("empty.csv", "image,caption\n", r"empty\.csv: empty dataset"),
+        ("blank.csv", "\n", r"blank\.csv: empty file \(expected a header line"),
         ("cols.csv", "file_path,words\na.png,x\n", r"cols\.csv, line 1: needs an 'image' and a 'caption' column \(found: file_path, words\)"),
         ("bad.json", '{"images": [\n  oops', r"bad\.json, line 2: invalid JSON"),
         ("other.json", '{"rows": []}', r"other\.json: unknown JSON format"),

@@ -15,7 +15,7 @@ from PIL import Image
 from retrieval.cli import main
 from retrieval.datasets import load_dataset
 from retrieval.errors import DatasetError, RetrievalError
-from retrieval.evaluate import evaluate
+from retrieval.evaluate import evaluate, short_names
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 
@@ -170,6 +170,12 @@ def test_cli_table_json_plot(pairs, tmp_path, color_model):
         assert im.format == "PNG" and im.size[0] > 600
 
 
+def test_checkpoint_paths_show_as_file_names_unless_ambiguous():
+    assert short_names(["default", "/runs/a/shapes.pt", "open_clip:ViT-B-32/laion2b_s34b_b79k"]) == [
+        "default", "shapes.pt", "open_clip:ViT-B-32/laion2b_s34b_b79k"]
+    assert short_names(["/runs/a/m.pt", "/runs/b/m.pt"]) == ["/runs/a/m.pt", "/runs/b/m.pt"]
+
+
 def test_cli_limit_and_skip_missing_are_reported(pairs, color_model):
     (pairs.parent / "img" / "05.png").unlink()
     data = json.loads(invoke(pairs, "--model", "color", "--skip-missing", "--limit", 10, "--json", "--workers", 0).output)
@@ -177,6 +183,20 @@ def test_cli_limit_and_skip_missing_are_reported(pairs, color_model):
     assert data["settings"]["limit"] == 10
     text = invoke(pairs, "--model", "color", "--skip-missing", "--quiet", "--workers", 0).output
     assert "skipped images: 1 missing" in text
+    assert "note:" not in text
+    few = invoke(pairs, "--model", "color", "--skip-missing", "--limit", 5, "-k", 1, "-k", 5, "-k", 10, "--quiet", "--workers", 0).output
+    assert "note: text → image ranks only 5 images: R@5, R@10 are 100% by construction" in few
+
+
+def test_ctrl_c_says_nothing_is_kept(pairs, monkeypatch):
+    import retrieval.evaluate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(retrieval.evaluate, "evaluate", interrupted)
+    result = invoke(pairs, "--quiet", ok=False)
+    assert result.exit_code == 130 and "interrupted: no figures" in result.output and "resume" not in result.output
 
 
 @pytest.mark.parametrize(

@@ -190,6 +190,7 @@ def test_cli_trains_and_refuses_to_overwrite(tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output and "best epoch" in result.output
+    assert "(features " in result.output and ", epochs " in result.output  # the two costs, apart
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 1 and "already exists" in again.output and "Traceback" not in again.output
     few = CliRunner().invoke(main, [*args[:-5], "--batch-size", "512", "--force"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import click
@@ -24,7 +25,7 @@ from retrieval.cli.engine import MODEL_HELP
 @click.option("--dump", type=click.Path(file_okay=False), help="Write embeddings and the caption-to-image map here, per model.")
 @click.option("--skip-missing", is_flag=True, help="Leave out missing and unreadable images (the report counts them).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per model call.")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes [default: cores - 1].")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes [default: one per core].")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images (quick runs).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate_command(dataset, images, split, models, ks, through_index, index_factory, as_json, plot, dump,
@@ -51,11 +52,16 @@ def evaluate_command(dataset, images, split, models, ks, through_index, index_fa
     if limit is not None:
         data = data.head(limit)
     started = time.monotonic()
-    report = evaluate(
-        data, list(models) or ["default"], ks=ks or (1, 5, 10), through_index=through_index,
-        batch_size=batch_size, progress=NullProgress() if quiet else TqdmProgress(),
-        dump_dir=dump, index_factory=index_factory, skip_unreadable=skip_missing, workers=workers,
-    )
+    try:
+        report = evaluate(
+            data, list(models) or ["default"], ks=ks or (1, 5, 10), through_index=through_index,
+            batch_size=batch_size, progress=NullProgress() if quiet else TqdmProgress(),
+            dump_dir=dump, index_factory=index_factory, skip_unreadable=skip_missing, workers=workers,
+        )
+    except KeyboardInterrupt:
+        # Unlike `index`, an evaluation keeps nothing to resume from: say so, not "run it again to resume".
+        click.echo("\ninterrupted: no figures; an evaluation starts over when run again", err=True)
+        sys.exit(130)
     out = report.as_dict()
     out["settings"].update(dataset=dataset, split=split, limit=limit, seconds=round(time.monotonic() - started, 1))
     if plot:
@@ -71,6 +77,8 @@ def evaluate_command(dataset, images, split, models, ks, through_index, index_fa
 
 def table(report: dict) -> list[str]:
     """The terminal report: dataset line, recall definition, one row per model and search."""
+    from retrieval.evaluate import short_names
+
     data, ks = report["dataset"], report["settings"]["ks"]
     lines = [
         f"{data['name']}" + (f" ({data['split']})" if data.get('split') else "") + f": {data['images']:,} images, {data['captions']:,} captions"
@@ -83,14 +91,15 @@ def table(report: dict) -> list[str]:
         lines.append(f"skipped images: {' and '.join(skipped)} (left out with their captions)")
     lines.append(f"recall: {report['protocol']}")
     cols = [f"R@{k}" for k in ks] + ["mAP"]
-    width = max([len(m["model"]) for m in report["models"]] + [5])
+    names = short_names([m["model"] for m in report["models"]])
+    width = max([len(name) for name in names] + [5])
     searches = 5
     head = " ".join(f"{c:>6}" for c in cols)
     span = len(head)
     lines.append("")
     lines.append(f"{'':<{width}}  {'':<{searches}}  {'text → image':^{span}}   {'image → text':^{span}}")
     lines.append(f"{'model':<{width}}  {'search':<{searches}}  {head}   {head}")
-    for m in report["models"]:
+    for m, model in zip(report["models"], names, strict=True):
         rows = [("exact", m["exact"])]
         if m["through_index"]:
             rows.append(("index", m["through_index"]))
@@ -99,17 +108,31 @@ def table(report: dict) -> list[str]:
             for direction in ("text_to_image", "image_to_text"):
                 values = figures[direction]
                 cells.append(" ".join(f"{100 * values[c]:>6.1f}" if c in values else f"{'-':>6}" for c in cols))
-            lines.append(f"{m['model']:<{width}}  {name:<{searches}}  {cells[0]}   {cells[1]}")
+            lines.append(f"{model:<{width}}  {name:<{searches}}  {cells[0]}   {cells[1]}")
+    lines += _trivial_ks(report)
     lines.append("")
-    for m in report["models"]:
+    for m, model in zip(report["models"], names, strict=True):
         if m["through_index"]:
             t2i, i2t = m["through_index"]["text_to_image"], m["through_index"]["image_to_text"]
-            lines.append(f"{m['model']}: searched index over images {_search_name(t2i)}, over texts {_search_name(i2t)}")
-    for m in report["models"]:
+            lines.append(f"{model}: searched index over images {_search_name(t2i)}, over texts {_search_name(i2t)}")
+    for m, model in zip(report["models"], names, strict=True):
         s = m["seconds"]
-        lines.append(f"{m['model']}: images {s['images']:.1f}s, texts {s['texts']:.1f}s, scoring {s['scoring']:.1f}s"
+        lines.append(f"{model}: images {s['images']:.1f}s, texts {s['texts']:.1f}s, scoring {s['scoring']:.1f}s"
                      + (f"; embeddings in {m['dump']}" if m.get("dump") else ""))
     lines.append(f"total {report['settings']['seconds']:.1f}s" + (f"; plot: {report['plot']}" if report.get("plot") else ""))
+    return lines
+
+
+def _trivial_ks(report: dict) -> list[str]:
+    """A note for each direction where some k reaches the number of items ranked: that R@k is 100% by construction."""
+    data, ks = report["dataset"], report["settings"]["ks"]
+    lines = []
+    for title, size, what in (("text → image", data["images"], "images"),
+                              ("image → text", data.get("distinct_texts_queried", data["captions"]), "texts")):
+        trivial = [f"R@{k}" for k in ks if k >= size]
+        if trivial:
+            lines.append(f"note: {title} ranks only {size:,} {what}: {', '.join(trivial)} "
+                         f"{'is' if len(trivial) == 1 else 'are'} 100% by construction")
     return lines
 
 

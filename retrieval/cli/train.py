@@ -48,7 +48,7 @@ def _val_split(source: str, split: str | None) -> str:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images of PAIRS (quick runs).")
 @click.option("--skip-missing", is_flag=True, help="Leave out pairs whose image file is missing.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the validation split, initialisation and shuffling.")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes [default: cores - 1].")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes [default: one per core].")
 @click.option("--device", default=None, help="torch device, e.g. cpu or cuda:1 [default: CUDA when present].")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out (up to --epochs).")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
@@ -125,7 +125,7 @@ def summary(result) -> str:
         lines.append(f"best epoch {result.best_epoch}: val {r1(result.best_metrics)}{before}")
     lines.append(
         f"wrote {result.out} ({result.identity}) in {result.seconds:.1f}s "
-        f"(features {result.feature_seconds:.1f}s; {result.train_pairs:,} training pairs)"
+        f"(features {result.feature_seconds:.1f}s, epochs {result.train_seconds:.1f}s; {result.train_pairs:,} training pairs)"
     )
     lines.append(f"use it: retrieval index FOLDER --model {result.out}")
     return "\n".join(lines)
