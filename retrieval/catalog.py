@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +169,23 @@ class Catalog:
         return _ReadTransaction(self.db.conn)
 
     # -- writes -----------------------------------------------------------
+    @contextmanager
+    def quick_commits(self) -> Iterator[None]:
+        """Commit without waiting for the disk while vectors stream in, then restore the setting.
+
+        In WAL mode, ``synchronous=NORMAL`` commits write to the log without an fsync: a commit
+        costs about 1 ms instead of about 100 ms here (10 fsyncs a second would stall the
+        encoder). A killed process loses nothing (the log is in the OS's cache); a power cut
+        may lose the last few commits, and those images are simply encoded again by the next
+        run. Publishing happens after the setting is restored, with full durability.
+        """
+        before = int(self.db.execute("PRAGMA synchronous").fetchone()[0])
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            self.db.execute(f"PRAGMA synchronous={before}")
+
     def put_vectors(self, rows: list[tuple[str, np.ndarray, int, int]]) -> None:
         """Store freshly encoded vectors; committed at once so a killed run keeps them."""
         with self.db.conn:

@@ -10,12 +10,11 @@ visible to searches until :func:`publish` switches generations in one transactio
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import logging
 import multiprocessing
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,25 +125,6 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-@contextlib.contextmanager
-def quick_commits(catalog) -> Iterator[None]:
-    """Commit without waiting for the disk while vectors stream in, then restore the setting.
-
-    In WAL mode, ``synchronous=NORMAL`` commits write to the log without an fsync: a commit
-    costs about 1 ms instead of about 100 ms here (10 fsyncs a second would stall the
-    encoder). A killed process loses nothing (the log is in the OS's cache); a power cut
-    may lose the last few commits, and those images are simply encoded again by the next
-    run. Publishing happens after the setting is restored, with full durability.
-    """
-    conn = catalog.db.conn
-    before = int(conn.execute("PRAGMA synchronous").fetchone()[0])
-    conn.execute("PRAGMA synchronous=NORMAL")
-    try:
-        yield
-    finally:
-        conn.execute(f"PRAGMA synchronous={before}")
-
-
 def encode_and_store(store: IndexStore, aligner, loaded: list[Loaded], known: set[str]) -> int:
     """Encode the batch's images whose content is new (once per distinct hash) and commit them."""
     fresh: dict[str, Loaded] = {}
@@ -187,7 +167,7 @@ def run(
         loaded: dict[str, Loaded] = {}
         progress.start(len(todo), "indexing")
         stream = load_stream([s.path for s in todo], aligner.transform, frozenset(known), settings)
-        with quick_commits(catalog):
+        with catalog.quick_commits():
             for batch in batched(stream, settings.batch_size):
                 summary.encoded += encode_and_store(store, aligner, batch, known)
                 for item in batch:
@@ -278,18 +258,14 @@ def _plan(catalog, roots, seen, old_files, old_skipped, loaded) -> Plan:
         add_ids.append(next_id)
         add_hashes.append(item.hash)
         next_id += 1
-    gone: dict[str, int] = {}
+    gone: Counter[str] = Counter()
     for path, old in old_files.items():
         if path not in seen_paths and _under(path, roots):
             deletes.append(old.id)
-            gone[old.hash] = gone.get(old.hash, 0) + 1
+            gone[old.hash] += 1
     # A new path with the content of a path that has gone is a rename or a move, not an add and a remove.
-    moved = 0
-    for digest in new_hashes:
-        if gone.get(digest, 0) > 0:
-            gone[digest] -= 1
-            moved += 1
-    removed += sum(gone.values())
+    moved = (Counter(new_hashes) & gone).total()
+    removed += gone.total() - moved
     added -= moved
     kept = len(old_files) - len(deletes)
     # Bad files outside this run's folders stay recorded as they were.

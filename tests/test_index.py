@@ -177,7 +177,7 @@ def test_vectors_commit_quickly_during_a_run_and_durably_afterwards(store, color
     color_aligner.encode_images = lambda pixels: seen.append(synchronous()) or encode(pixels)
     run(store, color_aligner, image_dir)
     assert set(seen) == {1} and synchronous() == before  # NORMAL while encoding, then back
-    with pytest.raises(RuntimeError), indexer.quick_commits(store.catalog):
+    with pytest.raises(RuntimeError), store.catalog.quick_commits():
         raise RuntimeError("interrupted")
     assert synchronous() == before
 
