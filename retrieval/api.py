@@ -38,19 +38,11 @@ def build_index(
     store = IndexStore.open(index, create=True)
     try:
         spec = model or store.model_spec or "default"
-        if model and store.model_spec and model != store.model_spec:
-            # Cheap check before loading a model: identities are compared after loading.
-            _refuse_if_other(store, model)
+        store.refuse_other_early(spec)  # identities are compared again after loading (bind_model)
         aligner = load_aligner(spec)
         return indexer.run(store, aligner, list(folders), captions_file=captions, settings=settings, progress=progress)
     finally:
         store.close()
-
-
-def _refuse_if_other(store: IndexStore, model: str) -> None:
-    from retrieval.aligners import load_aligner
-
-    store.check_model(load_aligner(model))
 
 
 class Index:
@@ -69,6 +61,7 @@ class Index:
             spec = self._model or self.store.model_spec
             if spec is None:
                 raise RetrievalError(f"index {self.store.folder} is empty: run `retrieval index` first")
+            self.store.refuse_other_early(spec)
             aligner = load_aligner(spec)
             self.store.check_model(aligner)
             self._aligner = aligner

@@ -11,7 +11,7 @@ Tables:
 - ``captions``: a caption corpus for image-to-text search, with vectors.
 - ``meta``: schema version, aligner identity, dimension and the published generation.
 
-Nothing a search sees changes until :meth:`Catalog.publish` commits one transaction
+Nothing a search sees changes until :meth:`Catalog.publishing` commits one transaction
 that swaps in the new generation (see ``indexer.py``).
 """
 
@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import sqlite_utils
+
+from retrieval.known import KnownHashes
 
 SCHEMA_VERSION = 1
 CATALOG_FILE = "catalog.db"
@@ -43,6 +45,11 @@ _DDL = [
     """CREATE TABLE IF NOT EXISTS captions (
         id INTEGER PRIMARY KEY, text TEXT UNIQUE NOT NULL, vector BLOB NOT NULL)""",
 ]
+
+
+#: Rows per chunk when vectors are read in bulk: about 16 MB of 512-d vectors, so a pass over
+#: a million images never holds more than one chunk of them.
+CHUNK_ROWS = 8_192
 
 
 def to_blob(vector: np.ndarray) -> bytes:
@@ -88,8 +95,11 @@ class Catalog:
         return default if row is None else json.loads(row[0])
 
     def set_meta(self, **values) -> None:
-        self.db["meta"].upsert_all(
-            [{"key": k, "value": json.dumps(v)} for k, v in values.items()], pk="key"
+        # Plain SQL, not sqlite-utils: this also runs inside :meth:`publishing`'s transaction,
+        # which a library call that commits on its own would end early.
+        self.db.conn.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            [(k, json.dumps(v)) for k, v in values.items()],
         )
 
     @property
@@ -111,13 +121,25 @@ class Catalog:
         cursor = self.db.execute("SELECT path, size, mtime, reason FROM skipped")
         return {row[0]: (row[1], row[2], row[3]) for row in cursor}
 
-    def known_hashes(self) -> set[str]:
-        return {row[0] for row in self.db.execute("SELECT hash FROM vectors")}
+    def known_hashes(self) -> KnownHashes:
+        """A lookup of stored vectors' hashes that worker processes can take with them."""
+        return KnownHashes(self.path)
+
+    def missing_hashes(self, hashes: Iterable[str]) -> set[str]:
+        """The hashes among `hashes` that have no stored vector."""
+        wanted = set(hashes)
+        found: set[str] = set()
+        part_list = sorted(wanted)
+        for start in range(0, len(part_list), 500):
+            part = part_list[start : start + 500]
+            marks = ",".join("?" * len(part))
+            found.update(r[0] for r in self.db.execute(f"SELECT hash FROM vectors WHERE hash IN ({marks})", part))
+        return wanted - found
 
     def count(self, table: str) -> int:
         return self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
-    def image_vectors(self, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def image_vectors(self, chunk: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (ids, vectors) of every indexed image, in id order, `chunk` rows at a time."""
         yield from self._chunks(
             "SELECT images.id, vectors.vector FROM images JOIN vectors USING (hash) "
@@ -125,13 +147,13 @@ class Catalog:
             chunk,
         )
 
-    def caption_vectors(self, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def caption_vectors(self, chunk: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         yield from self._chunks(
             "SELECT id, vector FROM captions WHERE id > ? ORDER BY id LIMIT ?", chunk
         )
 
-    def _chunks(self, sql: str, chunk: int):
-        dim, last = self.dim, 0
+    def _chunks(self, sql: str, chunk: int | None):
+        dim, last, chunk = self.dim, 0, chunk or CHUNK_ROWS
         while True:
             rows = self.db.execute(sql, [last, chunk]).fetchall()
             if not rows:
@@ -188,64 +210,42 @@ class Catalog:
 
     def put_vectors(self, rows: list[tuple[str, np.ndarray, int, int]]) -> None:
         """Store freshly encoded vectors; committed at once so a killed run keeps them."""
-        with self.db.conn:
-            self.db.conn.executemany(
+        conn = self.db.conn
+        # One transaction for the batch (in autocommit mode each row would commit on its own).
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(
                 "INSERT OR REPLACE INTO vectors (hash, vector, width, height) VALUES (?, ?, ?, ?)",
                 [(h, to_blob(v), w, ht) for h, v, w, ht in rows],
             )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
-    def allocate_ids(self, n: int) -> np.ndarray:
-        """Reserve `n` fresh ids. They are only committed by :meth:`publish`."""
-        start = int(self.get_meta("next_id", 1))
-        return np.arange(start, start + n, dtype=np.int64)
+    @contextmanager
+    def publishing(self) -> Iterator[sqlite3.Connection]:
+        """The one transaction in which a run's changes and its new generation become visible.
 
-    def publish(
-        self,
-        *,
-        upserts: list[dict],
-        deletes: list[int],
-        skipped: list[dict],
-        captions: list[dict] | None,
-        next_id: int,
-        generation: int,
-        extra_meta: dict | None = None,
-    ) -> None:
-        """Commit one run's changes and its generation in a single transaction."""
+        The caller changes rows and sets ``generation`` inside it; searches (other
+        connections, WAL) keep reading the previous generation until it commits, and a run
+        that dies inside it leaves the catalog as it was.
+        """
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for start in range(0, len(deletes), 500):
-                part = deletes[start : start + 500]
-                conn.execute(
-                    f"DELETE FROM images WHERE id IN ({','.join('?' * len(part))})", part
-                )
-            conn.executemany(
-                "INSERT OR REPLACE INTO images (id, path, size, mtime, hash, width, height, status)"
-                " VALUES (:id, :path, :size, :mtime, :hash, :width, :height, 'ok')",
-                upserts,
-            )
-            conn.execute("DELETE FROM skipped")
-            conn.executemany(
-                "INSERT INTO skipped (path, size, mtime, reason) VALUES (:path, :size, :mtime, :reason)",
-                skipped,
-            )
-            if captions is not None:
-                conn.execute("DELETE FROM captions")
-                conn.executemany(
-                    "INSERT INTO captions (id, text, vector) VALUES (:id, :text, :vector)",
-                    captions,
-                )
+            yield conn
             # Vectors no file refers to any more are dead weight once the run is published.
             conn.execute("DELETE FROM vectors WHERE hash NOT IN (SELECT hash FROM images)")
-            meta = {"next_id": next_id, "generation": generation, **(extra_meta or {})}
-            conn.executemany(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [(k, json.dumps(v)) for k, v in meta.items()],
-            )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def replace_captions(self, captions: list[dict]) -> None:
+        """The caption corpus, replaced whole (inside :meth:`publishing`)."""
+        self.db.conn.execute("DELETE FROM captions")
+        self.db.conn.executemany("INSERT INTO captions (id, text, vector) VALUES (:id, :text, :vector)", captions)
 
 
 class _ReadTransaction:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,43 +46,72 @@ def factory_for(n: int) -> str:
     return f"IVF{nlist},Flat"
 
 
+#: A source of (ids, vectors) chunks; called once per pass over the collection.
+Chunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+
+#: Vectors an IVF quantizer is trained on (k-means needs far fewer than a million).
+TRAIN_SAMPLE = 100_000
+
+
 def build(ids: np.ndarray, vectors: np.ndarray, factory: str | None = None) -> tuple[faiss.Index, IndexInfo]:
     """Build an index over `vectors` with catalog `ids` (exact or IVF by size)."""
-    n, dim = vectors.shape if len(vectors) else (0, vectors.shape[1])
+    dim = vectors.shape[1]
+    return build_streamed(lambda: [(ids, vectors)], len(vectors), dim, factory)
+
+
+def build_streamed(chunks: Chunks, n: int, dim: int, factory: str | None = None) -> tuple[faiss.Index, IndexInfo]:
+    """Build an index over `n` vectors that arrive in chunks, never all in memory at once.
+
+    Passes: a training sample (IVF only), adding, and tuning ``nprobe`` (IVF only). Peak
+    memory is the index itself plus one chunk and the samples.
+    """
     factory = factory or factory_for(n)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     info = IndexInfo(factory=factory, ntotal=n)
     if not index.is_trained:
-        train = vectors
-        if n > 100_000:
-            rng = np.random.default_rng(0)
-            train = vectors[rng.choice(n, 100_000, replace=False)]
+        rng = np.random.default_rng(0)
+        picks = np.arange(n) if n <= TRAIN_SAMPLE else rng.choice(n, TRAIN_SAMPLE, replace=False)
+        _, train = gather(chunks, picks, dim)
         log.info("training %s on %d vectors", factory, len(train))
         index.train(train)
-    if n:
-        index.add_with_ids(vectors, ids.astype(np.int64))
-    if isinstance(index, faiss.IndexIVF):
-        info.nprobe, info.recall_at_10 = tune_nprobe(index, ids, vectors)
+    for ids, vectors in chunks():
+        if len(ids):
+            index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
+    if isinstance(index, faiss.IndexIVF) and n:
+        info.nprobe, info.recall_at_10 = tune_nprobe(index, chunks, n, dim)
     return index, info
 
 
-def tune_nprobe(
-    index: faiss.IndexIVF, ids: np.ndarray, vectors: np.ndarray, n_queries: int = 500
-) -> tuple[int, float]:
+def gather(chunks: Chunks, positions: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ids and vectors at `positions` (row numbers over all chunks), in the order given."""
+    out_ids = np.zeros(len(positions), np.int64)
+    out = np.zeros((len(positions), dim), np.float32)
+    order = np.argsort(positions, kind="stable")
+    sorted_pos = positions[order]
+    offset = 0
+    for ids, vectors in chunks():
+        lo, hi = np.searchsorted(sorted_pos, [offset, offset + len(ids)])
+        where = order[lo:hi]
+        out_ids[where] = ids[sorted_pos[lo:hi] - offset]
+        out[where] = vectors[sorted_pos[lo:hi] - offset]
+        offset += len(ids)
+    return out_ids, out
+
+
+def tune_nprobe(index: faiss.IndexIVF, chunks: Chunks, n: int, dim: int, n_queries: int = 500) -> tuple[int, float]:
     """Smallest power-of-two nprobe whose recall@10 vs exact search reaches the target."""
     rng = np.random.default_rng(1)
-    sample = rng.choice(len(vectors), min(n_queries, len(vectors)), replace=False)
+    sample = rng.choice(n, min(n_queries, n), replace=False)
+    _, near = gather(chunks, sample, dim)
     # Perturbed copies of stored vectors stand in for queries near the data.
-    queries = vectors[sample] + rng.normal(0, 0.05, (len(sample), vectors.shape[1])).astype(np.float32)
+    queries = near + rng.normal(0, 0.05, (len(sample), dim)).astype(np.float32)
     faiss.normalize_L2(queries)
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(vectors)
-    _, positions = exact.search(queries, 10)
-    truth = ids[positions]
+    k = min(10, n)
+    truth = exact_top_k(chunks, queries, k)
     nprobe, recall = 1, 0.0
     while nprobe <= index.nlist:
         index.nprobe = nprobe
-        _, got = index.search(queries, 10)
+        _, got = index.search(queries, k)
         recall = recall_at_k(truth, got)
         if recall >= TARGET_RECALL:
             break
@@ -90,17 +120,37 @@ def tune_nprobe(
     return index.nprobe, recall
 
 
+def exact_top_k(chunks: Chunks, queries: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the exact top-k by inner product over all chunks, merged chunk by chunk."""
+    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+    best_ids = np.zeros((len(queries), 0), np.int64)
+    for ids, vectors in chunks():
+        if not len(ids):
+            continue
+        flat = faiss.IndexFlatIP(queries.shape[1])
+        flat.add(np.ascontiguousarray(vectors, np.float32))
+        scores, positions = flat.search(queries, min(k, len(ids)))
+        best_scores = np.concatenate([best_scores, scores], axis=1)
+        best_ids = np.concatenate([best_ids, np.asarray(ids, np.int64)[positions]], axis=1)
+        keep = np.argsort(-best_scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(best_scores, keep, axis=1)
+        best_ids = np.take_along_axis(best_ids, keep, axis=1)
+    return best_ids
+
+
 def recall_at_k(truth: np.ndarray, got: np.ndarray) -> float:
     """Share of the true top-k neighbours found in the approximate top-k."""
     hits = sum(len(set(t) & set(g)) for t, g in zip(truth.tolist(), got.tolist()))
     return hits / truth.size
 
 
-def update(index: faiss.Index, remove: np.ndarray, add_ids: np.ndarray, add_vectors: np.ndarray) -> None:
+def update(index: faiss.Index, remove: np.ndarray, adds: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Remove ids, then add (ids, vectors) chunks, in place."""
     if len(remove):
         index.remove_ids(np.asarray(remove, dtype=np.int64))
-    if len(add_ids):
-        index.add_with_ids(add_vectors, np.asarray(add_ids, dtype=np.int64))
+    for ids, vectors in adds:
+        if len(ids):
+            index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, dtype=np.int64))
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,12 @@
-"""The indexing pipeline: walk -> load (workers) -> encode (batches) -> store vectors -> publish.
+"""The indexing pipeline: walk -> load (workers) -> encode (batches) -> store vectors -> plan -> publish.
 
 Stages are plain functions over batches. Decoding runs in worker processes while the
-main process encodes the previous batch; at most a few chunks are in flight, so memory
-stays flat whatever the folder size. Encoded vectors are committed to the catalog as
-they come (keyed by content hash), so a killed run keeps its work; nothing becomes
-visible to searches until :func:`publish` switches generations in one transaction.
+main process encodes the previous batch; at most a few chunks are in flight. What the run
+knows about each file (its path, whether it changed, its hash) is staged in SQLite
+(:mod:`retrieval.staging`) rather than kept in Python, so memory stays flat whatever the
+folder size. Encoded vectors are committed to the catalog as they come (keyed by content
+hash), so a killed run keeps its work; nothing becomes visible to searches until
+:func:`publish` switches generations in one transaction.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import logging
 import multiprocessing
 import os
 import time
-from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +25,10 @@ import numpy as np
 
 from retrieval import index as faiss_index
 from retrieval.captions import read_captions
-from retrieval.catalog import FileRow, to_blob
-from retrieval.loader import FileStat, Loaded, init_worker, load_chunk, load_many, walk
+from retrieval.catalog import to_blob
+from retrieval.loader import Loaded, init_worker, load_chunk, load_many, walk
 from retrieval.progress import NullProgress, Progress
+from retrieval.staging import Plan, Staging
 from retrieval.store import IndexStore
 
 log = logging.getLogger(__name__)
@@ -82,12 +85,20 @@ class RunSummary:
 
 # -- loading in worker processes ------------------------------------------------
 def load_stream(
-    paths: list[str], transform, known: frozenset[str], settings: IndexSettings
+    paths: Iterable[str],
+    transform,
+    known: Container[str],
+    settings: IndexSettings,
+    count: int | None = None,
 ) -> Iterator[Loaded]:
-    """Yield loaded files in order, decoding ahead in worker processes with bounded memory."""
-    chunks = [paths[i : i + settings.chunk] for i in range(0, len(paths), settings.chunk)]
+    """Yield loaded files in order, decoding ahead in worker processes with bounded memory.
+
+    `paths` may be a lazy iterable (then give `count`); it is consumed a chunk at a time.
+    """
+    count = len(paths) if count is None else count  # type: ignore[arg-type]
+    chunks = batched(paths, settings.chunk)
     workers = settings.worker_count()
-    if workers == 0 or len(paths) <= settings.chunk:
+    if workers == 0 or count <= settings.chunk:
         for chunk in chunks:
             yield from load_many(chunk, transform, known, settings.draft)
         return
@@ -97,15 +108,14 @@ def load_stream(
         workers, mp_context=context, initializer=init_worker, initargs=(transform, known, settings.draft)
     ) as pool:
         pending: deque[cf.Future] = deque()
-        todo = iter(chunks)
         try:
-            for chunk in todo:
+            for chunk in chunks:
                 pending.append(pool.submit(load_chunk, chunk))
                 if len(pending) >= 2 * workers + 2:
                     break
             while pending:
                 done = pending.popleft().result()
-                nxt = next(todo, None)
+                nxt = next(chunks, None)
                 if nxt is not None:
                     pending.append(pool.submit(load_chunk, nxt))
                 yield from done
@@ -125,18 +135,17 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def encode_and_store(store: IndexStore, aligner, loaded: list[Loaded], known: set[str]) -> int:
+def encode_and_store(store: IndexStore, aligner, loaded: list[Loaded]) -> int:
     """Encode the batch's images whose content is new (once per distinct hash) and commit them."""
-    fresh: dict[str, Loaded] = {}
-    for item in loaded:
-        if item.pixels is not None and item.hash not in known and item.hash not in fresh:
-            fresh[item.hash] = item
-    if not fresh:
+    decoded = {item.hash: item for item in loaded if item.pixels is not None}
+    # Workers skip content the catalog had when they looked; this catches the same content
+    # met twice in one run (copies of a photo) and anything committed since.
+    missing = store.catalog.missing_hashes(decoded)
+    if not missing:
         return 0
-    items = list(fresh.values())
+    items = [item for h, item in decoded.items() if h in missing]
     vectors = aligner.encode_images(np.stack([it.pixels for it in items]))
     store.catalog.put_vectors([(it.hash, v, it.width, it.height) for it, v in zip(items, vectors)])
-    known.update(fresh)
     return len(items)
 
 
@@ -150,7 +159,11 @@ def run(
     settings: IndexSettings | None = None,
     progress: Progress | None = None,
 ) -> RunSummary:
-    """Bring the index up to date with `roots` (and a caption corpus, if given)."""
+    """Bring the index up to date with `roots` (and a caption corpus, if given).
+
+    Per-file bookkeeping lives in SQLite (:mod:`retrieval.staging`), never in Python lists,
+    so memory stays flat whatever the number of files.
+    """
     settings = settings or IndexSettings()
     progress = progress or NullProgress()
     started = time.monotonic()
@@ -159,142 +172,34 @@ def run(
         store.bind_model(aligner)
         catalog = store.catalog
         roots = [Path(r).expanduser().resolve() for r in roots]
-        old_files, old_skipped = catalog.files(), catalog.skipped()
-        seen = list(walk(roots))
-        todo = [s for s in seen if not _unchanged(s, old_files, old_skipped)]
-
+        staging = Staging(catalog.db.conn, roots)
         known = catalog.known_hashes()
-        loaded: dict[str, Loaded] = {}
-        progress.start(len(todo), "indexing")
-        stream = load_stream([s.path for s in todo], aligner.transform, frozenset(known), settings)
-        with catalog.quick_commits():
-            for batch in batched(stream, settings.batch_size):
-                summary.encoded += encode_and_store(store, aligner, batch, known)
-                for item in batch:
-                    item.pixels = None  # the vector is stored; drop the pixels now
-                    loaded[item.path] = item
-                progress.advance(len(batch))
-        progress.close()
+        try:
+            staging.add_stats(walk(roots))
+            todo = staging.todo_count()
+            progress.start(todo, "indexing")
+            stream = load_stream(staging.todo_paths(), aligner.transform, known, settings, count=todo)
+            with catalog.quick_commits():
+                for batch in batched(stream, settings.batch_size):
+                    summary.encoded += encode_and_store(store, aligner, batch)
+                    staging.record(batch)
+                    progress.advance(len(batch))
+            progress.close()
 
-        captions = _caption_rows(store, aligner, captions_file, progress) if captions_file else None
-        plan = _plan(catalog, roots, seen, old_files, old_skipped, loaded)
-        summary.added, summary.updated, summary.removed, summary.moved = plan.added, plan.updated, plan.removed, plan.moved
-        summary.unchanged, summary.skipped = plan.unchanged, plan.skipped
-        summary.captions = None if captions is None else len(captions)
-        summary.generation = catalog.generation
-        if plan.changed or captions is not None or not store.faiss_path("images", catalog.generation).exists():
-            summary.generation = publish(store, plan, captions)
+            captions = _caption_rows(store, aligner, captions_file, progress) if captions_file else None
+            plan = staging.plan(int(catalog.get_meta("next_id", 1)))
+            summary.added, summary.updated, summary.removed, summary.moved = plan.added, plan.updated, plan.removed, plan.moved
+            summary.unchanged, summary.skipped = plan.unchanged, staging.skipped()
+            summary.captions = None if captions is None else len(captions)
+            summary.generation = catalog.generation
+            if plan.changed or captions is not None or not store.faiss_path("images", catalog.generation).exists():
+                summary.generation = publish(store, staging, plan, captions)
+        finally:
+            known.close()
+            staging.close()
     summary.seconds = time.monotonic() - started
     log.info("index run: %s", summary.line())
     return summary
-
-
-def _unchanged(stat: FileStat, files: dict[str, FileRow], skipped: dict) -> bool:
-    row = files.get(stat.path)
-    if row is not None:
-        return row.size == stat.size and row.mtime == stat.mtime
-    bad = skipped.get(stat.path)
-    return bad is not None and bad[0] == stat.size and bad[1] == stat.mtime
-
-
-@dataclass
-class Plan:
-    upserts: list[dict]
-    deletes: list[int]
-    skipped: list[dict]
-    add_ids: list[int]
-    add_hashes: list[str]
-    final_count: int
-    next_id: int
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    moved: int = 0
-    skipped_changed: bool = False
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.upserts or self.deletes or self.skipped_changed)
-
-
-def _plan(catalog, roots, seen, old_files, old_skipped, loaded) -> Plan:
-    """Work out what the new generation holds, compared with the published one."""
-    seen_paths = {s.path: s for s in seen}
-    upserts, deletes, skipped, add_ids, add_hashes = [], [], [], [], []
-    sizes = _sizes_of(catalog, [it.hash for it in loaded.values() if it.error is None])
-    next_id = int(catalog.get_meta("next_id", 1))
-    added = updated = unchanged = removed = 0
-    new_hashes: list[str] = []  # content of paths the index did not have
-    for path, stat in seen_paths.items():
-        old = old_files.get(path)
-        item = loaded.get(path)
-        if item is None:  # unchanged since the last run
-            if old is not None:
-                unchanged += 1
-            else:
-                skipped.append({"path": path, "size": stat.size, "mtime": stat.mtime, "reason": old_skipped[path][2]})
-            continue
-        if item.error is not None or item.hash not in sizes:
-            reason = item.error or "could not be encoded"
-            skipped.append({"path": path, "size": stat.size, "mtime": stat.mtime, "reason": reason})
-            if old is not None:
-                deletes.append(old.id)
-                removed += 1
-            continue
-        width, height = sizes[item.hash]
-        row = {"path": path, "size": stat.size, "mtime": stat.mtime, "hash": item.hash, "width": width, "height": height}
-        if old is not None and old.hash == item.hash:
-            upserts.append({**row, "id": old.id})  # touched but same content: same id, same vector
-            unchanged += 1
-            continue
-        if old is not None:
-            deletes.append(old.id)
-            updated += 1
-        else:
-            added += 1
-            new_hashes.append(item.hash)
-        upserts.append({**row, "id": next_id})
-        add_ids.append(next_id)
-        add_hashes.append(item.hash)
-        next_id += 1
-    gone: Counter[str] = Counter()
-    for path, old in old_files.items():
-        if path not in seen_paths and _under(path, roots):
-            deletes.append(old.id)
-            gone[old.hash] += 1
-    # A new path with the content of a path that has gone is a rename or a move, not an add and a remove.
-    moved = (Counter(new_hashes) & gone).total()
-    removed += gone.total() - moved
-    added -= moved
-    kept = len(old_files) - len(deletes)
-    # Bad files outside this run's folders stay recorded as they were.
-    skipped += [
-        {"path": p, "size": s, "mtime": m, "reason": r}
-        for p, (s, m, r) in old_skipped.items()
-        if p not in seen_paths and not _under(p, roots)
-    ]
-    skipped_changed = {(s["path"], s["reason"]) for s in skipped} != {(p, r[2]) for p, r in old_skipped.items()}
-    return Plan(
-        upserts=upserts, deletes=deletes, skipped=skipped, add_ids=add_ids, add_hashes=add_hashes,
-        final_count=kept + len(add_ids), next_id=next_id, added=added, updated=updated,
-        unchanged=unchanged, removed=removed, moved=moved, skipped_changed=skipped_changed,
-    )
-
-
-def _under(path: str, roots: list[Path]) -> bool:
-    return any(path == str(r) or path.startswith(str(r).rstrip(os.sep) + os.sep) for r in roots)
-
-
-def _sizes_of(catalog, hashes: list[str]) -> dict[str, tuple[int, int]]:
-    out = {}
-    unique = sorted(set(hashes))
-    for start in range(0, len(unique), 500):
-        part = unique[start : start + 500]
-        marks = ",".join("?" * len(part))
-        for h, w, ht in catalog.db.execute(f"SELECT hash, width, height FROM vectors WHERE hash IN ({marks})", part):
-            out[h] = (w, ht)
-    return out
 
 
 def _caption_rows(store: IndexStore, aligner, captions_file, progress: Progress) -> list[dict]:
@@ -322,59 +227,53 @@ def _caption_rows(store: IndexStore, aligner, captions_file, progress: Progress)
     return rows
 
 
-def publish(store: IndexStore, plan: Plan, captions: list[dict] | None) -> int:
-    """Write the next generation's FAISS files, then switch the catalog to it atomically."""
+def publish(store: IndexStore, staging: Staging, plan: Plan, captions: list[dict] | None) -> int:
+    """Switch the catalog to the next generation, with its FAISS files, atomically.
+
+    Inside one catalog transaction: apply the plan, write generation g+1's FAISS files
+    from the rows as they now stand, then commit. Searches keep reading generation g
+    (its catalog snapshot and its files) until the commit; a run killed before it leaves
+    only an unreferenced g+1 file, which the next run overwrites.
+    """
     catalog = store.catalog
     old_gen = catalog.generation
     gen = old_gen + 1
-    meta = _write_image_index(store, plan, old_gen, gen)
-    if captions is not None:
-        ids = np.array([r["id"] for r in captions], dtype=np.int64)
-        vecs = np.frombuffer(b"".join(r["vector"] for r in captions), dtype="<f4").reshape(len(captions), -1)
-        index, _ = faiss_index.build(ids, np.ascontiguousarray(vecs, np.float32), factory="IDMap2,Flat")
-        faiss_index.write(index, store.faiss_path("captions", gen))
-        meta["captions_generation"] = gen
-    elif store.faiss_path("captions", old_gen).exists():
-        # Unchanged captions: the new generation links to the same file content.
-        os.link(store.faiss_path("captions", old_gen), store.faiss_path("captions", gen))
-    catalog.publish(
-        upserts=plan.upserts, deletes=plan.deletes, skipped=plan.skipped, captions=captions,
-        next_id=plan.next_id, generation=gen, extra_meta=meta,
-    )
+    with catalog.publishing():
+        staging.apply()
+        meta = _write_image_index(store, staging, plan, old_gen, gen)
+        if captions is not None:
+            catalog.replace_captions(captions)
+            ids = np.array([r["id"] for r in captions], dtype=np.int64)
+            vecs = np.frombuffer(b"".join(r["vector"] for r in captions), dtype="<f4").reshape(len(captions), -1)
+            index, _ = faiss_index.build(ids, np.ascontiguousarray(vecs, np.float32), factory="IDMap2,Flat")
+            faiss_index.write(index, store.faiss_path("captions", gen))
+            meta["captions_generation"] = gen
+        elif store.faiss_path("captions", old_gen).exists():
+            # Unchanged captions: the new generation links to the same file content.
+            store.faiss_path("captions", gen).unlink(missing_ok=True)
+            os.link(store.faiss_path("captions", old_gen), store.faiss_path("captions", gen))
+        catalog.set_meta(next_id=plan.next_id, generation=gen, **meta)
     store.prune(gen)
     return gen
 
 
-def _write_image_index(store: IndexStore, plan: Plan, old_gen: int, gen: int) -> dict:
+def _write_image_index(store: IndexStore, staging: Staging, plan: Plan, old_gen: int, gen: int) -> dict:
+    """Generation `gen`'s image index: the previous one updated in place, or built afresh.
+
+    Either way vectors arrive in chunks from SQL, so the peak is the index itself plus one chunk.
+    """
     catalog = store.catalog
     previous = store.faiss_path("images", old_gen)
     factory = faiss_index.factory_for(plan.final_count)
     if previous.exists() and catalog.get_meta("index_factory") == factory:
         index = faiss_index.read(previous)
-        vectors = catalog.vectors_by_hash(plan.add_hashes)
-        adds = np.stack([vectors[h] for h in plan.add_hashes]) if plan.add_hashes else None
-        faiss_index.update(index, np.array(plan.deletes, np.int64), np.array(plan.add_ids, np.int64), adds)
+        faiss_index.update(index, staging.deleted_ids(), staging.added_vectors(catalog.dim))
         info = {"index_factory": factory, "index_nprobe": getattr(index, "nprobe", None)}
     else:
-        ids, vectors = _final_vectors(catalog, plan)
-        index, built = faiss_index.build(ids, vectors, factory=factory)
+        # Read inside the publishing transaction: these are the rows being committed.
+        index, built = faiss_index.build_streamed(
+            catalog.image_vectors, plan.final_count, catalog.dim, factory=factory
+        )
         info = {"index_factory": factory, "index_nprobe": built.nprobe, "index_recall_at_10": built.recall_at_10}
     faiss_index.write(index, store.faiss_path("images", gen))
     return info
-
-
-def _final_vectors(catalog, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
-    """Every vector of the new generation, for a full rebuild."""
-    dim = catalog.dim
-    dropped = set(plan.deletes)
-    rows = {r["id"]: r["hash"] for r in plan.upserts}
-    for row in catalog.files().values():
-        if row.id not in dropped and row.id not in rows:
-            rows[row.id] = row.hash
-    ids = np.array(sorted(rows), dtype=np.int64)
-    vectors = np.zeros((len(ids), dim), np.float32)
-    for start in range(0, len(ids), 50_000):
-        part = ids[start : start + 50_000]
-        found = catalog.vectors_by_hash([rows[int(i)] for i in part])
-        vectors[start : start + len(part)] = [found[rows[int(i)]] for i in part]
-    return ids, vectors

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +80,7 @@ def load(
     path: str,
     transform: Callable[[Image.Image], np.ndarray] | None,
     *,
-    skip_hashes: frozenset[str] = frozenset(),
+    skip_hashes: Container[str] = frozenset(),
     draft: bool = True,
 ) -> Loaded:
     """Read, hash and (unless the hash is already known) decode and preprocess one file."""
@@ -144,7 +144,7 @@ def _draft_box(size: tuple[int, int], short_side: int) -> tuple[int, int]:
 def load_many(
     paths: list[str],
     transform,
-    skip_hashes: frozenset[str] = frozenset(),
+    skip_hashes: Container[str] = frozenset(),
     draft: bool = True,
 ) -> list[Loaded]:
     """Load a chunk of files; the unit of work sent to a worker process."""
@@ -157,7 +157,7 @@ def load_many(
 _WORKER: dict = {}
 
 
-def init_worker(transform, skip_hashes: frozenset[str], draft: bool) -> None:
+def init_worker(transform, skip_hashes: Container[str], draft: bool) -> None:
     """Process-pool initializer: the settings arrive once per worker, not with every chunk."""
     # Ctrl-C reaches the whole process group; the parent alone decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -76,6 +76,21 @@ class IndexStore:
             return
         self.check_model(aligner)
 
+    def refuse_other_early(self, spec: str) -> None:
+        """Refuse a model that certainly is not the index's, before paying to load it."""
+        from retrieval.aligners import surely_other
+
+        identity = self.catalog.get_meta("model_identity")
+        if identity is not None and spec != self.model_spec and surely_other(spec, identity):
+            raise ModelMismatch(self._other_model_message(spec))
+
+    def _other_model_message(self, spec: str) -> str:
+        return (
+            f"index {self.folder} was built with {self.model_spec!r}, not {spec!r}: "
+            "vectors from different models cannot be compared. Search it with its own model "
+            "(leave out --model) or build a new index with --index NEW_NAME."
+        )
+
     def check_model(self, aligner) -> None:
         identity = self.catalog.get_meta("model_identity")
         if identity is not None and identity != aligner.identity and self.model_spec == aligner.spec:
@@ -85,11 +100,7 @@ class IndexStore:
                 f"Re-index into a new index (--index NEW_NAME) or delete {self.folder} and index again."
             )
         if identity is not None and identity != aligner.identity:
-            raise ModelMismatch(
-                f"index {self.folder} was built with {self.model_spec!r}, not {aligner.spec!r}: "
-                "vectors from different models cannot be compared. Search it with its own model "
-                "(leave out --model) or build a new index with --index NEW_NAME."
-            )
+            raise ModelMismatch(self._other_model_message(aligner.spec))
 
     # -- FAISS files --------------------------------------------------------
     def faiss_path(self, kind: str, generation: int) -> Path:

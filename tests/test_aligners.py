@@ -161,7 +161,7 @@ def test_download_without_network_fails_at_once_and_says_what_to_do(monkeypatch,
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
     source = "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
-    with pytest.raises(ModelError, match=rf"no network.*\(from {source}\).*--model open_clip:ViT-B-32/PATH"):
+    with pytest.raises(ModelError, match=rf"no network.*\(from {source}\).*open_clip:ViT-B-32/PATH \(with --model, or --from"):
         openclip.OpenClipAligner("ViT-B-32", "laion2b_s34b_b79k")
     assert lookups == []  # offline mode: not one connection attempt, so no retry loop
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # our error says it all
@@ -317,3 +317,46 @@ def test_default_text_query_does_not_import_torch(tmp_path):
     )
     env = {**os.environ, "RETRIEVAL_CACHE": str(tmp_path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+@pytest.mark.parametrize(
+    "spec, identity, other",
+    [
+        ("open_clip:ViT-B-32/openai", "default/conse-0123abcd", True),  # another family
+        ("default", "open_clip:ViT-B-32/laion2b_s34b_b79k", True),
+        ("runs/heads.pt", "default/conse-0123abcd", True),
+        ("open_clip:ViT-B-32/openai", "open_clip:ViT-B-32/laion2b_s34b_b79k", True),  # two tags
+        ("open_clip:ViT-B-32/openai", "open_clip:ViT-B-32/openai", False),
+        ("open_clip:ViT-B-32/weights.pt", "open_clip:ViT-B-32/openai", False),  # a file: only loading can tell
+        ("open_clip:ViT-B-32/openai", "open_clip:ViT-B-32/file-5d41402abc4b2a76", False),
+        ("default", "default/conse-0123abcd", False),  # another build of the default: checked after loading
+    ],
+)
+def test_models_that_surely_differ_are_known_without_loading(spec, identity, other):
+    from retrieval.aligners import surely_other
+
+    assert surely_other(spec, identity) is other
+
+
+def test_an_index_refuses_another_model_before_loading_it(tmp_path, monkeypatch):
+    from conftest import ColorAligner, make_image
+
+    from retrieval import aligners, indexer
+    from retrieval.api import build_index, open_index
+    from retrieval.errors import ModelMismatch
+    from retrieval.indexer import IndexSettings
+    from retrieval.store import IndexStore
+
+    make_image(tmp_path / "photos" / "a.png", seed=1)
+    store = IndexStore.open(tmp_path / "idx", create=True)
+    indexer.run(store, ColorAligner(), [tmp_path / "photos"], settings=IndexSettings(workers=0))
+    store.close()
+
+    def no_loading(spec, device):
+        raise AssertionError(f"loaded {spec} before refusing it")
+
+    monkeypatch.setattr(aligners, "_load", no_loading)
+    with pytest.raises(ModelMismatch, match="was built with 'test/color', not 'open_clip:ViT-B-32/openai'"):
+        open_index(str(tmp_path / "idx"), model="open_clip:ViT-B-32/openai").search("a cat")
+    with pytest.raises(ModelMismatch, match="was built with 'test/color'"):
+        build_index([tmp_path / "photos"], index=str(tmp_path / "idx"), model="default")

@@ -164,6 +164,7 @@ def test_cli_table_json_plot(pairs, tmp_path, color_model):
     data = json.loads(invoke(pairs, "--model", "color", "-k", 2, "-k", 1, "--json", "--plot", tmp_path / "r.png",
                              "--workers", 0).output)
     assert data["settings"]["ks"] == [1, 2] and data["settings"]["dataset"] == str(pairs)
+    assert data["settings"]["split"] is None  # a pairs file without a split column has no split
     assert set(data["models"][0]["exact"]["text_to_image"]) == {"R@1", "R@2", "mAP"}
     assert data["dataset"]["images"] == 24
     with Image.open(tmp_path / "r.png") as im:

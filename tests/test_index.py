@@ -319,3 +319,145 @@ def test_single_queries_search_on_one_thread_with_the_same_results():
         np.testing.assert_allclose(scores[0], batch_scores[i], rtol=1e-5)
     assert batch_ids[:, 0].tolist() == ids[: len(queries)].tolist()
     assert faiss.omp_get_max_threads() == threads
+
+
+def test_bad_files_that_are_fixed_or_broken_or_deleted(store, color_aligner, tmp_path):
+    folder = tmp_path / "f"
+    make_image(folder / "a.png", seed=1)
+    make_image(folder / "b.png", seed=2)
+    (folder / "c.jpg").write_text("not a picture yet")
+    first = run(store, color_aligner, folder)
+    assert (first.added, [os.path.basename(s["path"]) for s in first.skipped]) == (2, ["c.jpg"])
+    old_b = stored(store)[str(folder / "b.png")][0]
+
+    make_image(folder / "c.jpg", seed=3)  # fixed
+    (folder / "b.png").write_text("broken")  # was good
+    second = run(store, color_aligner, folder)
+    assert (second.added, second.removed, second.unchanged) == (1, 1, 1)
+    assert [(os.path.basename(s["path"]), s["reason"]) for s in second.skipped] == [("b.png", "not an image")]
+    assert set(stored(store)) == {str(folder / "a.png"), str(folder / "c.jpg")}
+    assert old_b not in [i for i, _ in stored(store).values()]
+    assert list(store.catalog.skipped()) == [str(folder / "b.png")]
+
+    generation = store.catalog.generation
+    (folder / "b.png").unlink()  # a bad file that goes leaves the record too
+    third = run(store, color_aligner, folder)
+    assert third.skipped == [] and store.catalog.skipped() == {}
+    assert store.catalog.generation == generation + 1
+
+
+def test_touched_files_keep_their_id_and_are_not_read_again(store, color_aligner, image_dir):
+    run(store, color_aligner, image_dir)
+    before = stored(store)
+    path = image_dir / "sub0" / "img00.jpg"
+    os.utime(path, (1_000_000_000, 1_000_000_000))
+    touched = run(store, color_aligner, image_dir)
+    assert (touched.encoded, touched.added, touched.updated, touched.unchanged) == (0, 0, 0, 12)
+    assert stored(store) == before
+    assert store.catalog.files()[str(path)].mtime == 1_000_000_000
+    generation = store.catalog.generation
+    assert run(store, color_aligner, image_dir).generation == generation  # the new mtime was recorded
+
+
+def test_overlapping_folders_index_each_file_once(store, color_aligner, image_dir):
+    summary = indexer.run(store, color_aligner, [image_dir, image_dir / "sub0", image_dir], settings=SEQUENTIAL)
+    assert summary.added == 12 and store.catalog.count("images") == 12
+
+
+def test_new_ids_follow_the_walk_and_are_never_reused(store, color_aligner, tmp_path):
+    folder = tmp_path / "f"
+    for i in range(5):
+        make_image(folder / f"{i}.png", seed=i)
+    run(store, color_aligner, folder)
+    assert [stored(store)[str(folder / f"{i}.png")][0] for i in range(5)] == [1, 2, 3, 4, 5]
+    (folder / "4.png").unlink()
+    make_image(folder / "5.png", seed=5)
+    make_image(folder / "6.png", seed=6)
+    run(store, color_aligner, folder)
+    assert [stored(store)[str(folder / f"{i}.png")][0] for i in (5, 6)] == [6, 7]
+    assert store.catalog.get_meta("next_id") == 8
+
+
+def test_a_run_holds_no_python_objects_per_file(tmp_path, color_aligner, monkeypatch):
+    """Python-side memory of a run must not grow with the folder (bookkeeping lives in SQLite).
+
+    tracemalloc sees Python objects and numpy arrays, not FAISS's own allocation of the index,
+    which grows with the collection by nature (scripts/bench_memory.py measures the whole process).
+    """
+    import tracemalloc
+
+    from retrieval import catalog, staging
+
+    # Paths and vectors move between SQLite and Python in pages; keep the pages well below n here.
+    monkeypatch.setattr(catalog, "CHUNK_ROWS", 64)
+    monkeypatch.setattr(staging, "PAGE_ROWS", 64)
+
+    def peak_for(n: int) -> int:
+        folder = tmp_path / f"files-{n}"
+        for i in range(n):
+            path = folder / f"{i // 100:02d}" / f"a-rather-long-file-name-like-a-camera-makes-{i:06d}.png"
+            make_image(path, seed=i, size=(16, 16))
+        s = IndexStore.open(tmp_path / f"idx-{n}", create=True)
+        tracemalloc.start()
+        try:
+            assert run(s, color_aligner, folder, settings=IndexSettings(workers=0, batch_size=16)).added == n
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            s.close()
+
+    peak_for(20)  # the first run pays for lazy imports
+    small, large = peak_for(100), peak_for(1500)
+    # Holding even ~1 KB per file (a path, a hash, a row) would add over 1.4 MB here; keeping
+    # them in Python lists, as this engine once did, added 2.4 MB.
+    assert large - small < 150_000, (small, large)
+
+
+def test_an_index_built_from_chunks_matches_one_built_at_once():
+    """The engine streams vectors from the catalog in chunks; IVF training, adding and tuning must not notice."""
+    from retrieval import index as faiss_index
+
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(40, 16))
+    vectors = (centres[rng.integers(0, 40, 3000)] + rng.normal(0, 0.3, (3000, 16))).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(3000, dtype=np.int64) * 3 + 7
+
+    def chunks():
+        return [(ids[i : i + 700], vectors[i : i + 700]) for i in range(0, 3000, 700)]
+
+    whole, info = faiss_index.build(ids, vectors, factory="IVF32,Flat")
+    parts, streamed = faiss_index.build_streamed(chunks, 3000, 16, factory="IVF32,Flat")
+    assert (streamed.nprobe, streamed.recall_at_10) == (info.nprobe, info.recall_at_10)
+    assert info.recall_at_10 >= faiss_index.TARGET_RECALL and parts.ntotal == 3000
+    queries = vectors[rng.choice(3000, 50, replace=False)]
+    np.testing.assert_array_equal(faiss_index.search(whole, queries, 10)[1], faiss_index.search(parts, queries, 10)[1])
+    # the chunk-by-chunk exact top-k is the exact top-k
+    truth = ids[np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :10]]
+    got = faiss_index.exact_top_k(chunks, queries, 10)
+    assert faiss_index.recall_at_k(truth, got) == 1.0
+
+
+def test_a_growing_collection_moves_from_exact_to_ivf_built_from_the_catalog(store, color_aligner, tmp_path, monkeypatch):
+    from retrieval import catalog
+    from retrieval import index as faiss_index
+
+    monkeypatch.setattr(faiss_index, "EXACT_LIMIT", 20)
+    monkeypatch.setattr(catalog, "CHUNK_ROWS", 7)  # the rebuild reads the catalog in several chunks
+    folder = tmp_path / "grow"
+    for i in range(20):
+        make_image(folder / f"{i:02d}.png", seed=i)
+    run(store, color_aligner, folder)
+    assert store.catalog.get_meta("index_factory") == "IDMap2,Flat"
+    for i in range(20, 40):
+        make_image(folder / f"{i:02d}.png", seed=i)
+    run(store, color_aligner, folder)
+    assert store.catalog.get_meta("index_factory") == f"IVF{int(4 * 40 ** 0.5)},Flat"
+    assert store.catalog.get_meta("index_recall_at_10") >= faiss_index.TARGET_RECALL
+    for gone in range(5):
+        (folder / f"{gone:02d}.png").unlink()
+    run(store, color_aligner, folder)  # still IVF: updated in place
+    ids, vectors = next(store.catalog.image_vectors(chunk=100))
+    assert len(ids) == 35
+    assert [hits[0].id for hits in search_vectors(store, vectors, k=1)] == ids.tolist()
+    assert {h.id for h in search_vectors(store, vectors[:1], k=50)[0]} <= set(ids.tolist())

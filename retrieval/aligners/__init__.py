@@ -18,7 +18,7 @@ from pathlib import Path
 from retrieval.aligners.base import Aligner, normalize
 from retrieval.errors import ModelError
 
-__all__ = ["Aligner", "load_aligner", "list_aligners", "normalize"]
+__all__ = ["Aligner", "load_aligner", "list_aligners", "normalize", "surely_other"]
 
 _LOADED: dict[tuple, Aligner] = {}
 
@@ -35,6 +35,36 @@ def load_aligner(spec: str = "default", device: str | None = None) -> Aligner:
     if key not in _LOADED:
         _LOADED[key] = _load(spec, device)
     return _LOADED[key]
+
+
+def surely_other(spec: str, identity: str) -> bool:
+    """Whether `spec` certainly names another aligner than `identity`, known without loading it.
+
+    Loading a model takes seconds; refusing a mismatched index should not. Families differ
+    ('default' vs open_clip vs a trained checkpoint), or both are open_clip pretrained tags
+    (whose identity is the spec itself). Anything less certain (a weights file, another build
+    of the default) is left to the check after loading.
+    """
+    spec = (spec or "default").strip()
+    if _family(spec) != _family(identity):
+        return True
+    if spec.startswith("open_clip:") and not _names_a_file(spec.partition("/")[2]):
+        return identity.startswith("open_clip:") and "/file-" not in identity and spec != identity
+    return False
+
+
+def _family(name: str) -> str:
+    if name == "default" or name.startswith("default/"):
+        return "default"
+    if name.startswith("open_clip:"):
+        return "open_clip"
+    return "trained"
+
+
+def _names_a_file(weights: str) -> bool:
+    # Pretrained tags are plain words (laion2b_s34b_b79k); anything path-like may be a file
+    # holding the very weights the index was built with, so only loading can tell.
+    return "/" in weights or weights.startswith(("~", ".")) or Path(weights).suffix != "" or Path(weights).exists()
 
 
 def _file_stamp(spec: str) -> tuple | None:

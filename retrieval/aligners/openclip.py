@@ -178,7 +178,7 @@ def download_error(spec: str, arch: str, offline: bool, exc: Exception, weights:
     where = f" (from {source})" if source else ""
     return ModelError(
         f"could not download the weights {spec} needs ({why}). Download them on a connected machine{where} "
-        f"and give the file instead: --model open_clip:{arch}/PATH"
+        f"and name the file in the spec instead: open_clip:{arch}/PATH (with --model, or --from for `retrieval train`)"
     )
 
 

@@ -63,7 +63,8 @@ def evaluate_command(dataset, images, split, models, ks, through_index, index_fa
         click.echo("\ninterrupted: no figures; an evaluation starts over when run again", err=True)
         sys.exit(130)
     out = report.as_dict()
-    out["settings"].update(dataset=dataset, split=split, limit=limit, seconds=round(time.monotonic() - started, 1))
+    # The split the data really came from: None for a pairs file without a split column.
+    out["settings"].update(dataset=dataset, split=data.split, limit=limit, seconds=round(time.monotonic() - started, 1))
     if plot:
         from retrieval.plot import plot_recall
 

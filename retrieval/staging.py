@@ -1,0 +1,302 @@
+"""One index run's view of its folders, staged in temporary SQLite tables.
+
+A run over a million files must not hold a million paths in Python. The walk streams into
+``run_files``; the hash (or the reason for failing) of each file read comes back batch by
+batch; the plan and its publication are SQL over these tables and the catalog. Python holds
+one page of rows at a time, so the indexer's memory does not grow with the folder.
+
+The tables are TEMP tables on the catalog's own connection: other connections (searches,
+decoding workers) never see them, SQLite's page cache spills them to a temporary file
+rather than keeping them in memory, and they vanish when the run ends or is killed. A
+killed run loses nothing here: its vectors are already in the catalog, keyed by content.
+
+Life of a row in ``run_files``::
+
+    add_stats()     path, size, mtime, and the published row for that path (old_id, old_hash)
+    (todo)          1 when the file is new or changed since it was last indexed or skipped
+    record()        hash, or error, once the file has been read
+    plan()          action: keep | keep_bad | touch | new | fail, and new_id for 'new'
+    apply()         inside the publishing transaction: images and skipped rows follow the plan
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrieval import catalog
+from retrieval.catalog import from_blobs
+from retrieval.loader import FileStat, Loaded
+
+#: Rows of paths per page read or written at a time (a few hundred KB of Python objects).
+PAGE_ROWS = 2_000
+
+_DDL = [
+    "DROP TABLE IF EXISTS temp.run_files",
+    "DROP TABLE IF EXISTS temp.run_deletes",
+    """CREATE TEMP TABLE run_files (
+        seq INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL, size INTEGER, mtime REAL,
+        old_id INTEGER, old_hash TEXT, todo INTEGER NOT NULL DEFAULT 1,
+        hash TEXT, error TEXT, action TEXT, new_id INTEGER)""",
+    "CREATE INDEX temp.run_files_new ON run_files(new_id)",
+    # Published image rows this run removes: replaced or failed files, and files that are gone.
+    "CREATE TEMP TABLE run_deletes (id INTEGER PRIMARY KEY, hash TEXT NOT NULL, gone INTEGER NOT NULL)",
+]
+
+
+@dataclass
+class Plan:
+    """What the next generation changes, in counts (the rows themselves stay in SQL)."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    moved: int = 0
+    new_rows: int = 0
+    deletes: int = 0
+    touched: int = 0
+    skipped_changed: bool = False
+    final_count: int = 0
+    next_id: int = 1
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.new_rows or self.deletes or self.touched or self.skipped_changed)
+
+
+class Staging:
+    """The run tables for `roots` on `conn` (the catalog's connection, autocommit mode)."""
+
+    def __init__(self, conn: sqlite3.Connection, roots: list[Path]):
+        self.conn = conn
+        self.roots = roots
+        for statement in _DDL:
+            conn.execute(statement)
+        # "Under one of this run's folders", as SQL over a column named path.
+        clauses, self._under_args = [], []
+        for root in roots:
+            prefix = str(root).rstrip(os.sep) + os.sep
+            clauses.append("(path = ? OR substr(path, 1, ?) = ?)")
+            self._under_args += [str(root), len(prefix), prefix]
+        self._under = "(" + (" OR ".join(clauses) or "0") + ")"
+
+    def close(self) -> None:
+        self.conn.execute("DROP TABLE IF EXISTS temp.run_files")
+        self.conn.execute("DROP TABLE IF EXISTS temp.run_deletes")
+
+    def _batch(self, sql: str, rows: Iterable) -> None:
+        # One transaction per batch: in autocommit mode each row would be a commit of its own.
+        self.conn.execute("BEGIN")
+        try:
+            self.conn.executemany(sql, rows)
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- walking -----------------------------------------------------------------
+    def add_stats(self, stats: Iterable[FileStat]) -> None:
+        """Stage the walk, page by page; a path met twice (overlapping folders) counts once."""
+        page: list[tuple] = []
+        for stat in stats:
+            page.append((stat.path, stat.size, stat.mtime))
+            if len(page) == PAGE_ROWS:
+                self._batch("INSERT OR IGNORE INTO run_files (path, size, mtime) VALUES (?, ?, ?)", page)
+                page = []
+        if page:
+            self._batch("INSERT OR IGNORE INTO run_files (path, size, mtime) VALUES (?, ?, ?)", page)
+        self.conn.execute("BEGIN")
+        self.conn.execute(
+            "UPDATE run_files SET (old_id, old_hash) = "
+            "(SELECT id, hash FROM images WHERE images.path = run_files.path)"
+        )
+        # Unchanged since the last run (same size and mtime): an indexed file, or a bad file
+        # already recorded as skipped. Neither is read again.
+        self.conn.execute(
+            """UPDATE run_files SET todo = 0 WHERE
+                 (old_id IS NOT NULL AND EXISTS (SELECT 1 FROM images i WHERE i.id = run_files.old_id
+                     AND i.size IS run_files.size AND i.mtime IS run_files.mtime))
+              OR (old_id IS NULL AND EXISTS (SELECT 1 FROM skipped s WHERE s.path = run_files.path
+                     AND s.size IS run_files.size AND s.mtime IS run_files.mtime))"""
+        )
+        self.conn.execute("COMMIT")
+
+    def todo_count(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM run_files WHERE todo").fetchone()[0]
+
+    def todo_paths(self) -> Iterator[str]:
+        """Paths to read, in walk order, fetched a page at a time (the table changes meanwhile)."""
+        last = 0
+        while True:
+            rows = self.conn.execute(
+                "SELECT seq, path FROM run_files WHERE todo AND seq > ? ORDER BY seq LIMIT ?", (last, PAGE_ROWS)
+            ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            for _, path in rows:
+                yield path
+
+    def record(self, loaded: list[Loaded]) -> None:
+        self._batch(
+            "UPDATE run_files SET hash = ?, error = ? WHERE path = ?",
+            [(item.hash, item.error, item.path) for item in loaded],
+        )
+
+    # -- planning ----------------------------------------------------------------
+    def plan(self, next_id: int) -> Plan:
+        """Decide each row's action and the ids of new rows; count what will change."""
+        c = self.conn
+        c.execute("BEGIN")
+        try:
+            c.execute(
+                """UPDATE run_files SET action = CASE
+                     WHEN NOT todo AND old_id IS NOT NULL THEN 'keep'
+                     WHEN NOT todo THEN 'keep_bad'
+                     WHEN error IS NOT NULL OR hash IS NULL
+                          OR hash NOT IN (SELECT hash FROM vectors) THEN 'fail'
+                     WHEN old_hash IS hash THEN 'touch'
+                     ELSE 'new' END"""
+            )
+            c.execute("UPDATE run_files SET error = 'could not be encoded' WHERE action = 'fail' AND error IS NULL")
+            # Ids are handed out in walk order and never reused (see catalog.py).
+            # (Numbered in a table of their own first: a window function inside the UPDATE's
+            # subquery would be evaluated again for every row.)
+            c.execute("DROP TABLE IF EXISTS temp.run_ids")
+            c.execute("CREATE TEMP TABLE run_ids (seq INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+            c.execute(
+                "INSERT INTO run_ids (seq, n) SELECT seq, row_number() OVER (ORDER BY seq) "
+                "FROM run_files WHERE action = 'new'"
+            )
+            c.execute(
+                "UPDATE run_files SET new_id = ? - 1 + (SELECT n FROM run_ids WHERE run_ids.seq = run_files.seq) "
+                "WHERE action = 'new'",
+                (next_id,),
+            )
+            c.execute("DROP TABLE temp.run_ids")
+            c.execute(
+                "INSERT INTO run_deletes (id, hash, gone) SELECT old_id, old_hash, 0 FROM run_files "
+                "WHERE old_id IS NOT NULL AND action IN ('new', 'fail')"
+            )
+            c.execute(
+                f"""INSERT OR IGNORE INTO run_deletes (id, hash, gone)
+                    SELECT id, hash, 1 FROM images
+                    WHERE {self._under} AND path NOT IN (SELECT path FROM run_files)""",
+                self._under_args,
+            )
+            plan = self._count(next_id)
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return plan
+
+    def _count(self, next_id: int) -> Plan:
+        def one(sql: str, args=()) -> int:
+            return self.conn.execute(sql, args).fetchone()[0] or 0
+
+        actions = dict(self.conn.execute("SELECT action, count(*) FROM run_files GROUP BY action").fetchall())
+        fresh = one("SELECT count(*) FROM run_files WHERE action = 'new' AND old_id IS NULL")
+        replaced = one("SELECT count(*) FROM run_files WHERE action = 'new' AND old_id IS NOT NULL")
+        failed_old = one("SELECT count(*) FROM run_files WHERE action = 'fail' AND old_id IS NOT NULL")
+        gone = one("SELECT count(*) FROM run_deletes WHERE gone")
+        # A new path with the content of a path that has gone is a rename or a move, not an
+        # add and a remove: per hash, the smaller of the two counts.
+        moved = one(
+            """SELECT sum(min(a.n, g.n)) FROM
+                 (SELECT hash, count(*) AS n FROM run_files WHERE action = 'new' AND old_id IS NULL GROUP BY hash) a
+                 JOIN (SELECT hash, count(*) AS n FROM run_deletes WHERE gone GROUP BY hash) g USING (hash)"""
+        )
+        deletes = one("SELECT count(*) FROM run_deletes")
+        new_rows = actions.get("new", 0)
+        return Plan(
+            added=fresh - moved,
+            updated=replaced,
+            unchanged=actions.get("keep", 0) + actions.get("touch", 0),
+            removed=failed_old + gone - moved,
+            moved=moved,
+            new_rows=new_rows,
+            deletes=deletes,
+            touched=actions.get("touch", 0),
+            skipped_changed=self._skipped_changes() > 0,
+            final_count=one("SELECT count(*) FROM images") - deletes + new_rows,
+            next_id=next_id + new_rows,
+        )
+
+    def _skipped_changes(self) -> int:
+        dropped = self.conn.execute(
+            f"""SELECT count(*) FROM skipped WHERE
+                  path IN (SELECT path FROM run_files WHERE action NOT IN ('keep_bad', 'fail'))
+                  OR ({self._under} AND path NOT IN (SELECT path FROM run_files))""",
+            self._under_args,
+        ).fetchone()[0]
+        new_or_different = self.conn.execute(
+            """SELECT count(*) FROM run_files f WHERE action = 'fail' AND NOT EXISTS (
+                 SELECT 1 FROM skipped s WHERE s.path = f.path AND s.reason IS f.error
+                 AND s.size IS f.size AND s.mtime IS f.mtime)"""
+        ).fetchone()[0]
+        return dropped + new_or_different
+
+    # -- results -----------------------------------------------------------------
+    def skipped(self) -> list[dict]:
+        """The files of this run's folders that are not indexed, with the reason (walk order)."""
+        cursor = self.conn.execute(
+            """SELECT f.path, f.size, f.mtime, coalesce(f.error, s.reason) FROM run_files f
+               LEFT JOIN skipped s ON f.action = 'keep_bad' AND s.path = f.path
+               WHERE f.action IN ('fail', 'keep_bad') ORDER BY f.seq"""
+        )
+        return [{"path": p, "size": size, "mtime": m, "reason": r} for p, size, m, r in cursor]
+
+    def deleted_ids(self) -> np.ndarray:
+        rows = self.conn.execute("SELECT id FROM run_deletes ORDER BY id")
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def added_vectors(self, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of the new rows, in id order, `chunk` rows at a time."""
+        last = 0
+        while True:
+            rows = self.conn.execute(
+                "SELECT f.new_id, v.vector FROM run_files f JOIN vectors v USING (hash) "
+                "WHERE f.new_id > ? ORDER BY f.new_id LIMIT ?",
+                (last, catalog.CHUNK_ROWS),
+            ).fetchall()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            yield ids, from_blobs((r[1] for r in rows), dim)
+            last = int(ids[-1])
+
+    # -- publishing --------------------------------------------------------------
+    def apply(self) -> None:
+        """Make the catalog's images and skipped rows follow the plan.
+
+        Runs inside :meth:`Catalog.publishing`'s transaction, so searches see all of it at
+        once or none of it.
+        """
+        c = self.conn
+        c.execute("DELETE FROM images WHERE id IN (SELECT id FROM run_deletes)")
+        c.execute(
+            """INSERT OR REPLACE INTO images (id, path, size, mtime, hash, width, height, status)
+               SELECT CASE f.action WHEN 'touch' THEN f.old_id ELSE f.new_id END,
+                      f.path, f.size, f.mtime, f.hash, v.width, v.height, 'ok'
+               FROM run_files f JOIN vectors v USING (hash)
+               WHERE f.action IN ('touch', 'new') ORDER BY f.seq"""
+        )
+        # Bad files outside this run's folders stay recorded as they were; bad files that are
+        # unchanged keep their row; the rest of this run's folders is recorded afresh.
+        c.execute(
+            f"""DELETE FROM skipped WHERE
+                  path IN (SELECT path FROM run_files WHERE action != 'keep_bad')
+                  OR ({self._under} AND path NOT IN (SELECT path FROM run_files))""",
+            self._under_args,
+        )
+        c.execute(
+            "INSERT INTO skipped (path, size, mtime, reason) "
+            "SELECT path, size, mtime, error FROM run_files WHERE action = 'fail' ORDER BY seq"
+        )
