@@ -92,12 +92,20 @@ class Index:
             "index_type": catalog.get_meta("index_factory"),
             "nprobe": catalog.get_meta("index_nprobe"),
             "recall_at_10_vs_exact": catalog.get_meta("index_recall_at_10"),
+            # 8-bit codes pick candidates; this many per result are re-scored with exact vectors.
+            "rescored_per_result": _rerank_factor(catalog.get_meta("index_factory")),
             "bytes_on_disk": sum(usage.values()),
             "files": usage,
         }
 
     def close(self) -> None:
         self.store.close()
+
+
+def _rerank_factor(factory: str | None) -> int | None:
+    from retrieval import index as faiss_index
+
+    return faiss_index.RERANK_FACTOR if faiss_index.reranks(factory) else None
 
 
 def open_index(name_or_path: str = "default", model: str | None = None) -> Index:

@@ -173,6 +173,19 @@ class Catalog:
                 out[h] = from_blobs([blob], self.dim)[0]
         return out
 
+    def image_vectors_by_id(self, ids: list[int]) -> dict[int, np.ndarray]:
+        """Exact vectors of indexed images, for re-scoring candidates from a compressed index."""
+        out: dict[int, np.ndarray] = {}
+        for start in range(0, len(ids), 500):
+            part = [int(i) for i in ids[start : start + 500]]
+            marks = ",".join("?" * len(part))
+            for id_, blob in self.db.execute(
+                f"SELECT images.id, vectors.vector FROM images JOIN vectors USING (hash) WHERE images.id IN ({marks})",
+                part,
+            ):
+                out[id_] = from_blobs([blob], self.dim)[0]
+        return out
+
     def rows_by_id(self, table: str, ids: list[int]) -> dict[int, dict]:
         """Look up catalog rows for FAISS ids (``images`` or ``captions``)."""
         cols = "id, path, size, width, height" if table == "images" else "id, text"

@@ -4,9 +4,12 @@ Indexes are derived data: the catalog holds the vectors, these files only make
 search fast. Ids inside an index are catalog ids (``add_with_ids``), never row
 positions. Vectors are L2-normalized, so inner product is cosine similarity.
 
-The index type follows the collection size: exact (``IDMap2,Flat``) up to
-``EXACT_LIMIT`` vectors, an inverted file above it whose ``nprobe`` is raised until
-recall@10 against exact search reaches ``TARGET_RECALL`` on a sample of the data.
+The index type follows the collection size and the memory it may take: exact
+(``IDMap2,Flat``) up to ``EXACT_LIMIT`` vectors, an inverted file above it whose ``nprobe``
+is raised until recall@10 against exact search reaches ``TARGET_RECALL`` on a sample of the
+data. When float32 vectors would not fit the memory limit, the index keeps 8-bit codes
+instead (``SQ8``, a quarter of the memory), and searches re-score ``RERANK_FACTOR`` times k
+candidates with the exact vectors, which stay on disk in the catalog.
 """
 
 from __future__ import annotations
@@ -39,11 +42,26 @@ class IndexInfo:
     recall_at_10: float | None = None
 
 
-def factory_for(n: int) -> str:
+#: Candidates fetched per result from an index of 8-bit codes, then re-scored exactly.
+RERANK_FACTOR = 4
+
+
+def factory_for(n: int, dim: int | None = None, memory_limit: int | None = None) -> str:
+    """The index type for `n` vectors: exact or IVF by size, 8-bit codes when float32 would exceed `memory_limit` bytes."""
+    codes = "SQ8" if dim and memory_limit and n * dim * 4 > memory_limit else "Flat"
     if n <= EXACT_LIMIT:
-        return "IDMap2,Flat"
-    nlist = int(4 * math.sqrt(n))
-    return f"IVF{nlist},Flat"
+        return f"IDMap2,{codes}"
+    return f"IVF{int(4 * math.sqrt(n))},{codes}"
+
+
+def reranks(factory: str | None) -> bool:
+    """Whether searches of this index type re-score their candidates with exact vectors (compressed codes)."""
+    return bool(factory) and (",SQ" in factory or ",PQ" in factory)
+
+
+def memory_limit_default() -> int:
+    """A quarter of this machine's memory: room for the model, decoding and the OS beside the index."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
 #: A source of (ids, vectors) chunks; called once per pass over the collection.
@@ -77,8 +95,8 @@ def build_streamed(chunks: Chunks, n: int, dim: int, factory: str | None = None)
     for ids, vectors in chunks():
         if len(ids):
             index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
-    if isinstance(index, faiss.IndexIVF) and n:
-        info.nprobe, info.recall_at_10 = tune_nprobe(index, chunks, n, dim)
+    if n and (isinstance(index, faiss.IndexIVF) or reranks(factory)):
+        info.nprobe, info.recall_at_10 = tune_nprobe(index, chunks, n, dim, rerank=reranks(factory))
     return index, info
 
 
@@ -98,8 +116,15 @@ def gather(chunks: Chunks, positions: np.ndarray, dim: int) -> tuple[np.ndarray,
     return out_ids, out
 
 
-def tune_nprobe(index: faiss.IndexIVF, chunks: Chunks, n: int, dim: int, n_queries: int = 500) -> tuple[int, float]:
-    """Smallest power-of-two nprobe whose recall@10 vs exact search reaches the target."""
+def tune_nprobe(
+    index: faiss.Index, chunks: Chunks, n: int, dim: int, n_queries: int = 500, rerank: bool = False
+) -> tuple[int | None, float]:
+    """Smallest power-of-two nprobe whose recall@10 vs exact search reaches the target.
+
+    With `rerank`, recall counts the true top 10 found among the RERANK_FACTOR x 10
+    candidates: exactly what re-scoring them returns. An index without ``nprobe`` (exact
+    scan of 8-bit codes) gets its recall measured once.
+    """
     rng = np.random.default_rng(1)
     sample = rng.choice(n, min(n_queries, n), replace=False)
     _, near = gather(chunks, sample, dim)
@@ -108,10 +133,13 @@ def tune_nprobe(index: faiss.IndexIVF, chunks: Chunks, n: int, dim: int, n_queri
     faiss.normalize_L2(queries)
     k = min(10, n)
     truth = exact_top_k(chunks, queries, k)
+    fetch = min(k * RERANK_FACTOR, n) if rerank else k
+    if not isinstance(index, faiss.IndexIVF):
+        return None, recall_at_k(truth, index.search(queries, fetch)[1])
     nprobe, recall = 1, 0.0
     while nprobe <= index.nlist:
         index.nprobe = nprobe
-        _, got = index.search(queries, k)
+        _, got = index.search(queries, fetch)
         recall = recall_at_k(truth, got)
         if recall >= TARGET_RECALL:
             break
@@ -139,7 +167,7 @@ def exact_top_k(chunks: Chunks, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 def recall_at_k(truth: np.ndarray, got: np.ndarray) -> float:
-    """Share of the true top-k neighbours found in the approximate top-k."""
+    """Share of the true top-k neighbours found in the approximate results (any width)."""
     hits = sum(len(set(t) & set(g)) for t, g in zip(truth.tolist(), got.tolist()))
     return hits / truth.size
 
@@ -171,6 +199,34 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
         return index.search(queries, k)
     finally:
         faiss.omp_set_num_threads(threads)
+
+
+def search_ranked(
+    index: faiss.Index, queries: np.ndarray, k: int, *, factory: str | None,
+    lookup: Callable[[list[int]], dict[int, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Search as the engine does: an index of 8-bit codes gives candidates, exact vectors rank them.
+
+    `lookup` maps ids to their float32 vectors (the catalog's, in the engine). Scores of
+    re-ranked results are exact cosines.
+    """
+    if not reranks(factory):
+        return search(index, queries, k)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    _, candidates = search(index, queries, k * RERANK_FACTOR)
+    vectors = lookup(sorted({int(i) for i in candidates.ravel() if i >= 0}))
+    k = min(k, candidates.shape[1])
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+    ids = np.full((len(queries), k), -1, np.int64)
+    for row, (query, found) in enumerate(zip(queries, candidates)):
+        known = [int(i) for i in found if i in vectors]
+        if not known:
+            continue
+        exact = np.stack([vectors[i] for i in known]) @ query
+        order = np.argsort(-exact, kind="stable")[:k]
+        scores[row, : len(order)] = exact[order]
+        ids[row, : len(order)] = np.array(known, np.int64)[order]
+    return scores, ids
 
 
 def write(index: faiss.Index, path: Path) -> None:

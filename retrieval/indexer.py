@@ -45,6 +45,9 @@ class IndexSettings:
     draft: bool = True
     #: Files per task sent to a worker: big enough to amortize inter-process overhead.
     chunk: int = 8
+    #: Bytes the image index may take in memory; above it the index keeps 8-bit codes and
+    #: searches re-score candidates exactly (index.factory_for). None: a quarter of this machine's memory.
+    max_index_memory: int | None = None
 
     def worker_count(self) -> int:
         if self.workers is not None:
@@ -193,7 +196,7 @@ def run(
             summary.captions = None if captions is None else len(captions)
             summary.generation = catalog.generation
             if plan.changed or captions is not None or not store.faiss_path("images", catalog.generation).exists():
-                summary.generation = publish(store, staging, plan, captions)
+                summary.generation = publish(store, staging, plan, captions, settings)
         finally:
             known.close()
             staging.close()
@@ -227,7 +230,9 @@ def _caption_rows(store: IndexStore, aligner, captions_file, progress: Progress)
     return rows
 
 
-def publish(store: IndexStore, staging: Staging, plan: Plan, captions: list[dict] | None) -> int:
+def publish(
+    store: IndexStore, staging: Staging, plan: Plan, captions: list[dict] | None, settings: IndexSettings | None = None
+) -> int:
     """Switch the catalog to the next generation, with its FAISS files, atomically.
 
     Inside one catalog transaction: apply the plan, write generation g+1's FAISS files
@@ -240,7 +245,8 @@ def publish(store: IndexStore, staging: Staging, plan: Plan, captions: list[dict
     gen = old_gen + 1
     with catalog.publishing():
         staging.apply()
-        meta = _write_image_index(store, staging, plan, old_gen, gen)
+        limit = (settings or IndexSettings()).max_index_memory or faiss_index.memory_limit_default()
+        meta = _write_image_index(store, staging, plan, old_gen, gen, limit)
         if captions is not None:
             catalog.replace_captions(captions)
             ids = np.array([r["id"] for r in captions], dtype=np.int64)
@@ -257,17 +263,18 @@ def publish(store: IndexStore, staging: Staging, plan: Plan, captions: list[dict
     return gen
 
 
-def _write_image_index(store: IndexStore, staging: Staging, plan: Plan, old_gen: int, gen: int) -> dict:
+def _write_image_index(store: IndexStore, staging: Staging, plan: Plan, old_gen: int, gen: int, memory_limit: int) -> dict:
     """Generation `gen`'s image index: the previous one updated in place, or built afresh.
 
     Either way vectors arrive in chunks from SQL, so the peak is the index itself plus one chunk.
     """
     catalog = store.catalog
     previous = store.faiss_path("images", old_gen)
-    factory = faiss_index.factory_for(plan.final_count)
+    factory = faiss_index.factory_for(plan.final_count, catalog.dim, memory_limit)
     if previous.exists() and catalog.get_meta("index_factory") == factory:
         index = faiss_index.read(previous)
         faiss_index.update(index, staging.deleted_ids(), staging.added_vectors(catalog.dim))
+        # Same type, updated in place: the recall measured when it was built still describes it.
         info = {"index_factory": factory, "index_nprobe": getattr(index, "nprobe", None)}
     else:
         # Read inside the publishing transaction: these are the rows being committed.

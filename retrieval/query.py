@@ -97,7 +97,10 @@ def search_vectors(store: IndexStore, vectors: np.ndarray, k: int, target: str =
                 return [[] for _ in vectors]
             raise RetrievalError(f"{path} is missing; re-run `retrieval index` to rebuild it")
         index = faiss_index.read(path, mmap=True)
-        scores, ids = faiss_index.search(index, vectors, k)
+        factory = catalog.get_meta("index_factory") if kind == "images" else None
+        scores, ids = faiss_index.search_ranked(
+            index, vectors, k, factory=factory, lookup=catalog.image_vectors_by_id
+        )
         rows = catalog.rows_by_id(table, [i for i in ids.ravel().tolist() if i >= 0])
     results = []
     for qscores, qids in zip(scores, ids):

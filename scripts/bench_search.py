@@ -71,6 +71,19 @@ def load_times(index, folder: Path) -> tuple[float, float]:
     return plain, mapped
 
 
+def insert_rows(store: IndexStore, vectors: np.ndarray) -> None:
+    """Catalog rows for `vectors`: image i is /photos/i.jpg with id i + 1, in one transaction."""
+    conn = store.catalog.db.conn
+    conn.execute("BEGIN")
+    for start in range(0, len(vectors), 50_000):
+        part = range(start, min(start + 50_000, len(vectors)))
+        conn.executemany("INSERT INTO vectors (hash, vector, width, height) VALUES (?, ?, 640, 480)",
+                         ((f"h{i}", to_blob(vectors[i])) for i in part))
+        conn.executemany("INSERT INTO images (id, path, size, mtime, hash, width, height) VALUES (?, ?, 1, 0, ?, 640, 480)",
+                         ((i + 1, f"/photos/{i:07d}.jpg", f"h{i}") for i in part))
+    conn.execute("COMMIT")
+
+
 def fill_catalog(folder: Path, vectors: np.ndarray, index) -> IndexStore:
     """A real index folder of this size: catalog rows + the FAISS file of generation 1."""
     from retrieval.aligners import load_aligner
@@ -78,14 +91,7 @@ def fill_catalog(folder: Path, vectors: np.ndarray, index) -> IndexStore:
     aligner = load_aligner("default")
     store = IndexStore.open(folder, create=True)
     store.bind_model(aligner)
-    conn = store.catalog.db.conn
-    with conn:
-        for start in range(0, len(vectors), 50_000):
-            part = range(start, min(start + 50_000, len(vectors)))
-            conn.executemany("INSERT INTO vectors (hash, vector, width, height) VALUES (?, ?, 640, 480)",
-                             ((f"h{i}", to_blob(vectors[i])) for i in part))
-            conn.executemany("INSERT INTO images (id, path, size, mtime, hash, width, height) VALUES (?, ?, 1, 0, ?, 640, 480)",
-                             ((i + 1, f"/photos/{i:07d}.jpg", f"h{i}") for i in part))
+    insert_rows(store, vectors)
     store.catalog.set_meta(generation=1, next_id=len(vectors) + 1, index_factory=faiss_index.factory_for(len(vectors)))
     faiss_index.write(index, store.faiss_path("images", 1))
     return store

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import click
 import pytest
 from click.testing import CliRunner
 from conftest import make_image, skimage_photo
@@ -219,9 +220,23 @@ def test_user_mistakes_never_show_a_traceback(tmp_path):
         ("index", tmp_path, "--index", tmp_path / "i", "--model", "open_clip:ViT-B-99/openai"),
         ("index", tmp_path, "--index", tmp_path / "i", "--model", tmp_path / "missing.pt"),
         ("index", tmp_path, "--index", tmp_path / "i", "--model", "nonsense"),
+        ("index", tmp_path, "--index", tmp_path / "i", "--max-index-memory", "lots"),
     ]
     for args in cases:
         proc = _cli(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode != 0, args
-        assert "Traceback" not in err and err.startswith("Error: "), (args, err)
+        # click's usage errors put a usage line first; the engine's own errors start with "Error: ".
+        assert "Traceback" not in err and (err.startswith("Error: ") or "\nError: " in err), (args, err)
+
+
+def test_memory_sizes_are_read_like_people_write_them():
+    from retrieval.cli.engine import ByteSize
+
+    size = ByteSize()
+    assert [size.convert(v, None, None) for v in ("4G", "512M", "1.5GB", "2GiB", "1000", "64k")] == [
+        4 * 2**30, 512 * 2**20, int(1.5 * 2**30), 2 * 2**30, 1000, 64 * 2**10,
+    ]
+    for bad in ("lots", "0", "-1G", ""):
+        with pytest.raises(click.BadParameter):
+            size.convert(bad, None, None)

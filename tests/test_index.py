@@ -438,7 +438,10 @@ def test_an_index_built_from_chunks_matches_one_built_at_once():
     assert faiss_index.recall_at_k(truth, got) == 1.0
 
 
-def test_a_growing_collection_moves_from_exact_to_ivf_built_from_the_catalog(store, color_aligner, tmp_path, monkeypatch):
+@pytest.mark.parametrize("codes, limit", [("Flat", None), ("SQ8", 1)])
+def test_a_growing_collection_moves_from_exact_to_ivf_built_from_the_catalog(
+    store, color_aligner, tmp_path, monkeypatch, codes, limit
+):
     from retrieval import catalog
     from retrieval import index as faiss_index
 
@@ -447,17 +450,80 @@ def test_a_growing_collection_moves_from_exact_to_ivf_built_from_the_catalog(sto
     folder = tmp_path / "grow"
     for i in range(20):
         make_image(folder / f"{i:02d}.png", seed=i)
-    run(store, color_aligner, folder)
-    assert store.catalog.get_meta("index_factory") == "IDMap2,Flat"
+    settings = IndexSettings(workers=0, max_index_memory=limit)
+    run(store, color_aligner, folder, settings=settings)
+    assert store.catalog.get_meta("index_factory") == f"IDMap2,{codes}"
     for i in range(20, 40):
         make_image(folder / f"{i:02d}.png", seed=i)
-    run(store, color_aligner, folder)
-    assert store.catalog.get_meta("index_factory") == f"IVF{int(4 * 40 ** 0.5)},Flat"
+    run(store, color_aligner, folder, settings=settings)
+    assert store.catalog.get_meta("index_factory") == f"IVF{int(4 * 40 ** 0.5)},{codes}"
     assert store.catalog.get_meta("index_recall_at_10") >= faiss_index.TARGET_RECALL
     for gone in range(5):
         (folder / f"{gone:02d}.png").unlink()
-    run(store, color_aligner, folder)  # still IVF: updated in place
+    run(store, color_aligner, folder, settings=settings)  # still IVF: updated in place
     ids, vectors = next(store.catalog.image_vectors(chunk=100))
     assert len(ids) == 35
     assert [hits[0].id for hits in search_vectors(store, vectors, k=1)] == ids.tolist()
     assert {h.id for h in search_vectors(store, vectors[:1], k=50)[0]} <= set(ids.tolist())
+
+
+def test_index_type_follows_size_and_memory():
+    from retrieval import index as faiss_index
+
+    assert faiss_index.factory_for(1000) == "IDMap2,Flat"
+    assert faiss_index.factory_for(1000, 512, memory_limit=10**9) == "IDMap2,Flat"
+    assert faiss_index.factory_for(1000, 512, memory_limit=1000 * 512 * 4 - 1) == "IDMap2,SQ8"
+    assert faiss_index.factory_for(1_000_000, 512, memory_limit=2**32) == "IVF4000,Flat"
+    assert faiss_index.factory_for(1_000_000, 512, memory_limit=2**30) == "IVF4000,SQ8"
+    assert faiss_index.reranks("IVF4000,SQ8") and not faiss_index.reranks("IVF4000,Flat")
+
+
+def test_an_index_over_its_memory_limit_keeps_8_bit_codes_and_ranks_exactly(store, color_aligner, tmp_path):
+    from retrieval import index as faiss_index
+    from retrieval.api import open_index
+
+    folder = tmp_path / "many"
+    for i in range(80):
+        make_image(folder / f"{i:02d}.png", seed=100 + i)
+    limit = 80 * color_aligner.dim * 4 - 1  # float32 vectors would not fit
+    indexer.run(store, color_aligner, [folder], settings=IndexSettings(workers=0, max_index_memory=limit))
+    assert store.catalog.get_meta("index_factory") == "IDMap2,SQ8"
+    index = faiss_index.read(store.faiss_path("images", store.catalog.generation))
+    assert faiss_index.describe(index) == "IndexScalarQuantizer"
+    info = open_index(str(store.folder)).info()
+    assert info["index_type"] == "IDMap2,SQ8" and info["rescored_per_result"] == faiss_index.RERANK_FACTOR
+    assert info["recall_at_10_vs_exact"] >= faiss_index.TARGET_RECALL
+    # Results and scores equal exact search over the float32 vectors the catalog keeps.
+    ids, vectors = next(store.catalog.image_vectors())
+    queries = vectors[:10] + np.random.default_rng(0).normal(0, 0.2, (10, vectors.shape[1])).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact = queries @ vectors.T
+    for query, row in zip(queries, exact):
+        hits = search_vectors(store, query[None], k=5)[0]
+        want = np.argsort(-row, kind="stable")[:5]
+        assert [h.id for h in hits] == ids[want].tolist()
+        np.testing.assert_allclose([h.score for h in hits], row[want], atol=1e-5)
+
+
+def test_search_ranked_rescores_candidates_with_exact_vectors():
+    from retrieval import index as faiss_index
+
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(500, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(500, dtype=np.int64) + 1000
+    sq, _ = faiss_index.build(ids, vectors, factory="IDMap2,SQ8")
+    queries = vectors[:20]
+    looked_up = []
+
+    def lookup(wanted):
+        looked_up.append(len(wanted))
+        return {i: vectors[i - 1000] for i in wanted}
+
+    scores, got = faiss_index.search_ranked(sq, queries, 5, factory="IDMap2,SQ8", lookup=lookup)
+    truth = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :5] + 1000
+    np.testing.assert_array_equal(got, truth)
+    np.testing.assert_allclose(scores, np.sort(queries @ vectors.T, axis=1)[:, ::-1][:, :5], atol=1e-6)
+    assert looked_up and looked_up[0] <= 20 * 5 * faiss_index.RERANK_FACTOR
+    plain = faiss_index.search_ranked(sq, queries, 5, factory="IDMap2,Flat", lookup=lookup)  # no re-ranking
+    assert len(looked_up) == 1 and plain[1].shape == (20, 5)

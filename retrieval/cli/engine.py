@@ -12,6 +12,26 @@ MODEL_HELP = "Aligner spec: default, open_clip:ARCH/TAG, open_clip:ARCH/PATH, or
 INDEX_HELP = "Index name (under ./indexes or $RETRIEVAL_HOME) or path."
 
 
+class ByteSize(click.ParamType):
+    """A size such as 4G, 512M, 1.5GB or a plain number of bytes."""
+
+    name = "size"
+    _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        number, unit = (text[:-1], text[-1]) if text and text[-1] in self._UNITS else (text, "")
+        try:
+            size = int(float(number) * self._UNITS[unit])
+        except ValueError:
+            self.fail(f"{value!r} is not a size: use a number of bytes or e.g. 512M, 4G", param, ctx)
+        if size <= 0:
+            self.fail(f"{value!r}: the size must be above zero", param, ctx)
+        return size
+
+
 def _progress(enabled: bool):
     from retrieval.progress import NullProgress, TqdmProgress
 
@@ -25,9 +45,12 @@ def _progress(enabled: bool):
 @click.option("--captions", type=click.Path(exists=True, dir_okay=False), help="Caption corpus: .txt (one a line) or CSV/TSV with a 'caption' column.")
 @click.option("--batch-size", default=32, show_default=True, help="Images per model call.")
 @click.option("--workers", type=int, default=None, help="Decoding processes [default: one per core].")
+@click.option("--max-index-memory", type=ByteSize(), default=None,
+              help="Memory the image index may take, e.g. 4G; above it the index keeps 8-bit codes and "
+                   "re-scores candidates exactly [default: a quarter of this machine's memory].")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def index(folders, index_name, model, captions, batch_size, workers, as_json, quiet):
+def index(folders, index_name, model, captions, batch_size, workers, max_index_memory, as_json, quiet):
     """Index image folders (recursively); re-runs encode only what changed.
 
     JPEG, PNG, WebP, GIF, BMP and TIFF files are indexed; unreadable ones are skipped
@@ -41,7 +64,7 @@ def index(folders, index_name, model, captions, batch_size, workers, as_json, qu
     from retrieval.api import build_index
     from retrieval.indexer import IndexSettings
 
-    settings = IndexSettings(batch_size=batch_size, workers=workers)
+    settings = IndexSettings(batch_size=batch_size, workers=workers, max_index_memory=max_index_memory)
     summary = build_index(
         list(folders), index=index_name, model=model, captions=captions, settings=settings,
         progress=_progress(not quiet and not as_json),
