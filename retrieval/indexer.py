@@ -111,11 +111,16 @@ def load_stream(
         workers, mp_context=context, initializer=init_worker, initargs=(transform, known, settings.draft)
     ) as pool:
         pending: deque[cf.Future] = deque()
+        first = next(chunks, None)
         try:
             for chunk in chunks:
                 pending.append(pool.submit(load_chunk, chunk))
                 if len(pending) >= 2 * workers + 2:
                     break
+            # Spawned workers need a few tenths of a second to start; this process would sit
+            # idle until then, so it decodes the first chunk itself and the model starts sooner.
+            if first is not None:
+                yield from load_many(first, transform, known, settings.draft)
             while pending:
                 done = pending.popleft().result()
                 nxt = next(chunks, None)
@@ -127,13 +132,15 @@ def load_stream(
                 fut.cancel()
 
 
-def batched(items: Iterable, size: int) -> Iterator[list]:
-    batch = []
+def batched(items: Iterable, size: int, first: int | None = None) -> Iterator[list]:
+    """Lists of `size` items (the last may be shorter); the first list holds `first` items if given."""
+    batch: list = []
+    limit = first or size
     for item in items:
         batch.append(item)
-        if len(batch) == size:
+        if len(batch) == limit:
             yield batch
-            batch = []
+            batch, limit = [], size
     if batch:
         yield batch
 
@@ -183,7 +190,8 @@ def run(
             progress.start(todo, "indexing")
             stream = load_stream(staging.todo_paths(), aligner.transform, known, settings, count=todo)
             with catalog.quick_commits():
-                for batch in batched(stream, settings.batch_size):
+                # A short first batch: the model starts on the first decoded chunk, not the first full batch.
+                for batch in batched(stream, settings.batch_size, first=settings.chunk):
                     summary.encoded += encode_and_store(store, aligner, batch)
                     staging.record(batch)
                     progress.advance(len(batch))

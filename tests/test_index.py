@@ -527,3 +527,9 @@ def test_search_ranked_rescores_candidates_with_exact_vectors():
     assert looked_up and looked_up[0] <= 20 * 5 * faiss_index.RERANK_FACTOR
     plain = faiss_index.search_ranked(sq, queries, 5, factory="IDMap2,Flat", lookup=lookup)  # no re-ranking
     assert len(looked_up) == 1 and plain[1].shape == (20, 5)
+
+
+def test_the_first_batch_can_be_short_so_the_model_starts_sooner():
+    assert list(indexer.batched(range(10), 4, first=2)) == [[0, 1], [2, 3, 4, 5], [6, 7, 8, 9]]
+    assert list(indexer.batched(range(5), 4)) == [[0, 1, 2, 3], [4]]
+    assert list(indexer.batched([], 4, first=2)) == []
