@@ -18,7 +18,7 @@ the three target ratios, the machine (CPU model, cores), the date and the load a
 Vectors are cross-checked: the index's (draft-decoded, worker-made) and clip-retrieval's
 against the sequential way's, by cosine similarity.
 
-    .venv/bin/python scripts/bench_index.py                       # 300 photos, 2 rounds
+    .venv/bin/python scripts/bench_index.py                       # 300 photos, 3 rounds
     .venv/bin/python scripts/bench_index.py --photos 100 --rounds 1 --out bench-out/quick
 
 Top-level imports stay light on purpose: the indexer's worker processes are spawned, and
@@ -288,7 +288,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call, every way (default 32)")
     parser.add_argument("--clip-workers", type=int, default=8,
                         help="clip-retrieval's num_prepro_workers (default 8, its own default and its fastest here)")
-    parser.add_argument("--rounds", type=int, default=2, help="timed rounds; the fastest of each way counts (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds; the fastest of each way counts (default 3: this shared VM varies by a few percent)")
     parser.add_argument("--work", default="bench-out/index-speed-work", help="photos, checkpoint, index and runs")
     parser.add_argument("--venv", default="bench-out/clipret-venv", help="clip-retrieval's virtual environment")
     parser.add_argument("--out", default="bench-out/index-speed", help="writes OUT.md and OUT.json")
