@@ -145,6 +145,18 @@ def batched(items: Iterable, size: int, first: int | None = None) -> Iterator[li
         yield batch
 
 
+def _counted(items: Iterable, progress: Progress, every: int = 500) -> Iterator:
+    """Pass `items` through, advancing `progress` every `every` items (a walk can take minutes)."""
+    n = 0
+    for item in items:
+        yield item
+        n += 1
+        if n == every:
+            progress.advance(n)
+            n = 0
+    progress.advance(n)
+
+
 def encode_and_store(store: IndexStore, aligner, loaded: list[Loaded]) -> int:
     """Encode the batch's images whose content is new (once per distinct hash) and commit them."""
     decoded = {item.hash: item for item in loaded if item.pixels is not None}
@@ -185,7 +197,9 @@ def run(
         staging = Staging(catalog.db.conn, roots)
         known = catalog.known_hashes()
         try:
-            staging.add_stats(walk(roots))
+            progress.start(None, "finding files")
+            staging.add_stats(_counted(walk(roots), progress))
+            progress.close()
             todo = staging.todo_count()
             progress.start(todo, "indexing")
             stream = load_stream(staging.todo_paths(), aligner.transform, known, settings, count=todo)

@@ -6,7 +6,8 @@ from typing import Protocol
 
 
 class Progress(Protocol):
-    def start(self, total: int, label: str) -> None: ...
+    #: `total` None: the amount is not known in advance (count and rate, no time left).
+    def start(self, total: int | None, label: str) -> None: ...
     def advance(self, n: int = 1) -> None: ...
     def close(self) -> None: ...
 
@@ -14,7 +15,7 @@ class Progress(Protocol):
 class NullProgress:
     """Reports nowhere: the default for library calls."""
 
-    def start(self, total: int, label: str) -> None:
+    def start(self, total: int | None, label: str) -> None:
         pass
 
     def advance(self, n: int = 1) -> None:
@@ -31,11 +32,11 @@ class TqdmProgress:
         self.bar = None
         self.disable = disable
 
-    def start(self, total: int, label: str) -> None:
+    def start(self, total: int | None, label: str) -> None:
         from tqdm import tqdm
 
         self.close()
-        if total:
+        if total is None or total > 0:
             self.bar = tqdm(total=total, desc=label, unit="it", dynamic_ncols=True, disable=self.disable)
 
     def advance(self, n: int = 1) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,15 +91,21 @@ class Staging:
         self.conn.execute("DROP TABLE IF EXISTS temp.run_files")
         self.conn.execute("DROP TABLE IF EXISTS temp.run_deletes")
 
-    def _batch(self, sql: str, rows: Iterable) -> None:
-        # One transaction per batch: in autocommit mode each row would be a commit of its own.
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # Explicit transactions: in autocommit mode each statement, each row of an
+        # executemany even, would be a commit of its own.
         self.conn.execute("BEGIN")
         try:
-            self.conn.executemany(sql, rows)
+            yield
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    def _batch(self, sql: str, rows: Iterable) -> None:
+        with self._transaction():
+            self.conn.executemany(sql, rows)
 
     # -- walking -----------------------------------------------------------------
     def add_stats(self, stats: Iterable[FileStat]) -> None:
@@ -111,21 +118,20 @@ class Staging:
                 page = []
         if page:
             self._batch("INSERT OR IGNORE INTO run_files (path, size, mtime) VALUES (?, ?, ?)", page)
-        self.conn.execute("BEGIN")
-        self.conn.execute(
-            "UPDATE run_files SET (old_id, old_hash) = "
-            "(SELECT id, hash FROM images WHERE images.path = run_files.path)"
-        )
-        # Unchanged since the last run (same size and mtime): an indexed file, or a bad file
-        # already recorded as skipped. Neither is read again.
-        self.conn.execute(
-            """UPDATE run_files SET todo = 0 WHERE
-                 (old_id IS NOT NULL AND EXISTS (SELECT 1 FROM images i WHERE i.id = run_files.old_id
-                     AND i.size IS run_files.size AND i.mtime IS run_files.mtime))
-              OR (old_id IS NULL AND EXISTS (SELECT 1 FROM skipped s WHERE s.path = run_files.path
-                     AND s.size IS run_files.size AND s.mtime IS run_files.mtime))"""
-        )
-        self.conn.execute("COMMIT")
+        with self._transaction():
+            self.conn.execute(
+                "UPDATE run_files SET (old_id, old_hash) = "
+                "(SELECT id, hash FROM images WHERE images.path = run_files.path)"
+            )
+            # Unchanged since the last run (same size and mtime): an indexed file, or a bad file
+            # already recorded as skipped. Neither is read again.
+            self.conn.execute(
+                """UPDATE run_files SET todo = 0 WHERE
+                     (old_id IS NOT NULL AND EXISTS (SELECT 1 FROM images i WHERE i.id = run_files.old_id
+                         AND i.size IS run_files.size AND i.mtime IS run_files.mtime))
+                  OR (old_id IS NULL AND EXISTS (SELECT 1 FROM skipped s WHERE s.path = run_files.path
+                         AND s.size IS run_files.size AND s.mtime IS run_files.mtime))"""
+            )
 
     def todo_count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM run_files WHERE todo").fetchone()[0]
@@ -153,8 +159,7 @@ class Staging:
     def plan(self, next_id: int) -> Plan:
         """Decide each row's action and the ids of new rows; count what will change."""
         c = self.conn
-        c.execute("BEGIN")
-        try:
+        with self._transaction():
             c.execute(
                 """UPDATE run_files SET action = CASE
                      WHEN NOT todo AND old_id IS NOT NULL THEN 'keep'
@@ -191,10 +196,6 @@ class Staging:
                 self._under_args,
             )
             plan = self._count(next_id)
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
         return plan
 
     def _count(self, next_id: int) -> Plan:
