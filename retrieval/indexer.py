@@ -293,6 +293,12 @@ def _write_image_index(store: IndexStore, staging: Staging, plan: Plan, old_gen:
     catalog = store.catalog
     previous = store.faiss_path("images", old_gen)
     factory = faiss_index.factory_for(plan.final_count, catalog.dim, memory_limit)
+    if faiss_index.reranks(factory) and plan.final_count * catalog.dim > memory_limit:
+        log.warning(
+            "the image index needs about %d MB even with 8-bit codes, more than the %d MB allowed "
+            "(--max-index-memory); it is built anyway",
+            plan.final_count * catalog.dim // 2**20, memory_limit // 2**20,
+        )
     if previous.exists() and catalog.get_meta("index_factory") == factory:
         index = faiss_index.read(previous)
         faiss_index.update(index, staging.deleted_ids(), staging.added_vectors(catalog.dim))

@@ -478,7 +478,7 @@ def test_index_type_follows_size_and_memory():
     assert faiss_index.reranks("IVF4000,SQ8") and not faiss_index.reranks("IVF4000,Flat")
 
 
-def test_an_index_over_its_memory_limit_keeps_8_bit_codes_and_ranks_exactly(store, color_aligner, tmp_path):
+def test_an_index_over_its_memory_limit_keeps_8_bit_codes_and_ranks_exactly(store, color_aligner, tmp_path, caplog):
     from retrieval import index as faiss_index
     from retrieval.api import open_index
 
@@ -488,6 +488,7 @@ def test_an_index_over_its_memory_limit_keeps_8_bit_codes_and_ranks_exactly(stor
     limit = 80 * color_aligner.dim * 4 - 1  # float32 vectors would not fit
     indexer.run(store, color_aligner, [folder], settings=IndexSettings(workers=0, max_index_memory=limit))
     assert store.catalog.get_meta("index_factory") == "IDMap2,SQ8"
+    assert "even with 8-bit codes" not in caplog.text  # 3,840 bytes of codes fit
     index = faiss_index.read(store.faiss_path("images", store.catalog.generation))
     assert faiss_index.describe(index) == "IndexScalarQuantizer"
     info = open_index(str(store.folder)).info()
@@ -503,6 +504,10 @@ def test_an_index_over_its_memory_limit_keeps_8_bit_codes_and_ranks_exactly(stor
         want = np.argsort(-row, kind="stable")[:5]
         assert [h.id for h in hits] == ids[want].tolist()
         np.testing.assert_allclose([h.score for h in hits], row[want], atol=1e-5)
+    # When even the codes do not fit, the run says so (and still builds them).
+    make_image(folder / "one-more.png", seed=999)
+    indexer.run(store, color_aligner, [folder], settings=IndexSettings(workers=0, max_index_memory=1000))
+    assert "even with 8-bit codes" in caplog.text and store.catalog.count("images") == 81
 
 
 def test_search_ranked_rescores_candidates_with_exact_vectors():
