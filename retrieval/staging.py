@@ -77,6 +77,8 @@ class Staging:
     def __init__(self, conn: sqlite3.Connection, roots: list[Path]):
         self.conn = conn
         self.roots = roots
+        #: Files whose names SQLite cannot store (not UTF-8): reported on every run, never read.
+        self.unnamed: list[dict] = []
         for statement in _DDL:
             conn.execute(statement)
         # "Under one of this run's folders", as SQL over a column named path.
@@ -112,6 +114,12 @@ class Staging:
         """Stage the walk, page by page; a path met twice (overlapping folders) counts once."""
         page: list[tuple] = []
         for stat in stats:
+            if not _storable(stat.path):
+                self.unnamed.append(
+                    {"path": _printable(stat.path), "size": stat.size, "mtime": stat.mtime,
+                     "reason": "file name is not valid UTF-8 (rename the file to index it)"}
+                )
+                continue
             page.append((stat.path, stat.size, stat.mtime))
             if len(page) == PAGE_ROWS:
                 self._batch("INSERT OR IGNORE INTO run_files (path, size, mtime) VALUES (?, ?, ?)", page)
@@ -252,7 +260,7 @@ class Staging:
                LEFT JOIN skipped s ON f.action = 'keep_bad' AND s.path = f.path
                WHERE f.action IN ('fail', 'keep_bad') ORDER BY f.seq"""
         )
-        return [{"path": p, "size": size, "mtime": m, "reason": r} for p, size, m, r in cursor]
+        return [{"path": p, "size": size, "mtime": m, "reason": r} for p, size, m, r in cursor] + self.unnamed
 
     def deleted_ids(self) -> np.ndarray:
         rows = self.conn.execute("SELECT id FROM run_deletes ORDER BY id")
@@ -301,3 +309,17 @@ class Staging:
             "INSERT INTO skipped (path, size, mtime, reason) "
             "SELECT path, size, mtime, error FROM run_files WHERE action = 'fail' ORDER BY seq"
         )
+
+
+def _storable(path: str) -> bool:
+    # Linux file names are bytes; Python shows undecodable ones with surrogate escapes,
+    # which SQLite's UTF-8 text cannot hold.
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(path: str) -> str:
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

@@ -538,3 +538,15 @@ def test_the_first_batch_can_be_short_so_the_model_starts_sooner():
     assert list(indexer.batched(range(10), 4, first=2)) == [[0, 1], [2, 3, 4, 5], [6, 7, 8, 9]]
     assert list(indexer.batched(range(5), 4)) == [[0, 1, 2, 3], [4]]
     assert list(indexer.batched([], 4, first=2)) == []
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_not_fatal(store, color_aligner, tmp_path):
+    folder = tmp_path / "names"
+    make_image(folder / "fine.png", seed=1)
+    odd = os.fsencode(folder) + b"/\xffodd.png"
+    with open(odd, "wb") as fh:
+        fh.write((folder / "fine.png").read_bytes())
+    summary = run(store, color_aligner, folder)
+    assert summary.added == 1 and len(summary.skipped) == 1
+    assert summary.skipped[0]["path"].endswith("\\xffodd.png") and "not valid UTF-8" in summary.skipped[0]["reason"]
+    assert run(store, color_aligner, folder).skipped == summary.skipped  # reported again, nothing stored
