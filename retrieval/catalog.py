@@ -128,31 +128,25 @@ class Catalog:
     def missing_hashes(self, hashes: Iterable[str]) -> set[str]:
         """The hashes among `hashes` that have no stored vector."""
         wanted = set(hashes)
-        found: set[str] = set()
-        part_list = sorted(wanted)
-        for start in range(0, len(part_list), 500):
-            part = part_list[start : start + 500]
-            marks = ",".join("?" * len(part))
-            found.update(r[0] for r in self.db.execute(f"SELECT hash FROM vectors WHERE hash IN ({marks})", part))
-        return wanted - found
+        cursors = self._where_in("SELECT hash FROM vectors WHERE hash IN ({marks})", sorted(wanted))
+        return wanted - {row[0] for cursor in cursors for row in cursor}
 
     def count(self, table: str) -> int:
         return self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
     def image_vectors(self, chunk: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (ids, vectors) of every indexed image, in id order, `chunk` rows at a time."""
-        yield from self._chunks(
+        yield from self.vector_chunks(
             "SELECT images.id, vectors.vector FROM images JOIN vectors USING (hash) "
             "WHERE images.id > ? ORDER BY images.id LIMIT ?",
             chunk,
         )
 
     def caption_vectors(self, chunk: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        yield from self._chunks(
-            "SELECT id, vector FROM captions WHERE id > ? ORDER BY id LIMIT ?", chunk
-        )
+        yield from self.vector_chunks("SELECT id, vector FROM captions WHERE id > ? ORDER BY id LIMIT ?", chunk)
 
-    def _chunks(self, sql: str, chunk: int | None):
+    def vector_chunks(self, sql: str, chunk: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) from `sql`, which selects (id, vector) ``WHERE id > ? ORDER BY id LIMIT ?``, paged by id."""
         dim, last, chunk = self.dim, 0, chunk or CHUNK_ROWS
         while True:
             rows = self.db.execute(sql, [last, chunk]).fetchall()
@@ -162,38 +156,29 @@ class Catalog:
             yield ids, from_blobs((r[1] for r in rows), dim)
             last = int(ids[-1])
 
+    def _where_in(self, sql: str, values: Iterable) -> Iterator[sqlite3.Cursor]:
+        """Cursors of `sql` (its ``IN ({marks})`` list filled) over `values`, 500 at a time:
+        SQLite limits the number of variables in one statement."""
+        values = list(values)
+        for start in range(0, len(values), 500):
+            part = values[start : start + 500]
+            yield self.db.execute(sql.format(marks=",".join("?" * len(part))), part)
+
     def vectors_by_hash(self, hashes: list[str]) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        for start in range(0, len(hashes), 500):
-            part = hashes[start : start + 500]
-            marks = ",".join("?" * len(part))
-            for h, blob in self.db.execute(
-                f"SELECT hash, vector FROM vectors WHERE hash IN ({marks})", part
-            ):
-                out[h] = from_blobs([blob], self.dim)[0]
-        return out
+        sql = "SELECT hash, vector FROM vectors WHERE hash IN ({marks})"
+        return {h: from_blobs([blob], self.dim)[0] for cursor in self._where_in(sql, hashes) for h, blob in cursor}
 
     def image_vectors_by_id(self, ids: list[int]) -> dict[int, np.ndarray]:
         """Exact vectors of indexed images, for re-scoring candidates from a compressed index."""
-        out: dict[int, np.ndarray] = {}
-        for start in range(0, len(ids), 500):
-            part = [int(i) for i in ids[start : start + 500]]
-            marks = ",".join("?" * len(part))
-            for id_, blob in self.db.execute(
-                f"SELECT images.id, vectors.vector FROM images JOIN vectors USING (hash) WHERE images.id IN ({marks})",
-                part,
-            ):
-                out[id_] = from_blobs([blob], self.dim)[0]
-        return out
+        sql = "SELECT images.id, vectors.vector FROM images JOIN vectors USING (hash) WHERE images.id IN ({marks})"
+        ids = [int(i) for i in ids]
+        return {i: from_blobs([blob], self.dim)[0] for cursor in self._where_in(sql, ids) for i, blob in cursor}
 
     def rows_by_id(self, table: str, ids: list[int]) -> dict[int, dict]:
         """Look up catalog rows for FAISS ids (``images`` or ``captions``)."""
         cols = "id, path, size, width, height" if table == "images" else "id, text"
         out: dict[int, dict] = {}
-        for start in range(0, len(ids), 500):
-            part = [int(i) for i in ids[start : start + 500]]
-            marks = ",".join("?" * len(part))
-            cursor = self.db.execute(f"SELECT {cols} FROM {table} WHERE id IN ({marks})", part)
+        for cursor in self._where_in(f"SELECT {cols} FROM {table} WHERE id IN ({{marks}})", [int(i) for i in ids]):
             names = [d[0] for d in cursor.description]
             for row in cursor:
                 out[row[0]] = dict(zip(names, row))

@@ -194,7 +194,7 @@ def run(
         store.bind_model(aligner)
         catalog = store.catalog
         roots = [Path(r).expanduser().resolve() for r in roots]
-        staging = Staging(catalog.db.conn, roots)
+        staging = Staging(catalog, roots)
         known = catalog.known_hashes()
         try:
             progress.start(None, "finding files")
@@ -301,7 +301,7 @@ def _write_image_index(store: IndexStore, staging: Staging, plan: Plan, old_gen:
         )
     if previous.exists() and catalog.get_meta("index_factory") == factory:
         index = faiss_index.read(previous)
-        faiss_index.update(index, staging.deleted_ids(), staging.added_vectors(catalog.dim))
+        faiss_index.update(index, staging.deleted_ids(), staging.added_vectors())
         # Same type, updated in place: the recall measured when it was built still describes it.
         info = {"index_factory": factory, "index_nprobe": getattr(index, "nprobe", None)}
     else:

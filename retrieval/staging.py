@@ -22,7 +22,6 @@ Life of a row in ``run_files``::
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval import catalog
-from retrieval.catalog import from_blobs
+from retrieval.catalog import Catalog
 from retrieval.loader import FileStat, Loaded
 
 #: Rows of paths per page read or written at a time (a few hundred KB of Python objects).
@@ -72,10 +70,12 @@ class Plan:
 
 
 class Staging:
-    """The run tables for `roots` on `conn` (the catalog's connection, autocommit mode)."""
+    """The run tables for `roots`, on the catalog's connection (autocommit mode)."""
 
-    def __init__(self, conn: sqlite3.Connection, roots: list[Path]):
-        self.conn = conn
+    def __init__(self, catalog: Catalog, roots: list[Path]):
+        self.catalog = catalog
+        self.conn = catalog.db.conn
+        conn = self.conn
         self.roots = roots
         #: Files whose names SQLite cannot store (not UTF-8): reported on every run, never read.
         self.unnamed: list[dict] = []
@@ -266,20 +266,12 @@ class Staging:
         rows = self.conn.execute("SELECT id FROM run_deletes ORDER BY id")
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
-    def added_vectors(self, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) of the new rows, in id order, `chunk` rows at a time."""
-        last = 0
-        while True:
-            rows = self.conn.execute(
-                "SELECT f.new_id, v.vector FROM run_files f JOIN vectors v USING (hash) "
-                "WHERE f.new_id > ? ORDER BY f.new_id LIMIT ?",
-                (last, catalog.CHUNK_ROWS),
-            ).fetchall()
-            if not rows:
-                return
-            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            yield ids, from_blobs((r[1] for r in rows), dim)
-            last = int(ids[-1])
+    def added_vectors(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of the new rows, in id order, a chunk at a time."""
+        yield from self.catalog.vector_chunks(
+            "SELECT f.new_id, v.vector FROM run_files f JOIN vectors v USING (hash) "
+            "WHERE f.new_id > ? ORDER BY f.new_id LIMIT ?"
+        )
 
     # -- publishing --------------------------------------------------------------
     def apply(self) -> None:
