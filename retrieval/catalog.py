@@ -186,7 +186,7 @@ class Catalog:
 
     def snapshot(self):
         """A read transaction: everything read inside it belongs to one generation."""
-        return _ReadTransaction(self.db.conn)
+        return self.transaction()
 
     # -- writes -----------------------------------------------------------
     @contextmanager
@@ -206,20 +206,29 @@ class Catalog:
         finally:
             self.db.execute(f"PRAGMA synchronous={before}")
 
-    def put_vectors(self, rows: list[tuple[str, np.ndarray, int, int]]) -> None:
-        """Store freshly encoded vectors; committed at once so a killed run keeps them."""
+    @contextmanager
+    def transaction(self, begin: str = "BEGIN") -> Iterator[sqlite3.Connection]:
+        """An explicit transaction on this connection, rolled back if anything raises.
+
+        The connection is in autocommit mode, where each statement, and each row of an
+        executemany, would otherwise be a commit of its own.
+        """
         conn = self.db.conn
-        # One transaction for the batch (in autocommit mode each row would commit on its own).
-        conn.execute("BEGIN")
+        conn.execute(begin)
         try:
-            conn.executemany(
-                "INSERT OR REPLACE INTO vectors (hash, vector, width, height) VALUES (?, ?, ?, ?)",
-                [(h, to_blob(v), w, ht) for h, v, w, ht in rows],
-            )
+            yield conn
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def put_vectors(self, rows: list[tuple[str, np.ndarray, int, int]]) -> None:
+        """Store freshly encoded vectors; committed at once so a killed run keeps them."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO vectors (hash, vector, width, height) VALUES (?, ?, ?, ?)",
+                [(h, to_blob(v), w, ht) for h, v, w, ht in rows],
+            )
 
     @contextmanager
     def publishing(self) -> Iterator[sqlite3.Connection]:
@@ -229,34 +238,15 @@ class Catalog:
         connections, WAL) keep reading the previous generation until it commits, and a run
         that dies inside it leaves the catalog as it was.
         """
-        conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction("BEGIN IMMEDIATE") as conn:
             yield conn
             # Vectors no file refers to any more are dead weight once the run is published.
             conn.execute("DELETE FROM vectors WHERE hash NOT IN (SELECT hash FROM images)")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def replace_captions(self, captions: list[dict]) -> None:
         """The caption corpus, replaced whole (inside :meth:`publishing`)."""
         self.db.conn.execute("DELETE FROM captions")
         self.db.conn.executemany("INSERT INTO captions (id, text, vector) VALUES (:id, :text, :vector)", captions)
-
-
-class _ReadTransaction:
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-    def __enter__(self):
-        self.conn.execute("BEGIN")
-        return self
-
-    def __exit__(self, *exc):
-        self.conn.execute("COMMIT")
-        return False
 
 
 def open_catalog(folder: Path) -> Catalog:

@@ -25,7 +25,7 @@ import numpy as np
 
 from retrieval import index as faiss_index
 from retrieval.captions import read_captions
-from retrieval.catalog import to_blob
+from retrieval.catalog import from_blobs, to_blob
 from retrieval.loader import Loaded, init_worker, load_chunk, load_many, walk
 from retrieval.progress import NullProgress, Progress
 from retrieval.staging import Plan, Staging
@@ -272,8 +272,8 @@ def publish(
         if captions is not None:
             catalog.replace_captions(captions)
             ids = np.array([r["id"] for r in captions], dtype=np.int64)
-            vecs = np.frombuffer(b"".join(r["vector"] for r in captions), dtype="<f4").reshape(len(captions), -1)
-            index, _ = faiss_index.build(ids, np.ascontiguousarray(vecs, np.float32), factory="IDMap2,Flat")
+            vecs = from_blobs((r["vector"] for r in captions), catalog.dim)
+            index, _ = faiss_index.build(ids, vecs, factory="IDMap2,Flat")
             faiss_index.write(index, store.faiss_path("captions", gen))
             meta["captions_generation"] = gen
         elif store.faiss_path("captions", old_gen).exists():

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,20 +92,8 @@ class Staging:
         self.conn.execute("DROP TABLE IF EXISTS temp.run_files")
         self.conn.execute("DROP TABLE IF EXISTS temp.run_deletes")
 
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        # Explicit transactions: in autocommit mode each statement, each row of an
-        # executemany even, would be a commit of its own.
-        self.conn.execute("BEGIN")
-        try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
-
     def _batch(self, sql: str, rows: Iterable) -> None:
-        with self._transaction():
+        with self.catalog.transaction():
             self.conn.executemany(sql, rows)
 
     # -- walking -----------------------------------------------------------------
@@ -126,7 +113,7 @@ class Staging:
                 page = []
         if page:
             self._batch("INSERT OR IGNORE INTO run_files (path, size, mtime) VALUES (?, ?, ?)", page)
-        with self._transaction():
+        with self.catalog.transaction():
             self.conn.execute(
                 "UPDATE run_files SET (old_id, old_hash) = "
                 "(SELECT id, hash FROM images WHERE images.path = run_files.path)"
@@ -167,7 +154,7 @@ class Staging:
     def plan(self, next_id: int) -> Plan:
         """Decide each row's action and the ids of new rows; count what will change."""
         c = self.conn
-        with self._transaction():
+        with self.catalog.transaction():
             c.execute(
                 """UPDATE run_files SET action = CASE
                      WHEN NOT todo AND old_id IS NOT NULL THEN 'keep'

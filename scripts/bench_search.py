@@ -73,15 +73,13 @@ def load_times(index, folder: Path) -> tuple[float, float]:
 
 def insert_rows(store: IndexStore, vectors: np.ndarray) -> None:
     """Catalog rows for `vectors`: image i is /photos/i.jpg with id i + 1, in one transaction."""
-    conn = store.catalog.db.conn
-    conn.execute("BEGIN")
-    for start in range(0, len(vectors), 50_000):
-        part = range(start, min(start + 50_000, len(vectors)))
-        conn.executemany("INSERT INTO vectors (hash, vector, width, height) VALUES (?, ?, 640, 480)",
-                         ((f"h{i}", to_blob(vectors[i])) for i in part))
-        conn.executemany("INSERT INTO images (id, path, size, mtime, hash, width, height) VALUES (?, ?, 1, 0, ?, 640, 480)",
-                         ((i + 1, f"/photos/{i:07d}.jpg", f"h{i}") for i in part))
-    conn.execute("COMMIT")
+    with store.catalog.transaction() as conn:
+        for start in range(0, len(vectors), 50_000):
+            part = range(start, min(start + 50_000, len(vectors)))
+            conn.executemany("INSERT INTO vectors (hash, vector, width, height) VALUES (?, ?, 640, 480)",
+                             ((f"h{i}", to_blob(vectors[i])) for i in part))
+            conn.executemany("INSERT INTO images (id, path, size, mtime, hash, width, height) VALUES (?, ?, 1, 0, ?, 640, 480)",
+                             ((i + 1, f"/photos/{i:07d}.jpg", f"h{i}") for i in part))
 
 
 def fill_catalog(folder: Path, vectors: np.ndarray, index) -> IndexStore:
