@@ -13,6 +13,7 @@ Importing this package does not import torch; each aligner imports what it needs
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from retrieval.aligners.base import Aligner, normalize
@@ -48,7 +49,7 @@ def surely_other(spec: str, identity: str) -> bool:
     spec = (spec or "default").strip()
     if _family(spec) != _family(identity):
         return True
-    if spec.startswith("open_clip:") and not _names_a_file(spec.partition("/")[2]):
+    if spec.startswith("open_clip:") and not looks_like_path(spec.partition("/")[2]):
         return identity.startswith("open_clip:") and "/file-" not in identity and spec != identity
     return False
 
@@ -61,10 +62,22 @@ def _family(name: str) -> str:
     return "trained"
 
 
-def _names_a_file(weights: str) -> bool:
-    # Pretrained tags are plain words (laion2b_s34b_b79k); anything path-like may be a file
-    # holding the very weights the index was built with, so only loading can tell.
-    return "/" in weights or weights.startswith(("~", ".")) or Path(weights).suffix != "" or Path(weights).exists()
+_CHECKPOINT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".ckpt"}
+
+
+def looks_like_path(weights: str) -> bool:
+    """Whether the part after ``open_clip:ARCH/`` names a weights file rather than a pretrained tag.
+
+    Pretrained tags are plain words (laion2b_s34b_b79k). Shared by the loader and by
+    :func:`surely_other`, so the early check classifies a spec the way loading would.
+    """
+    return (
+        os.sep in weights
+        or "/" in weights
+        or weights.startswith(("~", "."))
+        or Path(weights).suffix.lower() in _CHECKPOINT_SUFFIXES
+        or Path(weights).expanduser().exists()
+    )
 
 
 def _file_stamp(spec: str) -> tuple | None:

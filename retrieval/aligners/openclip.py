@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from retrieval.aligners import looks_like_path
 from retrieval.aligners.base import Aligner
 from retrieval.aligners.runtime import pick_device, precision, to_numpy
 from retrieval.errors import ModelError
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 RANDOM_TAG = "random"
 #: Texts per trimmed chunk on CPU: small enough that lengths within a chunk are close.
 TEXT_CHUNK = 64
-_CHECKPOINT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".ckpt"}
 
 
 def file_digest(path: Path) -> str:
@@ -85,16 +85,6 @@ def check_tag(arch: str, tag: str) -> None:
             f"unknown pretrained tag {tag!r} for {arch}. Known tags: {', '.join(close) or 'none'}"
             f" (or '{RANDOM_TAG}', or a local checkpoint file: open_clip:{arch}/PATH)"
         )
-
-
-def looks_like_path(weights: str) -> bool:
-    return (
-        os.sep in weights
-        or "/" in weights
-        or weights.startswith(("~", "."))
-        or Path(weights).suffix.lower() in _CHECKPOINT_SUFFIXES
-        or Path(weights).expanduser().exists()
-    )
 
 
 # -- downloads: fail fast and clearly where the network is out of reach ----------------
