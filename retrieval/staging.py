@@ -34,9 +34,9 @@ from retrieval.loader import FileStat, Loaded
 #: Rows of paths per page read or written at a time (a few hundred KB of Python objects).
 PAGE_ROWS = 2_000
 
+_DROP = ["DROP TABLE IF EXISTS temp.run_files", "DROP TABLE IF EXISTS temp.run_deletes"]
 _DDL = [
-    "DROP TABLE IF EXISTS temp.run_files",
-    "DROP TABLE IF EXISTS temp.run_deletes",
+    *_DROP,
     """CREATE TEMP TABLE run_files (
         seq INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL, size INTEGER, mtime REAL,
         old_id INTEGER, old_hash TEXT, todo INTEGER NOT NULL DEFAULT 1,
@@ -74,12 +74,10 @@ class Staging:
     def __init__(self, catalog: Catalog, roots: list[Path]):
         self.catalog = catalog
         self.conn = catalog.db.conn
-        conn = self.conn
-        self.roots = roots
         #: Files whose names SQLite cannot store (not UTF-8): reported on every run, never read.
         self.unnamed: list[dict] = []
         for statement in _DDL:
-            conn.execute(statement)
+            self.conn.execute(statement)
         # "Under one of this run's folders", as SQL over a column named path.
         clauses, self._under_args = [], []
         for root in roots:
@@ -89,8 +87,8 @@ class Staging:
         self._under = "(" + (" OR ".join(clauses) or "0") + ")"
 
     def close(self) -> None:
-        self.conn.execute("DROP TABLE IF EXISTS temp.run_files")
-        self.conn.execute("DROP TABLE IF EXISTS temp.run_deletes")
+        for statement in _DROP:
+            self.conn.execute(statement)
 
     def _batch(self, sql: str, rows: Iterable) -> None:
         with self.catalog.transaction():
@@ -99,6 +97,7 @@ class Staging:
     # -- walking -----------------------------------------------------------------
     def add_stats(self, stats: Iterable[FileStat]) -> None:
         """Stage the walk, page by page; a path met twice (overlapping folders) counts once."""
+        insert = "INSERT OR IGNORE INTO run_files (path, size, mtime) VALUES (?, ?, ?)"
         page: list[tuple] = []
         for stat in stats:
             if not _storable(stat.path):
@@ -109,10 +108,10 @@ class Staging:
                 continue
             page.append((stat.path, stat.size, stat.mtime))
             if len(page) == PAGE_ROWS:
-                self._batch("INSERT OR IGNORE INTO run_files (path, size, mtime) VALUES (?, ?, ?)", page)
+                self._batch(insert, page)
                 page = []
         if page:
-            self._batch("INSERT OR IGNORE INTO run_files (path, size, mtime) VALUES (?, ?, ?)", page)
+            self._batch(insert, page)
         with self.catalog.transaction():
             self.conn.execute(
                 "UPDATE run_files SET (old_id, old_hash) = "
