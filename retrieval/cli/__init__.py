@@ -30,18 +30,40 @@ class Group(click.Group):
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="retrieval")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr; results and errors only.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Offline image-text retrieval: index image folders, search them by text or image,
     measure recall@k, and train the aligner on your own pairs.
+
+    Results go to stdout; progress, notes and errors go to stderr. Exit status: 0 success,
+    1 an error with a one-line message, 2 a usage error, 130 interrupted.
+    Shell completion: eval "$(_RETRIEVAL_COMPLETE=bash_source retrieval)" (or zsh_source, fish_source).
 
     \b
     Example:
         retrieval index ~/Pictures
         retrieval search "a dog on a beach"
     """
+    ctx.ensure_object(dict)["quiet"] = quiet
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    if quiet and not verbose:
+        level = logging.ERROR
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def quiet(local: bool = False) -> bool:
+    """True when this command (its own --quiet) or the whole run (`retrieval -q`) is quiet."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx else None
+    return local or bool(root and isinstance(root.obj, dict) and root.obj.get("quiet"))
+
+
+def note(message: str) -> None:
+    """A note for the person at the terminal: stderr, and silent under -q."""
+    if not quiet():
+        click.echo(message, err=True)
 
 
 def _register() -> None:

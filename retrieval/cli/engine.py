@@ -6,7 +6,7 @@ import json
 
 import click
 
-from retrieval.cli import main
+from retrieval.cli import main, note, quiet
 
 MODEL_HELP = "Aligner spec: default, open_clip:ARCH/TAG, open_clip:ARCH/PATH, or a trained checkpoint."
 INDEX_HELP = "Index name (under ./indexes or $RETRIEVAL_HOME) or path."
@@ -35,7 +35,7 @@ class ByteSize(click.ParamType):
 def _progress(enabled: bool):
     from retrieval.progress import NullProgress, TqdmProgress
 
-    return TqdmProgress() if enabled else NullProgress()
+    return TqdmProgress() if enabled and not quiet() else NullProgress()
 
 
 @main.command()
@@ -49,8 +49,8 @@ def _progress(enabled: bool):
               help="Memory the image index may take, e.g. 4G; above it the index keeps 8-bit codes and "
                    "re-scores candidates exactly [default: a quarter of this machine's memory].")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def index(folders, index_name, model, captions, batch_size, workers, max_index_memory, as_json, quiet):
+@click.option("-q", "--quiet", "quiet_flag", is_flag=True, help="No progress bar or skipped-file notes.")
+def index(folders, index_name, model, captions, batch_size, workers, max_index_memory, as_json, quiet_flag):
     """Index image folders (recursively); re-runs encode only what changed.
 
     JPEG, PNG, WebP, GIF, BMP and TIFF files are indexed; unreadable ones are skipped
@@ -67,15 +67,16 @@ def index(folders, index_name, model, captions, batch_size, workers, max_index_m
     settings = IndexSettings(batch_size=batch_size, workers=workers, max_index_memory=max_index_memory)
     summary = build_index(
         list(folders), index=index_name, model=model, captions=captions, settings=settings,
-        progress=_progress(not quiet and not as_json),
+        progress=_progress(not quiet_flag and not as_json),
     )
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
         return
-    for item in summary.skipped[:20]:
-        click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
-    if len(summary.skipped) > 20:
-        click.echo(f"... and {len(summary.skipped) - 20} more skipped (see --json)", err=True)
+    if not quiet(quiet_flag):
+        for item in summary.skipped[:20]:
+            click.echo(f"skipped {item['path']}: {item['reason']}", err=True)
+        if len(summary.skipped) > 20:
+            click.echo(f"... and {len(summary.skipped) - 20} more skipped (see --json)", err=True)
     click.echo(summary.line())
 
 
@@ -201,7 +202,7 @@ def demo(index_name, k, sheet):
     from retrieval.demo import DEMO_QUERIES, demo_folder
 
     folder = demo_folder()
-    click.echo(f"indexing the demo photos in {folder}")
+    note(f"indexing the demo photos in {folder}")
     summary = build_index([folder], index=index_name, progress=_progress(True))
     click.echo(summary.line())
     idx = open_index(index_name)

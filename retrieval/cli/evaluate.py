@@ -9,6 +9,7 @@ import time
 import click
 
 from retrieval.cli import main
+from retrieval.cli import quiet as cli_quiet
 from retrieval.cli.engine import MODEL_HELP
 
 
@@ -27,7 +28,7 @@ from retrieval.cli.engine import MODEL_HELP
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per model call.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes [default: one per core].")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images (quick runs).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def evaluate_command(dataset, images, split, models, ks, through_index, index_factory, as_json, plot, dump,
                      skip_missing, batch_size, workers, limit, quiet):
     """Measure recall@k with CLIP_benchmark's protocol, exact (and through the index).
@@ -55,7 +56,7 @@ def evaluate_command(dataset, images, split, models, ks, through_index, index_fa
     try:
         report = evaluate(
             data, list(models) or ["default"], ks=ks or (1, 5, 10), through_index=through_index,
-            batch_size=batch_size, progress=NullProgress() if quiet else TqdmProgress(),
+            batch_size=batch_size, progress=NullProgress() if cli_quiet(quiet) else TqdmProgress(),
             dump_dir=dump, index_factory=index_factory, skip_unreadable=skip_missing, workers=workers,
         )
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ import sys
 import click
 
 from retrieval.cli import main
+from retrieval.cli import quiet as cli_quiet
 from retrieval.cli.engine import MODEL_HELP
 from retrieval.progress import NullProgress, TqdmProgress
 
@@ -53,7 +54,7 @@ def _val_split(source: str, split: str | None) -> str:
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out (up to --epochs).")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary (with every epoch's figures) as JSON.")
-@click.option("--quiet", is_flag=True, help="No progress bars or epoch lines.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or epoch lines.")
 def train_command(pairs, out, start, val, images, split, val_split, epochs, batch_size, lr, weight_decay, hidden,
                   unlock, val_share, limit, skip_missing, seed, workers, device, resume, force, as_json, quiet):
     """Train the aligner on your own image-caption pairs; the result is a --model file.
@@ -92,13 +93,13 @@ def train_command(pairs, out, start, val, images, split, val_split, epochs, batc
 
     def on_epoch(report) -> None:
         done.append(report.epoch)
-        if not quiet and not as_json:
+        if not cli_quiet(quiet) and not as_json:
             click.echo(report.line() if report.epoch else "start:  " + report.line().split("  ", 1)[-1])
 
     try:
         result = train(
             data, out, start=start, val=val_data, settings=settings, resume=resume, force=force,
-            progress=NullProgress() if quiet or as_json else BarWithLoss(), on_epoch=on_epoch,
+            progress=NullProgress() if cli_quiet(quiet) or as_json else BarWithLoss(), on_epoch=on_epoch,
         )
     except KeyboardInterrupt:
         if any(done):
