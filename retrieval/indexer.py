@@ -194,6 +194,8 @@ def run(
         store.bind_model(aligner)
         catalog = store.catalog
         roots = [Path(r).expanduser().resolve() for r in roots]
+        # Every folder ever indexed: the server serves a file only while it lies inside one.
+        catalog.set_meta(roots=sorted(set(catalog.get_meta("roots", [])) | {str(r) for r in roots}))
         staging = Staging(catalog, roots)
         known = catalog.known_hashes()
         try:

@@ -7,6 +7,7 @@ the FAISS file of that generation belong together.
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -114,3 +115,69 @@ def search_vectors(store: IndexStore, vectors: np.ndarray, k: int, target: str =
             )
         results.append(hits)
     return results
+
+
+# -- building blocks for long-lived callers (the server) ---------------------------------
+def stored_image_vectors(store: IndexStore, ids: list[int]) -> np.ndarray:
+    """The stored vectors of indexed images, in the order given: "more like this" without re-encoding."""
+    found = store.catalog.image_vectors_by_id(ids)
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise RetrievalError(f"no image with id {missing[0]} in index {store.folder.name}")
+    return np.stack([found[i] for i in ids])
+
+
+def image_vector_from_bytes(aligner, data: bytes) -> np.ndarray:
+    """Encode an image held in memory (an upload); nothing touches the disk.
+
+    Pillow's own limit only stops images twice its MAX_IMAGE_PIXELS; here anything above the
+    limit itself is refused, before the pixels are decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from retrieval.loader import decode, draft_size
+
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+        if width * height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+            raise RetrievalError(f"image too large to decode ({width}x{height} pixels)")
+        image, _ = decode(data, draft_to=draft_size(aligner.transform))
+        pixels = aligner.transform(image)
+    except Image.DecompressionBombError:
+        raise RetrievalError("image too large to decode (decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise RetrievalError("the uploaded file is not an image Pillow can read") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise RetrievalError(f"the uploaded image is corrupt or truncated: {exc}") from None
+    return aligner.encode_images(pixels[None])[0]
+
+
+def fuse(parts: list[tuple[float, np.ndarray]]) -> np.ndarray:
+    """The normalized weighted sum of (weight, vector) parts, as a (1, d) query."""
+    if not parts:
+        raise RetrievalError("give a text, an image, or both")
+    return normalize(sum(w * np.asarray(v, np.float32) for w, v in parts)[None, :])
+
+
+def weighted_mean(vectors: np.ndarray, weights: list[float] | None = None) -> np.ndarray:
+    """One vector standing for several images (weights default to equal)."""
+    if weights is None:
+        weights = [1.0] * len(vectors)
+    if len(weights) != len(vectors):
+        raise RetrievalError(f"give one weight per image: {len(vectors)} images, {len(weights)} weights")
+    return normalize((np.asarray(weights, np.float32)[:, None] * vectors).sum(axis=0)[None, :])[0]
+
+
+def search_page(
+    store: IndexStore, vectors: np.ndarray, k: int, offset: int = 0, target: str = "images"
+) -> list[tuple[list[Hit], int | None]]:
+    """Hits ranked offset+1 .. offset+k for each query, and the offset of the next page (None at the end).
+
+    One extra hit is fetched to know whether a next page exists; ranks keep counting from the top.
+    """
+    pages = []
+    for hits in search_vectors(store, vectors, offset + k + 1, target):
+        more = len(hits) > offset + k
+        pages.append((hits[offset : offset + k], offset + k if more else None))
+    return pages

@@ -69,7 +69,7 @@ def note(message: str) -> None:
 def _register() -> None:
     from retrieval.cli import engine  # noqa: F401  (commands register themselves)
 
-    for optional in ("retrieval.cli.evaluate", "retrieval.cli.train"):
+    for optional in ("retrieval.cli.evaluate", "retrieval.cli.train", "retrieval.cli.serve"):
         try:
             __import__(optional)
         except ModuleNotFoundError as exc:

@@ -1,0 +1,63 @@
+"""`retrieval serve`: the HTTP API and the web page (needs the `serve` extra)."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from retrieval.cli import main
+from retrieval.cli.engine import INDEX_HELP
+
+
+@main.command()
+@click.option("--index", "indexes", multiple=True, help=INDEX_HELP + " Repeat to serve several. [default: default]")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but loopback needs a token (one is made if not given).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@click.option("--token", envvar="RETRIEVAL_TOKEN", default=None,
+              help="Require this token (Authorization: Bearer, or the cookie set by the page). Also $RETRIEVAL_TOKEN.")
+@click.option("--cors-origin", "cors_origins", multiple=True, help="Allow cross-origin requests from this origin (repeatable).")
+@click.option("--absolute-paths", is_flag=True, help="Show absolute file paths instead of paths relative to the indexed folder.")
+@click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(0.01, 1024), help="Largest query image accepted.")
+@click.option("--batch-window-ms", default=2.0, show_default=True, type=click.FloatRange(0, 1000),
+              help="Text queries this close together are encoded and searched as one batch; 0 turns batching off.")
+def serve(indexes, host, port, token, cors_origins, absolute_paths, max_upload_mb, batch_window_ms):
+    """Serve indexes over HTTP: a search page at / and a JSON API (see docs/server.md).
+
+    Binds 127.0.0.1 by default. On any other address a token is required; without
+    --token one is generated and the URL to open is printed.
+
+    \b
+    Example:
+        retrieval serve --index demo
+        retrieval serve --index photos --index ./other/index --port 8080
+        retrieval serve --index photos --host 0.0.0.0 --token "$(openssl rand -hex 16)"
+    """
+    try:
+        import uvicorn
+
+        from retrieval.server.app import ServerSettings, create_app
+        from retrieval.server.security import RedactTokens, is_loopback, new_token
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(
+            f"the server needs {exc.name}: install it with  pip install 'retrieval[serve]'  (or bash scripts/setup.sh)"
+        ) from None
+
+    if not is_loopback(host) and not token:
+        token = new_token()
+        click.echo("no --token given for a non-loopback address: generated one for this run", err=True)
+    settings = ServerSettings(
+        indexes=list(indexes) or ["default"], host=host, port=port, token=token, cors_origins=list(cors_origins),
+        absolute_paths=absolute_paths, max_upload_mb=max_upload_mb, batch_window_ms=batch_window_ms,
+    )
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", server_header=False)
+    # uvicorn has set its loggers up by now; the filter keeps a token in a URL out of the access log.
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    shown = "localhost" if is_loopback(host) else f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/"
+    click.echo(f"serving {', '.join(app.state.library.names)} at {url}", err=True)
+    if token:
+        click.echo(f"open this URL to sign in: {url}?token={token}", err=True)
+    uvicorn.Server(config).run()

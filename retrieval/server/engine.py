@@ -1,0 +1,248 @@
+"""The served indexes, and the searches the HTTP routes ask for, over the same engine as the CLI.
+
+Everything here runs on the engine thread (:mod:`retrieval.server.batcher`): it owns the
+catalogs' SQLite connections and makes every model and FAISS call. Routes build a
+:class:`SearchSpec`, hand it over, and get a JSON-ready dict back.
+
+Generations: each search reads the catalog's current generation inside one snapshot
+(:func:`retrieval.query.search_vectors`), so a generation that ``retrieval index`` has just
+published is seen by the next query, and a half-published one never.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from retrieval import query as engine
+from retrieval.api import Index, open_index
+from retrieval.errors import IndexNotFound, RetrievalError
+from retrieval.store import resolve
+
+log = logging.getLogger(__name__)
+
+
+#: Largest id a client may name (SQLite integers are 64-bit).
+MAX_ID = 2**62
+
+
+class NotFound(RetrievalError):
+    """An index, image or file the client named does not exist (HTTP 404)."""
+
+
+@dataclass
+class SearchSpec:
+    index: str | None = None
+    q: str | None = None
+    like: list[int] = field(default_factory=list)
+    like_weights: list[float] | None = None
+    weight: float = 0.5
+    negatives: list[str] = field(default_factory=list)
+    target: str = "images"
+    k: int = 24
+    offset: int = 0
+    #: An uploaded query image, in memory.
+    image: bytes | None = None
+    #: A query vector given as is (clip-retrieval's embedding_input).
+    vector: list[float] | None = None
+
+    @property
+    def text_only(self) -> bool:
+        """A plain text query: these are the ones micro-batched together."""
+        return bool(self.q) and not (self.like or self.negatives or self.image or self.vector)
+
+    def echo(self, index: str) -> dict:
+        out = {"index": index, "target": self.target, "k": self.k, "offset": self.offset}
+        if self.q:
+            out["q"] = self.q
+        if self.like:
+            out["like"] = self.like
+        if self.like_weights:
+            out["like_weights"] = self.like_weights
+        if self.negatives:
+            out["not"] = self.negatives
+        if self.image is not None:
+            out["image"] = "upload"
+        if (self.q or self.negatives) and (self.like or self.image is not None):
+            out["weight"] = self.weight
+        return out
+
+
+def served_name(spec: str) -> str:
+    """The name an index is served under: as given, or its folder's name for a path."""
+    value = str(spec).rstrip("/\\")
+    return Path(value).name if os.sep in value or value.startswith((".", "~")) else value
+
+
+class Served:
+    """One index opened for serving; its aligner is loaded once and shared."""
+
+    def __init__(self, name: str, spec: str):
+        self.name = name
+        self.index: Index = open_index(spec)
+        self.store = self.index.store
+        self.folder = self.store.folder
+
+    @property
+    def catalog(self):
+        return self.store.catalog
+
+    def empty(self) -> bool:
+        return self.catalog.generation == 0
+
+    def roots(self) -> list[str] | None:
+        """The folders this index was built from (None for an index built before they were recorded)."""
+        return self.catalog.get_meta("roots")
+
+    def summary(self) -> dict:
+        catalog = self.catalog
+        return {
+            "name": self.name, "images": catalog.count("images"), "captions": catalog.count("captions"),
+            "model": catalog.get_meta("model"), "generation": catalog.generation, "dim": catalog.dim,
+        }
+
+
+class Library:
+    """The served indexes, by name. Construct and use on the engine thread only."""
+
+    def __init__(self, specs: list[str], absolute_paths: bool = False):
+        self.absolute_paths = absolute_paths
+        self.indexes: dict[str, Served] = {}
+        for spec in specs:
+            name = served_name(spec)
+            if name in self.indexes:
+                raise RetrievalError(f"two indexes would be served as {name!r}: give one of them by another path")
+            if not (resolve(spec) / "catalog.db").exists():
+                raise IndexNotFound(f"no index at {resolve(spec)}. Build one with: retrieval index FOLDER --index {spec}")
+            self.indexes[name] = Served(name, spec)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.indexes)
+
+    def get(self, name: str | None) -> Served:
+        if not name:
+            return next(iter(self.indexes.values()))
+        try:
+            return self.indexes[name]
+        except KeyError:
+            raise NotFound(f"no index named {name!r} is served here (served: {', '.join(self.indexes)})") from None
+
+    def close(self) -> None:
+        for served in self.indexes.values():
+            served.index.close()
+
+    # -- searching -----------------------------------------------------------------
+    def search(self, spec: SearchSpec) -> dict:
+        served = self.get(spec.index)
+        if served.empty():
+            return self._response(served, spec, [], None)
+        vector = self.query_vector(served, spec)
+        [(hits, next_offset)] = engine.search_page(served.store, vector, spec.k, spec.offset, spec.target)
+        return self._response(served, spec, hits, next_offset)
+
+    def search_texts(self, key: tuple[str, str], specs: list[SearchSpec]) -> list[dict]:
+        """Plain text queries against one index and target: one encoder call, one FAISS call."""
+        served = self.get(key[0])
+        if served.empty():
+            return [self._response(served, s, [], None) for s in specs]
+        vectors = served.index.aligner.encode_texts([s.q for s in specs])
+        fetch = max(s.offset + s.k + 1 for s in specs)
+        out = []
+        for s, hits in zip(specs, engine.search_vectors(served.store, vectors, fetch, key[1])):
+            more = len(hits) > s.offset + s.k
+            out.append(self._response(served, s, hits[s.offset : s.offset + s.k], s.offset + s.k if more else None))
+        return out
+
+    def query_vector(self, served: Served, spec: SearchSpec) -> np.ndarray:
+        """Text part and image part (upload and/or stored images), fused by `weight`, minus the negatives."""
+        if spec.vector is not None:
+            if len(spec.vector) != served.catalog.dim:
+                raise RetrievalError(f"the embedding has {len(spec.vector)} numbers; this index uses {served.catalog.dim}")
+            return engine.fuse([(1.0, np.asarray(spec.vector, np.float32))])
+        images, weights = [], []
+        if spec.image is not None:
+            images.append(engine.image_vector_from_bytes(served.index.aligner, spec.image))
+            weights.append(1.0)
+        if spec.like:
+            images.extend(engine.stored_image_vectors(served.store, spec.like))
+            weights.extend(spec.like_weights or [1.0] * len(spec.like))
+        if len(weights) != len(images):
+            raise RetrievalError(f"give one like_weight per liked image: {len(spec.like)} images")
+        if images and sum(weights) <= 0:
+            raise RetrievalError("the like_weights must not all be zero")
+        parts = []
+        if spec.q:
+            parts.append((1.0 - spec.weight if images else 1.0, served.index.aligner.encode_texts([spec.q])[0]))
+        if images:
+            parts.append((spec.weight if spec.q else 1.0, engine.weighted_mean(np.stack(images), weights)))
+        if not parts:
+            raise RetrievalError("give q (a text), like (image ids) or an image to search with")
+        if spec.negatives:
+            parts.append((-0.5, served.index.aligner.encode_texts(spec.negatives).mean(axis=0)))
+        return engine.fuse(parts)
+
+    def _response(self, served: Served, spec: SearchSpec, hits: list, next_offset: int | None) -> dict:
+        return {
+            "query": spec.echo(served.name),
+            "results": self.describe_hits(served, hits),
+            "offset": spec.offset,
+            "next_offset": next_offset,
+        }
+
+    def describe_hits(self, served: Served, hits: list) -> list[dict]:
+        rows = served.catalog.rows_by_id("images", [h.id for h in hits if h.path is not None])
+        out = []
+        for hit in hits:
+            item = {"rank": hit.rank, "id": hit.id, "score": hit.score}
+            if hit.path is None:
+                item["text"] = hit.text
+                out.append(item)
+                continue
+            row = rows.get(hit.id, {})
+            item.update(
+                path=self.show_path(served, hit.path),
+                thumb=f"/api/thumb/{hit.id}?index={served.name}&size=256",
+                url=f"/api/image/{hit.id}?index={served.name}",
+                width=row.get("width"), height=row.get("height"),
+            )
+            out.append(item)
+        return out
+
+    # -- paths and records ---------------------------------------------------------------
+    def show_path(self, served: Served, path: str) -> str:
+        """The path relative to its indexed folder (absolute only with --absolute-paths)."""
+        return path if self.absolute_paths else relative_to_roots(path, served.roots())
+
+    def image_row(self, index: str | None, image_id: int) -> tuple[Served, dict]:
+        served = self.get(index)
+        row = served.catalog.rows_by_id("images", [image_id]).get(image_id)
+        if row is None:
+            raise NotFound(f"no image with id {image_id} in index {served.name}")
+        return served, row
+
+    def info(self, index: str | None) -> dict:
+        served = self.get(index)
+        data = served.index.info()
+        if not self.absolute_paths:
+            data["index"] = served.name
+        return data
+
+    def summaries(self) -> list[dict]:
+        return [s.summary() for s in self.indexes.values()]
+
+
+def relative_to_roots(path: str, roots: list[str] | None) -> str:
+    """`path` relative to the deepest indexed folder holding it; the bare file name otherwise."""
+    best = None
+    for root in roots or []:
+        if path == root:
+            return Path(path).name
+        prefix = root.rstrip(os.sep) + os.sep
+        if path.startswith(prefix) and (best is None or len(root) > len(best)):
+            best = root
+    return os.path.relpath(path, best) if best else Path(path).name
