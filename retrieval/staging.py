@@ -29,7 +29,19 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.catalog import Catalog
+from retrieval.exif import COLUMNS as EXIF_COLUMNS
+from retrieval.exif import EMPTY
 from retrieval.loader import FileStat, Loaded
+
+_META_SET = ", ".join(f"{c} = ?" for c in EXIF_COLUMNS)
+# Photo metadata for the catalog: a file without an EXIF date is dated by its modification
+# time (local wall-clock time, like EXIF dates), and the source says which it is.
+_META_COLUMNS = "taken_source, " + ", ".join(EXIF_COLUMNS)
+_META_VALUES = (
+    "CASE WHEN f.taken IS NULL THEN 'mtime' ELSE 'exif' END, "
+    "coalesce(f.taken, strftime('%Y-%m-%dT%H:%M:%S', f.mtime, 'unixepoch', 'localtime')), "
+    + ", ".join(f"f.{c}" for c in EXIF_COLUMNS[1:])
+)
 
 #: Rows of paths per page read or written at a time (a few hundred KB of Python objects).
 PAGE_ROWS = 2_000
@@ -40,7 +52,8 @@ _DDL = [
     """CREATE TEMP TABLE run_files (
         seq INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL, size INTEGER, mtime REAL,
         old_id INTEGER, old_hash TEXT, todo INTEGER NOT NULL DEFAULT 1,
-        hash TEXT, error TEXT, action TEXT, new_id INTEGER)""",
+        hash TEXT, error TEXT, action TEXT, new_id INTEGER,
+        taken TEXT, taken_offset TEXT, camera_make TEXT, camera_model TEXT, lat REAL, lon REAL, orientation INTEGER)""",
     "CREATE INDEX temp.run_files_new ON run_files(new_id)",
     # Published image rows this run removes: replaced or failed files, and files that are gone.
     "CREATE TEMP TABLE run_deletes (id INTEGER PRIMARY KEY, hash TEXT NOT NULL, gone INTEGER NOT NULL)",
@@ -122,7 +135,8 @@ class Staging:
             self.conn.execute(
                 """UPDATE run_files SET todo = 0 WHERE
                      (old_id IS NOT NULL AND EXISTS (SELECT 1 FROM images i WHERE i.id = run_files.old_id
-                         AND i.size IS run_files.size AND i.mtime IS run_files.mtime))
+                         AND i.size IS run_files.size AND i.mtime IS run_files.mtime
+                         AND i.taken_source IS NOT NULL))
                   OR (old_id IS NULL AND EXISTS (SELECT 1 FROM skipped s WHERE s.path = run_files.path
                          AND s.size IS run_files.size AND s.mtime IS run_files.mtime))"""
             )
@@ -145,8 +159,8 @@ class Staging:
 
     def record(self, loaded: list[Loaded]) -> None:
         self._batch(
-            "UPDATE run_files SET hash = ?, error = ? WHERE path = ?",
-            [(item.hash, item.error, item.path) for item in loaded],
+            f"UPDATE run_files SET hash = ?, error = ?, {_META_SET} WHERE path = ?",
+            [(item.hash, item.error, *(item.meta or EMPTY).row(), item.path) for item in loaded],
         )
 
     # -- planning ----------------------------------------------------------------
@@ -269,9 +283,9 @@ class Staging:
         c = self.conn
         c.execute("DELETE FROM images WHERE id IN (SELECT id FROM run_deletes)")
         c.execute(
-            """INSERT OR REPLACE INTO images (id, path, size, mtime, hash, width, height, status)
+            f"""INSERT OR REPLACE INTO images (id, path, size, mtime, hash, width, height, status, {_META_COLUMNS})
                SELECT CASE f.action WHEN 'touch' THEN f.old_id ELSE f.new_id END,
-                      f.path, f.size, f.mtime, f.hash, v.width, v.height, 'ok'
+                      f.path, f.size, f.mtime, f.hash, v.width, v.height, 'ok', {_META_VALUES}
                FROM run_files f JOIN vectors v USING (hash)
                WHERE f.action IN ('touch', 'new') ORDER BY f.seq"""
         )

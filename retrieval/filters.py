@@ -1,0 +1,382 @@
+"""Search filters: taken date, folder, camera, place and size, AND-combined.
+
+A filter is SQL over the catalog's ``images`` rows. The results of a filtered search are
+exactly the best k among the images that pass (not the best k overall with the failures
+dropped, which returns too few). How they are found depends on how many pass, as vector
+databases do it (thresholds measured by scripts/bench_filters.py, see docs/photo-library.md):
+
+- few (at most ``Plan.exact_max``): their vectors are read from the catalog and scored
+  exactly, whatever the index type;
+- more (at most ``Plan.restrict_max``): the FAISS index is searched restricted to their ids
+  (an ``IDSelector``); an IVF index probes more lists in proportion;
+- most: the index returns more candidates than asked for, enough for k of them to pass
+  on the estimated share, and the candidates are checked in SQL; too few pass, fetch more.
+  This never lists the passing ids, which costs more than the search when half a million pass.
+
+    >>> Filters.parse(after="2023-06-01", before="2023-09-01").after
+    '2023-06-01T00:00:00'
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+
+from retrieval import index as faiss_index
+from retrieval.catalog import Catalog
+from retrieval.errors import RetrievalError
+
+log = logging.getLogger(__name__)
+
+EARTH_RADIUS_KM = 6371.0088
+_KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180
+
+
+class FilterError(RetrievalError):
+    """A filter value that cannot be understood."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What an image must satisfy to be returned; empty fields do not filter.
+
+    Dates are the taken date (EXIF, else the file's modification time) in the camera's
+    wall-clock time: ``after`` includes its moment, ``before`` excludes it, so
+    ``after=2023-06-01, before=2023-09-01`` is June, July and August.
+    """
+
+    after: str | None = None
+    before: str | None = None
+    folders: tuple[str, ...] = ()
+    camera: str | None = None
+    #: (latitude, longitude, kilometres)
+    near: tuple[float, float, float] | None = None
+    min_width: int | None = None
+    min_height: int | None = None
+
+    @classmethod
+    def parse(
+        cls, *, after=None, before=None, folders=(), camera=None, near=None, min_width=None, min_height=None
+    ) -> Filters:
+        """Filters from user input (strings from a command line or a URL, or typed values).
+
+        Raises FilterError with one line naming the bad value.
+        """
+        if isinstance(folders, str | os.PathLike):
+            folders = [folders]
+        out = cls(
+            after=parse_when(after, "--after"),
+            before=parse_when(before, "--before"),
+            folders=tuple(str(Path(f).expanduser().resolve()) for f in folders or () if str(f)),
+            camera=(str(camera).strip() or None) if camera is not None else None,
+            near=parse_near(near),
+            min_width=_positive(min_width, "--min-width"),
+            min_height=_positive(min_height, "--min-height"),
+        )
+        if out.after and out.before and out.after >= out.before:
+            raise FilterError(f"--after {after} is not earlier than --before {before}: no date can pass both")
+        return out
+
+    @property
+    def active(self) -> bool:
+        return any(v not in (None, ()) for v in asdict(self).values())
+
+    def describe(self) -> dict:
+        """The filters in effect, for echoing a query back (JSON-ready)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v not in (None, ())}
+
+    def clauses(self, catalog: Catalog) -> list[Clause]:
+        """One SQL condition over ``images`` per filter, in a fixed order."""
+        needs_meta = [name for name, on in (("--after", self.after), ("--before", self.before),
+                                            ("--camera", self.camera), ("--near", self.near)) if on]
+        if needs_meta and not catalog.has_photo_meta:
+            raise FilterError(
+                f"{needs_meta[0]} needs photo dates, cameras and places, which this index does not have yet: "
+                f"run `retrieval index FOLDER --index {catalog.path.parent}` once to read them (nothing is re-encoded)"
+            )
+        out = []
+        if self.after:
+            out.append(Clause(f"--after {self.after}", "taken >= ?", [self.after]))
+        if self.before:
+            out.append(Clause(f"--before {self.before}", "taken < ?", [self.before]))
+        if self.folders:
+            parts, args = [], []
+            for folder in self.folders:
+                # A range on the path index: under FOLDER means FOLDER/ <= path < FOLDER0 ('0' follows '/').
+                prefix = folder.rstrip(os.sep) + os.sep
+                parts.append("(path >= ? AND path < ?)")
+                args += [prefix, prefix[:-1] + chr(ord(os.sep) + 1)]
+            out.append(Clause("--folder " + " / ".join(self.folders), "(" + " OR ".join(parts) + ")", args))
+        if self.camera:
+            pattern = "%" + re.sub(r"([\\%_])", r"\\\1", self.camera) + "%"
+            out.append(Clause(
+                f"--camera {self.camera!r}",
+                "(camera_make LIKE ? ESCAPE '\\' OR camera_model LIKE ? ESCAPE '\\')",
+                [pattern, pattern],
+            ))
+        if self.near:
+            out.append(_near_clause(catalog, *self.near))
+        upright = catalog.has_photo_meta
+        if self.min_width:
+            # Width as the picture is shown: EXIF orientations 5-8 turn it a quarter.
+            col = "(CASE WHEN orientation BETWEEN 5 AND 8 THEN height ELSE width END)" if upright else "width"
+            out.append(Clause(f"--min-width {self.min_width}", f"{col} >= ?", [self.min_width]))
+        if self.min_height:
+            col = "(CASE WHEN orientation BETWEEN 5 AND 8 THEN width ELSE height END)" if upright else "height"
+            out.append(Clause(f"--min-height {self.min_height}", f"{col} >= ?", [self.min_height]))
+        return out
+
+
+@dataclass
+class Clause:
+    name: str
+    sql: str
+    args: list = field(default_factory=list)
+
+
+def where(clauses: list[Clause]) -> tuple[str, list]:
+    return " AND ".join(c.sql for c in clauses) or "1", [a for c in clauses for a in c.args]
+
+
+# -- parsing --------------------------------------------------------------------------------
+_WHEN_FORMATS = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d", "%Y-%m", "%Y"]
+
+
+def parse_when(value, flag: str = "date") -> str | None:
+    """A date or date-time (``2023``, ``2023-06``, ``2023-06-01``, ``2023-06-01T18:30[:00]``) as
+    the catalog's ``YYYY-MM-DDTHH:MM:SS``; a date means its first moment."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=None, microsecond=0).isoformat()
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day).isoformat()
+    text = str(value).strip()
+    for fmt in _WHEN_FORMATS:
+        try:
+            return datetime.strptime(text, fmt).isoformat()
+        except ValueError:
+            continue
+    raise FilterError(f"{flag} {value!r} is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM (also YYYY or YYYY-MM)")
+
+
+def parse_near(value) -> tuple[float, float, float] | None:
+    """``"LAT,LON,KM"`` (or a 3-sequence) as floats, checked."""
+    if value is None or value == "":
+        return None
+    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else list(value)
+    try:
+        lat, lon, km = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise FilterError(f"--near {value!r}: give LAT,LON,KM in decimal degrees and kilometres, e.g. 48.858,2.294,5") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise FilterError(f"--near {value!r}: latitude must be within -90..90 and longitude within -180..180")
+    if not km > 0 or math.isinf(km):
+        raise FilterError(f"--near {value!r}: the distance must be a positive number of kilometres")
+    return lat, lon, km
+
+
+def _positive(value, flag: str) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise FilterError(f"{flag} {value!r} is not a whole number of pixels") from None
+    if number < 1:
+        raise FilterError(f"{flag} must be at least 1, got {number}")
+    return number
+
+
+# -- places ---------------------------------------------------------------------------------
+def haversine_km(lat1, lon1, lat2, lon2) -> float | None:
+    """Great-circle distance in kilometres (None when a position is missing)."""
+    if None in (lat1, lon1, lat2, lon2):
+        return None
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def _near_clause(catalog: Catalog, lat: float, lon: float, km: float) -> Clause:
+    # The box (which an index on lat narrows) comes first; the exact distance, a Python
+    # function, runs only on the rows inside it.
+    catalog.db.conn.create_function("retrieval_km", 4, haversine_km, deterministic=True)
+    dlat = km / _KM_PER_DEGREE
+    sql, args = "lat BETWEEN ? AND ?", [lat - dlat, lat + dlat]
+    cos = math.cos(math.radians(min(90.0, abs(lat) + dlat)))
+    dlon = km / (_KM_PER_DEGREE * cos) if cos > 1e-6 else 360.0
+    if dlon < 180:
+        west, east = lon - dlon, lon + dlon
+        if west < -180 or east > 180:  # the box crosses the antimeridian
+            sql += " AND (lon >= ? OR lon <= ?)"
+            args += [west + 360 if west < -180 else west, east - 360 if east > 180 else east]
+        else:
+            sql += " AND lon BETWEEN ? AND ?"
+            args += [west, east]
+    sql += " AND retrieval_km(lat, lon, ?, ?) <= ?"
+    args += [lat, lon, km]
+    return Clause(f"--near {lat},{lon},{km}", f"({sql})", args)
+
+
+# -- execution ------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """Thresholds between the three ways of running a filtered search (see the module docstring)."""
+
+    exact_max: int = 2_000
+    restrict_max: int = 50_000
+    #: Ids sampled to estimate the share that passes before choosing.
+    sample: int = 1_000
+    #: The last search's choice ("exact", "restrict", "overfetch" or "none"), for tests and benchmarks.
+    chosen: str = ""
+
+
+def search(
+    catalog: Catalog, index, queries: np.ndarray, k: int, filters: Filters, *,
+    factory: str | None = None, plan: Plan | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) of the best k passing images per query; ids -1 pad short rows.
+
+    Call inside the catalog snapshot the index belongs to.
+    """
+    plan = plan or Plan()
+    sql, args = where(filters.clauses(catalog))
+    n = index.ntotal
+    queries = np.ascontiguousarray(queries, np.float32)
+    share = _estimated_share(catalog, sql, args, plan.sample) if n > 4 * plan.sample else None
+    ids = None
+    if share is None or share * n <= 2 * plan.restrict_max:
+        rows = catalog.db.execute(f"SELECT id FROM images WHERE {sql} LIMIT ?", [*args, plan.restrict_max + 1])
+        ids = np.fromiter((r[0] for r in rows), np.int64)
+        if len(ids) <= plan.restrict_max:
+            share = len(ids) / max(n, 1)
+        else:
+            ids, share = None, max(share or 0.0, plan.restrict_max / max(n, 1))
+    lookup = catalog.image_vectors_by_id
+    if ids is not None and len(ids) == 0:
+        plan.chosen = "none"
+        return _empty(len(queries), 0)
+    if ids is not None and len(ids) <= plan.exact_max:
+        plan.chosen = "exact"
+        return _exact(lookup(ids.tolist()), queries, k)
+    if ids is not None:
+        plan.chosen = "restrict"
+        params = faiss_index.subset_params(index, ids, share)
+        return faiss_index.search_ranked(index, queries, min(k, len(ids)), factory=factory, lookup=lookup, params=params)
+    plan.chosen = "overfetch"
+    rows = [_overfetch(catalog, index, q[None], k, sql, args, share, factory) for q in queries]
+    width = max((len(r[1]) for r in rows), default=0)
+    scores, out = _empty(len(queries), width)
+    for i, (s, found) in enumerate(rows):
+        scores[i, : len(s)], out[i, : len(found)] = s, found
+    return scores, out
+
+
+def _empty(rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((rows, width), -np.inf, np.float32), np.full((rows, width), -1, np.int64)
+
+
+def _estimated_share(catalog: Catalog, sql: str, args: list, sample: int) -> float | None:
+    """The share of images passing, from a random sample of ids (primary-key lookups, about 1 ms)."""
+    top = catalog.db.execute("SELECT max(id) FROM images").fetchone()[0] or 0
+    picks = random.Random(top).sample(range(1, top + 1), min(sample, top))
+    marks = ",".join("?" * len(picks))
+    seen, passed = catalog.db.execute(
+        f"SELECT count(*), coalesce(sum(CASE WHEN {sql} THEN 1 ELSE 0 END), 0) FROM images WHERE id IN ({marks})",
+        [*args, *picks],
+    ).fetchone()
+    # Too few live ids in the sample (many deleted): no estimate; the caller counts instead.
+    return passed / seen if seen >= sample // 4 else None
+
+
+def _exact(vectors: dict[int, np.ndarray], queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.fromiter(vectors, np.int64, count=len(vectors))
+    order = np.argsort(ids)
+    ids = ids[order]
+    matrix = np.stack([vectors[int(i)] for i in ids])
+    scores_all = queries @ matrix.T
+    k = min(k, len(ids))
+    scores, out = _empty(len(queries), k)
+    for row, s in enumerate(scores_all):
+        # Best first; equal scores by id, as a flat index returns them.
+        top = np.lexsort((ids, -s))[:k]
+        scores[row], out[row] = s[top], ids[top]
+    return scores, out
+
+
+def _overfetch(catalog, index, query, k, sql, args, share, factory) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates from the whole index, checked against the filter, widened until k pass."""
+    n = index.ntotal
+    fetch = min(n, math.ceil(k / max(share, 1e-6) * 1.5) + 16)
+    lookup = catalog.image_vectors_by_id
+    while True:
+        params = faiss_index.subset_params(index, None, min(1.0, k / fetch))
+        scores, ids = faiss_index.search_ranked(index, query, fetch, factory=factory, lookup=lookup, params=params)
+        scores, ids = scores[0], ids[0]
+        found = [int(i) for i in ids if i >= 0]
+        passing = _passing(catalog, found, sql, args)
+        keep = [j for j, i in enumerate(ids.tolist()) if i in passing][:k]
+        if len(keep) >= k or fetch >= n:
+            return scores[keep], ids[keep]
+        fetch = min(n, fetch * 4)
+
+
+def _passing(catalog: Catalog, ids: list[int], sql: str, args: list) -> set[int]:
+    out: set[int] = set()
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        marks = ",".join("?" * len(part))
+        rows = catalog.db.execute(f"SELECT id FROM images WHERE id IN ({marks}) AND {sql}", [*part, *args])
+        out.update(r[0] for r in rows)
+    return out
+
+
+# -- saying why nothing passed --------------------------------------------------------------
+def why_empty(catalog: Catalog, filters: Filters) -> str:
+    """One line naming the filter that excluded every image (or the combination that did)."""
+    if catalog.count("images") == 0:
+        return "the index holds no images"
+    clauses = filters.clauses(catalog)
+    for clause in clauses:
+        if not catalog.db.execute(f"SELECT EXISTS (SELECT 1 FROM images WHERE {clause.sql})", clause.args).fetchone()[0]:
+            return f"no image passes {clause.name}{_hint(catalog, clause)}"
+    if len(clauses) > 1:
+        return "no image passes " + " and ".join(c.name for c in clauses) + " together (each passes some on its own)"
+    return "no image passes the filters"
+
+
+def _hint(catalog: Catalog, clause: Clause) -> str:
+    db = catalog.db
+    if clause.name.startswith(("--after", "--before")):
+        first, last = db.execute("SELECT min(taken), max(taken) FROM images").fetchone()
+        return f" (photos in this index were taken from {first} to {last})" if first else ""
+    if clause.name.startswith("--camera"):
+        rows = db.execute(
+            "SELECT trim(coalesce(camera_make, '') || ' ' || coalesce(camera_model, '')) AS cam, count(*) AS n "
+            "FROM images WHERE cam != '' GROUP BY cam ORDER BY n DESC LIMIT 5"
+        ).fetchall()
+        return f" (cameras in this index: {', '.join(r[0] for r in rows)})" if rows else " (no image in this index names its camera)"
+    if clause.name.startswith("--near"):
+        placed = db.execute("SELECT count(*) FROM images WHERE lat IS NOT NULL").fetchone()[0]
+        return f" ({placed} images in this index have a GPS position)"
+    return ""
+
+
+def photo_counts(catalog: Catalog) -> dict:
+    """How many images have an EXIF date (the rest are dated by file time), a place and a camera."""
+    if not catalog.has_photo_meta:
+        return {"with_date": None, "with_place": None, "with_camera": None}
+    dated, placed, camera = catalog.db.execute(
+        "SELECT coalesce(sum(taken_source = 'exif'), 0), count(lat), "
+        "coalesce(sum(camera_make IS NOT NULL OR camera_model IS NOT NULL), 0) FROM images"
+    ).fetchone()
+    return {"with_date": dated, "with_place": placed, "with_camera": camera}
