@@ -250,8 +250,13 @@ def read(path: Path, mmap: bool = False) -> faiss.Index:
     """Load an index; with `mmap`, map it read-only instead (near-instant, shared page cache).
 
     IO_FLAG_MMAP_IFC maps flat code arrays, IO_FLAG_MMAP maps inverted lists; FAISS refuses
-    the first for IVF files, so an IVF file is retried with the second alone.
+    the first for IVF files, so an IVF file is retried with the second alone. An index whose
+    lists live on disk (:mod:`retrieval.ondisk`) is always mapped, by FAISS itself.
     """
+    if Path(path).with_suffix(".ivfdata").exists():
+        from retrieval import ondisk
+
+        return ondisk.read(Path(path))
     if not mmap:
         return faiss.read_index(str(path))
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -107,8 +108,8 @@ class IndexStore:
         return self.folder / f"{kind}-{generation}.faiss"
 
     def prune(self, generation: int) -> None:
-        """Delete FAISS files older than the generation before `generation`."""
-        for path in self.folder.glob("*.faiss"):
+        """Delete FAISS files (and on-disk inverted lists) older than the generation before `generation`."""
+        for path in [*self.folder.glob("*.faiss"), *self.folder.glob("*.ivfdata")]:
             try:
                 gen = int(path.stem.rsplit("-", 1)[1])
             except (IndexError, ValueError):
@@ -117,6 +118,8 @@ class IndexStore:
                 path.unlink(missing_ok=True)
         for path in self.folder.glob("*.faiss.tmp-*"):
             path.unlink(missing_ok=True)
+        for path in self.folder.glob("*.shards.tmp"):  # an on-disk build's shards, left by a killed run
+            shutil.rmtree(path, ignore_errors=True)
 
     @contextmanager
     def write_lock(self):

@@ -71,15 +71,18 @@ def load_times(index, folder: Path) -> tuple[float, float]:
     return plain, mapped
 
 
-def insert_rows(store: IndexStore, vectors: np.ndarray) -> None:
-    """Catalog rows for `vectors`: image i is /photos/i.jpg with id i + 1, in one transaction."""
+def insert_rows(store: IndexStore, vectors: np.ndarray, first: int = 0) -> None:
+    """Catalog rows for `vectors`: image i is /photos/i.jpg with id i + 1, in one transaction.
+
+    `first` numbers this batch's first vector, so that a large catalog can be filled in batches.
+    """
     with store.catalog.transaction() as conn:
         for start in range(0, len(vectors), 50_000):
             part = range(start, min(start + 50_000, len(vectors)))
             conn.executemany("INSERT INTO vectors (hash, vector, width, height) VALUES (?, ?, 640, 480)",
-                             ((f"h{i}", to_blob(vectors[i])) for i in part))
+                             ((f"h{first + i}", to_blob(vectors[i])) for i in part))
             conn.executemany("INSERT INTO images (id, path, size, mtime, hash, width, height) VALUES (?, ?, 1, 0, ?, 640, 480)",
-                             ((i + 1, f"/photos/{i:07d}.jpg", f"h{i}") for i in part))
+                             ((first + i + 1, f"/photos/{first + i:07d}.jpg", f"h{first + i}") for i in part))
 
 
 def fill_catalog(folder: Path, vectors: np.ndarray, index) -> IndexStore:

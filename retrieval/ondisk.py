@@ -1,0 +1,218 @@
+"""Image indexes larger than memory: IVF with 8-bit codes whose inverted lists live on disk.
+
+Index code (this module imports faiss, beside :mod:`retrieval.index`). The build has three
+steps, each a plain function so that a cluster can run the middle one as parallel tasks:
+
+1. :func:`train` the coarse quantizer once, on a sample: FAISS's two-level k-means
+   (``faiss.contrib.clustering``) over sqrt(nlist) first-level clusters, so that training
+   thousands of lists costs seconds instead of the hour a flat k-means would take here,
+   and an HNSW graph over the centroids, so that assigning ten million vectors to lists
+   does not compare each with every centroid.
+2. :func:`build_shard` adds a run of (ids, vectors) chunks to a copy of the trained, empty
+   index and writes it as a shard file; only that shard's codes are in memory.
+3. :func:`merge` joins the shards into one inverted-lists file with FAISS's own
+   ``faiss.contrib.ondisk.merge_ondisk``; the ``.faiss`` file then holds the quantizer and
+   the list offsets only, and searches memory-map the lists (:func:`retrieval.index.read`).
+
+Searches re-score ``RERANK_FACTOR`` x k candidates with the exact vectors from the catalog,
+as for the in-memory 8-bit index (``index.search_ranked``; ``index.reranks`` is true for the
+``,SQ8`` factory string recorded here).
+
+Files of generation g: ``images-<g>.faiss`` and ``images-<g>.ivfdata``. The ``.faiss`` file
+names its lists file by absolute path; :func:`read` finds it beside the ``.faiss`` file
+instead when the folder has been moved or renamed since.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import faiss
+import numpy as np
+from faiss.contrib.clustering import two_level_clustering
+from faiss.contrib.ondisk import merge_ondisk
+
+from retrieval import index as faiss_index
+from retrieval.errors import RetrievalError
+
+log = logging.getLogger(__name__)
+
+#: Vectors per shard: a shard's 8-bit codes (384 MB at 384-d) are what one builder holds.
+SHARD_ROWS = 1_000_000
+#: Neighbours per node of the HNSW graph over the centroids (FAISS's usual choice).
+HNSW_M = 32
+LISTS_SUFFIX = ".ivfdata"
+
+
+def factory_for(n: int) -> str:
+    """The on-disk index type for `n` vectors, as a FAISS factory string (recorded in the catalog)."""
+    return f"IVF{nlist_for(n)}_HNSW{HNSW_M},SQ8"
+
+
+def nlist_for(n: int) -> int:
+    # As the in-memory IVF (index.factory_for): about 4 sqrt(n) lists; a small collection
+    # (asked for with --on-disk) keeps at least 8 vectors a list so k-means has points to fit.
+    return max(1, min(int(4 * math.sqrt(max(n, 1))), n // 8))
+
+
+def needed(n: int, dim: int, memory_limit: int) -> bool:
+    """Whether `n` vectors exceed `memory_limit` bytes even as 8-bit codes (one byte a dimension)."""
+    return n * dim > memory_limit
+
+
+def lists_path(faiss_path: Path) -> Path:
+    """The inverted-lists file that belongs to an index file (same generation, same folder)."""
+    return faiss_path.with_suffix(LISTS_SUFFIX)
+
+
+def train(sample: np.ndarray, nlist: int, seed: int = 0) -> faiss.Index:
+    """An empty, trained on-disk-ready index: HNSW coarse quantizer over `nlist` centroids, 8-bit codes."""
+    sample = np.ascontiguousarray(sample, np.float32)
+    dim = sample.shape[1]
+    if len(sample) < nlist:
+        raise RetrievalError(f"an on-disk index of {nlist} lists needs at least {nlist} vectors, got {len(sample)}")
+    started = time.monotonic()
+    # Spherical k-means: centroids are unit vectors, so inner-product assignment is cosine
+    # and no list attracts vectors just because its centroid is longer.
+    centroids, _ = two_level_clustering(
+        sample, max(1, int(math.sqrt(nlist))), nlist, spherical=True, seed=seed,
+        min_points_per_centroid=1,
+    )
+    quantizer = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    quantizer.add(np.ascontiguousarray(centroids, np.float32))
+    index = faiss.IndexIVFScalarQuantizer(
+        quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+    )
+    index.own_fields = True
+    quantizer.this.disown()
+    # The quantizer already holds nlist centroids, so this trains only the 8-bit ranges.
+    index.train(sample)
+    log.info("trained %d lists on %d vectors in %.1fs", nlist, len(sample), time.monotonic() - started)
+    return index
+
+
+def build_shard(trained: Path, chunks: Iterable[tuple[np.ndarray, np.ndarray]], out: Path) -> int:
+    """Add (ids, vectors) chunks to a copy of the trained index at `trained`; write it to `out`.
+
+    A plain function over files: a Ray task can run it given a shared folder. Returns the
+    number of vectors in the shard.
+    """
+    index = faiss.read_index(str(trained))
+    for ids, vectors in chunks:
+        if len(ids):
+            index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
+    faiss_index.write(index, out)
+    return int(index.ntotal)
+
+
+def merge(trained: Path, shards: list[Path], lists: Path) -> faiss.Index:
+    """The trained index with `shards` joined into one inverted-lists file at `lists` (mapped, not loaded).
+
+    The caller writes the returned index next to `lists` (:func:`retrieval.index.write`).
+    """
+    # A file left by a run killed before publishing: never referenced, so it can go.
+    lists.unlink(missing_ok=True)
+    index = faiss.read_index(str(trained))
+    merge_ondisk(index, [str(s) for s in shards], str(lists))
+    return index
+
+
+def split(chunks: Iterable[tuple[np.ndarray, np.ndarray]], rows: int) -> Iterator[Iterator[tuple[np.ndarray, np.ndarray]]]:
+    """Consecutive runs of chunks of about `rows` rows each (whole chunks), consumed lazily."""
+    stream = iter(chunks)
+    pending: list = []
+
+    def run() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        taken = 0
+        while taken < rows:
+            item = pending.pop() if pending else next(stream, None)
+            if item is None:
+                return
+            taken += len(item[0])
+            yield item
+
+    while True:
+        first = next(stream, None)
+        if first is None:
+            return
+        pending.append(first)
+        yield run()
+
+
+def build(
+    chunks: faiss_index.Chunks, n: int, dim: int, out: Path, *, shard_rows: int = SHARD_ROWS,
+) -> tuple[faiss.Index, faiss_index.IndexInfo]:
+    """Build the on-disk index of `n` vectors from `chunks` into `out` and its ``.ivfdata`` file.
+
+    Passes over the chunks: a training sample, one adding pass split into shards, and two
+    for tuning ``nprobe`` (as :func:`retrieval.index.build_streamed`). Peak memory is one
+    shard's codes plus the training sample, whatever `n`.
+    """
+    factory = factory_for(n)
+    nlist = nlist_for(n)
+    work = out.with_name(out.name + ".shards.tmp")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        rng = np.random.default_rng(0)
+        size = min(n, max(faiss_index.TRAIN_SAMPLE, faiss_index.MIN_POINTS_PER_LIST * nlist))
+        picks = np.arange(n) if size == n else rng.choice(n, size, replace=False)
+        _, sample = faiss_index.gather(chunks, picks, dim)
+        trained_path = work / "trained.faiss"
+        faiss_index.write(train(sample, nlist), trained_path)
+        del sample
+        shards = []
+        for number, part in enumerate(split(chunks(), shard_rows)):
+            shard = work / f"shard-{number}.faiss"
+            added = build_shard(trained_path, part, shard)
+            log.info("shard %d: %d vectors", number, added)
+            shards.append(shard)
+        index = merge(trained_path, shards, lists_path(out))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    info = faiss_index.IndexInfo(factory=factory, ntotal=int(index.ntotal))
+    if index.ntotal != n:
+        raise RetrievalError(f"the on-disk index holds {index.ntotal} vectors, expected {n}; index again")
+    faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = 64
+    info.nprobe, info.recall_at_10 = faiss_index.tune_nprobe(index, chunks, n, dim, rerank=True)
+    faiss_index.write(index, out)
+    return index, info
+
+
+def read(path: Path) -> faiss.Index:
+    """Open an on-disk index read-only; its lists stay on disk, mapped on demand."""
+    lists = lists_path(path)
+    try:
+        index = faiss.read_index(str(path), faiss.IO_FLAG_READ_ONLY)
+        named = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists).filename
+        if Path(named).resolve() == lists.resolve():
+            return index
+    except RuntimeError:
+        pass  # the lists file it names is gone: the folder was moved or renamed
+    # FAISS's own remedy takes the lists file beside the index file, and says so with a
+    # printf: onto stderr with it, so that stdout (JSON, piped paths) stays clean.
+    with _stdout_to_stderr():
+        return faiss.read_index(str(path), faiss.IO_FLAG_READ_ONLY | faiss.IO_FLAG_ONDISK_SAME_DIR)
+
+
+@contextmanager
+def _stdout_to_stderr():
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)

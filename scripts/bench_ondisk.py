@@ -1,0 +1,259 @@
+"""An image index larger than memory: the on-disk IVF index at 10 million vectors, in one run.
+
+Fills a real catalog with N synthetic clustered 384-d vectors (bench_search.py's generator,
+so 10M take 15 GB of float32 blobs in SQLite), computing the exact top 10 of the queries by a
+streamed brute-force pass while it writes. Then, each step in a child process of its own so
+that its peak memory is its own:
+- builds the on-disk index from the catalog with the engine's function (retrieval.ondisk.build):
+  sample, training, shards, FAISS's merge_ondisk, nprobe tuning; time, peak anonymous memory
+  (what must fit in RAM) and peak resident set (which also counts mapped file pages);
+- at sizes up to --memory-max, builds the engine's in-memory 8-bit index (IVF,SQ8, flat
+  quantizer, index.build_streamed) on the same catalog, for comparison;
+- searches 200 single queries: through the engine (query.search_vectors: snapshot, open the
+  index, search, exact re-scoring from the catalog, rows), and with the index opened once;
+  for the on-disk index, and for the same index with its lists copied into memory (what an
+  in-memory 8-bit index of the same lists costs); recall@10 against the exact top 10.
+Searches run with a warm page cache (the machine is shared; dropping caches would hit others).
+
+    .venv/bin/python scripts/bench_ondisk.py [--n 10000000] [--work bench-out/ondisk] [--out bench-out/ondisk.json]
+
+Steps already done in --work are not repeated (a run can be resumed); --clean removes the work folder at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import faiss
+import numpy as np
+from bench_search import DIM, clustered, insert_rows
+
+from retrieval import index as faiss_index
+from retrieval import ondisk
+from retrieval.query import search_vectors
+from retrieval.store import IndexStore
+
+log = logging.getLogger("bench_ondisk")
+FILL_CHUNK = 250_000
+K = 10
+
+
+class MemoryWatch:
+    """Peak anonymous memory of this process, sampled (the kernel keeps no high-water mark for it)."""
+
+    def __init__(self, every: float = 0.2):
+        self.peak, self.every, self._stop = 0, every, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, status_kb("RssAnon"))
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def report(self) -> dict:
+        return {"peak_anon_mb": round(self.peak / 1024), "peak_rss_mb": round(status_kb("VmHWM") / 1024)}
+
+
+def status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def centers() -> np.ndarray:
+    c = np.random.default_rng(0).normal(0, 1, (1000, DIM)).astype(np.float32)
+    faiss.normalize_L2(c)
+    return c
+
+
+# -- steps ------------------------------------------------------------------------
+def fill(work: Path, n: int, n_queries: int) -> dict:
+    """The catalog, and the exact top 10 of the queries by a brute-force pass over the same chunks."""
+    store = IndexStore.open(work / "idx", create=True)
+    store.catalog.set_meta(model="bench", model_identity="bench", dim=DIM)
+    queries = clustered(n_queries, DIM, seed=7, centers=centers())
+    best_s = np.full((n_queries, 0), -np.inf, np.float32)
+    best_i = np.zeros((n_queries, 0), np.int64)
+    started = time.monotonic()
+    for first in range(0, n, FILL_CHUNK):
+        part = clustered(min(FILL_CHUNK, n - first), DIM, seed=n + first, centers=centers())
+        insert_rows(store, part, first)
+        scores = queries @ part.T
+        top = np.argpartition(-scores, K - 1, axis=1)[:, :K]
+        best_s = np.concatenate([best_s, np.take_along_axis(scores, top, 1)], axis=1)
+        best_i = np.concatenate([best_i, top + first + 1], axis=1)
+        keep = np.argsort(-best_s, axis=1, kind="stable")[:, :K]
+        best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
+        done = first + len(part)
+        rate = done / (time.monotonic() - started)
+        log.info("filled %d / %d (%.0f rows/s, %.0f s left)", done, n, rate, (n - done) / rate)
+    store.catalog.set_meta(next_id=n + 1)
+    store.close()
+    np.save(work / "queries.npy", queries)
+    np.save(work / "truth.npy", best_i)
+    return {"fill_s": round(time.monotonic() - started), "catalog_mb": round((work / "idx" / "catalog.db").stat().st_size / 2**20)}
+
+
+def build_ondisk(work: Path) -> dict:
+    store = IndexStore.open(work / "idx")
+    n, path = store.catalog.count("images"), store.faiss_path("images", 1)
+    started = time.monotonic()
+    with MemoryWatch() as mem:
+        _, info = ondisk.build(store.catalog.image_vectors, n, DIM, path)
+    out = {"build_s": round(time.monotonic() - started), **mem.report(), "factory": info.factory,
+           "nprobe": info.nprobe, "tuned_recall_at_10": info.recall_at_10,
+           "faiss_mb": round(path.stat().st_size / 2**20), "ivfdata_mb": round(ondisk.lists_path(path).stat().st_size / 2**20)}
+    store.close()
+    return out
+
+
+def build_memory(work: Path) -> dict:
+    """The engine's in-memory 8-bit index (what it builds when the codes fit), same catalog."""
+    store = IndexStore.open(work / "idx")
+    n, path = store.catalog.count("images"), store.faiss_path("images", 2)
+    factory = f"IVF{int(4 * np.sqrt(n))},SQ8"
+    started = time.monotonic()
+    with MemoryWatch() as mem:
+        index, info = faiss_index.build_streamed(store.catalog.image_vectors, n, DIM, factory=factory)
+        faiss_index.write(index, path)
+        del index
+    store.close()
+    return {"build_s": round(time.monotonic() - started), **mem.report(), "factory": factory,
+            "nprobe": info.nprobe, "tuned_recall_at_10": info.recall_at_10, "faiss_mb": round(path.stat().st_size / 2**20)}
+
+
+def timed(queries: np.ndarray, truth: np.ndarray, one) -> dict:
+    one(queries[0])  # warm up
+    times, got = [], []
+    for q in queries:
+        t = time.perf_counter()
+        ids = one(q)
+        times.append(time.perf_counter() - t)
+        got.append(list(ids) + [-1] * (K - len(ids)))
+    ms = np.array(times) * 1000
+    return {"ms_p50": round(float(np.median(ms)), 2), "ms_p99": round(float(np.percentile(ms, 99)), 2),
+            "recall_at_10": round(faiss_index.recall_at_k(truth, np.array(got)), 4)}
+
+
+def search(work: Path, generation: int, in_memory: bool) -> dict:
+    """Single queries through the engine (a fresh open per query) and with the index opened once."""
+    store = IndexStore.open(work / "idx")
+    queries, truth = np.load(work / "queries.npy"), np.load(work / "truth.npy")
+    path = store.faiss_path("images", generation)
+    index = faiss_index.read(path, mmap=True)
+    factory = ondisk.factory_for(store.catalog.count("images")) if generation == 1 else f"IVF{faiss.extract_index_ivf(index).nlist},SQ8"
+    store.catalog.set_meta(generation=generation, index_factory=factory)
+    out: dict = {}
+    with MemoryWatch() as mem:
+        if not in_memory:
+            out["engine"] = timed(queries, truth, lambda q: [h.id for h in search_vectors(store, q[None], K)[0]])
+        else:
+            # The same lists copied into RAM: an in-memory 8-bit index of exactly these codes.
+            ivf = faiss.extract_index_ivf(index)
+            lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+            started = time.monotonic()
+            source = ivf.invlists
+            for number in range(ivf.nlist):
+                size = source.list_size(number)
+                if size:
+                    lists.add_entries(number, size, source.get_ids(number), source.get_codes(number))
+            ivf.replace_invlists(lists, True)
+            lists.this.disown()
+            out["load_s"] = round(time.monotonic() - started)
+        lookup = store.catalog.image_vectors_by_id
+        out["opened_once"] = timed(
+            queries, truth, lambda q: faiss_index.search_ranked(index, q[None], K, factory=factory, lookup=lookup)[1][0].tolist()
+        )
+    out.update(mem.report())
+    store.close()
+    return out
+
+
+# -- the run ------------------------------------------------------------------------
+def child(step: str, work: Path, *args: str) -> dict:
+    """Run `step` in a fresh process (its own peak memory); its result comes back as JSON in a file."""
+    result = work / f"{step}{'-' + '-'.join(args) if args else ''}.json"
+    if result.exists():
+        log.info("%s: done before, kept", result.name)
+        return json.loads(result.read_text())
+    load = os.getloadavg()[0]
+    subprocess.run([sys.executable, __file__, "--step", step, "--work", str(work), *args], check=True)
+    data = json.loads(result.read_text())
+    data["load_average"] = [round(load, 1), round(os.getloadavg()[0], 1)]
+    result.write_text(json.dumps(data))
+    log.info("%s: %s", step, json.dumps(data))
+    return data
+
+
+def run_step(step: str, work: Path, args: list[str]) -> None:
+    steps = {"build-ondisk": lambda: build_ondisk(work), "build-memory": lambda: build_memory(work),
+             "search": lambda: search(work, int(args[0]), args[1] == "ram")}
+    data = steps[step]()
+    (work / f"{step}{'-' + '-'.join(args) if args else ''}.json").write_text(json.dumps(data))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=10_000_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--work", type=Path, default=Path("bench-out/ondisk"))
+    parser.add_argument("--out", type=Path, default=Path("bench-out/ondisk.json"))
+    parser.add_argument("--memory-max", type=int, default=2_000_000,
+                        help="Largest size at which the engine's in-memory IVF,SQ8 build (flat k-means) is also run.")
+    parser.add_argument("--clean", action="store_true", help="Delete the work folder (catalog included) at the end.")
+    parser.add_argument("--step", help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.step:
+        run_step(args.step, args.work, rest)
+        return
+    work = args.work / str(args.n)
+    work.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
+    rows: dict = {}
+    fill_file = work / "fill.json"
+    if not fill_file.exists():
+        fill_file.write_text(json.dumps(fill(work, args.n, args.queries)))
+    rows["fill"] = json.loads(fill_file.read_text())
+    rows["ondisk_build"] = child("build-ondisk", work)
+    rows["ondisk_search"] = child("search", work, "1", "disk")
+    rows["same_lists_in_ram_search"] = child("search", work, "1", "ram")
+    if args.n <= args.memory_max:
+        rows["memory_build"] = child("build-memory", work)
+        rows["memory_search"] = child("search", work, "2", "disk")
+    meta = {"date": str(date.today()), "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+            f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB", "faiss": faiss.__version__,
+            "n": args.n, "dim": DIM, "queries": args.queries, "rerank_factor": faiss_index.RERANK_FACTOR,
+            "memory_limit_default_mb": faiss_index.memory_limit_default() // 2**20,
+            "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+            "self_cpu_s": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    if args.clean:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
