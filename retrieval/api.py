@@ -25,12 +25,24 @@ def build_index(
     captions: str | Path | None = None,
     settings: IndexSettings | None = None,
     progress: Progress | None = None,
+    ray=None,
 ) -> RunSummary:
-    """Index `folders` (recursively) into `index`; re-runs only encode what changed."""
+    """Index `folders` (recursively) into `index`; re-runs only encode what changed.
+
+    `ray` (a :class:`retrieval.cluster.RaySettings`) runs reading, decoding and encoding on a
+    Ray cluster; folders may then be fsspec URLs the workers can read.
+    """
     from retrieval import indexer
     from retrieval.aligners import load_aligner
 
+    source = None
+    if ray is not None:
+        from retrieval import cluster
+
+        source = cluster.source(ray)  # before the model loads: a missing extra is told at once
     for folder in folders:
+        if ray is not None and "://" in str(folder):
+            continue  # a URL: the walk reports it if it is not there
         if not Path(folder).expanduser().exists():
             raise RetrievalError(f"folder not found: {folder}")
     if not folders and captions is None:
@@ -40,7 +52,9 @@ def build_index(
         spec = model or store.model_spec or "default"
         store.refuse_other_early(spec)  # identities are compared again after loading (bind_model)
         aligner = load_aligner(spec)
-        return indexer.run(store, aligner, list(folders), captions_file=captions, settings=settings, progress=progress)
+        return indexer.run(
+            store, aligner, list(folders), captions_file=captions, settings=settings, progress=progress, source=source
+        )
     finally:
         store.close()
 

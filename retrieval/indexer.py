@@ -26,7 +26,7 @@ import numpy as np
 from retrieval import index as faiss_index
 from retrieval.captions import read_captions
 from retrieval.catalog import from_blobs, to_blob
-from retrieval.loader import Loaded, init_worker, load_chunk, load_many, walk
+from retrieval.loader import FileStat, Loaded, init_worker, load_chunk, load_many, walk
 from retrieval.progress import NullProgress, Progress
 from retrieval.staging import Plan, Staging
 from retrieval.store import IndexStore
@@ -172,6 +172,30 @@ def encode_and_store(store: IndexStore, aligner, loaded: list[Loaded]) -> int:
 
 
 # -- the run --------------------------------------------------------------------
+class LocalSource:
+    """Files from local folders, decoded by worker processes and encoded here: the default.
+
+    :class:`retrieval.cluster.ray_index.RaySource` has the same three methods.
+    """
+
+    def roots(self, roots: list[str | Path]) -> list[Path]:
+        return [Path(r).expanduser().resolve() for r in roots]
+
+    def walk(self, roots: list[Path]) -> Iterator[FileStat]:
+        return walk(roots)
+
+    def encode(self, store: IndexStore, aligner, staging: Staging, known, settings: IndexSettings, progress: Progress) -> int:
+        """Read, encode and commit every pending file, recording each in `staging`; returns how many were encoded."""
+        encoded = 0
+        stream = load_stream(staging.todo_paths(), aligner.transform, known, settings, count=staging.todo_count())
+        # A short first batch: the model starts on the first decoded chunk, not the first full batch.
+        for batch in batched(stream, settings.batch_size, first=settings.chunk):
+            encoded += encode_and_store(store, aligner, batch)
+            staging.record(batch)
+            progress.advance(len(batch))
+        return encoded
+
+
 def run(
     store: IndexStore,
     aligner,
@@ -180,37 +204,35 @@ def run(
     captions_file: str | Path | None = None,
     settings: IndexSettings | None = None,
     progress: Progress | None = None,
+    source: LocalSource | None = None,
 ) -> RunSummary:
     """Bring the index up to date with `roots` (and a caption corpus, if given).
 
     Per-file bookkeeping lives in SQLite (:mod:`retrieval.staging`), never in Python lists,
-    so memory stays flat whatever the number of files.
+    so memory stays flat whatever the number of files. `source` says who walks, decodes and
+    encodes (this machine by default; :mod:`retrieval.cluster` runs them on Ray); staging,
+    planning and publishing are the same either way.
     """
     settings = settings or IndexSettings()
+    source = source or LocalSource()
     progress = progress or NullProgress()
     started = time.monotonic()
     summary = RunSummary(index=str(store.folder), model=aligner.spec)
     with store.write_lock():
         store.bind_model(aligner)
         catalog = store.catalog
-        roots = [Path(r).expanduser().resolve() for r in roots]
+        roots = source.roots(roots)
         # Every folder ever indexed: the server serves a file only while it lies inside one.
         catalog.set_meta(roots=sorted(set(catalog.get_meta("roots", [])) | {str(r) for r in roots}))
         staging = Staging(catalog, roots)
         known = catalog.known_hashes()
         try:
             progress.start(None, "finding files")
-            staging.add_stats(_counted(walk(roots), progress))
+            staging.add_stats(_counted(source.walk(roots), progress))
             progress.close()
-            todo = staging.todo_count()
-            progress.start(todo, "indexing")
-            stream = load_stream(staging.todo_paths(), aligner.transform, known, settings, count=todo)
+            progress.start(staging.todo_count(), "indexing")
             with catalog.quick_commits():
-                # A short first batch: the model starts on the first decoded chunk, not the first full batch.
-                for batch in batched(stream, settings.batch_size, first=settings.chunk):
-                    summary.encoded += encode_and_store(store, aligner, batch)
-                    staging.record(batch)
-                    progress.advance(len(batch))
+                summary.encoded += source.encode(store, aligner, staging, known, settings, progress)
             progress.close()
 
             captions = _caption_rows(store, aligner, captions_file, progress) if captions_file else None

@@ -89,9 +89,22 @@ def load(
             data = fh.read()
     except OSError as exc:
         return Loaded(path, error=f"unreadable: {exc.strerror or exc}")
+    return load_bytes(path, data, transform, skip_hashes=skip_hashes, draft=draft)
+
+
+def load_bytes(
+    path: str,
+    data: bytes,
+    transform: Callable[[Image.Image], np.ndarray] | None,
+    *,
+    skip_hashes: Container[str] = frozenset(),
+    draft: bool = True,
+    digest: str | None = None,
+) -> Loaded:
+    """:func:`load` for bytes already read (by a cluster worker, through fsspec); `digest` if already hashed."""
     if not data:
         return Loaded(path, error="empty file")
-    digest = content_hash(data)
+    digest = digest or content_hash(data)
     if digest in skip_hashes or transform is None:
         return Loaded(path, hash=digest)
     try:

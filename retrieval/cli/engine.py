@@ -38,8 +38,33 @@ def _progress(enabled: bool):
     return TqdmProgress() if enabled and not quiet() else NullProgress()
 
 
+class FolderOrURL(click.Path):
+    """An existing folder or file, or an fsspec URL (scheme://...) that Ray workers read."""
+
+    def convert(self, value, param, ctx):
+        if "://" in str(value):
+            return str(value)
+        return super().convert(value, param, ctx)
+
+
+def _ray_settings(address: str | None, encoders: int | None, folders):
+    """--ray [ADDRESS] as RaySettings; URLs without --ray, and a folder taken for the address, are usage errors."""
+    urls = [f for f in folders if "://" in f]
+    if address is None:
+        if urls:
+            raise click.UsageError(f"{urls[0]} is a URL: URLs are read by Ray workers, add --ray")
+        return None
+    if address not in ("local", "auto") and not address.startswith("ray://") and (":" not in address or "/" in address):
+        raise click.UsageError(
+            f"--ray {address!r}: ADDRESS is auto, HOST:PORT or ray://HOST:10001 (put FOLDER before a bare --ray)"
+        )
+    from retrieval.cluster import RaySettings
+
+    return RaySettings(address=None if address == "local" else address, encoders=encoders)
+
+
 @main.command()
-@click.argument("folders", nargs=-1, type=click.Path(exists=True, file_okay=True))
+@click.argument("folders", nargs=-1, type=FolderOrURL(exists=True, file_okay=True))
 @click.option("--index", "index_name", default="default", show_default=True, help=INDEX_HELP)
 @click.option("--model", default=None, help=MODEL_HELP + " [default: the index's own, else 'default']")
 @click.option("--captions", type=click.Path(exists=True, dir_okay=False), help="Caption corpus: .txt (one a line) or CSV/TSV with a 'caption' column.")
@@ -50,7 +75,13 @@ def _progress(enabled: bool):
                    "re-scores candidates exactly [default: a quarter of this machine's memory].")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.option("-q", "--quiet", "quiet_flag", is_flag=True, help="No progress bar or skipped-file notes.")
-def index(folders, index_name, model, captions, batch_size, workers, max_index_memory, as_json, quiet_flag):
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Read, decode and encode on Ray: alone, a local Ray instance; auto, HOST:PORT or "
+                   "ray://HOST:10001 joins a cluster. FOLDERs may then be fsspec URLs (s3://, gs://, file://).")
+@click.option("--ray-encoders", type=click.IntRange(min=1), default=None,
+              help="Encoder actors on a cluster without GPUs [default: 1; with GPUs, one per GPU].")
+def index(folders, index_name, model, captions, batch_size, workers, max_index_memory, as_json, quiet_flag,
+          ray_address, ray_encoders):
     """Index image folders (recursively); re-runs encode only what changed.
 
     JPEG, PNG, WebP, GIF, BMP and TIFF files are indexed; unreadable ones are skipped
@@ -60,6 +91,7 @@ def index(folders, index_name, model, captions, batch_size, workers, max_index_m
     Example:
         retrieval index ~/Pictures --index photos
         retrieval index --captions captions.txt --index photos
+        retrieval index /shared/photos --index photos --ray auto
     """
     from retrieval.api import build_index
     from retrieval.indexer import IndexSettings
@@ -67,7 +99,7 @@ def index(folders, index_name, model, captions, batch_size, workers, max_index_m
     settings = IndexSettings(batch_size=batch_size, workers=workers, max_index_memory=max_index_memory)
     summary = build_index(
         list(folders), index=index_name, model=model, captions=captions, settings=settings,
-        progress=_progress(not quiet_flag and not as_json),
+        progress=_progress(not quiet_flag and not as_json), ray=_ray_settings(ray_address, ray_encoders, folders),
     )
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))

@@ -1,0 +1,371 @@
+"""The indexing pipeline on Ray: the driver stages and commits, the cluster reads, decodes and encodes.
+
+Who does what::
+
+    driver (this process)       walk -> staging (SQLite temp tables) -> plan -> publish, as locally;
+                                the single writer of the catalog: commits vectors as they arrive
+    read tasks (CPU)            read and hash a chunk of files (plain paths or fsspec URLs)
+    driver                      asks its catalog which of those contents already have a vector
+    decode tasks (CPU)          decode and preprocess the new ones (loader.load_bytes, as locally)
+    encoder actors (GPU or CPU) load the aligner once, embed batches, return vectors
+
+Only hashes, vectors and error rows come back to the driver; file bytes and pixels travel
+from task to task inside the object store. The known-content check stays on the driver
+(its catalog is a local SQLite file a remote worker cannot open), which costs one small
+round trip per chunk and works the same when the driver joins through ``ray://``.
+
+Why Ray core tasks and actors rather than Ray Data: on this 2-core machine (2026-12-01) a
+trivial 1,000-row Ray Data job took 6-7 s and 1,000 core tasks 2 s (../shared/FACTS.md),
+and scripts/bench_ray.py measures this module's overhead against the local path on 300
+real-size JPEGs (docs/scaling.md). Core tasks also let the driver keep the known-content
+check between reading and decoding, commit whatever has arrived in one transaction, and
+bound what is in flight, without a dataset plan per run.
+
+Failures: tasks are retried by Ray when their worker or node dies (``max_retries``), and
+lost intermediate objects are rebuilt from lineage; encoder actors restart (``max_restarts``)
+and their calls are retried (``max_task_retries``). A bad file is an error row, never an
+exception. A killed driver loses only what was in flight: vectors are committed batch by
+batch, keyed by content hash, and the next run skips contents already stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import ray
+
+from retrieval.cluster import RaySettings
+from retrieval.errors import RetrievalError
+from retrieval.indexer import IndexSettings, batched
+from retrieval.loader import IMAGE_EXTENSIONS, FileStat, Loaded, load_bytes, walk
+from retrieval.progress import Progress
+from retrieval.staging import Staging
+from retrieval.store import IndexStore
+
+log = logging.getLogger(__name__)
+
+#: Test hook: a decode task that finds this file (named by the environment variable) deletes
+#: it and kills its own worker process, so tests can check that Ray retries the task.
+CRASH_ONCE_ENV = "RETRIEVAL_RAY_CRASH_ONCE"
+#: Protocols that name this machine's own files: indexed under plain paths, as the local path does.
+LOCAL_PROTOCOLS = ("file", "local")
+
+
+# -- paths and URLs ----------------------------------------------------------------------
+def is_url(path: str) -> bool:
+    return "://" in str(path)
+
+
+def root_name(root: str | Path) -> str:
+    """How a root is written in the catalog: a resolved local path, or a normalized fsspec URL."""
+    text = str(root)
+    if not is_url(text):
+        return str(Path(text).expanduser().resolve())
+    if "::" in text:
+        raise RetrievalError(f"{text}: chained fsspec URLs (with '::') are not supported; give the folder's own URL")
+    fs, path = _filesystem(text)
+    if _is_local(fs):
+        return str(Path(path).resolve())
+    return fs.unstrip_protocol(path.rstrip("/"))
+
+
+def _filesystem(url: str):
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        # fsspec names the package a protocol needs (s3fs, gcsfs, ...).
+        raise RetrievalError(f"cannot open {url}: {exc}") from None
+
+
+def _is_local(fs) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return any(p in LOCAL_PROTOCOLS for p in protocols)
+
+
+def walk_url(url: str) -> Iterator[FileStat]:
+    """:func:`retrieval.loader.walk` through fsspec: the same files, in the same order."""
+    fs, top = _filesystem(url)
+    name = (lambda p: p) if _is_local(fs) else (lambda p: fs.unstrip_protocol(p))
+    if not fs.exists(top):
+        raise RetrievalError(f"folder not found: {url}")
+    if fs.isfile(top):
+        yield _stat(name(top), fs.info(top))
+        return
+    for dirpath, dirs, files in fs.walk(top, detail=True):
+        # fsspec descends into `dirs` after this yield: pruned and sorted in place, as os.walk allows.
+        kept = sorted((d, info) for d, info in dirs.items() if not d.startswith("."))
+        dirs.clear()
+        dirs.update(kept)
+        for fname in sorted(files):
+            if fname.startswith(".") or Path(fname).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            yield _stat(name(f"{dirpath.rstrip('/')}/{fname}"), files[fname])
+
+
+def _stat(path: str, info: dict) -> FileStat:
+    # Object stores name their modification time differently (s3: LastModified, gcs: updated).
+    mtime = next((info[k] for k in ("mtime", "LastModified", "updated", "created") if info.get(k)), 0.0)
+    if isinstance(mtime, datetime):
+        mtime = mtime.timestamp()
+    elif isinstance(mtime, str):
+        try:
+            mtime = datetime.fromisoformat(mtime.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            mtime = 0.0
+    return FileStat(path, int(info.get("size") or 0), float(mtime))
+
+
+def read_bytes(path: str) -> bytes:
+    """A file's bytes: plain paths with open(), URLs through fsspec (in the worker that needs them)."""
+    if not is_url(path):
+        with open(path, "rb") as fh:
+            return fh.read()
+    fs, fspath = fsspec.core.url_to_fs(path)
+    return fs.cat_file(fspath)
+
+
+# -- the cluster's stages ----------------------------------------------------------------
+@ray.remote(num_cpus=0.5, num_returns=2)
+def read_chunk(paths: list[str]) -> tuple[list[Loaded], list[bytes | None]]:
+    """Read and hash a chunk: rows for the driver (hash and photo metadata, or an error), bytes for the decoder."""
+    rows, blobs = [], []
+    for path in paths:
+        try:
+            data = read_bytes(path)
+        except Exception as exc:  # noqa: BLE001  (any reader's failure is this file's error row)
+            rows.append(Loaded(path, error=f"unreadable: {getattr(exc, 'strerror', None) or exc}"))
+            blobs.append(None)
+            continue
+        row = load_bytes(path, data, None)  # no transform: hash and metadata only, as for known content locally
+        rows.append(row)
+        blobs.append(data if row.error is None else None)
+    return rows, blobs
+
+
+@ray.remote(num_cpus=1)
+def decode_chunk(rows: list[Loaded], blobs: list[bytes | None], wanted: list[int], transform, draft: bool) -> list[Loaded]:
+    """Decode and preprocess the files at positions `wanted`, exactly as the local loader does."""
+    _maybe_crash()
+    return [load_bytes(rows[i].path, blobs[i], transform, draft=draft, digest=rows[i].hash) for i in wanted]
+
+
+def _maybe_crash() -> None:
+    marker = os.environ.get(CRASH_ONCE_ENV)
+    if not marker:
+        return
+    try:
+        os.unlink(marker)  # only one worker wins the unlink
+    except OSError:
+        return
+    os._exit(1)
+
+
+class Encoder:
+    """One aligner, loaded once; embeds decoded chunks and returns only small things."""
+
+    def __init__(self, factory):
+        self.aligner = factory()
+
+    def identity(self) -> str:
+        return self.aligner.identity
+
+    def encode(self, *chunks: list[Loaded]) -> tuple[list[Loaded], list[tuple[str, int, int]], np.ndarray]:
+        """Rows (no pixels), then (hash, width, height) and vectors of each distinct decoded content."""
+        items = [item for chunk in chunks for item in chunk]
+        decoded = {item.hash: item for item in items if item.pixels is not None}
+        if decoded:
+            vectors = self.aligner.encode_images(np.stack([it.pixels for it in decoded.values()]))
+        else:
+            vectors = np.zeros((0, self.aligner.dim), np.float32)
+        rows = [dataclasses.replace(it, pixels=None) for it in items]
+        return rows, [(h, it.width, it.height) for h, it in decoded.items()], vectors
+
+
+# -- the driver --------------------------------------------------------------------------
+def commit(store: IndexStore, staging: Staging, rows: list[Loaded], encoded: list[tuple[str, np.ndarray, int, int]]) -> int:
+    """The single writer's step: store vectors of contents not yet stored, then record the rows.
+
+    Vectors first: a driver killed between the two has kept the expensive part.
+    """
+    fresh: dict[str, tuple] = {}
+    if encoded:
+        missing = store.catalog.missing_hashes(h for h, *_ in encoded)
+        fresh = {h: (h, v, w, ht) for h, v, w, ht in encoded if h in missing}
+        if fresh:
+            store.catalog.put_vectors(list(fresh.values()))
+    if rows:
+        staging.record(rows)
+    return len(fresh)
+
+
+@contextmanager
+def connected(address: str | None) -> Iterator[None]:
+    """Ray as asked: an instance already started in this process, a new local one, or a cluster."""
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise RetrievalError(f"could not start or join {where}: {str(exc).splitlines()[0]}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+class RaySource:
+    """:class:`retrieval.indexer.LocalSource`'s three methods, with the work done on Ray."""
+
+    def __init__(self, settings: RaySettings | None = None):
+        self.settings = settings or RaySettings()
+
+    def roots(self, roots: list[str | Path]) -> list[str]:
+        return [root_name(r) for r in roots]
+
+    def walk(self, roots: list[str]) -> Iterator[FileStat]:
+        for root in roots:
+            yield from (walk_url(root) if is_url(root) else walk([root]))
+
+    def encode(self, store: IndexStore, aligner, staging: Staging, known, settings: IndexSettings, progress: Progress) -> int:
+        if not staging.todo_count():
+            return 0  # nothing changed: no cluster needed
+        with connected(self.settings.address):
+            try:
+                return _Pipeline(store, aligner, staging, settings, self.settings, progress).run()
+            except ray.exceptions.RayError as exc:
+                raise RetrievalError(
+                    f"the Ray cluster lost work it could not retry ({type(exc).__name__}: "
+                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}); "
+                    "what was committed is kept: run the same command again to resume"
+                ) from None
+
+
+class _Pipeline:
+    """One run's flow: read -> (driver: known?) -> decode -> encode -> (driver: commit)."""
+
+    def __init__(self, store, aligner, staging, settings: IndexSettings, ray_settings: RaySettings, progress):
+        self.store, self.aligner, self.staging, self.progress = store, aligner, staging, progress
+        self.settings, self.ray_settings = settings, ray_settings
+        self.encoders = self._start_encoders()
+        self.checked = False
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.read_limit = max(2, 2 * cpus)
+        self.encoded = 0
+
+    def _start_encoders(self) -> list:
+        rs = self.ray_settings
+        factory = rs.aligner_factory or functools.partial(_load_aligner, self.aligner.spec)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        options = {"max_restarts": 3, "max_task_retries": 3}
+        if gpus:
+            count = min(gpus, rs.encoders or gpus)
+            options.update(num_cpus=1, num_gpus=1)
+        else:
+            count = max(1, rs.encoders or 1)
+            options.update(num_cpus=1, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(self._threads(count))}})
+        log.info("starting %d encoder actor(s) (%s)", count, "GPU" if gpus else "CPU")
+        actor = ray.remote(Encoder).options(**options)
+        encoders = [actor.remote(factory) for _ in range(count)]
+        self.identities = [e.identity.remote() for e in encoders]
+        return encoders
+
+    def _threads(self, count: int) -> int:
+        if self.ray_settings.encoder_threads:
+            return self.ray_settings.encoder_threads
+        nodes = [n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive")] or [1]
+        per_node = math.ceil(count / len(nodes))
+        return max(1, int(min(nodes) // per_node))
+
+    def _check_identity(self) -> None:
+        """Before the first commit: every actor must have loaded the driver's model."""
+        if self.checked:
+            return
+        for got in ray.get(self.identities):
+            if got != self.aligner.identity:
+                raise RetrievalError(
+                    f"an encoder on the cluster loaded {got!r}, not {self.aligner.identity!r}: "
+                    "install the same model files on every node"
+                )
+        self.checked = True
+
+    def run(self) -> int:
+        rs, batch = self.ray_settings, self.settings.batch_size
+        chunks = batched(self.staging.todo_paths(), rs.chunk)
+        reading: dict = {}  # rows ref -> blobs ref
+        encoding: dict = {}  # result ref -> encoder index
+        busy = [0] * len(self.encoders)
+        groups: deque[list] = deque()  # decode refs waiting for an encoder
+        group: list = []
+        group_files, first = 0, True
+        more = True
+        while True:
+            while more and len(reading) < self.read_limit and len(groups) < 2 * len(self.encoders):
+                chunk = next(chunks, None)
+                if chunk is None:
+                    more = False
+                    break
+                rows_ref, blobs_ref = read_chunk.remote(chunk)
+                reading[rows_ref] = blobs_ref
+            if group and (group_files >= (rs.chunk if first else batch) or (not more and not reading)):
+                groups.append(group)
+                group, group_files, first = [], 0, False
+            while groups and min(busy) < 2:
+                idx = busy.index(min(busy))
+                encoding[self.encoders[idx].encode.remote(*groups.popleft())] = idx
+                busy[idx] += 1
+            if not reading and not encoding and not groups and not group and not more:
+                return self.encoded
+            if not reading and not encoding:
+                continue
+            ready, _ = ray.wait([*reading, *encoding], num_returns=1)
+            ready, _ = ray.wait([*reading, *encoding], num_returns=len(reading) + len(encoding), timeout=0)
+            rows: list[Loaded] = []
+            vectors: list[tuple] = []
+            for ref in ready:
+                if ref in reading:
+                    blobs_ref = reading.pop(ref)
+                    done, decode_ref, n = self._after_read(ray.get(ref), blobs_ref)
+                    rows += done
+                    if decode_ref is not None:
+                        group.append(decode_ref)
+                        group_files += n
+                else:
+                    busy[encoding.pop(ref)] -= 1
+                    got_rows, meta, vecs = ray.get(ref)
+                    rows += got_rows
+                    vectors += [(h, v, w, ht) for (h, w, ht), v in zip(meta, vecs)]
+            if vectors:
+                self._check_identity()
+            self.encoded += commit(self.store, self.staging, rows, vectors)
+            self.progress.advance(len(rows))
+
+    def _after_read(self, rows: list[Loaded], blobs_ref):
+        """Rows that are final now (errors, contents already stored), and a decode task for the rest."""
+        hashes = [r.hash for r in rows if r.hash]
+        missing = self.store.catalog.missing_hashes(hashes) if hashes else set()
+        wanted = [i for i, r in enumerate(rows) if r.hash in missing]
+        decoding = set(wanted)
+        done = [r for i, r in enumerate(rows) if i not in decoding]
+        if not wanted:
+            return done, None, 0
+        ref = decode_chunk.remote(rows, blobs_ref, wanted, self.aligner.transform, self.settings.draft)
+        return done, ref, len(wanted)
+
+
+def _load_aligner(spec: str):
+    from retrieval.aligners import load_aligner
+
+    return load_aligner(spec)

@@ -1,0 +1,236 @@
+"""The Ray path (retrieval.cluster) against the local path, on one Ray instance shared by the session.
+
+Ray starts in about 5 s and stops in about 5 s here, so every test joins the same local
+instance (2 CPUs). Encoder actors load the plumbing ColorAligner through a factory; Ray
+workers cannot import tests/conftest.py, so that module is pickled by value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import conftest
+import numpy as np
+import pytest
+import ray
+from conftest import ColorAligner, make_image
+
+from retrieval import indexer
+from retrieval.cluster import INSTALL_HINT, RaySettings, source
+from retrieval.cluster.ray_index import CRASH_ONCE_ENV, walk_url
+from retrieval.loader import walk
+from retrieval.store import IndexStore
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory):
+    """One local Ray instance for the whole session; yields its address for other processes."""
+    # Workers inherit this environment when the instance starts; the named file exists only
+    # while the retry test wants a decode worker to die.
+    os.environ[CRASH_ONCE_ENV] = str(tmp_path_factory.mktemp("ray-crash") / "crash-once")
+    ray.cloudpickle.register_pickle_by_value(conftest)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _ray_source():
+    return source(RaySettings(aligner_factory=ColorAligner))
+
+
+def _run(index_dir, roots, ray_source=None, aligner=None):
+    store = IndexStore.open(str(index_dir), create=True)
+    try:
+        return indexer.run(store, aligner or ColorAligner(), roots, source=ray_source)
+    finally:
+        store.close()
+
+
+def _catalog(index_dir) -> dict:
+    """Everything a search or a later run depends on: rows with ids, vectors, skipped files."""
+    with sqlite3.connect(Path(index_dir) / "catalog.db") as db:
+        return {
+            "images": db.execute("SELECT * FROM images ORDER BY id").fetchall(),  # photo metadata too
+            "vectors": dict(db.execute("SELECT hash, vector FROM vectors")),
+            "skipped": db.execute("SELECT path, size, mtime, reason FROM skipped ORDER BY path").fetchall(),
+            "meta": dict(db.execute("SELECT key, value FROM meta WHERE key IN ('next_id', 'generation', 'model_identity')")),
+        }
+
+
+@pytest.fixture
+def mixed_dir(tmp_path) -> Path:
+    """Generated pictures in every format, a copy, and bad files of every kind."""
+    folder = tmp_path / "mixed"
+    for i in range(30):
+        suffix = [".jpg", ".png", ".webp", ".bmp", ".gif", ".tiff"][i % 6]
+        make_image(folder / f"sub{i % 3}" / f"img{i:02d}{suffix}", seed=i, size=(96, 64))
+    (folder / "copy.jpg").write_bytes((folder / "sub0" / "img00.jpg").read_bytes())
+    (folder / "not-an-image.jpg").write_bytes(b"this is text")
+    (folder / "empty.png").write_bytes(b"")
+    data = (folder / "sub0" / "img06.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / ".hidden.jpg").write_bytes(data)
+    return folder
+
+
+def test_the_ray_path_builds_the_same_catalog_as_the_local_path(ray_address, tmp_path, mixed_dir):
+    local = _run(tmp_path / "local", [mixed_dir])
+    ray_run = _run(tmp_path / "ray", [mixed_dir], _ray_source())
+    assert _catalog(tmp_path / "ray") == _catalog(tmp_path / "local")
+    assert ray_run.as_dict() | {"seconds": 0, "index": ""} == local.as_dict() | {"seconds": 0, "index": ""}
+    reasons = {Path(s["path"]).name: s["reason"] for s in ray_run.skipped}
+    assert reasons["not-an-image.jpg"] == "not an image" and reasons["empty.png"] == "empty file"
+    assert reasons["truncated.jpg"].startswith(("truncated image", "corrupt image"))
+    assert ray_run.added == 31 and ray_run.encoded == 30  # the copy shares its original's vector
+
+    # A second Ray run finds nothing to do; an edit and a new file are picked up like locally.
+    assert _run(tmp_path / "ray", [mixed_dir], _ray_source()).encoded == 0
+    make_image(mixed_dir / "sub1" / "img01.png", seed=101, size=(96, 64))
+    make_image(mixed_dir / "new.jpg", seed=102, size=(96, 64))
+    again = _run(tmp_path / "ray", [mixed_dir], _ray_source())
+    _run(tmp_path / "local", [mixed_dir])
+    assert (again.added, again.updated, again.encoded) == (1, 1, 2)
+    assert _catalog(tmp_path / "ray") == _catalog(tmp_path / "local")
+
+
+def test_an_fsspec_url_is_walked_and_read_like_the_folder(ray_address, tmp_path, mixed_dir):
+    assert list(walk_url(mixed_dir.as_uri())) == list(walk([mixed_dir]))
+    _run(tmp_path / "local", [mixed_dir])
+    _run(tmp_path / "url", [mixed_dir.as_uri()], _ray_source())
+    assert _catalog(tmp_path / "url") == _catalog(tmp_path / "local")
+
+
+def test_a_decode_worker_that_dies_is_retried(ray_address, tmp_path, mixed_dir):
+    marker = Path(os.environ[CRASH_ONCE_ENV])
+    marker.touch()
+    _run(tmp_path / "ray", [mixed_dir], _ray_source())
+    assert not marker.exists()  # a decode task's worker really died
+    _run(tmp_path / "local", [mixed_dir])
+    assert _catalog(tmp_path / "ray") == _catalog(tmp_path / "local")
+
+
+_DRIVER = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import conftest, ray
+from conftest import ColorAligner
+from retrieval import indexer
+from retrieval.cluster import RaySettings, source
+from retrieval.store import IndexStore
+
+class SlowColorAligner(ColorAligner):
+    # Defined in __main__, so Ray ships it to the actors by value.
+    def encode_images(self, pixels):
+        time.sleep(0.3)
+        return super().encode_images(pixels)
+
+if __name__ == "__main__":
+    ray.cloudpickle.register_pickle_by_value(conftest)
+    ray.init(address={address!r}, logging_level="WARNING", log_to_driver=False)
+    settings = indexer.IndexSettings(batch_size=4)
+    indexer.run(IndexStore.open({index!r}, create=True), ColorAligner(), [{folder!r}], settings=settings,
+                source=source(RaySettings(aligner_factory=SlowColorAligner, chunk=2)))
+"""
+
+
+@pytest.mark.slow
+def test_a_sigkilled_driver_resumes_to_the_same_catalog(ray_address, tmp_path):
+    folder = tmp_path / "many"
+    for i in range(48):
+        make_image(folder / f"{i:03d}.jpg", seed=i, size=(160, 120))
+    killed = tmp_path / "killed"
+    script = tmp_path / "driver.py"
+    script.write_text(_DRIVER.format(tests=str(TESTS), address=ray_address, index=str(killed), folder=str(folder)))
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    deadline, stored = time.time() + 120, 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        try:
+            with sqlite3.connect(killed / "catalog.db", timeout=1) as db:
+                stored = db.execute("SELECT count(*) FROM vectors").fetchone()[0]
+        except sqlite3.OperationalError:
+            continue
+        if stored >= 8:
+            break
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = _catalog(killed)
+    assert kept["images"] == [] and 8 <= len(kept["vectors"]) < 48  # nothing published, encoded work kept
+    resumed = _run(killed, [folder], _ray_source())
+    assert resumed.added == 48 and resumed.encoded == 48 - len(kept["vectors"])
+    _run(tmp_path / "clean", [folder])
+    assert _catalog(killed) == _catalog(tmp_path / "clean")
+
+
+@pytest.mark.slow
+def test_cli_with_the_default_aligner_matches_the_local_path(ray_address, tmp_path, photo_dir):
+    """The real command joins the cluster; real photos, the real packaged aligner."""
+    from retrieval.api import build_index
+
+    make_image(photo_dir / "small.jpg", seed=7, size=(40, 30))
+    (photo_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = subprocess.run(
+        [sys.executable, "-m", "retrieval", "index", str(photo_dir), "--index", str(tmp_path / "ray"),
+         "--ray", ray_address, "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    local = build_index([photo_dir], index=str(tmp_path / "local"))
+    assert summary["added"] == local.added == 7 and [s["path"] for s in summary["skipped"]] == [str(photo_dir / "broken.png")]
+    ray_cat, local_cat = _catalog(tmp_path / "ray"), _catalog(tmp_path / "local")
+    assert [r[:5] for r in ray_cat["images"]] == [r[:5] for r in local_cat["images"]]  # ids, paths, sizes, hashes
+    assert ray_cat["skipped"] == local_cat["skipped"] and ray_cat["meta"] == local_cat["meta"]
+    for digest, blob in local_cat["vectors"].items():
+        a, b = np.frombuffer(blob, "<f4"), np.frombuffer(ray_cat["vectors"][digest], "<f4")
+        assert float(a @ b) >= 0.9999  # batches differ in size, so float sums may differ in the last bits
+
+
+def test_without_ray_installed_the_cli_says_how_to_install_it(tmp_path, image_dir):
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from retrieval.cli import main\n"
+        f"main(['index', {str(image_dir)!r}, '--index', {str(tmp_path / 'idx')!r}, '--ray'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert INSTALL_HINT in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("address", ["/some/folder", "photos"])
+def test_a_folder_taken_for_the_address_is_a_usage_error(tmp_path, image_dir, address):
+    out = subprocess.run(
+        [sys.executable, "-m", "retrieval", "index", "--ray", address, str(image_dir), "--index", str(tmp_path / "i")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2 and "FOLDER before a bare --ray" in out.stderr
+
+
+def test_a_url_without_ray_is_a_usage_error(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "retrieval", "index", "s3://bucket/photos", "--index", str(tmp_path / "i")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2 and "add --ray" in out.stderr
+
+
+def test_only_the_cluster_package_imports_ray():
+    root = TESTS.parent / "retrieval"
+    offenders = [
+        str(p.relative_to(root)) for p in root.rglob("*.py")
+        if "cluster" not in p.parts and any(
+            line.strip().startswith(("import ray", "from ray")) for line in p.read_text().splitlines()
+        )
+    ]
+    assert offenders == []
