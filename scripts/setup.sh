@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
+# The serve extra is always installed: the README's commands start the server.
+extras="[serve]"
+testing=""
+[ "${1:-}" = "--test" ] && extras="[serve,test]" && testing=1
 
 if [ ! -x .venv/bin/python ]; then
   echo "creating .venv" >&2
@@ -22,8 +24,27 @@ echo "installing retrieval$extras" >&2
 .venv/bin/pip install -q --disable-pip-version-check -e ".$extras"
 # The tests compare our recall with CLIP_benchmark's own function. Its package pulls in
 # webdataset, pycocoevalcap and more, none of which that one module needs: no deps.
-if [ -n "$extras" ] && ! .venv/bin/python -c "import clip_benchmark" 2>/dev/null; then
+if [ -n "$testing" ] && ! .venv/bin/python -c "import clip_benchmark" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check --no-deps "clip-benchmark>=1.6"
+fi
+# The server tests call our clip-retrieval routes with clip-retrieval's own client class. Its
+# package imports torch, flask and more on import, so only that one file is unpacked from the
+# wheel (the tests load it by path); it needs nothing but requests.
+client=.venv/share/clip-retrieval/clip_client.py
+if [ -n "$testing" ] && [ ! -f "$client" ]; then
+  wheels=$(mktemp -d)
+  if .venv/bin/pip download -q --disable-pip-version-check --no-deps "clip-retrieval>=2.44" -d "$wheels"; then
+    .venv/bin/python - "$wheels" "$client" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "clip_retrieval-*.whl"))[0]
+os.makedirs(os.path.dirname(sys.argv[2]), exist_ok=True)
+with zipfile.ZipFile(wheel) as zf, open(sys.argv[2], "wb") as out:
+    out.write(zf.read("clip_retrieval/clip_client.py"))
+PY
+  else
+    echo "note: could not download clip-retrieval; its client test will be skipped" >&2
+  fi
+  rm -rf "$wheels"
 fi
 
 # Debian packages with data: real photos for the demo (lomiri-wallpapers-16.04, CC-BY/CC0)

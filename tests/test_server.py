@@ -1,0 +1,255 @@
+"""The HTTP API over a real index: every route, paging, fusion, more-like-this, uploads, generations.
+
+Model-dependent behaviour uses the real packaged `default` aligner on real photos
+(server_kit.photo_index); the micro-batching plumbing uses the ColorAligner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import subprocess
+import sys
+import threading
+
+import httpx
+import pytest
+from conftest import ColorAligner, make_image, skimage_photo
+from PIL import Image
+from server_kit import CAPTIONS, GENERATED, client, color_index, photo_index, photo_server, served
+
+from retrieval.server.app import ServerSettings
+
+pytestmark = pytest.mark.slow  # the real default aligner
+
+
+@pytest.fixture(scope="module")
+def api():
+    index, _ = photo_index()
+    return client(ServerSettings(indexes=[str(index)]))
+
+
+def ids_of(response) -> list[int]:
+    return [r["id"] for r in response.json()["results"]]
+
+
+def find(api, name: str) -> int:
+    """The id of a photo, by file name (searching everything)."""
+    results = api.get("/api/search", params={"q": "a photo", "k": 200}).json()["results"]
+    return next(r["id"] for r in results if r["path"].endswith(name))
+
+
+def test_health_indexes_and_info(api):
+    assert api.get("/api/health").json() == {"status": "ok", "indexes": 1}
+    [summary] = api.get("/api/indexes").json()["indexes"]
+    assert summary["name"] == "idx" and summary["images"] == 6 + GENERATED
+    assert summary["captions"] == len(CAPTIONS) and summary["model"] == "default" and summary["generation"] >= 1
+    info = api.get("/api/info", params={"index": "idx"}).json()
+    assert info["index"] == "idx"  # no absolute path leaks
+    assert info["images"] == summary["images"] and info["dim"] == summary["dim"]
+
+
+def test_text_search_finds_the_photo_with_the_documented_shape(api):
+    response = api.get("/api/search", params={"q": "a cat", "k": 3})
+    assert response.status_code == 200
+    body = response.json()
+    top = body["results"][0]
+    assert top["path"] == "chelsea.png" and top["rank"] == 1
+    assert set(top) == {"rank", "id", "score", "path", "thumb", "url", "width", "height"}
+    assert (top["width"], top["height"]) == Image.open(skimage_photo("chelsea.png")).size
+    assert top["thumb"] == f"/api/thumb/{top['id']}?index=idx&size=256"
+    assert body["query"] == {"index": "idx", "q": "a cat", "target": "images", "k": 3, "offset": 0}
+    assert body["offset"] == 0 and body["next_offset"] == 3
+    generated = [r["path"] for r in api.get("/api/search", params={"q": "x", "k": 200}).json()["results"]]
+    assert "generated/gen00.jpg" in generated and not any(p.startswith("/") for p in generated)
+
+
+def test_get_and_post_agree(api):
+    got = api.get("/api/search", params={"q": "a rocket", "k": 5, "not": ["smoke"]}).json()
+    posted = api.post("/api/search", json={"q": "a rocket", "k": 5, "not": ["smoke"]}).json()
+    assert got == posted
+
+
+def test_pages_are_consecutive_and_do_not_overlap(api):
+    total = 6 + GENERATED
+    everything = ids_of(api.get("/api/search", params={"q": "a red motorcycle", "k": 200}))
+    assert len(everything) == total
+    pages, offset, ranks = [], 0, []
+    while offset is not None:
+        body = api.get("/api/search", params={"q": "a red motorcycle", "k": 6, "offset": offset}).json()
+        assert body["offset"] == offset
+        pages += [r["id"] for r in body["results"]]
+        ranks += [r["rank"] for r in body["results"]]
+        offset = body["next_offset"]
+    assert pages == everything and len(set(pages)) == total
+    assert ranks == list(range(1, total + 1))
+    past = api.get("/api/search", params={"q": "a red motorcycle", "k": 6, "offset": 500}).json()
+    assert past["results"] == [] and past["next_offset"] is None
+
+
+def test_more_like_this_reuses_stored_vectors(api, monkeypatch):
+    cat = find(api, "chelsea.png")
+    aligner = served(api.app).index.aligner
+    calls = []
+    monkeypatch.setattr(aligner, "encode_images", lambda *a, **k: calls.append(1) or pytest.fail("re-encoded"))
+    body = api.get("/api/search", params={"like": cat, "k": 3}).json()
+    assert body["results"][0]["id"] == cat and body["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert body["query"]["like"] == [cat]
+    both = api.post("/api/search", json={"like": [cat, find(api, "coffee.png")], "like_weights": [1, 3], "k": 2}).json()
+    assert {r["path"] for r in both["results"]} == {"chelsea.png", "coffee.png"}
+    assert both["results"][0]["path"] == "coffee.png"  # the heavier weight leads
+    assert calls == []
+
+
+def test_fused_query_moves_with_the_weight(api):
+    rocket = find(api, "rocket.jpg")
+
+    def ranking(weight):
+        return ids_of(api.get("/api/search", params={"q": "a cat", "like": rocket, "weight": weight, "k": 200}))
+
+    text_only = ids_of(api.get("/api/search", params={"q": "a cat", "k": 200}))
+    like_only = ids_of(api.get("/api/search", params={"like": rocket, "k": 200}))
+    assert ranking(0.0) == text_only and ranking(1.0) == like_only
+    middle = ranking(0.5)
+    assert middle != text_only and middle != like_only
+    assert middle.index(rocket) < text_only.index(rocket)
+
+
+def test_negative_text_pushes_its_concept_down(api):
+    plain = api.get("/api/search", params={"q": "an animal", "k": 200}).json()["results"]
+    pushed = api.get("/api/search", params={"q": "an animal", "not": "a cat", "k": 200}).json()["results"]
+    score = {r["path"]: r["score"] for r in plain}
+    score_not = {r["path"]: r["score"] for r in pushed}
+    drop = {p: score[p] - score_not[p] for p in score}
+    assert max(drop, key=drop.get) == "chelsea.png"
+
+
+def test_upload_search_finds_the_same_picture(api):
+    data = skimage_photo("coffee.png").read_bytes()
+    response = api.post("/api/search/upload", files={"file": ("q.png", data, "image/png")}, data={"k": "2"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["results"][0]["path"] == "coffee.png" and body["query"]["image"] == "upload"
+    fused = api.post("/api/search/upload", files={"file": ("q.png", data)}, data={"q": "a cat", "weight": "0.1", "k": "1"})
+    assert fused.json()["results"][0]["path"] == "chelsea.png"  # mostly text
+
+
+def test_image_to_text_ranks_the_caption_corpus(api):
+    coffee = find(api, "coffee.png")
+    body = api.get("/api/search", params={"like": coffee, "target": "texts", "k": 3}).json()
+    assert body["results"][0]["text"] == "a cup of coffee on a saucer"
+    assert set(body["results"][0]) == {"rank", "id", "score", "text"}
+    upload = api.post(
+        "/api/search/upload", files={"file": ("r.jpg", skimage_photo("rocket.jpg").read_bytes())},
+        data={"target": "texts", "k": "1"},
+    ).json()
+    assert upload["results"][0]["text"] == "a rocket on the launch pad"
+
+
+def test_thumbnails_are_cached_jpegs_with_etags(api):
+    cat = find(api, "chelsea.png")
+    response = api.get(f"/api/thumb/{cat}", params={"index": "idx", "size": 128})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.format == "JPEG" and max(image.size) == 128
+    folder = served(api.app).folder / "thumbs" / "128"
+    assert [p.name.split("-")[0] for p in folder.iterdir()] == [str(cat)]
+    etag = response.headers["etag"]
+    again = api.get(f"/api/thumb/{cat}", params={"size": 128}, headers={"if-none-match": etag})
+    assert again.status_code == 304
+    assert api.get(f"/api/thumb/{cat}", params={"size": 100}).status_code == 400
+
+
+def test_original_file_and_meta(api):
+    _, photos = photo_index()
+    cat = find(api, "chelsea.png")
+    original = api.get(f"/api/image/{cat}")
+    assert original.status_code == 200 and original.headers["content-type"] == "image/png"
+    assert original.content == (photos / "chelsea.png").read_bytes()
+    meta = api.get(f"/api/image/{cat}/meta").json()
+    assert meta["path"] == "chelsea.png" and meta["size"] == len(original.content)
+    assert meta["url"] == f"/api/image/{cat}?index=idx"
+
+
+def test_unknown_things_are_404_json(api):
+    assert api.get("/api/search", params={"q": "x", "index": "nope"}).status_code == 404
+    for path in ("/api/image/999999", "/api/thumb/999999", "/api/image/999999/meta", "/no/such/route"):
+        response = api.get(path)
+        assert response.status_code == 404 and "error" in response.json(), path
+    assert api.get("/api/search", params={"like": 999999}).status_code == 404
+
+
+def test_absolute_paths_only_when_asked():
+    index, photos = photo_index()
+    absolute = client(ServerSettings(indexes=[str(index)], absolute_paths=True))
+    body = absolute.get("/api/search", params={"q": "a cat", "k": 1}).json()
+    assert body["results"][0]["path"] == str(photos / "chelsea.png")
+
+
+def test_real_uvicorn_process_serves_the_api():
+    server = photo_server()
+    response = httpx.get(server.url + "/api/search", params={"q": "a cup of coffee", "k": 2})
+    assert response.status_code == 200 and response.json()["results"][0]["path"] == "coffee.png"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert httpx.get(server.url + "/api/health", headers={"host": "attacker.example"}).status_code == 421
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and "content-security-policy" in page.headers
+
+
+# -- micro-batching (plumbing: ColorAligner) -----------------------------------------------
+async def _concurrent(app, queries: list[str]) -> list[dict]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as session:
+        responses = await asyncio.gather(*[session.get("/api/search", params={"q": q, "k": 3}) for q in queries])
+    return [r.json() for r in responses]
+
+
+@pytest.mark.parametrize("window", [50.0, 0.0])
+def test_concurrent_text_queries_are_batched_and_answer_alike(tmp_path, window):
+    index, _ = color_index(tmp_path)
+    api = client(ServerSettings(indexes=[str(index)], batch_window_ms=window), aligner=ColorAligner())
+    queries = [f"query {i}" for i in range(16)]
+    alone = [api.get("/api/search", params={"q": q, "k": 3}).json() for q in queries]
+    engine = api.app.state.engine
+    engine.batch_sizes.clear()
+    together = asyncio.run(_concurrent(api.app, queries))
+    assert together == alone
+    if window:
+        assert max(engine.batch_sizes) > 1 and sum(engine.batch_sizes) == len(queries)
+    else:
+        assert engine.batch_sizes == [1] * len(queries)  # one encoder call and one search each
+
+
+# -- generations ----------------------------------------------------------------------------
+def test_a_new_generation_is_picked_up_and_never_seen_half_published(tmp_path):
+    index, _ = photo_index()
+    copy = tmp_path / "idx"
+    shutil.copytree(index, copy, ignore=shutil.ignore_patterns("thumbs"))
+    new = tmp_path / "new"
+    for i in range(5):
+        make_image(new / f"new{i}.png", seed=500 + i, size=(80, 80))
+    api = client(ServerSettings(indexes=[str(copy)]))
+    before = set(ids_of(api.get("/api/search", params={"q": "x", "k": 200})))
+    run = subprocess.Popen(
+        [sys.executable, "-m", "retrieval", "index", str(new), "--index", str(copy), "--quiet", "--workers", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    seen, errors = [], []
+
+    def hammer():
+        while run.poll() is None:
+            response = api.get("/api/search", params={"q": "a picture", "k": 200})
+            if response.status_code != 200:
+                errors.append(response.text)
+            seen.append(frozenset(ids_of(response)))
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    thread.join()
+    assert run.wait() == 0, run.stderr.read()
+    after = set(ids_of(api.get("/api/search", params={"q": "x", "k": 200})))
+    assert len(after) == len(before) + 5 and before < after
+    assert errors == [] and len(seen) > 3
+    assert set(seen) <= {frozenset(before), frozenset(after)}
+    assert api.get("/api/indexes").json()["indexes"][0]["generation"] == 2
