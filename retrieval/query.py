@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -138,8 +139,10 @@ def image_vector_from_bytes(aligner, data: bytes) -> np.ndarray:
     from retrieval.loader import decode, draft_size
 
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
+        with warnings.catch_warnings():  # the size is checked here, more strictly than Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:
+                width, height = probe.size
         if width * height > (Image.MAX_IMAGE_PIXELS or float("inf")):
             raise RetrievalError(f"image too large to decode ({width}x{height} pixels)")
         image, _ = decode(data, draft_to=draft_size(aligner.transform))

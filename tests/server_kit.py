@@ -98,7 +98,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`retrieval serve` in a subprocess on a free port; stderr (uvicorn's log) is kept in a file."""
+    """`retrieval serve` in a subprocess on a free port; its output (uvicorn's logs) is kept in a file."""
 
     def __init__(self, *args: str, host: str = "127.0.0.1"):
         self.port = free_port()
@@ -107,7 +107,7 @@ class ServerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "retrieval", "serve", "--host", host, "--port", str(self.port), *args],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "w"), env=env,
+            stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env=env,  # uvicorn's access log goes to stdout
         )
         atexit.register(self.stop)
         self.url = f"http://127.0.0.1:{self.port}"

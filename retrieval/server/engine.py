@@ -169,7 +169,10 @@ class Library:
             images.append(engine.image_vector_from_bytes(served.index.aligner, spec.image))
             weights.append(1.0)
         if spec.like:
-            images.extend(engine.stored_image_vectors(served.store, spec.like))
+            try:
+                images.extend(engine.stored_image_vectors(served.store, spec.like))
+            except RetrievalError as exc:  # an id that is not in the index
+                raise NotFound(str(exc)) from None
             weights.extend(spec.like_weights or [1.0] * len(spec.like))
         if len(weights) != len(images):
             raise RetrievalError(f"give one like_weight per liked image: {len(spec.like)} images")
