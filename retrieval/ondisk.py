@@ -170,11 +170,13 @@ def build(
         trained_path = work / "trained.faiss"
         faiss_index.write(train(sample, nlist), trained_path)
         del sample
-        shards = []
+        shards, done, started = [], 0, time.monotonic()
         for number, part in enumerate(split(chunks(), shard_rows)):
             shard = work / f"shard-{number}.faiss"
-            added = build_shard(trained_path, part, shard)
-            log.info("shard %d: %d vectors", number, added)
+            done += build_shard(trained_path, part, shard)
+            rate = done / max(time.monotonic() - started, 1e-9)
+            log.info("shard %d: %d of %d vectors added, %.0f a second, about %.0f s left",
+                     number, done, n, rate, (n - done) / rate)
             shards.append(shard)
         index = merge(trained_path, shards, lists_path(out))
     finally:

@@ -209,3 +209,12 @@ def test_autofaiss_builds_an_index_from_an_export(indexed, tmp_path):
     ids = [i for p in sorted((out / "metadata").glob("*.parquet")) for i in pq.read_table(p).column("id").to_pylist()]
     _, rows = index.search(vectors, 1)
     assert [ids[r] for r in rows[:, 0]] == ids
+
+
+def test_without_pyarrow_the_commands_say_how_to_install_it(indexed, tmp_path, monkeypatch):
+    from retrieval import exchange
+
+    monkeypatch.setattr(exchange, "pq", None)
+    result = CliRunner().invoke(main, ["export", str(indexed), str(tmp_path / "emb")])
+    assert result.exit_code == 1 and "pip install 'retrieval[exchange]'" in result.output
+    assert not (tmp_path / "emb").exists()
