@@ -23,3 +23,15 @@ class DatasetError(RetrievalError):
 
 class TrainingError(RetrievalError):
     """Training cannot start or continue (too little data, an existing output, ...)."""
+
+
+class DamagedIndex(RetrievalError):
+    """A derived FAISS file is missing, truncated or altered; the next index run rebuilds it."""
+
+
+class CatalogDamaged(RetrievalError):
+    """The catalog database is malformed; `retrieval check` says what is wrong."""
+
+
+class StorageError(RetrievalError):
+    """The environment refused a read or write: disk full, read-only folder, no permission."""

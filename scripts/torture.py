@@ -1,0 +1,737 @@
+"""Torture suite for indexing: seeded SIGKILLs in every phase, readers during writes, bad inputs.
+
+Kill points: the folder changes a little (files added, removed, renamed, rewritten, touched,
+sometimes a new caption corpus), an index run starts in a child process, and the supervisor
+SIGKILLs it at a seeded moment after the run reports entering the chosen phase (walking,
+encoding, committing vectors, building the FAISS file, publishing, adding captions). The
+invariants are checked after the kill and again after a re-run to completion:
+
+- SQLite's integrity check passes;
+- the catalog's files equal the folder's images, path, size and content hash (after a kill,
+  the state of the last completed run or of the killed one if it had published);
+- each image has a stored vector, and the vectors table holds one row per content;
+- the published FAISS file holds exactly the catalog's ids, with the recorded checksum;
+- a search returns only catalog rows;
+- no decoding worker outlives the killed run.
+
+Meanwhile reader processes search the index without pause; each answer must come from one
+complete generation (the FAISS file's vector count equals the snapshot's image count and
+every id is a row of that snapshot), and no search may fail.
+
+Bad inputs: mutants of real JPEG, PNG, GIF, WebP, BMP and TIFF files (truncated, bit flips,
+zeroed headers, false dimensions, wrong extensions), zero-byte files, directories named like
+images, symlink loops, dangling links, FIFOs, sockets, unreadable files (the run drops root to
+`nobody`, since chmod 000 does not stop root) and names that are not UTF-8 or hold newlines.
+Each is loaded alone within its time limit and the whole corpus is indexed by a child run:
+every file must end indexed or skipped with a reason.
+
+    python scripts/torture.py --kills 200 --mutants 1000 --out torture.json
+    python scripts/torture.py --kills 20 --mutants 300 --default-every 0   # quick
+
+Runs use a plumbing aligner (vectors from a coarse colour layout) where the model does not
+matter; every ``--default-every``-th kill point uses the real packaged ``default`` aligner on
+an index of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PHASES = ["walk", "encode", "commit", "faiss", "publish", "captions"]
+FORMATS = {".jpg": "JPEG", ".png": "PNG", ".gif": "GIF", ".webp": "WEBP", ".bmp": "BMP", ".tiff": "TIFF"}
+
+
+# -- the aligner used where the model does not matter ---------------------------------------------
+def plumbing_aligner():
+    from retrieval.aligners.base import Aligner, normalize
+    from retrieval.transform import ImageTransform
+
+    class Plumbing(Aligner):
+        spec = identity = "torture/color"
+        dim = 48
+
+        def __init__(self):
+            self.transform = ImageTransform(size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+        def encode_images(self, pixels):
+            n = len(pixels)
+            grid = pixels.reshape(n, 3, 4, 4, 4, 4).mean(axis=(3, 5)).reshape(n, -1)
+            return normalize(grid + 1.5)
+
+        def encode_texts(self, texts):
+            seeds = [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little") for t in texts]
+            out = [np.random.default_rng(seed).normal(size=self.dim) for seed in seeds]
+            return normalize(np.array(out, dtype=np.float32).reshape(len(texts), self.dim))
+
+    return Plumbing()
+
+
+def aligner_for(name: str):
+    if name == "color":
+        return plumbing_aligner()
+    from retrieval.aligners import load_aligner
+
+    return load_aligner(name)
+
+
+# -- child: one index run that reports its phases ----------------------------------------------------
+def child_index(args) -> int:
+    """Index `args.folder` into `args.index`, printing ``PHASE name`` as each phase starts."""
+    from retrieval import index as faiss_index
+    from retrieval import indexer
+    from retrieval.catalog import Catalog
+    from retrieval.staging import Staging
+    from retrieval.store import IndexStore
+
+    def mark(phase):
+        print(f"PHASE {phase}", flush=True)
+
+    def wrap(owner, name, phase):
+        real = getattr(owner, name)
+
+        def wrapped(*a, **k):
+            mark(phase)
+            return real(*a, **k)
+
+        setattr(owner, name, wrapped)
+
+    real_walk = indexer.walk
+
+    def walk(roots):
+        for n, item in enumerate(real_walk(roots)):
+            if n % 5 == 0:
+                mark("walk")
+            yield item
+
+    indexer.walk = walk
+    wrap(indexer, "encode_and_store", "encode")
+    wrap(Catalog, "put_vectors", "commit")
+    for name in ("build_streamed", "update", "write"):
+        wrap(faiss_index, name, "faiss")
+    wrap(Staging, "apply", "publish")
+    wrap(Catalog, "publishing", "publish")
+    wrap(indexer, "_caption_rows", "captions")
+    store = IndexStore.open(args.index, create=True)
+    try:
+        summary = indexer.run(
+            store, aligner_for(args.aligner), [args.folder], captions_file=args.captions,
+            settings=indexer.IndexSettings(workers=args.workers, batch_size=4, chunk=4, decode_seconds=args.decode_seconds),
+        )
+    finally:
+        store.close()
+    mark("done")
+    print("SUMMARY " + json.dumps(summary.as_dict()), flush=True)
+    return 0
+
+
+# -- readers ---------------------------------------------------------------------------------------------
+def child_reader(args) -> int:
+    """Search without pause until `args.stop` exists; write counts to `args.report`."""
+    from retrieval import index as faiss_index
+    from retrieval.query import search_vectors
+    from retrieval.store import IndexStore
+
+    rng = np.random.default_rng(os.getpid())
+    searches, errors, inconsistent, generations = 0, [], 0, set()
+    while not os.path.exists(args.stop):
+        if not os.path.exists(os.path.join(args.index, "catalog.db")):
+            time.sleep(0.05)
+            continue
+        try:
+            store = IndexStore.open(args.index)
+            try:
+                dim = store.catalog.dim
+                if not dim:
+                    time.sleep(0.05)
+                    continue
+                query = rng.normal(size=(1, dim)).astype(np.float32)
+                query /= np.linalg.norm(query)
+                catalog = store.catalog
+                with catalog.snapshot():
+                    gen = catalog.generation
+                    path = store.faiss_path("images", gen)
+                    if gen:
+                        ids = {r[0] for r in catalog.db.execute("SELECT id FROM images")}
+                        ntotal = faiss_index.read(path, mmap=True).ntotal
+                        if ntotal != len(ids):
+                            inconsistent += 1
+                hits = search_vectors(store, query, 10)[0]
+                if gen and not {h.id for h in hits} <= ids:
+                    inconsistent += 1
+                generations.add(gen)
+                searches += 1
+            finally:
+                store.close()
+        except Exception as exc:  # every failure is a finding, reported, never hidden
+            errors.append(f"{type(exc).__name__}: {exc}"[:300])
+    Path(args.report).write_text(json.dumps(
+        {"searches": searches, "errors": errors, "inconsistent": inconsistent, "generations": len(generations)}
+    ))
+    return 0
+
+
+# -- the folder being indexed ---------------------------------------------------------------------------
+def real_photos() -> list[Path]:
+    """Real photos shipped by installed packages (scikit-image's public-domain samples)."""
+    import skimage
+
+    data = Path(skimage.__file__).parent / "data"
+    names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "camera.png",
+             "hubble_deep_field.jpg", "ihc.png", "page.png", "text.png", "moon.png", "horse.png"]
+    return [data / n for n in names if (data / n).exists()]
+
+
+def generated(path: Path, seed: int, size=(48, 36)) -> Path:
+    rng = np.random.default_rng(seed)
+    corners = rng.integers(0, 256, (2, 2, 3)).astype(np.float32)
+    ys, xs = np.linspace(0, 1, size[1])[:, None, None], np.linspace(0, 1, size[0])[None, :, None]
+    top = corners[0, 0] * (1 - xs) + corners[0, 1] * xs
+    bottom = corners[1, 0] * (1 - xs) + corners[1, 1] * xs
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((top * (1 - ys) + bottom * ys).astype(np.uint8)).save(path, format=FORMATS[path.suffix])
+    return path
+
+
+class Folder:
+    """A folder of images that changes a little before each kill point (seeded)."""
+
+    def __init__(self, root: Path, rng: random.Random, start: int, photos: bool = True):
+        self.root, self.rng, self.seed = root, rng, 10_000
+        if photos:
+            (root / "photos").mkdir(parents=True, exist_ok=True)
+            for i, photo in enumerate(real_photos()):
+                img = Image.open(photo).convert("RGB")
+                img.thumbnail((320, 320))
+                img.save(root / f"photos/p{i:02d}.jpg", quality=90)
+        for _ in range(start):
+            self.add()
+
+    def images(self) -> list[Path]:
+        return sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix in FORMATS)
+
+    def add(self) -> None:
+        self.seed += 1
+        suffix = self.rng.choice(list(FORMATS))
+        generated(self.root / f"d{self.rng.randrange(4)}" / f"g{self.seed}{suffix}", self.seed)
+
+    def mutate(self) -> None:
+        for _ in range(self.rng.randint(1, 4)):
+            self.add()
+        files = self.images()
+        for action in self.rng.sample(["remove", "rename", "rewrite", "touch", "copy"], 3):
+            if len(files) < 8:
+                break
+            path = self.rng.choice(files)
+            if not path.exists():
+                continue
+            if action == "remove":
+                path.unlink()
+            elif action == "rename":
+                path.rename(path.with_name("r" + path.name))
+            elif action == "rewrite":
+                self.seed += 1
+                generated(path, self.seed)
+            elif action == "touch":
+                os.utime(path)
+            elif action == "copy":
+                shutil.copyfile(path, path.with_name("c" + path.name))
+
+    def expected(self) -> dict[str, tuple[int, str]]:
+        from retrieval.loader import content_hash
+
+        return {str(p): (p.stat().st_size, content_hash(p.read_bytes())) for p in self.images()}
+
+
+# -- invariants ------------------------------------------------------------------------------------------------
+def catalog_state(index: Path) -> dict[str, tuple[int, str]]:
+    with sqlite3.connect(f"file:{index / 'catalog.db'}?mode=ro", uri=True) as db:
+        return {p: (s, h) for p, s, h in db.execute("SELECT path, size, hash FROM images")}
+
+
+def check_invariants(index: Path, aligner_dim: int | None, allowed: list[dict]) -> list[str]:
+    """Violations of the invariants for the index at `index`; `allowed` lists the catalog states it may be in."""
+    from retrieval import health
+    from retrieval.query import search_vectors
+    from retrieval.store import IndexStore
+
+    if not (index / "catalog.db").exists():
+        return []
+    out = []
+    report = health.check(index)
+    out += [f"check: {p}" for p in report.problems]
+    with sqlite3.connect(f"file:{index / 'catalog.db'}?mode=ro", uri=True) as db:
+        if db.execute("SELECT count(*) FROM images WHERE hash NOT IN (SELECT hash FROM vectors)").fetchone()[0]:
+            out.append("an image has no stored vector")
+        if db.execute("SELECT count(*) - count(DISTINCT hash) FROM vectors").fetchone()[0]:
+            out.append("a content has more than one vector")
+        gen = db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
+    state = catalog_state(index)
+    if gen and int(gen[0]) > 0 and allowed and state not in allowed:
+        expected = allowed[-1]
+        missing = sorted(set(expected) - set(state))[:3]
+        extra = sorted(set(state) - set(expected))[:3]
+        out.append(f"catalog differs from the folder: missing {missing}, extra {extra}")
+    if gen and int(gen[0]) > 0 and aligner_dim:
+        store = IndexStore.open(index)
+        try:
+            rng = np.random.default_rng(0)
+            queries = rng.normal(size=(3, aligner_dim)).astype(np.float32)
+            queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+            ids = {r[0] for r in store.catalog.db.execute("SELECT id FROM images")}
+            for hits in search_vectors(store, queries, 10):
+                if not {h.id for h in hits} <= ids:
+                    out.append("a search returned an id that is not a catalog row")
+        finally:
+            store.close()
+    return out
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
+
+
+def alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+# -- one kill point ----------------------------------------------------------------------------------------------
+def run_child(index: Path, folder: Path, aligner: str, workers: int, captions: Path | None,
+              kill: tuple[str, int, float] | None, timeout: float = 600) -> dict:
+    """Run an index child; with `kill` = (phase, nth, delay) SIGKILL it `delay` s after its nth mark of `phase`."""
+    cmd = [sys.executable, __file__, "child-index", "--index", str(index), "--folder", str(folder),
+           "--aligner", aligner, "--workers", str(workers)]
+    if captions:
+        cmd += ["--captions", str(captions)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: Counter = Counter()
+    result = {"killed_in": None, "summary": None, "workers_left": []}
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        if line.startswith("SUMMARY "):
+            result["summary"] = json.loads(line[8:])
+        if not line.startswith("PHASE "):
+            continue
+        phase = line.split()[1]
+        seen[phase] += 1
+        if kill and phase == kill[0] and seen[phase] >= kill[1]:
+            time.sleep(kill[2])
+            workers = children_of(proc.pid)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            result["killed_in"] = phase
+            end = time.monotonic() + 10
+            while alive(workers) and time.monotonic() < end:
+                time.sleep(0.05)
+            result["workers_left"] = alive(workers)
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+            break
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    result["rc"] = proc.wait()
+    result["phases"] = dict(seen)
+    if result["killed_in"] is None and result["rc"] != 0:
+        result["error"] = err[-2000:]
+    return result
+
+
+def kill_loop(work: Path, kills: int, seed: int, default_every: int, readers: int, log=print) -> dict:
+    rng = random.Random(seed)
+    setups = {"color": (work / "color-folder", work / "color-index")}
+    folders = {"color": Folder(setups["color"][0], random.Random(seed), start=24)}
+    dims = {"color": 48}
+    if default_every:
+        setups["default"] = (work / "default-folder", work / "default-index")
+        folders["default"] = Folder(setups["default"][0], random.Random(seed + 1), start=6, photos=False)
+    stop = work / "stop-readers"
+    reader_procs = [
+        subprocess.Popen([sys.executable, __file__, "child-reader", "--index", str(setups["color"][1]),
+                          "--stop", str(stop), "--report", str(work / f"reader-{i}.json")])
+        for i in range(readers)
+    ]
+    figures = {"kill_points": 0, "killed_by_phase": Counter(), "finished_before_kill": 0, "violations": [],
+               "completions": 0, "default_aligner_kill_points": 0, "workers_outlived_parent": 0}
+    states: dict[str, list] = defaultdict(list)
+    started = time.monotonic()
+    try:
+        for n in range(kills):
+            which = "default" if default_every and n % default_every == default_every - 1 else "color"
+            folder_path, index = setups[which]
+            folder = folders[which]
+            folder.mutate()
+            captions = None
+            phase = PHASES[n % len(PHASES)]
+            if phase == "captions" or rng.random() < 0.15:
+                captions = work / f"captions-{n}.txt"
+                captions.write_text("\n".join(f"caption {rng.randrange(50)} of run {n}" for _ in range(rng.randint(3, 12))))
+            kill = (phase, rng.randint(1, 3) if phase in ("walk", "encode", "commit") else 1, rng.uniform(0, 0.05))
+            workers = rng.choice([0, 1, 2])
+            before = states[which][-1:] or []
+            killed = run_child(index, folder_path, which, workers, captions, kill)
+            figures["kill_points"] += 1
+            figures["default_aligner_kill_points"] += which == "default"
+            if killed["killed_in"]:
+                figures["killed_by_phase"][killed["killed_in"]] += 1
+            else:
+                figures["finished_before_kill"] += 1
+                if killed["rc"] != 0:
+                    figures["violations"].append(f"kill point {n}: run failed: {killed.get('error')}")
+            if killed["workers_left"]:
+                figures["workers_outlived_parent"] += len(killed["workers_left"])
+                figures["violations"].append(f"kill point {n}: workers {killed['workers_left']} outlived the killed run")
+            now = folder.expected()
+            for v in check_invariants(index, dims.get(which), before + [now]):
+                figures["violations"].append(f"kill point {n} ({which}, after kill in {phase}): {v}")
+            done = run_child(index, folder_path, which, rng.choice([0, 1, 2]), None, None)
+            figures["completions"] += done["rc"] == 0
+            if done["rc"] != 0:
+                figures["violations"].append(f"kill point {n}: completion failed: {done.get('error')}")
+            if which == "default" and "default" not in dims:
+                dims["default"] = aligner_for("default").dim
+            for v in check_invariants(index, dims.get(which), [now]):
+                figures["violations"].append(f"kill point {n} ({which}, after completion): {v}")
+            states[which] = [now]
+            if (n + 1) % 10 == 0 or n + 1 == kills:
+                log(f"kill points {n + 1}/{kills}, violations {len(figures['violations'])}, "
+                    f"{time.monotonic() - started:.0f}s, load {os.getloadavg()[0]:.1f}")
+    finally:
+        stop.touch()
+        for proc in reader_procs:
+            proc.wait(60)
+    reports = [json.loads((work / f"reader-{i}.json").read_text()) for i in range(readers)]
+    figures["readers"] = {
+        "processes": readers,
+        "searches": sum(r["searches"] for r in reports),
+        "errors": sum(len(r["errors"]) for r in reports),
+        "inconsistent_answers": sum(r["inconsistent"] for r in reports),
+        "generations_seen": max([r["generations"] for r in reports], default=0),
+        "first_errors": [e for r in reports for e in r["errors"]][:5],
+    }
+    if figures["readers"]["errors"] or figures["readers"]["inconsistent_answers"]:
+        figures["violations"].append(f"readers: {figures['readers']}")
+    figures["killed_by_phase"] = dict(figures["killed_by_phase"])
+    figures["seconds"] = round(time.monotonic() - started, 1)
+    return figures
+
+
+# -- bad inputs ------------------------------------------------------------------------------------------------
+def sources(work: Path) -> dict[str, bytes]:
+    """Valid files of each format, from real photos (and one generated picture per format)."""
+    out = {}
+    photos = real_photos()
+    for i, (suffix, fmt) in enumerate(FORMATS.items()):
+        img = Image.open(photos[i % len(photos)]).convert("RGB")
+        img.thumbnail((200, 200))
+        path = work / f"source{suffix}"
+        img.save(path, format=fmt)
+        out[suffix] = path.read_bytes()
+    return out
+
+
+def _false_dimensions(data: bytes, suffix: str, rng: random.Random) -> bytes:
+    """Claim a huge size in the header (a decompression bomb), or a wrong one."""
+    import struct
+    import zlib
+
+    big = rng.choice([60_000, 30_000, 12_000, 1])
+    b = bytearray(data)
+    if suffix == ".png":
+        b[16:24] = struct.pack(">II", big, big)
+        b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])))
+    elif suffix == ".gif":
+        b[6:10] = struct.pack("<HH", min(big, 65535), min(big, 65535))
+    elif suffix == ".bmp":
+        b[18:26] = struct.pack("<ii", big, big)
+    elif suffix == ".jpg":
+        at = b.find(b"\xff\xc0")
+        if at < 0:
+            at = b.find(b"\xff\xc2")
+        if at >= 0:
+            b[at + 5 : at + 9] = struct.pack(">HH", min(big, 65535), min(big, 65535))
+    elif suffix == ".webp":
+        at = b.find(b"VP8 ")
+        if at >= 0:
+            b[at + 14 : at + 18] = struct.pack("<HH", min(big, 16383), min(big, 16383))
+    else:  # TIFF: ImageWidth / ImageLength tags in the first IFD
+        little = b[:2] == b"II"
+        fmt = "<" if little else ">"
+        (ifd,) = struct.unpack(fmt + "I", b[4:8])
+        (count,) = struct.unpack(fmt + "H", b[ifd : ifd + 2])
+        for k in range(count):
+            entry = ifd + 2 + 12 * k
+            tag, kind = struct.unpack(fmt + "HH", b[entry : entry + 4])
+            if tag in (256, 257):
+                value = struct.pack(fmt + ("H" if kind == 3 else "I"), min(big, 65535))
+                b[entry + 8 : entry + 8 + len(value)] = value
+    return bytes(b)
+
+
+MUTANT_KINDS = ["truncated", "bit_flips", "zeroed_header", "false_dimensions", "wrong_extension", "zero_bytes",
+                "directory", "symlink_loop", "dangling_link", "fifo", "socket", "unreadable", "non_utf8_name",
+                "newline_name", "valid"]
+
+
+def make_mutants(folder: Path, n: int, seed: int, srcs: dict[str, bytes]) -> dict[str, str]:
+    """`n` bad inputs in `folder`; returns {path as bytes-escaped str: kind} for every file made."""
+    rng = random.Random(seed)
+    kinds: dict[str, str] = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    sockets = []
+    for i in range(n):
+        kind = MUTANT_KINDS[i % len(MUTANT_KINDS)]
+        suffix = rng.choice(list(FORMATS))
+        data = srcs[suffix]
+        path = folder / f"{i:05d}-{kind}{suffix}"
+        if kind == "truncated":
+            path.write_bytes(data[: rng.randrange(1, len(data))])
+        elif kind == "bit_flips":
+            b = bytearray(data)
+            for _ in range(rng.randint(1, 40)):
+                b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+            path.write_bytes(bytes(b))
+        elif kind == "zeroed_header":
+            path.write_bytes(b"\0" * rng.randint(4, 64) + data[64:])
+        elif kind == "false_dimensions":
+            path.write_bytes(_false_dimensions(data, suffix, rng))
+        elif kind == "wrong_extension":
+            other = rng.choice([s for s in FORMATS if s != suffix])
+            path.write_bytes(srcs[other] if rng.random() < 0.7 else b"plain text, not an image\n" * 20)
+        elif kind == "zero_bytes":
+            path.write_bytes(b"")
+        elif kind == "directory":
+            path.mkdir()
+            (path / f"inside{suffix}").write_bytes(data)
+            kinds[str(path / f"inside{suffix}")] = "valid_in_directory"
+            continue
+        elif kind == "symlink_loop":
+            other = folder / f"{i:05d}-loop-b{suffix}"
+            os.symlink(other.name, path)
+            os.symlink(path.name, other)
+            kinds[str(other)] = kind
+        elif kind == "dangling_link":
+            os.symlink(f"nowhere-{i}{suffix}", path)
+        elif kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "socket":
+            sock = socket.socket(socket.AF_UNIX)
+            sock.bind(str(path))
+            sockets.append(sock)
+        elif kind == "unreadable":
+            path.write_bytes(data)
+            path.chmod(0)
+        elif kind == "non_utf8_name":
+            raw = os.fsencode(folder) + b"/" + f"{i:05d}-".encode() + b"\xff\xfe-caf\xe9" + suffix.encode()
+            with open(raw, "wb") as fh:
+                fh.write(data)
+            path = Path(os.fsdecode(raw))
+        elif kind == "newline_name":
+            path = folder / f"{i:05d}-new\nline{suffix}"
+            path.write_bytes(data)
+        else:
+            path.write_bytes(data)
+        kinds[str(path)] = kind
+    for sock in sockets:
+        sock.close()  # the socket file stays; nothing listens
+    return kinds
+
+
+def child_mutants(args) -> int:
+    """Load each mutant alone (timed), then index the folder; as `nobody` when started as root."""
+    from PIL import Image as PILImage
+
+    from retrieval import indexer, integrity, readonly  # noqa: F401  (imported while the files are readable)
+    from retrieval.loader import load, walk
+    from retrieval.store import IndexStore
+
+    PILImage.init()  # every decoder plugin, now
+    if os.geteuid() == 0:
+        # chmod 000 does not stop root; `nobody` it stops. Python itself may live where `nobody`
+        # cannot read (a root-only pyenv), hence the imports above and no worker processes below.
+        os.setgid(65534)
+        os.setuid(65534)
+
+    aligner = plumbing_aligner()
+    kinds = json.loads(Path(args.kinds).read_text())
+    per_file, slowest = {}, 0.0
+    for stat in walk([args.folder]):
+        started = time.monotonic()
+        try:
+            item = load(stat.path, aligner.transform, time_limit_s=args.decode_seconds)
+            outcome = "indexed" if item.pixels is not None else "skipped"
+            reason = item.error
+        except Exception as exc:  # a crash is a violation, reported as such
+            outcome, reason = "crash", f"{type(exc).__name__}: {exc}"
+        took = time.monotonic() - started
+        slowest = max(slowest, took)
+        per_file[stat.path] = {"outcome": outcome, "reason": reason, "seconds": round(took, 4)}
+    store = IndexStore.open(args.index, create=True)
+    try:
+        summary = indexer.run(store, aligner, [args.folder],
+                              settings=indexer.IndexSettings(workers=0, decode_seconds=args.decode_seconds))
+        indexed = set(store.catalog.files())
+    finally:
+        store.close()
+    skipped = {s["path"]: s["reason"] for s in summary.skipped}
+    Path(args.report).write_text(json.dumps({
+        "kinds": kinds, "per_file": per_file, "indexed": sorted(indexed), "skipped": skipped,
+        "slowest_load_s": slowest, "index_seconds": summary.seconds,
+    }))
+    return 0
+
+
+def bad_inputs(work: Path, n: int, seed: int, decode_seconds: float) -> dict:
+    folder = work / "mutants"
+    work.mkdir(parents=True, exist_ok=True)
+    kinds = make_mutants(folder, n, seed, sources(work))
+    index = work / "mutants-index"
+    kinds_file, report_file = work / "kinds.json", work / "mutants-report.json"
+    kinds_file.write_text(json.dumps(kinds))
+    if os.geteuid() == 0:  # let `nobody` write its index and report here
+        for path in (work, folder, *folder.iterdir()):
+            if not path.is_symlink():
+                os.chown(path, 65534, 65534)
+    cmd = [sys.executable, __file__, "child-mutants", "--folder", str(folder), "--index", str(index),
+           "--kinds", str(kinds_file), "--report", str(report_file), "--decode-seconds", str(decode_seconds)]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    figures = {"mutants": len(kinds), "violations": [], "seconds": round(time.monotonic() - started, 1),
+               "unreadable_tested_as": "nobody (dropped from root)" if os.geteuid() == 0 else "this user"}
+    if proc.returncode != 0 or "Traceback" in proc.stderr:
+        figures["violations"].append(f"mutant run failed: {proc.stderr[-1500:]}")
+        return figures
+    report = json.loads(report_file.read_text())
+    per_file, indexed, skipped = report["per_file"], set(report["indexed"]), report["skipped"]
+    by_kind: dict[str, Counter] = defaultdict(Counter)
+    printable = {os.fsencode(p).decode("utf-8", "backslashreplace"): p for p in kinds}
+    for path, kind in kinds.items():
+        loaded = per_file.get(path)
+        if loaded is None:
+            by_kind[kind]["not_walked"] += 1
+            if kind not in ("non_utf8_name",):
+                figures["violations"].append(f"{kind}: {path!r} was never seen by the walk")
+            continue
+        by_kind[kind][loaded["outcome"]] += 1
+        if loaded["outcome"] == "crash":
+            figures["violations"].append(f"{kind}: {path!r} crashed the loader: {loaded['reason']}")
+        if loaded["seconds"] > decode_seconds + 1.0:
+            figures["violations"].append(f"{kind}: {path!r} took {loaded['seconds']}s, over its limit")
+        in_catalog = path in indexed
+        reason = skipped.get(path) or skipped.get(os.fsencode(path).decode("utf-8", "backslashreplace"))
+        if in_catalog == bool(reason):
+            figures["violations"].append(f"{kind}: {path!r} is {'both indexed and skipped' if in_catalog else 'neither indexed nor skipped'}")
+    del printable
+    figures["by_kind"] = {k: dict(v) for k, v in sorted(by_kind.items())}
+    figures["reasons"] = dict(Counter(r.split(":")[0].split(" (")[0] for r in skipped.values()).most_common())
+    figures["slowest_load_s"] = round(report["slowest_load_s"], 3)
+    figures["decode_limit_s"] = decode_seconds
+    figures["index_seconds"] = round(report["index_seconds"], 1)
+    return figures
+
+
+# -- main ---------------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode")
+    c = sub.add_parser("child-index")
+    c.add_argument("--index", required=True)
+    c.add_argument("--folder", required=True)
+    c.add_argument("--aligner", default="color")
+    c.add_argument("--workers", type=int, default=0)
+    c.add_argument("--captions")
+    c.add_argument("--decode-seconds", type=float, default=30.0)
+    r = sub.add_parser("child-reader")
+    r.add_argument("--index", required=True)
+    r.add_argument("--stop", required=True)
+    r.add_argument("--report", required=True)
+    m = sub.add_parser("child-mutants")
+    for name in ("--folder", "--index", "--kinds", "--report"):
+        m.add_argument(name, required=True)
+    m.add_argument("--decode-seconds", type=float, default=10.0)
+    parser.add_argument("--kills", type=int, default=200)
+    parser.add_argument("--mutants", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--readers", type=int, default=2)
+    parser.add_argument("--default-every", type=int, default=20, help="Every Nth kill point uses the real default aligner (0: never).")
+    parser.add_argument("--decode-seconds", type=float, default=10.0)
+    parser.add_argument("--work", help="Folder to work in (default: a temporary one, removed afterwards).")
+    parser.add_argument("--out", help="Write the figures as JSON here.")
+    args = parser.parse_args(argv)
+    if args.mode == "child-index":
+        return child_index(args)
+    if args.mode == "child-reader":
+        return child_reader(args)
+    if args.mode == "child-mutants":
+        return child_mutants(args)
+    return supervise(args)
+
+
+def supervise(args) -> int:
+    work = Path(args.work or tempfile.mkdtemp(prefix="torture-"))
+    work.mkdir(parents=True, exist_ok=True)
+    figures = {"date": time.strftime("%Y-%m-%d %H:%M"), "seed": args.seed, "cpus": os.cpu_count(),
+               "load_average_at_start": os.getloadavg()[0]}
+    try:
+        if args.mutants:
+            figures["bad_inputs"] = bad_inputs(work / "bad", args.mutants, args.seed, args.decode_seconds)
+            print(json.dumps({"bad_inputs": {k: v for k, v in figures["bad_inputs"].items() if k != "violations"}}, indent=1))
+        if args.kills:
+            figures["kill_loop"] = kill_loop(work / "kills", args.kills, args.seed, args.default_every, args.readers)
+        figures["load_average_at_end"] = os.getloadavg()[0]
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    violations = figures.get("bad_inputs", {}).get("violations", []) + figures.get("kill_loop", {}).get("violations", [])
+    figures["violations"] = len(violations)
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2, default=str))
+    print(json.dumps({k: v for k, v in figures.items() if k != "bad_inputs"}, indent=1, default=str))
+    for line in violations[:30]:
+        print("VIOLATION", line)
+    print(f"{figures.get('kill_loop', {}).get('kill_points', 0)} kill points, "
+          f"{figures.get('bad_inputs', {}).get('mutants', 0)} bad inputs, {len(violations)} violations")
+    return 1 if violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
