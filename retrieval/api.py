@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from retrieval import resident
 from retrieval.errors import RetrievalError
 from retrieval.indexer import IndexSettings, RunSummary
 from retrieval.progress import Progress
 from retrieval.query import Hit, Query, query_vector, search_vectors
 from retrieval.store import IndexStore
+from retrieval.textcache import TextVectorCache
 
 
 def build_index(
@@ -66,6 +70,8 @@ class Index:
         self.store = IndexStore.open(name_or_path)
         self._model = model
         self._aligner = None
+        #: Vectors of recent query texts (retrieval/textcache.py); size 0 turns it off.
+        self.text_cache = TextVectorCache()
 
     @property
     def aligner(self):
@@ -89,7 +95,7 @@ class Index:
         if k < 1:
             raise RetrievalError("k must be at least 1")
         query = Query(text=text, image=image, weight=weight, negatives=list(negatives), target=target)
-        return search_vectors(self.store, query_vector(self.aligner, query), k, target)[0]
+        return search_vectors(self.store, query_vector(self.aligner, query, self.encode_texts), k, target)[0]
 
     def info(self) -> dict:
         catalog = self.store.catalog
@@ -112,7 +118,12 @@ class Index:
             "files": usage,
         }
 
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts -> normalized vectors with this index's aligner, recent ones from a cache."""
+        return self.text_cache.encode(self.aligner, texts)
+
     def close(self) -> None:
+        resident.forget(self.store)
         self.store.close()
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval import index as faiss_index
+from retrieval import resident
 from retrieval.aligners.base import normalize
 from retrieval.errors import RetrievalError
 from retrieval.store import IndexStore
@@ -54,19 +55,23 @@ class Hit:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def query_vector(aligner, query: Query) -> np.ndarray:
-    """The normalized weighted sum of the query's parts."""
+def query_vector(aligner, query: Query, encode_texts=None) -> np.ndarray:
+    """The normalized weighted sum of the query's parts.
+
+    `encode_texts` (texts -> vectors) replaces the aligner's own, e.g. by a cache of recent ones.
+    """
+    encode_texts = encode_texts or aligner.encode_texts
     if not query.text and not query.image:
         raise RetrievalError("give a text, an --image, or both")
     if not 0.0 <= query.weight <= 1.0:
         raise RetrievalError(f"--weight must be between 0 and 1, got {query.weight}")
     parts = []
     if query.text:
-        parts.append((1.0 - query.weight if query.image else 1.0, aligner.encode_texts([query.text])[0]))
+        parts.append((1.0 - query.weight if query.image else 1.0, encode_texts([query.text])[0]))
     if query.image:
         parts.append((query.weight if query.text else 1.0, encode_image_file(aligner, query.image)))
     if query.negatives:
-        negatives = aligner.encode_texts(list(query.negatives)).mean(axis=0)
+        negatives = encode_texts(list(query.negatives)).mean(axis=0)
         parts.append((-query.negative_weight, negatives))
     vector = sum(w * v for w, v in parts)
     return normalize(vector[None, :])
@@ -98,7 +103,8 @@ def search_vectors(store: IndexStore, vectors: np.ndarray, k: int, target: str =
             if generation == 0:
                 return [[] for _ in vectors]
             raise RetrievalError(f"{path} is missing; re-run `retrieval index` to rebuild it")
-        index = faiss_index.read(path, mmap=True)
+        # Kept loaded while the file is the same one (retrieval/resident.py).
+        index = resident.faiss_for(store, kind, path)
         factory = catalog.get_meta("index_factory") if kind == "images" else None
         scores, ids = faiss_index.search_ranked(
             index, vectors, k, factory=factory, lookup=catalog.image_vectors_by_id

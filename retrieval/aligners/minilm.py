@@ -14,8 +14,10 @@ Needs only ``tokenizers`` and ``safetensors``, which come with transformers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from retrieval.aligners.base import normalize
 
 #: Batches up to this size run in numpy (no torch import); larger ones in torch.
 NUMPY_MAX_BATCH = 16
+#: Run the numpy form on one BLAS thread (see the note above :func:`numpy_forward`); off for comparisons.
+ONE_BLAS_THREAD = True
 
 
 class SentenceEncoder:
@@ -53,6 +57,7 @@ class SentenceEncoder:
         self.device = device
         self.dim = self.cfg["hidden_size"]
         self._torch_model = None
+        self._numpy_layers: list[dict[str, np.ndarray]] | None = None
 
     def encode(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """(n, dim) normalized float32. Sorting by length keeps padding small."""
@@ -69,7 +74,10 @@ class SentenceEncoder:
     def forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Mean-pooled features, (n, dim), not normalized."""
         if len(ids) <= NUMPY_MAX_BATCH and self.device in (None, "cpu"):
-            return numpy_forward(self.weights, self.cfg, ids, mask)
+            if self._numpy_layers is None:
+                self._numpy_layers = pack_layers(self.weights, self.cfg)
+            with _OneBlasThread() if ONE_BLAS_THREAD else contextlib.nullcontext():
+                return numpy_forward(self.weights, self.cfg, ids, mask, self._numpy_layers)
         return self.torch_forward(ids, mask)
 
     def torch_forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -90,53 +98,130 @@ class SentenceEncoder:
 
 
 # -- numpy ----------------------------------------------------------------------------
+# Short inputs (a search query is about 10 tokens) are what the numpy form is for, and at
+# that size its cost is matrix products of a few rows: ~0.3 GFLOP a query. Two choices keep
+# it fast: one BLAS thread (on a busy 2-core machine OpenBLAS's second thread waits for a
+# core and a query took 20-190 ms instead of 7-16; scripts/bench_server.py), and weights
+# packed once (query, key and value in one product, the attention scale folded in).
+
+
 def _erf(x: np.ndarray) -> np.ndarray:
     # numpy has no erf. Abramowitz & Stegun 7.1.26: |error| < 1.5e-7, below float32 rounding.
     a = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t
-    return np.sign(x) * (1.0 - poly * np.exp(-a * a))
+    return np.copysign(1.0 - poly * np.exp(-a * a), x)
 
 
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * weight + bias
+    x = x - x.mean(-1, keepdims=True)
+    var = np.einsum("...i,...i->...", x, x)[..., None] / np.float32(x.shape[-1])
+    x *= 1.0 / np.sqrt(var + np.float32(eps))
+    x *= weight
+    x += bias
+    return x
 
 
-def numpy_forward(w: dict[str, np.ndarray], cfg: dict, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The BERT encoder and mean pooling in numpy: (n, length) ids and mask -> (n, hidden)."""
-    eps, length = cfg["layer_norm_eps"], ids.shape[1]
-    e = "embeddings."
-    x = w[e + "word_embeddings.weight"][ids] + w[e + "position_embeddings.weight"][:length]
-    x = _layer_norm(x + w[e + "token_type_embeddings.weight"][0], w[e + "LayerNorm.weight"], w[e + "LayerNorm.bias"], eps)
-    # Padding keys get a huge negative bias, so real tokens never attend to them.
-    bias = np.where(mask[:, None, None, :] > 0, 0.0, np.finfo(np.float32).min).astype(np.float32)
+def pack_layers(w: dict[str, np.ndarray], cfg: dict) -> list[dict[str, np.ndarray]]:
+    """Per layer, the weights as the numpy forward uses them: (in, out) views, Q/K/V in one matrix.
+
+    The 1/sqrt(head size) attention scale is folded into the query weights (exact up to rounding).
+    """
+    scale = np.float32(1.0 / math.sqrt(cfg["hidden_size"] // cfg["num_attention_heads"]))
+    layers = []
     for i in range(cfg["num_hidden_layers"]):
-        x = _numpy_layer(x, bias, w, f"encoder.layer.{i}.", cfg)
+        p = f"encoder.layer.{i}."
+        qkv = [w[f"{p}attention.self.{n}.weight"] for n in ("query", "key", "value")]
+        qkv_b = [w[f"{p}attention.self.{n}.bias"] for n in ("query", "key", "value")]
+        layers.append({
+            "qkv": np.ascontiguousarray(np.concatenate([qkv[0] * scale, qkv[1], qkv[2]]).T),
+            "qkv_b": np.concatenate([qkv_b[0] * scale, qkv_b[1], qkv_b[2]]),
+            "out": w[f"{p}attention.output.dense.weight"].T, "out_b": w[f"{p}attention.output.dense.bias"],
+            "ln1": w[f"{p}attention.output.LayerNorm.weight"], "ln1_b": w[f"{p}attention.output.LayerNorm.bias"],
+            "up": w[f"{p}intermediate.dense.weight"].T, "up_b": w[f"{p}intermediate.dense.bias"],
+            "down": w[f"{p}output.dense.weight"].T, "down_b": w[f"{p}output.dense.bias"],
+            "ln2": w[f"{p}output.LayerNorm.weight"], "ln2_b": w[f"{p}output.LayerNorm.bias"],
+        })
+    return layers
+
+
+def numpy_forward(
+    w: dict[str, np.ndarray], cfg: dict, ids: np.ndarray, mask: np.ndarray,
+    layers: list[dict[str, np.ndarray]] | None = None,
+) -> np.ndarray:
+    """The BERT encoder and mean pooling in numpy: (n, length) ids and mask -> (n, hidden).
+
+    `layers` are :func:`pack_layers` of `w`, packed once by the caller that keeps them.
+    """
+    layers = layers if layers is not None else pack_layers(w, cfg)
+    eps, (n, length), d = cfg["layer_norm_eps"], ids.shape, cfg["hidden_size"]
+    heads = cfg["num_attention_heads"]
+    e = "embeddings."
+    x = w[e + "word_embeddings.weight"][ids] + (
+        w[e + "position_embeddings.weight"][:length] + w[e + "token_type_embeddings.weight"][0]
+    )
+    x = _layer_norm(x, w[e + "LayerNorm.weight"], w[e + "LayerNorm.bias"], eps).reshape(n * length, d)
+    # Padding keys get a huge negative bias, so real tokens never attend to them (none to add
+    # for a single text, or texts of one length).
+    bias = None
+    if not mask.all():
+        bias = np.where(mask[:, None, None, :] > 0, 0.0, np.finfo(np.float32).min).astype(np.float32)
+    for layer in layers:
+        x = _numpy_layer(x, bias, layer, n, length, heads, eps)
+    x = x.reshape(n, length, d)
     weights = mask[..., None].astype(np.float32)
     return ((x * weights).sum(1) / np.maximum(weights.sum(1), 1e-9)).astype(np.float32)
 
 
-def _numpy_layer(x: np.ndarray, bias: np.ndarray, w: dict[str, np.ndarray], prefix: str, cfg: dict) -> np.ndarray:
-    """One post-norm BERT block."""
-    n, length, d = x.shape
-    heads, eps = cfg["num_attention_heads"], cfg["layer_norm_eps"]
+def _numpy_layer(
+    x: np.ndarray, bias: np.ndarray | None, w: dict[str, np.ndarray], n: int, length: int, heads: int, eps: float
+) -> np.ndarray:
+    """One post-norm BERT block on (n * length, d) rows."""
+    d = x.shape[1]
+    qkv = x @ w["qkv"]
+    qkv += w["qkv_b"]
+    q, k, v = qkv.reshape(n, length, 3, heads, d // heads).transpose(2, 0, 3, 1, 4)
+    scores = q @ k.transpose(0, 1, 3, 2)
+    if bias is not None:
+        scores += bias
+    scores -= scores.max(-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(-1, keepdims=True)
+    context = (scores @ v).transpose(0, 2, 1, 3).reshape(n * length, d)
+    attended = context @ w["out"]
+    attended += w["out_b"]
+    attended += x
+    x = _layer_norm(attended, w["ln1"], w["ln1_b"], eps)
+    hidden = x @ w["up"]
+    hidden += w["up_b"]
+    hidden *= 0.5 * (1.0 + _erf(hidden * np.float32(1.0 / math.sqrt(2.0))))  # exact (erf) GELU, as BERT's
+    out = hidden @ w["down"]
+    out += w["down_b"]
+    out += x
+    return _layer_norm(out, w["ln2"], w["ln2_b"], eps)
 
-    def dense(h: np.ndarray, name: str) -> np.ndarray:
-        return h @ w[f"{prefix}{name}.weight"].T + w[f"{prefix}{name}.bias"]
 
-    def norm(h: np.ndarray, name: str) -> np.ndarray:
-        return _layer_norm(h, w[f"{prefix}{name}.weight"], w[f"{prefix}{name}.bias"], eps)
+class _OneBlasThread:
+    """numpy's BLAS on one thread for the length of a `with` block (see the note above).
 
-    q, k, v = (
-        dense(x, f"attention.self.{name}").reshape(n, length, heads, d // heads).transpose(0, 2, 1, 3)
-        for name in ("query", "key", "value")
-    )
-    scores = q @ k.transpose(0, 1, 3, 2) / np.float32(math.sqrt(d // heads)) + bias
-    scores = np.exp(scores - scores.max(-1, keepdims=True))
-    context = ((scores / scores.sum(-1, keepdims=True)) @ v).transpose(0, 2, 1, 3).reshape(n, length, d)
-    x = norm(x + dense(context, "attention.output.dense"), "attention.output.LayerNorm")
-    hidden = dense(x, "intermediate.dense")
-    hidden = 0.5 * hidden * (1.0 + _erf(hidden / np.float32(math.sqrt(2.0))))  # exact (erf) GELU, as BERT's
-    return norm(x + dense(hidden, "output.dense"), "output.LayerNorm")
+    Only numpy's own BLAS library is limited; FAISS and torch bring their own and keep theirs.
+    """
+
+    _numpy_blas: list | None = None
+
+    def __enter__(self):
+        if _OneBlasThread._numpy_blas is None:
+            from threadpoolctl import ThreadpoolController
+
+            _OneBlasThread._numpy_blas = [
+                lib for lib in ThreadpoolController().lib_controllers
+                if lib.user_api == "blas" and f"{os.sep}numpy" in lib.filepath
+            ]
+        self._before = [(lib, lib.num_threads) for lib in _OneBlasThread._numpy_blas]
+        for lib, _ in self._before:
+            lib.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for lib, threads in self._before:
+            lib.set_num_threads(threads)

@@ -150,7 +150,7 @@ class Library:
         served = self.get(key[0])
         if served.empty():
             return [self._response(served, s, [], None) for s in specs]
-        vectors = served.index.aligner.encode_texts([s.q for s in specs])
+        vectors = served.index.encode_texts([s.q for s in specs])
         fetch = max(s.offset + s.k + 1 for s in specs)
         out = []
         for s, hits in zip(specs, engine.search_vectors(served.store, vectors, fetch, key[1])):
@@ -180,13 +180,13 @@ class Library:
             raise RetrievalError("the like_weights must not all be zero")
         parts = []
         if spec.q:
-            parts.append((1.0 - spec.weight if images else 1.0, served.index.aligner.encode_texts([spec.q])[0]))
+            parts.append((1.0 - spec.weight if images else 1.0, served.index.encode_texts([spec.q])[0]))
         if images:
             parts.append((spec.weight if spec.q else 1.0, engine.weighted_mean(np.stack(images), weights)))
         if not parts:
             raise RetrievalError("give q (a text), like (image ids) or an image to search with")
         if spec.negatives:
-            parts.append((-0.5, served.index.aligner.encode_texts(spec.negatives).mean(axis=0)))
+            parts.append((-0.5, served.index.encode_texts(spec.negatives).mean(axis=0)))
         return engine.fuse(parts)
 
     def _response(self, served: Served, spec: SearchSpec, hits: list, next_offset: int | None) -> dict:
