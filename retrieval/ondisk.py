@@ -122,7 +122,8 @@ def merge(trained: Path, shards: list[Path], lists: Path) -> faiss.Index:
     # A file left by a run killed before publishing: never referenced, so it can go.
     lists.unlink(missing_ok=True)
     index = faiss.read_index(str(trained))
-    merge_ondisk(index, [str(s) for s in shards], str(lists))
+    with _quiet_stdout():  # FAISS printf()s "resizing <file> to <n> bytes"
+        merge_ondisk(index, [str(s) for s in shards], str(lists))
     return index
 
 
@@ -200,21 +201,27 @@ def read(path: Path) -> faiss.Index:
             return index
     except RuntimeError:
         pass  # the lists file it names is gone: the folder was moved or renamed
-    # FAISS's own remedy takes the lists file beside the index file, and says so with a
-    # printf: onto stderr with it, so that stdout (JSON, piped paths) stays clean.
-    with _stdout_to_stderr():
+    # FAISS's own remedy takes the lists file beside the index file, and says so with a printf.
+    with _quiet_stdout():
         return faiss.read_index(str(path), faiss.IO_FLAG_READ_ONLY | faiss.IO_FLAG_ONDISK_SAME_DIR)
 
 
 @contextmanager
-def _stdout_to_stderr():
+def _quiet_stdout():
+    """Drop what FAISS's C++ code printf()s meanwhile: stdout carries results (JSON, piped paths).
+
+    File descriptor 1 is the whole process's, so another thread's stdout output in this short
+    window would be dropped too; the engine writes none (logs go to stderr).
+    """
     libc = ctypes.CDLL(None)
     sys.stdout.flush()
     saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(2, 1)
+        os.dup2(devnull, 1)
         yield
     finally:
         libc.fflush(None)
         os.dup2(saved, 1)
         os.close(saved)
+        os.close(devnull)

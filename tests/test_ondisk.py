@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
 
@@ -97,6 +98,7 @@ def test_a_moved_index_folder_finds_its_lists_and_keeps_stdout_clean(collection,
     index.nprobe = info.nprobe
     _, ids = index.search(vectors[:3], 1)
     assert ids[:, 0].tolist() == [1, 2, 3]
+    ctypes.CDLL(None).fflush(None)
     assert capfd.readouterr().out == ""
 
 
@@ -179,3 +181,11 @@ def test_a_killed_build_leaves_only_unreferenced_files_that_the_next_run_clears(
     store.prune(8)
     assert not stale.exists() and not (store.folder / "images-5.ivfdata").exists()
     store.close()
+
+
+def test_a_build_prints_nothing_on_stdout(tmp_path, capfd):
+    vectors = clustered(500, seed=5)
+    chunks = lambda: [(np.arange(1, 501), vectors)]  # noqa: E731
+    ondisk.build(chunks, 500, DIM, tmp_path / "images-1.faiss", shard_rows=200)
+    ctypes.CDLL(None).fflush(None)  # C stdio buffers what FAISS printf()s: flush it to be seen
+    assert capfd.readouterr().out == ""
