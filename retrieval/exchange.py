@@ -335,7 +335,20 @@ def image_rows(layout: Layout) -> Iterator[tuple[list[int] | None, list[str], np
             ids, pending["id"] = pending["id"][: len(vectors)], pending["id"][len(vectors) :]
             if any(p is None or p == "" for p in paths):
                 raise LayoutError(f"{shard.metadata}: an empty image_path")
-            yield (None if any(i is None for i in ids) else [int(i) for i in ids]), [str(p) for p in paths], vectors
+            yield _ids(shard, ids), [str(p) for p in paths], vectors
+
+
+def _ids(shard: Shard, ids: list) -> list[int] | None:
+    """The block's catalog ids from an ``id`` column (positive integers), or None without one."""
+    if all(i is None for i in ids):
+        return None
+    try:
+        out = [int(i) for i in ids]
+    except (TypeError, ValueError):
+        out = []
+    if len(out) != len(ids) or min(out) < 1 or any(float(i) != o for i, o in zip(ids, out)):
+        raise LayoutError(f"{shard.metadata}: the id column must hold positive whole numbers in every row")
+    return out
 
 
 def caption_rows(layout: Layout) -> Iterator[tuple[list[str], np.ndarray]]:

@@ -134,6 +134,7 @@ def test_a_later_index_run_of_the_real_folder_reencodes_imported_rows(indexed, t
         ("zero", "img_emb_0.npy: row 0 is all zeros"),
         ("duplicate", "repeat the image_path or id of an earlier row"),
         ("no_layout", "no img_emb/ folder"),
+        ("bad_ids", "the id column must hold positive whole numbers"),
     ],
 )
 def test_a_bad_folder_is_refused_with_one_line_and_leaves_nothing(tmp_path, color_aligner, damage, message):
@@ -162,6 +163,8 @@ def test_a_bad_folder_is_refused_with_one_line_and_leaves_nothing(tmp_path, colo
         np.save(emb / "img_emb_0.npy", np.zeros((5, dim), np.float16))
     elif damage == "no_layout":
         shutil.rmtree(emb)
+    elif damage == "bad_ids":
+        pq.write_table(pa.table({"image_path": paths[5:], "id": [6, 7, 0, 9, 10]}), meta / "metadata_1.parquet")
     target = tmp_path / "new"
     with pytest.raises(LayoutError) as err:
         import_embeddings(folder, str(target), "test/color", aligner=ColorAligner())
