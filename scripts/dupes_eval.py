@@ -1,0 +1,207 @@
+"""Measure near-duplicate detection on altered copies of real photos, to set the default threshold.
+
+The set: the dev-set photos (scripts/devset_captions.csv; packages and licences in
+scripts/PHOTOS.md). Photos at least 1000 px on both sides are cut into four non-overlapping
+quarters, each a distinct picture (different pixels of one scene: harder negatives than two
+unrelated photos); smaller ones stay whole. Of these distinct pictures, `--families` get five
+altered copies each: resized to 40%, re-encoded at JPEG quality 30, cropped by 8% (random
+offset), rotated 4 degrees (corners cropped away), and colour-shifted (channel gains and
+brightness). Positive pairs are two members of one family (original and copies); every other
+pair is negative.
+
+The set is indexed through the engine with the given aligner; the script reports pair
+precision and recall at several thresholds, both for direct pairs (cosine >= threshold) and
+for the groups `retrieval duplicates` would print (union-find closes the pairs transitively),
+and times `find_duplicates`.
+
+    .venv/bin/python scripts/dupes_eval.py [--model default] [--families 60] [--out bench-out/dupes.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+sys.path.insert(0, str(Path(__file__).parent))
+from devset import CAPTIONS, resolve, site_roots  # noqa: E402
+
+from retrieval.api import build_index  # noqa: E402
+from retrieval.duplicates import DEFAULT_THRESHOLD, find_duplicates  # noqa: E402
+from retrieval.store import IndexStore  # noqa: E402
+
+THRESHOLDS = [0.80, 0.85, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99]
+LONG_SIDE = 1600  # pictures are shrunk to this first: the loader would decode them smaller anyway
+
+
+def distinct_pictures(photos: list[Path]) -> list[tuple[str, Image.Image]]:
+    out = []
+    for path in photos:
+        with Image.open(path) as im:
+            image = ImageOps.exif_transpose(im).convert("RGB")
+        w, h = image.size
+        if min(w, h) >= 1000:
+            for n, (x, y) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1)]):
+                tile = image.crop((x * w // 2, y * h // 2, (x + 1) * w // 2, (y + 1) * h // 2))
+                out.append((f"{path.stem}-q{n}", _shrink(tile)))
+        else:
+            out.append((path.stem, _shrink(image)))
+    return out
+
+
+def _shrink(image: Image.Image) -> Image.Image:
+    image = image.copy()
+    image.thumbnail((LONG_SIDE, LONG_SIDE), Image.LANCZOS)
+    return image
+
+
+def altered(image: Image.Image, rng: random.Random) -> dict[str, tuple[Image.Image, int]]:
+    """Five copies: (picture, JPEG quality)."""
+    w, h = image.size
+    cw, ch = int(w * 0.92), int(h * 0.92)
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    rotated = image.rotate(4, resample=Image.BICUBIC)
+    # A 4 degree turn leaves empty corners; keep the middle 86%, as an editor's straighten tool does.
+    mx, my = int(w * 0.07), int(h * 0.07)
+    r, g, b = image.split()
+    shifted = Image.merge("RGB", (r.point(lambda v: min(255, int(v * 1.08))), g, b.point(lambda v: int(v * 0.9))))
+    return {
+        "resized": (image.resize((max(1, int(w * 0.4)), max(1, int(h * 0.4))), Image.LANCZOS), 90),
+        "jpeg30": (image, 30),
+        "cropped": (image.crop((x, y, x + cw, y + ch)), 90),
+        "rotated": (rotated.crop((mx, my, w - mx, h - my)), 90),
+        "colour": (ImageEnhance.Brightness(shifted).enhance(1.1), 90),
+    }
+
+
+def build_set(folder: Path, families: int, seed: int) -> tuple[dict[str, str], int, int]:
+    """Write the pictures; returns {file name: family} and the numbers of distinct pictures and copies."""
+    rows = list(csv.DictReader(open(CAPTIONS, newline="")))
+    pairs, _ = resolve(rows, site_roots([]))
+    pictures = distinct_pictures([Path(p) for p, _ in pairs])
+    rng = random.Random(seed)
+    chosen = set(rng.sample(range(len(pictures)), min(families, len(pictures))))
+    family: dict[str, str] = {}
+    copies = 0
+    for i, (name, image) in enumerate(pictures):
+        image.save(folder / f"{name}.jpg", quality=95)
+        family[f"{name}.jpg"] = name
+        if i in chosen:
+            for kind, (copy, quality) in altered(image, rng).items():
+                copy.save(folder / f"{name}~{kind}.jpg", quality=quality)
+                family[f"{name}~{kind}.jpg"] = name
+                copies += 1
+    return family, len(pictures), copies
+
+
+def pair_counts(same: np.ndarray, linked: np.ndarray) -> tuple[int, int, int]:
+    """(true positives, false positives, positives) over the upper triangle."""
+    upper = np.triu(np.ones_like(same, bool), 1)
+    return int((linked & same & upper).sum()), int((linked & ~same & upper).sum()), int((same & upper).sum())
+
+
+def components(linked: np.ndarray) -> np.ndarray:
+    """Component label of each node of a boolean adjacency matrix (union-find, as retrieval.duplicates)."""
+    parent = list(range(len(linked)))
+
+    def root(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in zip(*np.nonzero(np.triu(linked, 1))):
+        ra, rb = root(int(a)), root(int(b))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([root(i) for i in range(len(linked))])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--families", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="bench-out/dupes.json")
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "photos"
+        folder.mkdir()
+        family, distinct, copies = build_set(folder, args.families, args.seed)
+        print(f"{distinct} distinct pictures, {args.families} with 5 altered copies each ({copies} copies)", file=sys.stderr)
+        started = time.perf_counter()
+        build_index([folder], index=str(Path(tmp) / "idx"), model=args.model)
+        index_s = time.perf_counter() - started
+        store = IndexStore.open(str(Path(tmp) / "idx"))
+        rows = store.catalog.rows_by_id("images", list(range(1, len(family) + 10)))
+        ids, vectors = zip(*((i, v) for chunk_ids, chunk in store.catalog.image_vectors() for i, v in zip(chunk_ids, chunk)))
+        vectors = np.stack(vectors)
+        names = [Path(rows[int(i)]["path"]).name for i in ids]
+        fam = np.array([family[n] for n in names])
+        same = fam[:, None] == fam[None, :]
+        # Quarters of one photo are distinct pictures, but of one scene: false pairs among them
+        # are counted apart from false pairs of unrelated photos.
+        source = np.array([f.rsplit("-q", 1)[0] for f in fam])
+        siblings = (source[:, None] == source[None, :]) & ~same
+        sims = vectors @ vectors.T
+        results = []
+        for t in THRESHOLDS:
+            linked = sims >= t
+            tp, fp, pos = pair_counts(same, linked)
+            labels = components(linked)
+            gtp, gfp, _ = pair_counts(same, labels[:, None] == labels[None, :])
+            row = {
+                "threshold": t,
+                "pairs_precision": round(tp / max(tp + fp, 1), 4), "pairs_recall": round(tp / pos, 4),
+                "false_pairs": fp, "false_pairs_same_scene": int(np.triu(linked & siblings, 1).sum()),
+                "groups_precision": round(gtp / max(gtp + gfp, 1), 4), "groups_recall": round(gtp / pos, 4),
+                "groups_false_pairs": gfp,
+            }
+            results.append(row)
+            print(json.dumps(row), file=sys.stderr)
+        by_kind = {}
+        for kind in ("resized", "jpeg30", "cropped", "rotated", "colour"):
+            picks = [k for k, n in enumerate(names) if n.endswith(f"~{kind}.jpg")]
+            originals = [names.index(n.split("~")[0] + ".jpg") for n in (names[k] for k in picks)]
+            s = sims[picks, originals]
+            by_kind[kind] = {
+                "p10": round(float(np.percentile(s, 10)), 4), "median": round(float(np.median(s)), 4),
+                "found_at_default": round(float((s >= DEFAULT_THRESHOLD).mean()), 3),
+            }
+        negatives = sims[np.triu(~same, 1)]
+        started = time.perf_counter()
+        groups = find_duplicates(store, DEFAULT_THRESHOLD)
+        dupes_s = time.perf_counter() - started
+        store.close()
+    report = {
+        "date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_average_1min_start": load, "load_average_1min_end": os.getloadavg()[0],
+        "model": args.model, "distinct_pictures": distinct, "families": args.families, "copies": copies,
+        "images": len(family), "positive_pairs": int(np.triu(same, 1).sum()),
+        "negative_pairs": int(negatives.size),
+        "highest_negative_similarity": round(float(negatives.max()), 4),
+        "negatives_above": {str(t): int((negatives >= t).sum()) for t in THRESHOLDS},
+        "copy_similarity_to_original": by_kind,
+        "thresholds": results,
+        "default_threshold": DEFAULT_THRESHOLD, "groups_at_default": len(groups),
+        "index_seconds": round(index_s, 1), "find_duplicates_seconds": round(dupes_s, 3),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Filtered search: each filter alone and combined against a brute-force filter-then-rank, the
+three execution paths agreeing, empty results explained, bad values refused, and old indexes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import make_image
+from PIL import Image
+from test_exif import tagged
+
+from retrieval import filters as filtered
+from retrieval import index as faiss_index
+from retrieval import indexer
+from retrieval.cli import main
+from retrieval.filters import FilterError, Filters
+from retrieval.store import IndexStore
+
+CAMERAS = [("Canon", "Canon EOS R5"), ("NIKON CORPORATION", "NIKON D750"), ("Apple", "iPhone 12"), (None, None)]
+PLACES = [(48.8584, 2.2945), (48.8606, 2.3376), (35.6586, 139.7454), None]  # Eiffel tower, Louvre, Tokyo tower
+
+
+def _library(folder: Path) -> None:
+    """60 pictures in 3 folders with dates over four years, four cameras, three places and several sizes."""
+    for i in range(60):
+        size = [(64, 48), (128, 96), (96, 64)][i % 3]
+        path = make_image(folder / f"f{i % 3}" / f"img{i:02d}.png", seed=100 + i, size=size)
+        make, model = CAMERAS[i % 4]
+        place = PLACES[(i // 4) % 4]
+        year, month = 2021 + i % 4, 1 + (i * 5) % 12
+        with Image.open(path) as im:
+            data = tagged(
+                im.convert("RGB"), make=make, model=model,
+                taken=None if i % 10 == 9 else f"{year}:{month:02d}:{1 + i % 28:02d} {i % 24:02d}:30:00",
+                lat=place[0] if place else None, lon=place[1] if place else None,
+                orientation=6 if i % 7 == 0 else 1, fmt="PNG",
+            )
+        path.write_bytes(data)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    from conftest import ColorAligner
+
+    root = tmp_path_factory.mktemp("lib")
+    _library(root / "photos")
+    store = IndexStore.open(root / "idx", create=True)
+    indexer.run(store, ColorAligner(), [root / "photos"])
+    yield store, root / "photos", ColorAligner()
+    store.close()
+
+
+def brute_force(store: IndexStore, query: np.ndarray, k: int, f: dict) -> list[int]:
+    """Filter then rank, in plain Python over every catalog row: the reference for exactness."""
+    rows = list(store.catalog.db.query("SELECT * FROM images"))
+    vecs = {}
+    for ids, chunk in store.catalog.image_vectors():
+        vecs.update(zip(ids.tolist(), chunk))
+
+    def passes(r) -> bool:
+        turned = r["orientation"] in (5, 6, 7, 8)
+        width, height = (r["height"], r["width"]) if turned else (r["width"], r["height"])
+        if "after" in f and not r["taken"] >= f["after"]:
+            return False
+        if "before" in f and not r["taken"] < f["before"]:
+            return False
+        if "folders" in f and not any(Path(r["path"]).is_relative_to(d) for d in f["folders"]):
+            return False
+        if "camera" in f and f["camera"].lower() not in f"{r['camera_make'] or ''}\n{r['camera_model'] or ''}".lower():
+            return False
+        if "near" in f:
+            lat, lon, km = f["near"]
+            if r["lat"] is None or _km(lat, lon, r["lat"], r["lon"]) > km:
+                return False
+        if "min_width" in f and width < f["min_width"]:
+            return False
+        return "min_height" not in f or height >= f["min_height"]
+
+    scored = sorted((-float(vecs[r["id"]] @ query), r["id"]) for r in rows if passes(r))
+    return [i for _, i in scored[:k]]
+
+
+def _km(lat1, lon1, lat2, lon2) -> float:
+    p1, p2, dl = math.radians(lat1), math.radians(lat2), math.radians(lon2 - lon1)
+    cos = math.sin(p1) * math.sin(p2) + math.cos(p1) * math.cos(p2) * math.cos(dl)
+    return 6371.0088 * math.acos(max(-1.0, min(1.0, cos)))
+
+
+def engine(store: IndexStore, query: np.ndarray, k: int, filters: Filters, plan=None) -> list[int]:
+    catalog = store.catalog
+    with catalog.snapshot():
+        index = faiss_index.read(store.faiss_path("images", catalog.generation))
+        _, ids = filtered.search(catalog, index, query[None], k, filters, factory=catalog.get_meta("index_factory"), plan=plan)
+    return [int(i) for i in ids[0] if i >= 0]
+
+
+def _cases(photos: Path) -> dict[str, dict]:
+    return {
+        "after": {"after": "2023-01-01"},
+        "before": {"before": "2022-06-15T12:00"},
+        "summer": {"after": "2022-06-01", "before": "2022-09-01"},
+        "folder": {"folders": [str(photos / "f1")]},
+        "two folders": {"folders": [str(photos / "f0"), str(photos / "f2")]},
+        "camera": {"camera": "nikon"},
+        "camera model": {"camera": "iphone"},
+        "near paris": {"near": (48.8566, 2.3522, 10)},
+        "near tokyo": {"near": (35.68, 139.76, 5)},
+        "min width": {"min_width": 90},
+        "min height": {"min_height": 90},
+        "combined": {"after": "2021-06-01", "camera": "canon", "near": (48.86, 2.3, 20), "min_width": 60},
+        "combined folder": {"folders": [str(photos / "f1")], "before": "2024-01-01", "min_height": 60},
+    }
+
+
+def _filters(case: dict) -> Filters:
+    return Filters.parse(**case)
+
+
+def _reference_args(case: dict) -> dict:
+    f = _filters(case)
+    out = {k: v for k, v in {"after": f.after, "before": f.before, "camera": f.camera, "near": f.near,
+                             "min_width": f.min_width, "min_height": f.min_height}.items() if v is not None}
+    if f.folders:
+        out["folders"] = [Path(p) for p in f.folders]
+    return out
+
+
+@pytest.mark.parametrize("name", list(_cases(Path("/x")).keys()))
+def test_each_filter_matches_brute_force(library, name):
+    store, photos, aligner = library
+    case = _cases(photos)[name]
+    rng = np.random.default_rng(len(name))
+    for _ in range(3):
+        query = rng.normal(size=aligner.dim).astype(np.float32)
+        query /= np.linalg.norm(query)
+        want = brute_force(store, query, 7, _reference_args(case))
+        assert want, f"the test library should have images passing {name}"
+        assert engine(store, query, 7, _filters(case)) == want
+
+
+@pytest.mark.parametrize("name", ["after", "folder", "camera", "near paris", "combined"])
+def test_execution_paths_agree(library, name):
+    """Scoring the passing images exactly, searching the index restricted to them, and over-fetching
+    candidates then checking them give the same ranking."""
+    store, photos, aligner = library
+    filters = _filters(_cases(photos)[name])
+    query = np.random.default_rng(7).normal(size=aligner.dim).astype(np.float32)
+    query /= np.linalg.norm(query)
+    got = {}
+    for chosen, plan in {
+        "exact": filtered.Plan(exact_max=10_000, restrict_max=10_000, sample=10),
+        "restrict": filtered.Plan(exact_max=0, restrict_max=10_000, sample=10),
+        "overfetch": filtered.Plan(exact_max=0, restrict_max=0, sample=10),
+    }.items():
+        got[chosen] = engine(store, query, 5, filters, plan)
+        assert plan.chosen == chosen
+    assert got["exact"] == got["restrict"] == got["overfetch"]
+    assert got["exact"] == brute_force(store, query, 5, _reference_args(_cases(photos)[name]))
+
+
+def test_nothing_passes_says_which_filter(library):
+    store, _, _ = library
+    query = np.ones(48, np.float32) / math.sqrt(48)
+    for case, named in [
+        ({"camera": "leica"}, "--camera 'leica'"),
+        ({"after": "2030-01-01"}, "--after 2030-01-01"),
+        ({"near": "-33.86,151.21,50"}, "--near -33.86"),
+    ]:
+        f = Filters.parse(**case)
+        assert engine(store, query, 5, f) == []
+        why = filtered.why_empty(store.catalog, f)
+        assert why.startswith("no image passes " + named)
+    # Canon photos are dated 2021 in the test library, 2024 ones come from other cameras.
+    together = Filters.parse(camera="canon", after="2024-01-01")
+    assert engine(store, query, 5, together) == []
+    assert filtered.why_empty(store.catalog, together).endswith("together (each passes some on its own)")
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"after": "last summer"}, "--after 'last summer' is not a date"),
+    ({"after": "2023-09-01", "before": "2023-06-01"}, "is not earlier than --before"),
+    ({"near": "48.8,2.3"}, "give LAT,LON,KM"),
+    ({"near": "95,2.3,5"}, "latitude must be within"),
+    ({"near": "48.8,2.3,-1"}, "positive number of kilometres"),
+    ({"min_width": "wide"}, "is not a whole number"),
+    ({"min_height": 0}, "must be at least 1"),
+])
+def test_bad_values_are_one_line_errors(args, message):
+    with pytest.raises(FilterError, match=message) as caught:
+        Filters.parse(**args)
+    assert "\n" not in str(caught.value)
+
+
+def test_cli_bad_filter_and_empty_result(library, monkeypatch):
+    store, photos, aligner = library
+    runner = CliRunner()
+    bad = runner.invoke(main, ["search", "x", "--index", str(store.folder), "--near", "nowhere"])
+    assert bad.exit_code != 0
+    assert "Error: --near 'nowhere'" in bad.output and "Traceback" not in bad.output
+    import retrieval.aligners as aligners
+
+    monkeypatch.setattr(aligners, "load_aligner", lambda *args, **kwargs: aligner)
+    monkeypatch.setattr(IndexStore, "refuse_other_early", lambda *args, **kwargs: None)
+    empty = runner.invoke(main, ["search", "x", "--index", str(store.folder), "--camera", "hasselblad"])
+    assert empty.exit_code == 0, empty.output
+    assert "no results: no image passes --camera 'hasselblad'" in empty.output
+    found = runner.invoke(main, ["search", "x", "--index", str(store.folder), "--camera", "nikon", "--json", "-k", "3"])
+    import json
+
+    data = json.loads(found.output)
+    assert data["query"]["camera"] == "nikon" and len(data["results"]) == 3
+
+
+def _downgrade_to_schema_1(store: IndexStore) -> None:
+    """Turn a catalog into what the code before photo metadata wrote (schema 1)."""
+    from retrieval.catalog import PHOTO_COLUMNS
+
+    conn = store.catalog.db.conn
+    conn.execute("DROP INDEX images_taken")
+    conn.execute("DROP INDEX images_lat")
+    for column in PHOTO_COLUMNS:
+        conn.execute(f"ALTER TABLE images DROP COLUMN {column}")
+    store.catalog.set_meta(schema_version=1)
+
+
+def test_old_index_gains_metadata_without_encoding(tmp_path, color_aligner):
+    from conftest import ColorAligner
+
+    photos = tmp_path / "photos"
+    _library(photos)
+    store = IndexStore.open(tmp_path / "idx", create=True)
+    indexer.run(store, color_aligner, [photos])
+    _downgrade_to_schema_1(store)
+    columns = {r[1] for r in store.catalog.db.execute("PRAGMA table_info(images)")}
+    assert "taken" not in columns and store.catalog.schema_version == 1
+    generation = store.catalog.generation
+    query = np.ones(48, np.float32) / math.sqrt(48)
+    # A reader of the old catalog: plain searches work, a metadata filter says what to do.
+    from retrieval.query import search_vectors
+
+    assert len(search_vectors(store, query[None], 5)[0]) == 5
+    assert engine(store, query, 5, Filters.parse(min_width=90))  # sizes predate the metadata
+    with pytest.raises(FilterError, match="run `retrieval index"):
+        engine(store, query, 5, Filters.parse(camera="canon"))
+    from retrieval.filters import photo_counts
+
+    assert photo_counts(store.catalog) == {"with_date": None, "with_place": None, "with_camera": None}
+
+    fresh = ColorAligner()
+    summary = indexer.run(store, fresh, [photos])
+    assert fresh.calls == 0 and summary.encoded == 0  # metadata only: nothing decoded for the model
+    assert summary.added == summary.removed == 0
+    assert store.catalog.schema_version == 2 and store.catalog.generation == generation + 1
+    counts = photo_counts(store.catalog)
+    assert counts == {
+        "with_date": sum(i % 10 != 9 for i in range(60)),
+        "with_place": sum(PLACES[(i // 4) % 4] is not None for i in range(60)),
+        "with_camera": sum(CAMERAS[i % 4][0] is not None for i in range(60)),
+    }
+    want = brute_force(store, query, 5, {"camera": "canon"})
+    assert engine(store, query, 5, Filters.parse(camera="canon")) == want
+    # A second run finds nothing to do.
+    again = indexer.run(store, fresh, [photos])
+    assert again.generation == store.catalog.generation == generation + 1
+    store.close()
