@@ -167,6 +167,7 @@ def test_original_file_and_meta(api):
     original = api.get(f"/api/image/{cat}")
     assert original.status_code == 200 and original.headers["content-type"] == "image/png"
     assert original.content == (photos / "chelsea.png").read_bytes()
+    assert api.get(f"/api/image/{cat}", headers={"if-none-match": original.headers["etag"]}).status_code == 304
     meta = api.get(f"/api/image/{cat}/meta").json()
     assert meta["path"] == "chelsea.png" and meta["size"] == len(original.content)
     assert meta["url"] == f"/api/image/{cat}?index=idx"
@@ -253,3 +254,25 @@ def test_a_new_generation_is_picked_up_and_never_seen_half_published(tmp_path):
     assert errors == [] and len(seen) > 3
     assert set(seen) <= {frozenset(before), frozenset(after)}
     assert api.get("/api/indexes").json()["indexes"][0]["generation"] == 2
+
+
+def test_engine_thread_batches_under_load_and_never_delays_a_lone_query():
+    import time
+
+    from retrieval.server.batcher import EngineThread
+
+    engine = EngineThread(window_ms=400)
+    try:
+        started = time.monotonic()
+        assert engine.batched("k", 7, lambda key, payloads: [p * 2 for p in payloads]).result(5) == 14
+        assert time.monotonic() - started < 0.3  # no window waited with nobody else around
+        gate = engine.call(lambda: time.sleep(0.2))  # the thread is busy while the queries queue up
+        futures = [engine.batched("k", i, lambda key, payloads: [p * 2 for p in payloads]) for i in range(10)]
+        gate.result(5)
+        assert [f.result(5) for f in futures] == [2 * i for i in range(10)]
+        assert engine.batch_sizes[-1] == 10
+        failing = engine.batched("k", 1, lambda key, payloads: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            failing.result(5)
+    finally:
+        engine.close()

@@ -7,8 +7,9 @@ hand work over as jobs and await a future.
 Micro-batching: plain text queries that arrive within ``window`` seconds of each other
 (up to ``max_batch``) are answered together, with one aligner call that encodes all
 their texts and one FAISS call that searches all their vectors. Under load this turns a
-queue of single queries into a few batched ones; with the window at 0 every job runs alone
-(scripts/bench_server.py compares both).
+queue of single queries into a few batched ones. The window is waited only under load
+(queries already queued, or the previous batch shared), so a lone client's query is not
+delayed; with the window at 0 every job runs alone (scripts/bench_server.py compares both).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class EngineThread:
         self.window = max(0.0, window_ms) / 1000.0
         self.max_batch = max_batch
         self._jobs: queue.Queue[Job | None] = queue.Queue()
+        #: Whether the last batch answered more than one query (then the next one waits for company).
+        self._shared = False
         self._thread = threading.Thread(target=self._loop, name="retrieval-engine", daemon=True)
         self._thread.start()
         #: Sizes of the batches run so far (for tests and the benchmark).
@@ -76,14 +79,18 @@ class EngineThread:
             if job.batch_fn is None or self.window == 0:
                 self._run([job])
                 continue
-            jobs, stop = self._gather(job)
+            # Wait for company only under load (jobs queued now, or the last batch was shared): a
+            # lone client never pays the window.
+            window = self.window if (self._shared or not self._jobs.empty()) else 0.0
+            jobs, stop = self._gather(job, window)
+            self._shared = len(jobs) > 1
             self._run(jobs)
             if stop:
                 return
 
-    def _gather(self, first: Job) -> tuple[list[Job], bool]:
-        """The first job plus whatever arrives within the window (or until the batch is full)."""
-        jobs, deadline = [first], time.monotonic() + self.window
+    def _gather(self, first: Job, window: float) -> tuple[list[Job], bool]:
+        """The first job plus whatever arrives within `window` seconds (or until the batch is full)."""
+        jobs, deadline = [first], time.monotonic() + window
         while len(jobs) < self.max_batch:
             left = deadline - time.monotonic()
             try:
