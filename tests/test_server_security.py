@@ -231,3 +231,19 @@ def test_no_endpoint_changes_the_index(setup):
     for method in ("PUT", "DELETE", "PATCH"):
         response = api.request(method, "/api/search")
         assert response.status_code == 405 and "error" in response.json()
+
+
+def test_serve_mistakes_are_one_line_messages(tmp_path):
+    from click.testing import CliRunner
+
+    from retrieval.cli import main
+
+    index, _ = color_index(tmp_path)
+    for args, message in [
+        (["--index", str(tmp_path / "nope")], "no index at"),
+        (["--index", str(index), "--index", str(index)], "two indexes would be served as 'cidx'"),
+        (["--index", str(index), "--port", "70000"], "70000"),
+    ]:
+        result = CliRunner().invoke(main, ["serve", *args])
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert "Traceback" not in result.output
