@@ -231,9 +231,11 @@ class Library:
     def info(self, index: str | None) -> dict:
         served = self.get(index)
         data = served.index.info()
-        if not self.absolute_paths:
-            data["index"] = served.name
-        return data
+        if self.absolute_paths:
+            return data
+        # The index folder's location is the server's business: every mention becomes the served name.
+        folder = str(served.folder)
+        return {k: v.replace(folder, served.name) if isinstance(v, str) else v for k, v in data.items()}
 
     def summaries(self) -> list[dict]:
         return [s.summary() for s in self.indexes.values()]
