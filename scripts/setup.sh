@@ -52,13 +52,16 @@ fi
 want=()
 ls /usr/share/backgrounds/*_by_*.jpg >/dev/null 2>&1 || want+=(lomiri-wallpapers-16.04)
 [ -d /usr/share/datasets/fashion-mnist ] || want+=(dataset-fashion-mnist)
+# The page's browser test (tests/test_page.py) drives Debian's Chromium with playwright, whose
+# own browser download is not reachable.
+[ -n "$testing" ] && ! command -v chromium >/dev/null && want+=(chromium)
 if [ ${#want[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${want[*]} (apt)" >&2
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${want[@]}") >/dev/null 2>&1 \
-      || echo "note: apt could not install ${want[*]}; the demo and fashion-mnist need them" >&2
+      || echo "note: apt could not install ${want[*]}; the demo, fashion-mnist and the page test need them" >&2
   else
-    echo "note: install ${want[*]} with apt-get (as root) for the full demo and fashion-mnist" >&2
+    echo "note: install ${want[*]} with apt-get (as root) for the full demo, fashion-mnist and the page test" >&2
   fi
 fi
 echo "ready: .venv/bin/retrieval" >&2

@@ -1,0 +1,702 @@
+// The search page: plain JavaScript against the JSON API, no build step.
+// The whole query lives in the URL (except an uploaded image, which never leaves memory
+// but for the upload itself), so a search can be shared and reloaded. Every piece of text
+// that comes from the server or the user goes into the DOM through textContent, never HTML.
+
+const PAGE = 36;
+const FILTERS = ["after", "before", "folder", "camera"];
+const $ = (id) => document.getElementById(id);
+
+const el = {
+  form: $("search"), q: $("q"), file: $("file"), indexPicker: $("index-picker"), index: $("index"),
+  not: $("not"), weight: $("weight"), weightOut: $("weight-out"), weightField: $("weight-field"),
+  filters: $("filters"), status: $("status"), message: $("message"), grid: $("results"),
+  captions: $("captions"), more: $("more"), drop: $("drop"), login: $("login"),
+  loginForm: $("login-form"), token: $("token"), loginError: $("login-error"),
+  example: $("example"), exampleImg: $("example-img"), exampleLabel: $("example-label"),
+  exampleClear: $("example-clear"), viewer: $("viewer"), viewerImg: $("viewer-img"),
+  viewerName: $("viewer-name"), viewerPath: $("viewer-path"), viewerSize: $("viewer-size"),
+  viewerScore: $("viewer-score"), viewerRank: $("viewer-rank"), viewerLike: $("viewer-like"),
+  viewerCaptions: $("viewer-captions"), viewerOpen: $("viewer-open"), viewerClose: $("viewer-close"),
+  viewerPrev: $("viewer-prev"), viewerNext: $("viewer-next"),
+};
+
+// What is being searched; mirrored in the URL.
+const state = { index: "", q: "", like: [], not: [], target: "images", weight: 0.5, k: PAGE, filters: {} };
+// An uploaded example image: { file, url } (url is a blob: URL for the chip).
+let upload = null;
+let indexes = [];
+// The running result list: one per search, replaced as a whole when the query changes.
+let run = { seq: 0, items: [], ids: new Set(), next: null, loading: false, error: null };
+let viewerAt = -1;
+const knownPaths = new Map(); // image id -> path, to label the example chip
+let supported = []; // the filters this server's search accepts
+
+class AuthNeeded extends Error {}
+
+// ---------- URL <-> state ----------
+
+function readURL() {
+  const p = new URLSearchParams(location.search);
+  state.index = p.get("index") || "";
+  state.q = p.get("q") || "";
+  state.like = p.getAll("like").flatMap(splitList).filter((v) => /^\d+$/.test(v));
+  state.not = p.getAll("not").flatMap(splitList);
+  state.target = p.get("target") === "texts" ? "texts" : "images";
+  const w = parseFloat(p.get("weight"));
+  state.weight = Number.isFinite(w) && w >= 0 && w <= 1 ? w : 0.5;
+  const k = parseInt(p.get("k"), 10);
+  state.k = k >= 1 && k <= 200 ? k : PAGE;
+  state.filters = {};
+  for (const name of FILTERS) {
+    const v = (p.get(name) || "").trim();
+    if (v) state.filters[name] = v;
+  }
+}
+
+function splitList(value) {
+  return value.split(",").map((s) => s.trim()).filter(Boolean);
+}
+
+function stateParams({ forApi }) {
+  const p = new URLSearchParams();
+  if (state.index && (forApi || indexes.length > 1)) p.set("index", state.index);
+  if (state.q) p.set("q", state.q);
+  for (const id of state.like) p.append("like", id);
+  for (const n of state.not) p.append("not", n);
+  if (state.target !== "images") p.set("target", state.target);
+  const fused = state.q && (state.like.length || upload);
+  if (fused && (forApi || state.weight !== 0.5)) p.set("weight", String(state.weight));
+  if (state.k !== PAGE || forApi) p.set("k", String(state.k));
+  for (const [name, v] of Object.entries(state.filters)) p.set(name, v);
+  return p;
+}
+
+function writeURL(push) {
+  const qs = stateParams({ forApi: false }).toString();
+  const url = location.pathname + (qs ? "?" + qs : "");
+  if (url === location.pathname + location.search) return;
+  history[push ? "pushState" : "replaceState"](null, "", url);
+}
+
+// Put the state into the controls (after a load or a back/forward step).
+function syncControls() {
+  el.q.value = state.q;
+  el.not.value = state.not.join(", ");
+  el.weight.value = String(state.weight);
+  for (const radio of document.querySelectorAll('input[name="target"]')) radio.checked = radio.value === state.target;
+  for (const name of FILTERS) $("f-" + name).value = state.filters[name] || "";
+  if (Object.keys(state.filters).length) el.filters.open = true;
+  if (state.index && [...el.index.options].some((o) => o.value === state.index)) el.index.value = state.index;
+  updateControls();
+}
+
+function updateControls() {
+  const fused = Boolean(state.q && (state.like.length || upload));
+  el.weightField.classList.toggle("inactive", !fused);
+  el.weight.disabled = !fused;
+  el.weightOut.textContent = `${Math.round(state.weight * 100)}%`;
+  el.filters.classList.toggle("active", Object.keys(state.filters).length > 0);
+  renderExample();
+}
+
+// ---------- the API ----------
+
+async function api(path, options = {}) {
+  let response;
+  try {
+    response = await fetch(path, { credentials: "same-origin", ...options });
+  } catch {
+    throw new Error("the server did not answer; is `retrieval serve` still running?");
+  }
+  if (response.status === 401) throw new AuthNeeded();
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    body = null;
+  }
+  if (!response.ok) {
+    const text = body && typeof body.error === "string" ? body.error : `${response.status} ${response.statusText}`;
+    throw new Error(text);
+  }
+  return body;
+}
+
+function searchRequest(offset) {
+  const params = stateParams({ forApi: true });
+  params.set("offset", String(offset));
+  if (!upload) return api("api/search?" + params.toString());
+  const form = new FormData();
+  form.append("file", upload.file, upload.file.name || "image");
+  for (const [key, value] of params) form.append(key, value);
+  return api("api/search/upload", { method: "POST", body: form });
+}
+
+function currentIndex() {
+  return indexes.find((i) => i.name === state.index) || indexes[0] || null;
+}
+
+async function loadIndexes() {
+  const body = await api("api/indexes");
+  indexes = body.indexes || [];
+  el.index.replaceChildren(
+    ...indexes.map((i) => {
+      const option = document.createElement("option");
+      option.value = i.name;
+      option.textContent = `${i.name} · ${formatCount(i.images, "photo")}`;
+      return option;
+    }),
+  );
+  el.indexPicker.hidden = indexes.length < 2;
+  if (!indexes.some((i) => i.name === state.index)) state.index = indexes.length ? indexes[0].name : "";
+  el.index.value = state.index;
+}
+
+// ---------- searching ----------
+
+function hasQuery() {
+  return Boolean(state.q || state.like.length || upload);
+}
+
+async function search({ push = false } = {}) {
+  writeURL(push);
+  updateControls();
+  closeViewer();
+  const seq = ++run.seq;
+  run = { seq, items: [], ids: new Set(), next: null, loading: false, error: null };
+  setBusy(false);
+  el.grid.replaceChildren();
+  el.captions.replaceChildren();
+  el.grid.hidden = state.target !== "images";
+  el.captions.hidden = state.target !== "texts";
+  showMessage(null);
+
+  const index = currentIndex();
+  if (!index) return showMessage("info", "No index is served", "Start the server with: retrieval serve --index NAME");
+  if (!index.images && !index.captions) {
+    setStatus([]);
+    return showMessage(
+      "info", `The index “${index.name}” is empty`,
+      `Add photos to it with: retrieval index FOLDER --index ${index.name}`,
+    );
+  }
+  if (state.target === "texts" && !index.captions) {
+    setStatus([]);
+    return showMessage(
+      "info", `The index “${index.name}” has no captions`,
+      `Add a caption corpus with: retrieval index --captions FILE --index ${index.name}`,
+    );
+  }
+  if (!hasQuery()) {
+    setStatus([]);
+    if (state.target === "texts") {
+      return showMessage(
+        "info", "Find captions for a photo",
+        "Open a result and choose “Captions for this photo”, drop an image here, or type words.",
+      );
+    }
+    return showMessage(
+      "info", `Search ${formatCount(index.images, "photo")} in “${index.name}”`,
+      "Describe what you are looking for, or drop a photo anywhere on the page to find similar ones.",
+    );
+  }
+  await loadMore();
+}
+
+async function loadMore() {
+  const seq = run.seq;
+  if (run.loading || run.error || (run.items.length && run.next === null)) return;
+  run.loading = true;
+  setBusy(true);
+  setStatus(["Searching…"]);
+  try {
+    const body = await searchRequest(run.next ?? 0);
+    if (seq !== run.seq) return; // a newer search replaced this one
+    const fresh = (body.results || []).filter((r) => !run.ids.has(r.id));
+    for (const r of fresh) {
+      run.ids.add(r.id);
+      if (r.path) knownPaths.set(r.id, r.path);
+    }
+    const start = run.items.length;
+    run.items.push(...fresh);
+    run.next = body.next_offset ?? null;
+    if (state.target === "images") appendCards(fresh, start);
+    else appendCaptions(fresh, start);
+    describeResults();
+  } catch (error) {
+    if (seq !== run.seq) return;
+    run.error = error;
+    if (error instanceof AuthNeeded) return showLogin();
+    setStatus([]);
+    showMessage("error", "The search failed", error.message);
+  } finally {
+    if (seq === run.seq) {
+      run.loading = false;
+      setBusy(false);
+    }
+  }
+  // A short first page can leave the sentinel on screen: the observer will not fire again.
+  if (seq === run.seq && run.next !== null && nearBottom()) loadMore();
+}
+
+// aria-busy tells assistive technology (and the browser test) that results are still arriving.
+function setBusy(busy) {
+  el.more.classList.toggle("loading", busy);
+  for (const list of [el.grid, el.captions]) list.setAttribute("aria-busy", String(busy));
+}
+
+function nearBottom() {
+  return el.more.getBoundingClientRect().top < window.innerHeight + 600;
+}
+
+function describeResults() {
+  const n = run.items.length;
+  if (!n) {
+    setStatus([]);
+    const filtered = Object.keys(state.filters).length > 0;
+    return showMessage(
+      "info", "Nothing matched",
+      filtered ? "Try removing some filters." : "Try other words, or another example image.",
+    );
+  }
+  const noun = state.target === "texts" ? "caption" : "photo";
+  const parts = [strong(formatCount(n, noun) + (run.next !== null ? "+" : ""))];
+  if (state.q) parts.push(" for ", strong(`“${state.q}”`));
+  if (state.like.length || upload) parts.push(state.q ? " and the example image" : " like the example image");
+  if (state.not.length) parts.push(", not ", strong(state.not.join(", ")));
+  const index = currentIndex();
+  if (index && indexes.length > 1) parts.push(` in ${index.name}`);
+  setStatus(parts);
+}
+
+function strong(text) {
+  const b = document.createElement("strong");
+  b.textContent = text;
+  return b;
+}
+
+function setStatus(parts) {
+  el.status.replaceChildren(...parts);
+}
+
+function showMessage(kind, title, detail) {
+  if (!kind) {
+    el.message.hidden = true;
+    el.message.replaceChildren();
+    return;
+  }
+  const h = document.createElement("h2");
+  h.textContent = title;
+  const p = document.createElement("p");
+  p.textContent = detail;
+  el.message.replaceChildren(h, p);
+  el.message.className = "message " + kind;
+  el.message.setAttribute("role", kind === "error" ? "alert" : "status");
+  el.message.hidden = false;
+}
+
+// ---------- rendering ----------
+
+function thumbURL(r, size) {
+  const url = new URL(r.thumb || `api/thumb/${r.id}`, location.href);
+  url.searchParams.set("size", String(size));
+  if (!url.searchParams.has("index") && state.index) url.searchParams.set("index", state.index);
+  return url.pathname + url.search;
+}
+
+function imageURL(r) {
+  if (r.url) return r.url;
+  return `api/image/${r.id}?index=${encodeURIComponent(state.index)}`;
+}
+
+function baseName(path) {
+  return (path || "").split(/[\\/]/).pop() || "";
+}
+
+function appendCards(results, start) {
+  const cards = results.map((r, i) => {
+    const a = document.createElement("a");
+    a.className = "card";
+    a.href = imageURL(r);
+    a.dataset.pos = String(start + i);
+    a.dataset.id = String(r.id);
+    a.style.animationDelay = `${Math.min(i, 12) * 18}ms`;
+    // Very wide or tall photos are cropped a little so one of them cannot take a whole row.
+    const ratio = r.width > 0 && r.height > 0 ? r.width / r.height : 1;
+    a.style.setProperty("--ar", Math.min(2.4, Math.max(0.6, ratio)).toFixed(3));
+    const img = document.createElement("img");
+    img.loading = "lazy";
+    img.decoding = "async";
+    img.alt = `${baseName(r.path) || "photo " + r.id}, score ${r.score.toFixed(3)}`;
+    img.addEventListener("load", () => img.classList.add("loaded"), { once: true });
+    img.addEventListener("error", () => img.classList.add("broken"), { once: true });
+    img.srcset = `${thumbURL(r, 256)} 1x, ${thumbURL(r, 512)} 2x`;
+    img.src = thumbURL(r, 256);
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = r.score.toFixed(2);
+    score.setAttribute("aria-hidden", "true");
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = r.path || "";
+    name.setAttribute("aria-hidden", "true");
+    a.append(img, score, name);
+    return a;
+  });
+  el.grid.append(...cards);
+}
+
+function appendCaptions(results, start) {
+  const top = Math.max(run.items[0]?.score ?? 1, 1e-6);
+  const rows = results.map((r, i) => {
+    const li = document.createElement("li");
+    li.className = "caption";
+    li.dataset.pos = String(start + i);
+    li.dataset.id = String(r.id);
+    const rank = document.createElement("span");
+    rank.className = "rank";
+    rank.textContent = `#${r.rank}`;
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = r.text || "";
+    const meter = document.createElement("span");
+    meter.className = "meter";
+    meter.title = `score ${r.score.toFixed(4)}`;
+    const track = document.createElement("i");
+    const bar = document.createElement("b");
+    bar.style.width = `${Math.max(0, Math.min(1, r.score / top)) * 100}%`;
+    track.append(bar);
+    const value = document.createElement("span");
+    value.textContent = r.score.toFixed(3);
+    meter.append(track, value);
+    li.append(rank, text, meter);
+    return li;
+  });
+  el.captions.append(...rows);
+}
+
+function renderExample() {
+  if (upload) {
+    el.exampleImg.src = upload.url;
+    el.exampleLabel.textContent = upload.file.name ? `Example: ${upload.file.name}` : "Example image";
+  } else if (state.like.length) {
+    const id = Number(state.like[0]);
+    el.exampleImg.src = thumbURL({ id }, 128);
+    const path = knownPaths.get(id);
+    const more = state.like.length > 1 ? ` and ${state.like.length - 1} more` : "";
+    el.exampleLabel.textContent = `Like ${path ? baseName(path) : "photo #" + id}${more}`;
+  }
+  el.example.hidden = !(upload || state.like.length);
+}
+
+function formatCount(n, noun) {
+  const value = Number(n || 0);
+  return `${value.toLocaleString()} ${noun}${value === 1 ? "" : "s"}`;
+}
+
+function formatBytes(n) {
+  if (!Number.isFinite(n)) return "";
+  const units = ["bytes", "KB", "MB", "GB"];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) {
+    n /= 1000;
+    i += 1;
+  }
+  return i ? `${n.toFixed(n < 10 ? 1 : 0)} ${units[i]}` : `${n} bytes`;
+}
+
+// ---------- the viewer ----------
+
+async function openViewer(pos) {
+  const r = run.items[pos];
+  if (!r || state.target !== "images") return;
+  viewerAt = pos;
+  el.viewerImg.src = imageURL(r);
+  el.viewerImg.alt = baseName(r.path) || `photo ${r.id}`;
+  el.viewerName.textContent = baseName(r.path) || `Photo ${r.id}`;
+  el.viewerPath.textContent = r.path || "";
+  el.viewerScore.textContent = r.score.toFixed(4);
+  el.viewerRank.textContent = `${r.rank}`;
+  el.viewerSize.textContent = r.width && r.height ? `${r.width} × ${r.height}` : "";
+  el.viewerOpen.href = imageURL(r);
+  const captions = currentIndex()?.captions > 0;
+  el.viewerCaptions.disabled = !captions;
+  el.viewerCaptions.title = captions ? "" : "This index has no captions (retrieval index --captions FILE)";
+  el.viewerPrev.disabled = pos === 0;
+  el.viewerNext.disabled = pos >= run.items.length - 1 && run.next === null;
+  if (!el.viewer.open) el.viewer.showModal();
+  el.viewerLike.focus();
+  try {
+    const meta = await api(`api/image/${r.id}/meta?index=${encodeURIComponent(state.index)}`);
+    if (viewerAt !== pos) return;
+    const dims = meta.width && meta.height ? `${meta.width} × ${meta.height}` : el.viewerSize.textContent;
+    el.viewerSize.textContent = [dims, formatBytes(meta.size)].filter(Boolean).join(" · ");
+  } catch {
+    // The dimensions from the result are enough; the byte size is a bonus.
+  }
+}
+
+function closeViewer() {
+  if (el.viewer.open) el.viewer.close();
+}
+
+async function stepViewer(delta) {
+  const target = viewerAt + delta;
+  if (target < 0) return;
+  if (target >= run.items.length) {
+    if (run.next === null) return;
+    await loadMore();
+  }
+  if (target < run.items.length) {
+    openViewer(target);
+    el.grid.querySelector(`[data-pos="${target}"]`)?.scrollIntoView({ block: "nearest" });
+  }
+}
+
+function searchLike(target) {
+  const r = run.items[viewerAt];
+  if (!r) return;
+  dropUpload();
+  state.like = [String(r.id)];
+  state.q = "";
+  state.target = target;
+  syncControls();
+  search({ push: true });
+}
+
+// ---------- example images ----------
+
+function setUpload(file) {
+  if (!file) return;
+  if (file.type && !file.type.startsWith("image/")) {
+    showMessage("error", "That file is not an image", `${file.name} is ${file.type}; drop a JPEG, PNG or WebP photo.`);
+    return;
+  }
+  dropUpload();
+  upload = { file, url: URL.createObjectURL(file) };
+  state.like = [];
+  search({ push: true });
+}
+
+function dropUpload() {
+  if (upload) URL.revokeObjectURL(upload.url);
+  upload = null;
+  el.file.value = "";
+}
+
+// ---------- login ----------
+
+function showLogin() {
+  setStatus([]);
+  showMessage(null);
+  el.grid.replaceChildren();
+  el.captions.replaceChildren();
+  el.login.hidden = false;
+  el.token.focus();
+}
+
+async function login(event) {
+  event.preventDefault();
+  el.loginError.textContent = "";
+  try {
+    await api("api/login", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ token: el.token.value }),
+    });
+  } catch (error) {
+    el.loginError.textContent = error instanceof AuthNeeded ? "That token is not right." : error.message;
+    return;
+  }
+  el.token.value = "";
+  el.login.hidden = true;
+  start();
+}
+
+// ---------- events ----------
+
+function wire() {
+  // Enter in the box or in "not" searches with both, as typed.
+  el.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.q = el.q.value.trim();
+    state.not = splitList(el.not.value);
+    search({ push: true });
+  });
+  el.file.addEventListener("change", () => setUpload(el.file.files[0]));
+  el.index.addEventListener("change", () => {
+    state.index = el.index.value;
+    state.like = []; // ids belong to one index
+    search({ push: true });
+  });
+  for (const radio of document.querySelectorAll('input[name="target"]')) {
+    radio.addEventListener("change", () => {
+      state.target = radio.value;
+      search({ push: true });
+    });
+  }
+  el.not.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      el.form.requestSubmit();
+    }
+  });
+  el.weight.addEventListener("input", () => {
+    el.weightOut.textContent = `${Math.round(Number(el.weight.value) * 100)}%`;
+  });
+  el.weight.addEventListener("change", () => {
+    state.weight = Number(el.weight.value);
+    search({ push: false });
+  });
+  for (const name of FILTERS) {
+    $("f-" + name).addEventListener("change", (event) => {
+      const v = event.target.value.trim();
+      if (v) state.filters[name] = v;
+      else delete state.filters[name];
+      if (hasQuery()) search({ push: true });
+      else updateControls();
+    });
+  }
+  el.exampleClear.addEventListener("click", () => {
+    dropUpload();
+    state.like = [];
+    search({ push: true });
+    el.q.focus();
+  });
+
+  el.grid.addEventListener("click", (event) => {
+    const card = event.target.closest(".card");
+    if (!card || event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return;
+    event.preventDefault();
+    openViewer(Number(card.dataset.pos));
+  });
+  el.grid.addEventListener("keydown", gridKeys);
+
+  el.viewerClose.addEventListener("click", closeViewer);
+  el.viewerPrev.addEventListener("click", () => stepViewer(-1));
+  el.viewerNext.addEventListener("click", () => stepViewer(1));
+  el.viewerLike.addEventListener("click", () => searchLike("images"));
+  el.viewerCaptions.addEventListener("click", () => searchLike("texts"));
+  el.viewer.addEventListener("click", (event) => {
+    if (event.target === el.viewer) closeViewer(); // a click on the backdrop
+  });
+  el.viewer.addEventListener("close", () => {
+    el.grid.querySelector(`[data-pos="${viewerAt}"]`)?.focus({ preventScroll: false });
+    el.viewerImg.removeAttribute("src");
+  });
+  el.viewer.addEventListener("keydown", (event) => {
+    if (event.key === "ArrowLeft") stepViewer(-1);
+    else if (event.key === "ArrowRight") stepViewer(1);
+  });
+
+  el.loginForm.addEventListener("submit", login);
+
+  document.addEventListener("keydown", (event) => {
+    const typing = event.target.closest?.("input, textarea, select, [contenteditable]");
+    if (event.key === "/" && !typing && !el.viewer.open && !event.ctrlKey && !event.metaKey) {
+      event.preventDefault();
+      el.q.focus();
+      el.q.select();
+    }
+  });
+
+  // Dropping a file anywhere searches by it. The counter survives dragenter/leave of children.
+  let depth = 0;
+  const hasFiles = (event) => [...(event.dataTransfer?.types || [])].includes("Files");
+  window.addEventListener("dragenter", (event) => {
+    if (!hasFiles(event)) return;
+    depth += 1;
+    el.drop.hidden = false;
+  });
+  window.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (!depth) el.drop.hidden = true;
+  });
+  window.addEventListener("dragover", (event) => {
+    if (hasFiles(event)) event.preventDefault();
+  });
+  window.addEventListener("drop", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    depth = 0;
+    el.drop.hidden = true;
+    setUpload(event.dataTransfer.files[0]);
+  });
+
+  window.addEventListener("popstate", () => {
+    readURL();
+    dropUpload();
+    syncControls();
+    search({ push: false });
+  });
+
+  new IntersectionObserver((entries) => {
+    if (entries.some((e) => e.isIntersecting) && hasQuery()) loadMore();
+  }, { rootMargin: "600px 0px" }).observe(el.more);
+}
+
+// Arrow keys move between cards; up and down go to the nearest card of the row above or
+// below (rows hold different numbers of photos). Enter opens (the cards are links).
+function gridKeys(event) {
+  const card = event.target.closest(".card");
+  if (!card) return;
+  const cards = [...el.grid.querySelectorAll(".card")];
+  const pos = cards.indexOf(card);
+  let next;
+  if (event.key === "ArrowRight") next = cards[pos + 1];
+  else if (event.key === "ArrowLeft") next = cards[pos - 1];
+  else if (event.key === "Home") next = cards[0];
+  else if (event.key === "End") next = cards[cards.length - 1];
+  else if (event.key === "ArrowDown" || event.key === "ArrowUp") next = verticalNeighbour(cards, card, event.key === "ArrowDown");
+  else return;
+  event.preventDefault();
+  if (!next) return;
+  next.focus();
+  next.scrollIntoView({ block: "nearest" });
+  if (cards.indexOf(next) >= cards.length - 12 && run.next !== null) loadMore();
+}
+
+function verticalNeighbour(cards, card, down) {
+  const here = card.getBoundingClientRect();
+  const centre = here.left + here.width / 2;
+  const rows = cards
+    .map((c) => ({ c, box: c.getBoundingClientRect() }))
+    .filter(({ box }) => (down ? box.top > here.bottom - 2 : box.bottom < here.top + 2));
+  if (!rows.length) return null;
+  const rowTop = down ? Math.min(...rows.map((r) => r.box.top)) : Math.max(...rows.map((r) => r.box.top));
+  const row = rows.filter((r) => Math.abs(r.box.top - rowTop) < 2);
+  const distance = (r) => Math.abs(r.box.left + r.box.width / 2 - centre);
+  return row.reduce((best, r) => (distance(r) < distance(best) ? r : best)).c;
+}
+
+// Filters (after, before, folder, camera) appear only when the server's search accepts them,
+// so an older server never gets a field it would refuse.
+async function loadFilters() {
+  let names = [];
+  try {
+    const schema = await api("openapi.json");
+    names = (schema.paths?.["/api/search"]?.get?.parameters || []).map((p) => p.name);
+  } catch (error) {
+    if (error instanceof AuthNeeded) throw error;
+  }
+  supported = FILTERS.filter((name) => names.includes(name));
+  for (const name of FILTERS) $("f-" + name).closest("label").hidden = !supported.includes(name);
+  el.filters.hidden = supported.length === 0;
+  for (const name of Object.keys(state.filters)) if (!supported.includes(name)) delete state.filters[name];
+}
+
+async function start() {
+  try {
+    await Promise.all([loadIndexes(), loadFilters()]);
+  } catch (error) {
+    if (error instanceof AuthNeeded) return showLogin();
+    return showMessage("error", "The server did not list its indexes", error.message);
+  }
+  syncControls();
+  search({ push: false });
+}
+
+readURL();
+wire();
+start();

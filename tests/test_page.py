@@ -1,0 +1,324 @@
+"""The search page in a real browser: Debian's Chromium driven by playwright, against
+`retrieval serve` processes over a real index (real photos, the packaged `default` aligner,
+a caption corpus) and an empty one.
+
+Every check reads what a person would see: cards whose thumbnails decoded, the viewer, the
+caption list, the messages. The server's own answers (over HTTP) are the reference for
+order and error texts, so nothing here hard-codes a ranking the model could change, except
+where a photo is found by its own content (the cat for "a cat", an image for itself).
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from conftest import REAL_PHOTOS, skimage_photo
+from server_kit import GENERATED, ServerProcess, color_index, photo_index
+
+pytestmark = pytest.mark.slow  # the real default aligner, a browser and server processes
+
+CHROMIUM = shutil.which("chromium")
+TOTAL = GENERATED + len(REAL_PHOTOS)
+TIMEOUT_MS = 60_000  # generous: the test machines are shared and thumbnails are made on first request
+TOKEN = "page-test-token"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    # Module scope, not session: the sync API keeps an event loop of its own for as long as
+    # it runs, and later test modules call asyncio.run() in this same thread.
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (scripts/setup.sh --test installs it with apt as root)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def servers():
+    """One server with three indexes (the photos, an empty one, one without captions), one with a token."""
+    from retrieval.store import IndexStore
+
+    index, photos = photo_index()
+    scratch = Path(tempfile.mkdtemp(prefix="retrieval-page-"))
+    empty = scratch / "empty"
+    IndexStore.open(str(empty), create=True).close()
+    # No captions, and never searched here (its plumbing-only aligner is not loadable by the server).
+    uncaptioned, _ = color_index(scratch)
+    main = ServerProcess("--index", str(index), "--index", str(empty), "--index", str(uncaptioned))
+    locked = ServerProcess("--index", str(index), "--token", TOKEN)
+    yield {"main": main, "locked": locked, "index": index.name, "photos": photos}
+    main.stop()
+    locked.stop()
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.fixture
+def page(browser, servers):
+    """A fresh browser context per test; fails the test on any script error or console error
+    (a Content-Security-Policy violation shows up as one)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=servers["main"].url)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
+    page.on("console", lambda msg: msg.type == "error" and problems.append(f"console: {msg.text}"))
+    yield page
+    context.close()
+    # A search that failed on purpose logs the failed request; nothing else may.
+    unexpected = [p for p in problems if "Failed to load resource" not in p]
+    assert not unexpected, unexpected
+
+
+def api(servers, **params) -> dict:
+    return httpx.get(servers["main"].url + "/api/search", params=params, timeout=120).json()
+
+
+def settle(page) -> None:
+    """Wait until no page of results is on its way."""
+    page.wait_for_timeout(150)
+    page.locator('#results[aria-busy="false"]').wait_for(state="attached")
+
+
+def card_ids(page) -> list[int]:
+    return [int(v) for v in page.locator("#results .card").evaluate_all("cards => cards.map(c => c.dataset.id)")]
+
+
+def card_names(page) -> list[str]:
+    return page.locator("#results .card .name").all_text_contents()
+
+
+def wait_loaded(page, count: int) -> None:
+    page.locator("#results .card img.loaded").nth(count - 1).wait_for()
+
+
+def query_of(page) -> dict:
+    return parse_qs(urlsplit(page.url).query)
+
+
+# -- searching in words --------------------------------------------------------------------
+def test_typing_a_query_shows_ranked_thumbnails_that_load(page, servers):
+    page.goto("/")
+    page.locator(".message", has_text="Search").wait_for()
+    page.keyboard.press("/")  # the shortcut focuses the box
+    page.keyboard.type("a cat")
+    page.keyboard.press("Enter")
+    wait_loaded(page, 4)
+    settle(page)
+    expected = api(servers, q="a cat", k=len(card_ids(page)))["results"]
+    assert card_ids(page) == [r["id"] for r in expected]
+    assert card_names(page)[0] == "chelsea.png"
+    widths = page.locator("#results .card img.loaded").evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
+    assert len(widths) >= 4 and all(w > 0 for w in widths)
+    assert page.locator("#results .card .score").first.text_content() == f"{expected[0]['score']:.2f}"
+    assert query_of(page)["q"] == ["a cat"]
+    assert "a cat" in page.locator("#status").text_content()
+
+
+def test_scrolling_loads_every_result_once_in_order(page, servers):
+    page.set_viewport_size({"width": 800, "height": 500})
+    page.goto("/?q=a+photo&k=4")
+    wait_loaded(page, 4)
+    settle(page)
+    first = card_ids(page)
+    assert 0 < len(first) < TOTAL, "the first screen should not hold every result, or there is nothing to scroll for"
+    seen = first
+    for _ in range(TOTAL):
+        page.mouse.wheel(0, 4000)
+        settle(page)
+        seen = card_ids(page)
+        if len(seen) >= TOTAL:
+            break
+    assert len(seen) == len(set(seen)) == TOTAL
+    assert seen[: len(first)] == first
+    assert seen == [r["id"] for r in api(servers, q="a photo", k=TOTAL)["results"]]
+
+
+# -- searching by example ------------------------------------------------------------------
+def test_picking_an_image_finds_it(page):
+    page.goto("/")
+    page.set_input_files("#file", str(skimage_photo("coffee.png")))
+    wait_loaded(page, 1)
+    assert card_names(page)[0] == "coffee.png"
+    assert float(page.locator("#results .card .score").first.text_content()) >= 0.99
+    assert "coffee.png" in page.locator("#example").text_content()
+
+
+def test_dropping_an_image_anywhere_finds_it(page):
+    page.goto("/")
+    page.locator(".message").wait_for()
+    data = base64.b64encode(skimage_photo("rocket.jpg").read_bytes()).decode()
+    transfer = page.evaluate_handle(
+        """([data, name]) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
+            return transfer;
+        }""",
+        [data, "rocket.jpg"],
+    )
+    page.dispatch_event("main", "dragenter", {"dataTransfer": transfer})
+    assert page.locator("#drop").is_visible()
+    page.dispatch_event("main", "drop", {"dataTransfer": transfer})
+    wait_loaded(page, 1)
+    assert card_names(page)[0] == "rocket.jpg"
+    assert page.locator("#drop").is_hidden()
+
+
+# -- the viewer, more like this, captions --------------------------------------------------
+def test_viewer_by_keyboard_then_more_like_this(page, servers):
+    page.goto("/?q=a+red+motorcycle")
+    wait_loaded(page, 3)
+    settle(page)
+    ids = card_ids(page)
+    first = page.locator("#results .card").first
+    first.focus()
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("document.activeElement.dataset.id") == str(ids[1])
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("Enter")
+    viewer = page.locator("#viewer")
+    viewer.wait_for(state="visible")
+    assert page.locator("#viewer-path").text_content() == card_names(page)[0]
+    assert "×" in page.locator("#viewer-size").text_content()
+    page.locator("#viewer-img").evaluate("img => img.decode()")
+    assert page.locator("#viewer-img").evaluate("img => img.naturalWidth") > 0
+    page.keyboard.press("ArrowRight")
+    assert page.locator("#viewer-rank").text_content() == "2"
+    page.keyboard.press("Escape")
+    viewer.wait_for(state="hidden")
+    assert page.evaluate("document.activeElement.dataset.id") == str(ids[1])  # focus returns to the card
+
+    first.click()
+    page.locator("#viewer-like").click()
+    viewer.wait_for(state="hidden")
+    page.wait_for_url(f"**like={ids[0]}**")
+    wait_loaded(page, 2)
+    settle(page)
+    like = card_ids(page)
+    assert like == [r["id"] for r in api(servers, like=ids[0], k=len(like))["results"]]
+    assert like[0] == ids[0] and like != ids  # the photo itself first, then its neighbours
+    assert page.locator("#example").is_visible()
+
+
+def test_captions_for_a_result_and_for_words(page, servers):
+    page.goto("/?q=a+red+motorcycle")
+    wait_loaded(page, 1)
+    motorcycle = card_ids(page)[0]
+    page.locator("#results .card").first.click()
+    page.locator("#viewer-captions").click()
+    page.locator("#captions .caption").first.wait_for()
+    assert query_of(page)["target"] == ["texts"] and query_of(page)["like"] == [str(motorcycle)]
+    shown = page.locator("#captions .caption .text").all_text_contents()
+    expected = api(servers, like=motorcycle, target="texts", k=len(shown))["results"]
+    assert shown == [r["text"] for r in expected]
+    assert shown[0] == "a red motorcycle parked on the street"
+
+    page.goto("/?q=a+cup+of+coffee")
+    wait_loaded(page, 1)
+    page.locator("label", has_text="Captions").click()
+    page.locator("#captions .caption").first.wait_for()
+    assert page.locator("#captions .caption .text").first.text_content() == "a cup of coffee on a saucer"
+    assert page.locator("#results").is_hidden()
+
+
+def test_captions_switch_says_when_the_index_has_none(page):
+    page.goto("/?index=cidx&q=a+cat")
+    page.locator("#index").wait_for()
+    page.locator("label", has_text="Captions").click()
+    page.locator("#message", has_text="has no captions").wait_for()
+    assert "retrieval index --captions" in page.locator("#message").text_content()
+    assert query_of(page)["target"] == ["texts"]
+
+
+# -- fused queries and shareable URLs --------------------------------------------------------
+def test_a_fused_query_in_the_url_reloads_to_the_same_results(page, servers, browser):
+    page.goto("/?q=a+red+motorcycle")
+    wait_loaded(page, 1)
+    liked = card_ids(page)[0]
+    page.locator("#results .card").first.click()
+    page.locator("#viewer-like").click()
+    page.wait_for_url(f"**like={liked}**")
+    page.fill("#q", "a cat")
+    page.fill("#not", "space, rocket")
+    page.keyboard.press("Enter")
+    page.locator("#weight").fill("0.8")
+    page.wait_for_url("**weight=0.8**")
+    wait_loaded(page, 3)
+    settle(page)
+    params = query_of(page)
+    assert params["q"] == ["a cat"] and params["like"] == [str(liked)] and params["not"] == ["space", "rocket"]
+    shown = card_ids(page)
+    assert shown == [
+        r["id"] for r in api(servers, q="a cat", like=liked, weight=0.8, **{"not": ["space", "rocket"]}, k=len(shown))["results"]
+    ]
+
+    other = browser.new_page(base_url=servers["main"].url, viewport={"width": 1280, "height": 800})
+    try:
+        other.set_default_timeout(TIMEOUT_MS)
+        other.goto(page.url)
+        wait_loaded(other, 3)
+        settle(other)
+        assert card_ids(other) == shown
+        assert other.input_value("#q") == "a cat" and other.input_value("#not") == "space, rocket"
+        assert other.input_value("#weight") == "0.8"
+    finally:
+        other.close()
+
+    page.go_back()  # history steps back to the plain more-like-this search
+    page.wait_for_url(lambda url: "q=" not in url)
+    settle(page)
+    assert page.input_value("#q") == ""
+
+
+# -- indexes, empty index, errors, login -----------------------------------------------------
+def test_index_picker_and_the_empty_index_message(page, servers):
+    page.goto("/")
+    picker = page.locator("#index")
+    picker.wait_for()
+    assert [o.strip().split(" ·")[0] for o in picker.locator("option").all_text_contents()] == [servers["index"], "empty", "cidx"]
+    picker.select_option("empty")
+    page.locator("#message", has_text="is empty").wait_for()
+    assert query_of(page)["index"] == ["empty"]
+    assert "retrieval index" in page.locator("#message").text_content()
+    page.goto("/?index=empty&q=a+cat")
+    page.locator("#message", has_text="is empty").wait_for()
+    assert page.locator("#results .card").count() == 0
+
+
+def test_a_failed_query_shows_the_servers_error(page, servers):
+    error = httpx.get(servers["main"].url + "/api/search", params={"like": 999_999}).json()["error"]
+    page.goto("/?like=999999")
+    message = page.locator("#message.error")
+    message.wait_for()
+    assert error in message.text_content()
+
+
+def test_a_token_server_asks_for_the_token_then_works(browser, servers):
+    context = browser.new_context(base_url=servers["locked"].url)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto("/")
+        page.locator("#login").wait_for()
+        page.fill("#token", "wrong")
+        page.keyboard.press("Enter")
+        page.locator("#login-error", has_text="not right").wait_for()
+        page.fill("#token", TOKEN)
+        page.keyboard.press("Enter")
+        page.locator("#login").wait_for(state="hidden")
+        page.locator("#message", has_text=f"Search {TOTAL} photos").wait_for()
+        cookie = next(c for c in context.cookies() if c["name"] == "retrieval_token")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert page.evaluate("document.cookie") == ""  # out of the page's reach
+    finally:
+        context.close()
