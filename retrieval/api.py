@@ -55,11 +55,15 @@ def build_index(
     try:
         spec = model or store.model_spec or "default"
         store.refuse_other_early(spec)  # identities are compared again after loading (bind_model)
+        if source is not None:
+            source.start(spec)  # the cluster's encoders load the model while this process does
         aligner = load_aligner(spec)
         return indexer.run(
             store, aligner, list(folders), captions_file=captions, settings=settings, progress=progress, source=source
         )
     finally:
+        if source is not None:
+            source.close()
         store.close()
 
 

@@ -35,9 +35,10 @@ import functools
 import logging
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -174,7 +175,12 @@ def _maybe_crash() -> None:
 class Encoder:
     """One aligner, loaded once; embeds decoded chunks and returns only small things."""
 
-    def __init__(self, factory):
+    def __init__(self, factory, threads: int | None = None):
+        if threads:
+            # Before torch is imported here: Ray sets OMP_NUM_THREADS to the actor's CPU share
+            # (1), which would leave a CPU encoder on one core. (A runtime_env would do the same
+            # but starts a worker of its own, seconds more per run.)
+            os.environ["OMP_NUM_THREADS"] = str(threads)
         self.aligner = factory()
 
     def identity(self) -> str:
@@ -210,6 +216,24 @@ def commit(store: IndexStore, staging: Staging, rows: list[Loaded], encoded: lis
 
 
 @contextmanager
+def deferred_checkpoints(store: IndexStore, pages: int = 65_536) -> Iterator[None]:
+    """Let the write-ahead log grow to `pages` pages (256 MB) before copying it into the database.
+
+    SQLite's default copies every 1,000 pages (4 MB, about 2,000 vectors) with an fsync each
+    time; a cluster delivers vectors far faster than one machine encodes them, and the driver
+    is its only writer. Commits stay as durable as before (WAL, synchronous=NORMAL); only the
+    copy is batched. scripts/bench_ray.py measures both (docs/scaling.md).
+    """
+    conn = store.catalog.db.conn
+    before = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    conn.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA wal_autocheckpoint={int(before)}")
+
+
+@contextmanager
 def connected(address: str | None) -> Iterator[None]:
     """Ray as asked: an instance already started in this process, a new local one, or a cluster."""
     if ray.is_initialized():
@@ -231,6 +255,26 @@ class RaySource:
 
     def __init__(self, settings: RaySettings | None = None):
         self.settings = settings or RaySettings()
+        self._session: ExitStack | None = None
+        self._encoders: Encoders | None = None
+
+    def start(self, spec: str) -> None:
+        """Join Ray and let the encoder actors load model `spec` while this process loads its own copy.
+
+        Optional (``build_index`` calls it before loading the driver's model); :meth:`encode`
+        starts them otherwise. The driver needs the model only for its identity, transform and captions.
+        """
+        if self._session is None:
+            self._session = ExitStack()
+            self._session.enter_context(connected(self.settings.address))
+        if self._encoders is None:
+            self._encoders = Encoders(spec, self.settings)
+
+    def close(self) -> None:
+        self._encoders = None
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     def roots(self, roots: list[str | Path]) -> list[str]:
         return [root_name(r) for r in roots]
@@ -240,54 +284,60 @@ class RaySource:
             yield from (walk_url(root) if is_url(root) else walk([root]))
 
     def encode(self, store: IndexStore, aligner, staging: Staging, known, settings: IndexSettings, progress: Progress) -> int:
-        if not staging.todo_count():
-            return 0  # nothing changed: no cluster needed
-        with connected(self.settings.address):
-            try:
-                return _Pipeline(store, aligner, staging, settings, self.settings, progress).run()
-            except ray.exceptions.RayError as exc:
-                raise RetrievalError(
-                    f"the Ray cluster lost work it could not retry ({type(exc).__name__}: "
-                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}); "
-                    "what was committed is kept: run the same command again to resume"
-                ) from None
+        try:
+            if not staging.todo_count():
+                return 0  # nothing changed: no cluster work
+            self.start(aligner.spec)
+            with deferred_checkpoints(store):
+                return _Pipeline(store, aligner, staging, settings, self.settings, self._encoders, progress).run()
+        except ray.exceptions.RayError as exc:
+            raise RetrievalError(
+                f"the Ray cluster lost work it could not retry ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}); "
+                "what was committed is kept: run the same command again to resume"
+            ) from None
+        finally:
+            self.close()
+
+
+class Encoders:
+    """The encoder actors of one run: one per GPU, or `encoders` CPU actors, each loading the model once."""
+
+    def __init__(self, spec: str, rs: RaySettings):
+        self.started = time.monotonic()
+        factory = rs.aligner_factory or functools.partial(_load_aligner, spec)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        options = {"max_restarts": 3, "max_task_retries": 3, "num_cpus": 1}
+        if gpus:
+            count, threads = min(gpus, rs.encoders or gpus), None
+            options.update(num_gpus=1)
+        else:
+            count = max(1, rs.encoders or 1)
+            threads = rs.encoder_threads or _threads(count)
+        log.info("starting %d encoder actor(s) (%s)", count, "GPU" if gpus else f"CPU, {threads} threads each")
+        actor = ray.remote(Encoder).options(**options)
+        self.actors = [actor.remote(factory, threads) for _ in range(count)]
+        self.identities = [a.identity.remote() for a in self.actors]
+
+
+def _threads(count: int) -> int:
+    """Torch threads per CPU encoder: the smallest node's CPUs shared by the encoders placed on it."""
+    nodes = [n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive")] or [1]
+    return max(1, int(min(nodes) // math.ceil(count / len(nodes))))
 
 
 class _Pipeline:
     """One run's flow: read -> (driver: known?) -> decode -> encode -> (driver: commit)."""
 
-    def __init__(self, store, aligner, staging, settings: IndexSettings, ray_settings: RaySettings, progress):
+    def __init__(self, store, aligner, staging, settings: IndexSettings, ray_settings: RaySettings, encoders, progress):
         self.store, self.aligner, self.staging, self.progress = store, aligner, staging, progress
         self.settings, self.ray_settings = settings, ray_settings
-        self.encoders = self._start_encoders()
+        self.started = encoders.started
+        self.encoders, self.identities = encoders.actors, encoders.identities
         self.checked = False
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.read_limit = max(2, 2 * cpus)
         self.encoded = 0
-
-    def _start_encoders(self) -> list:
-        rs = self.ray_settings
-        factory = rs.aligner_factory or functools.partial(_load_aligner, self.aligner.spec)
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        options = {"max_restarts": 3, "max_task_retries": 3}
-        if gpus:
-            count = min(gpus, rs.encoders or gpus)
-            options.update(num_cpus=1, num_gpus=1)
-        else:
-            count = max(1, rs.encoders or 1)
-            options.update(num_cpus=1, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(self._threads(count))}})
-        log.info("starting %d encoder actor(s) (%s)", count, "GPU" if gpus else "CPU")
-        actor = ray.remote(Encoder).options(**options)
-        encoders = [actor.remote(factory) for _ in range(count)]
-        self.identities = [e.identity.remote() for e in encoders]
-        return encoders
-
-    def _threads(self, count: int) -> int:
-        if self.ray_settings.encoder_threads:
-            return self.ray_settings.encoder_threads
-        nodes = [n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive")] or [1]
-        per_node = math.ceil(count / len(nodes))
-        return max(1, int(min(nodes) // per_node))
 
     def _check_identity(self) -> None:
         """Before the first commit: every actor must have loaded the driver's model."""
@@ -327,6 +377,7 @@ class _Pipeline:
                 encoding[self.encoders[idx].encode.remote(*groups.popleft())] = idx
                 busy[idx] += 1
             if not reading and not encoding and not groups and not group and not more:
+                log.info("%d encoded in %.1fs on Ray", self.encoded, time.monotonic() - self.started)
                 return self.encoded
             if not reading and not encoding:
                 continue
@@ -347,8 +398,10 @@ class _Pipeline:
                     got_rows, meta, vecs = ray.get(ref)
                     rows += got_rows
                     vectors += [(h, v, w, ht) for (h, w, ht), v in zip(meta, vecs)]
-            if vectors:
+            if vectors and not self.checked:
                 self._check_identity()
+                log.info("first vectors %.1fs after the encoders were asked for", time.monotonic() - self.started)
+                self.first_vectors = time.monotonic() - self.started
             self.encoded += commit(self.store, self.staging, rows, vectors)
             self.progress.advance(len(rows))
 
