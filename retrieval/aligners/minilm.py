@@ -4,9 +4,9 @@ The network is transformers' ``BertModel`` with sentence-transformers' mean pool
 (``tests/test_aligners.py`` checks they agree), written out because loading it through
 transformers costs seconds of imports and set-up. It runs two ways:
 
-- numpy, for a handful of texts: a search query is embedded without importing torch,
+- numpy, for up to a server's micro-batch of texts: a search query is embedded without importing torch,
   which is most of a one-shot ``retrieval search``'s start-up time;
-- torch, for batches (twice as fast as numpy on CPU, and on the GPU where there is one).
+- torch, for larger batches (faster per text when it has the cores to itself, and on a GPU).
 
 Both compute the same function; their vectors agree to float32 rounding (about 1e-7).
 Needs only ``tokenizers`` and ``safetensors``, which come with transformers.
@@ -25,8 +25,10 @@ import numpy as np
 
 from retrieval.aligners.base import normalize
 
-#: Batches up to this size run in numpy (no torch import); larger ones in torch.
-NUMPY_MAX_BATCH = 16
+#: Batches up to this size run in numpy (no torch import); larger ones in torch. 64 is the
+#: server's largest micro-batch (retrieval/server/batcher.py): on a busy 2-core machine torch's
+#: thread team took 3-4x longer than numpy on one thread for 64 queries (bench_server.py).
+NUMPY_MAX_BATCH = 64
 #: Run the numpy form on one BLAS thread (see the note above :func:`numpy_forward`); off for comparisons.
 ONE_BLAS_THREAD = True
 

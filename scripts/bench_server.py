@@ -1,0 +1,458 @@
+"""Serving speed at 100,000 vectors, in one run: `retrieval serve` over HTTP against the Python API.
+
+On one index of 100,000 vectors (the synthetic clustered 384-d vectors of bench_search.py,
+filled into a real catalog and FAISS index with that script's helpers, bound to the real
+`default` aligner whose text encoder embeds every query), it measures:
+
+1. In process (retrieval.api.Index), the step-by-step gains of the warm-query fast paths,
+   each step on top of the previous one, interleaved query by query so machine load hits
+   every step alike: the plain path (numpy BLAS on its default threads, the FAISS file read
+   on every search, no text cache, exact search); one BLAS thread for the text encoder; the
+   FAISS index kept loaded; an IVF index instead of exact search; a repeated query answered
+   from the text-vector cache. The IVF's nprobe is the smallest power of two whose recall@10
+   against exact search reaches 0.99 on 200 text queries; its recall is measured again on the
+   timed queries, and the engine's own tuning (on queries near the data) is reported beside it.
+2. Over HTTP: a real `retrieval serve` process on 127.0.0.1 (started here, stopped at the
+   end), one client: p50 / p99 of a warm text query (new texts, and repeated ones) on the
+   exact and the IVF index, against the same queries in process.
+3. Throughput with 1, 8 and 64 concurrent clients (httpx, asyncio), every request a new text
+   (no cache hits), with micro-batching (the server's default window) and without (window 0).
+4. Thumbnails: cold (made on the first request) and cached, over a small real index of
+   generated full-size JPEGs (or an existing index: --thumb-index).
+Every response is checked: errors are counted per phase (the target is none). The 1-minute
+load average is recorded before and after each phase, since other jobs share the machine.
+
+    .venv/bin/python scripts/bench_server.py [--n 100000] [--out bench-out/server.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import faiss
+import httpx
+import numpy as np
+from bench_search import DIM, clustered, fill_catalog
+
+from retrieval import index as faiss_index
+from retrieval import resident
+from retrieval.aligners import minilm
+from retrieval.api import build_index, open_index
+
+ADJECTIVES = ["red", "old", "small", "wet", "bright", "wooden", "busy", "quiet", "snowy", "striped", "broken", "tall"]
+NOUNS = ["dog", "bicycle", "boat", "house", "bird", "car", "tree", "bridge", "horse", "train", "kitchen", "clock"]
+PLACES = ["on a beach", "in a city at night", "near a river", "in the mountains", "at a market", "in the rain",
+          "on a table", "in a garden", "by the sea", "in a forest", "on a street", "in the snow"]
+
+
+class Texts:
+    """Distinct query texts, never repeated within a run: every request misses the text cache."""
+
+    def __init__(self):
+        self.i = 0
+
+    def take(self, n: int) -> list[str]:
+        out = []
+        for _ in range(n):
+            i = self.i
+            self.i += 1
+            a, b, c = i % 12, (i // 12) % 12, (i // 144) % 12
+            out.append(f"a photo of a {ADJECTIVES[a]} {NOUNS[b]} {PLACES[c]}" + (f", take {i // 1728}" if i >= 1728 else ""))
+        return out
+
+
+#: The first few failed responses, kept for the report.
+ERRORS: list[str] = []
+
+
+def failed(r: httpx.Response, results: int | None = None) -> bool:
+    """Whether a response is not the expected one (another status, or too few results)."""
+    bad = r.status_code != 200 or (results is not None and len(r.json().get("results", [])) != results)
+    if bad and len(ERRORS) < 5:
+        ERRORS.append(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text[:200]}")
+    return bad
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 1)
+
+
+def pct(ms: list[float]) -> dict:
+    a = np.asarray(ms, float)
+    return {"p50": round(float(np.median(a)), 2), "p99": round(float(np.percentile(a, 99)), 2), "n": len(a)}
+
+
+# -- the indexes ---------------------------------------------------------------------------
+def publish_meta(store, **meta) -> None:
+    with store.catalog.transaction():
+        store.catalog.set_meta(**meta)
+
+
+def recall_by_nprobe(ivf, exact, queries: np.ndarray) -> dict[int, float]:
+    """Recall@10 of `ivf` against exact search for each power-of-two nprobe up to where it reaches 0.99."""
+    _, truth = faiss_index.search(exact, queries, 10)
+    out, nprobe = {}, 1
+    while nprobe <= ivf.nlist:
+        ivf.nprobe = nprobe
+        out[nprobe] = faiss_index.recall_at_k(truth, faiss_index.search(ivf, queries, 10)[1])
+        if out[nprobe] >= faiss_index.TARGET_RECALL:
+            break
+        nprobe *= 2
+    return out
+
+
+def make_vector_indexes(work: Path, n: int, tuning_texts: list[str]) -> dict:
+    """Two index folders over the same catalog rows: exact (IDMap2,Flat) and IVF.
+
+    The engine tunes an IVF's nprobe on stored vectors plus a little noise (index.tune_nprobe):
+    queries close to the data. Text queries lie much farther from the images they match
+    (cosine about 0.2 here), so the IVF served here gets the nprobe that reaches recall@10
+    0.99 on `tuning_texts` (encoded by `default`), and both recalls are reported.
+    """
+    from retrieval.aligners import load_aligner
+
+    centers = np.random.default_rng(0).normal(0, 1, (1000, DIM)).astype(np.float32)
+    faiss.normalize_L2(centers)
+    data = clustered(n, DIM, seed=n, centers=centers)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    exact, _ = faiss_index.build(ids, data, factory="IDMap2,Flat")
+    store = fill_catalog(work / "exact", data, exact)
+    publish_meta(store, index_factory="IDMap2,Flat")
+    store.close()
+    t = time.perf_counter()
+    factory = f"IVF{int(4 * np.sqrt(n))},Flat"
+    ivf, info = faiss_index.build(ids, data, factory=factory)
+    build_s = time.perf_counter() - t
+    near = clustered(200, DIM, seed=7, centers=centers)
+    near_recall = faiss_index.recall_at_k(faiss_index.search(exact, near, 10)[1], faiss_index.search(ivf, near, 10)[1])
+    by_nprobe = recall_by_nprobe(ivf, exact, load_aligner("default").encode_texts(tuning_texts))
+    ivf.nprobe = max(by_nprobe)
+    (work / "ivf").mkdir()
+    shutil.copyfile(work / "exact" / "catalog.db", work / "ivf" / "catalog.db")
+    faiss_index.write(ivf, work / "ivf" / "images-1.faiss")
+    store = open_index(str(work / "ivf")).store
+    publish_meta(store, index_factory=factory, index_nprobe=ivf.nprobe, index_recall_at_10=by_nprobe[ivf.nprobe])
+    store.close()
+    return {"factory": factory, "build_s": round(build_s, 1), "engine_nprobe": info.nprobe,
+            "engine_recall_at_10_tuning": info.recall_at_10, "engine_recall_at_10_near_queries": near_recall,
+            "engine_recall_at_10_text_queries": by_nprobe[info.nprobe], "text_nprobe": ivf.nprobe,
+            "text_recall_at_10_by_nprobe": by_nprobe, "engine_factory_at_n": faiss_index.factory_for(n, DIM)}
+
+
+def make_photo_index(work: Path, count: int) -> Path:
+    """`count` full-size JPEGs (2000x1500, made from scikit-image's sample photos), indexed with `default`."""
+    import skimage
+    from PIL import Image, ImageOps
+
+    sources = [Path(skimage.__file__).parent / "data" / name
+               for name in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")]
+    folder = work / "photos-src"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(count):
+        im = Image.open(sources[i % len(sources)]).convert("RGB")
+        w, h = im.size
+        left, top = int(rng.integers(0, w // 5)), int(rng.integers(0, h // 5))
+        im = im.crop((left, top, left + w * 4 // 5, top + h * 4 // 5)).resize((2000, 1500), Image.BICUBIC)
+        if i % 2:
+            im = ImageOps.mirror(im)
+        tint = np.clip(np.asarray(im, np.float32) * rng.uniform(0.8, 1.2, 3), 0, 255).astype(np.uint8)
+        Image.fromarray(tint).save(folder / f"photo{i:04d}.jpg", quality=90)
+    build_index([folder], index=str(work / "photos"))
+    return work / "photos"
+
+
+# -- in process ------------------------------------------------------------------------------
+STEPS = ["plain path", "+ one BLAS thread (text encoder)", "+ FAISS index kept loaded",
+         "+ IVF index (nprobe for recall@10 0.99 on text queries) instead of exact", "+ text-vector cache (repeated query)"]
+
+
+def set_step(step: int) -> None:
+    minilm.ONE_BLAS_THREAD = step >= 1
+    resident.KEEP_LOADED = step >= 2
+
+
+def in_process(work: Path, texts: list[str]) -> dict:
+    exact, ivf = open_index(str(work / "exact")), open_index(str(work / "ivf"))
+    for idx in (exact, ivf):
+        idx.search("warm up", k=10)
+        idx.text_cache.size = 0
+    times: dict[int, list[float]] = {s: [] for s in range(len(STEPS))}
+    hits: dict[str, list[list[int]]] = {"exact": [], "ivf": []}
+    before = load()
+    for text in texts:
+        for step in range(len(STEPS)):
+            set_step(step)
+            idx = ivf if step >= 3 else exact
+            if step == 4:
+                idx.text_cache.size = 1024
+                idx.search(text, k=10)  # seen once before: the timed search below is a cache hit
+            t = time.perf_counter()
+            found = idx.search(text, k=10)
+            times[step].append((time.perf_counter() - t) * 1000)
+            idx.text_cache.size = 0
+            if step in (2, 3):
+                hits["exact" if step == 2 else "ivf"].append([h.id for h in found])
+    set_step(len(STEPS))
+    for idx in (exact, ivf):
+        idx.text_cache.size = 1024
+        idx.close()
+    recall = faiss_index.recall_at_k(np.array(hits["exact"]), np.array(hits["ivf"]))
+    return {"steps": [{"step": STEPS[s], **pct(times[s])} for s in range(len(STEPS))],
+            "recall_at_10_text_queries": recall, "load": [before, load()]}
+
+
+def in_process_plain(work: Path, name: str, texts: list[str], repeat: bool) -> dict:
+    """The engine's path as it now is (every fast path on), for comparison with HTTP."""
+    idx = open_index(str(work / name))
+    idx.search("warm up", k=10)
+    times = []
+    for text in texts:
+        if repeat:
+            idx.search(text, k=10)
+        t = time.perf_counter()
+        idx.search(text, k=10)
+        times.append((time.perf_counter() - t) * 1000)
+    idx.close()
+    return pct(times)
+
+
+# -- the server ----------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`retrieval serve` in a child process on 127.0.0.1."""
+
+    def __init__(self, indexes: list[Path], window_ms: float, log: Path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "retrieval", "serve", "--port", str(self.port), "--batch-window-ms", str(window_ms)]
+        for index in indexes:
+            cmd += ["--index", str(index)]
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the server exited ({self.proc.returncode}); see {log}")
+            try:
+                if httpx.get(f"{self.base}/api/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise SystemExit(f"the server did not answer within 120 s; see {log}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def http_sequential(server: Server, index: str, texts: list[str], repeat: bool) -> dict:
+    errors, times = 0, []
+    with httpx.Client(base_url=server.base, timeout=30) as client:
+        client.get("/api/search", params={"q": "warm up", "index": index, "k": 10})
+        for text in texts:
+            params = {"q": text, "index": index, "k": 10}
+            if repeat:
+                client.get("/api/search", params=params)
+            t = time.perf_counter()
+            r = client.get("/api/search", params=params)
+            times.append((time.perf_counter() - t) * 1000)
+            errors += failed(r, 10)
+    return {**pct(times), "errors": errors}
+
+
+async def _load_test(base: str, index: str, texts: list[str], clients: int) -> dict:
+    queue = list(reversed(texts))
+    latencies, errors = [], 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+        await client.get("/api/search", params={"q": "warm up", "index": index, "k": 10})
+
+        async def worker():
+            nonlocal errors
+            while queue:
+                text = queue.pop()
+                t = time.perf_counter()
+                try:
+                    r = await client.get("/api/search", params={"q": text, "index": index, "k": 10})
+                    errors += failed(r, 10)
+                except httpx.HTTPError as exc:
+                    errors += 1
+                    if len(ERRORS) < 5:
+                        ERRORS.append(f"{type(exc).__name__}: {exc}")
+                latencies.append((time.perf_counter() - t) * 1000)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - start
+    return {"clients": clients, "requests": len(texts), "qps": round(len(texts) / wall, 1), **pct(latencies),
+            "errors": errors}
+
+
+def throughput(server: Server, index: str, texts: Texts, per_clients: dict[int, int]) -> list[dict]:
+    rows = []
+    for clients, n in per_clients.items():
+        before = load()
+        row = asyncio.run(_load_test(server.base, index, texts.take(n), clients))
+        rows.append({**row, "load": [before, load()]})
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def thumbnails(server: Server, index: str, ids: list[int]) -> dict:
+    out, errors = {}, 0
+    with httpx.Client(base_url=server.base, timeout=60) as client:
+        etags = {}
+        for phase in ("cold", "cached", "not modified"):
+            times = []
+            for image_id in ids:
+                headers = {"If-None-Match": etags[image_id]} if phase == "not modified" else {}
+                t = time.perf_counter()
+                r = client.get(f"/api/thumb/{image_id}", params={"index": index, "size": 256}, headers=headers)
+                times.append((time.perf_counter() - t) * 1000)
+                expected = 304 if phase == "not modified" else 200
+                errors += r.status_code != expected
+                etags[image_id] = r.headers.get("etag", "")
+            out[phase] = pct(times)
+    out["errors"] = errors
+    return out
+
+
+# -- the run -------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=100_000, help="vectors in the searched index")
+    parser.add_argument("--queries", type=int, default=100, help="queries per latency measurement")
+    parser.add_argument("--photos", type=int, default=200, help="generated JPEGs for the thumbnail part")
+    parser.add_argument("--thumb-index", help="use this existing index for thumbnails instead of generating one")
+    parser.add_argument("--requests", type=int, default=100,
+                        help="requests of the one-client throughput run (8 clients: 4x as many, 64 clients: 12x)")
+    parser.add_argument("--window-ms", type=float, default=2.0, help="the micro-batching window compared with 0")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/server.json"))
+    args = parser.parse_args()
+    result: dict = {"meta": {
+        "date": str(date.today()), "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "faiss": faiss.__version__, "n": args.n, "dim": DIM, "load_start": load()}}
+    texts = Texts()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        print(f"filling an index of {args.n:,} vectors ...", file=sys.stderr, flush=True)
+        result["index"] = make_vector_indexes(work, args.n, texts.take(200))
+        print(json.dumps(result["index"]), file=sys.stderr, flush=True)
+        if args.thumb_index:
+            photos = Path(args.thumb_index)
+        else:
+            print(f"indexing {args.photos} generated JPEGs for thumbnails ...", file=sys.stderr, flush=True)
+            photos = make_photo_index(work, args.photos)
+
+        print("in process ...", file=sys.stderr, flush=True)
+        result["in_process_steps"] = in_process(work, texts.take(args.queries))
+        print(json.dumps(result["in_process_steps"]), file=sys.stderr, flush=True)
+
+        result["http"], result["throughput"] = {}, {}
+        indexes = [work / "exact", work / "ivf", photos]
+        for window in (args.window_ms, 0.0):
+            label = f"window {window:g} ms"
+            print(f"server, {label} ...", file=sys.stderr, flush=True)
+            server = Server(indexes, window, work / f"server-{window:g}.log")
+            try:
+                if window:  # latency and thumbnails once, with the server's default settings
+                    rows = {}
+                    for name in ("exact", "ivf"):
+                        for repeat in (False, True):
+                            qs = texts.take(args.queries // 2)
+                            key = f"{name}, {'repeated' if repeat else 'new'} texts"
+                            before = load()
+                            rows[key] = {"in_process": in_process_plain(work, name, qs, repeat),
+                                         "http": http_sequential(server, name, qs, repeat), "load": [before, load()]}
+                            print(key, json.dumps(rows[key]), file=sys.stderr, flush=True)
+                    result["http"] = rows
+                    with httpx.Client(base_url=server.base) as client:
+                        found = client.get("/api/search", params={"q": "a photo", "index": photos.name, "k": 200}).json()
+                    ids = [r["id"] for r in found["results"]][:100]
+                    before = load()
+                    result["thumbnails"] = {**thumbnails(server, photos.name, ids), "images": len(ids),
+                                            "load": [before, load()]}
+                    print(json.dumps(result["thumbnails"]), file=sys.stderr, flush=True)
+                per_clients = {1: args.requests, 8: 4 * args.requests, 64: 12 * args.requests}
+                result["throughput"][label] = {name: throughput(server, name, texts, per_clients)
+                                               for name in ("ivf", "exact")}
+            finally:
+                server.stop()
+    result["meta"]["load_end"] = load()
+    result["first_errors"] = ERRORS
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    report(result)
+
+
+def report(r: dict) -> None:
+    m, ix = r["meta"], r["index"]
+    print(f"Serving benchmark, {m['machine']}, faiss {m['faiss']}, {m['n']:,} vectors of {m['dim']} dims, {m['date']}; "
+          f"load average {m['load_start']} at the start, {m['load_end']} at the end\n")
+    print(f"IVF {ix['factory']}, built and tuned by the engine in {ix['build_s']} s: nprobe {ix['engine_nprobe']}, "
+          f"recall@10 against exact {ix['engine_recall_at_10_tuning']:.3f} at tuning, "
+          f"{ix['engine_recall_at_10_near_queries']:.3f} on 200 queries near the data, "
+          f"{ix['engine_recall_at_10_text_queries']:.3f} on 200 text queries. Recall@10 on those text queries by nprobe: "
+          + ", ".join(f"{k}: {v:.3f}" for k, v in ix["text_recall_at_10_by_nprobe"].items())
+          + f". Served with nprobe {ix['text_nprobe']}: recall@10 "
+          f"{r['in_process_steps']['recall_at_10_text_queries']:.3f} on the (other) measured text queries. "
+          f"The engine builds {ix['engine_factory_at_n']} at this size.\n")
+    steps = r["in_process_steps"]
+    print(f"Warm text query in process, step by step (load {steps['load'][0]} -> {steps['load'][1]})\n")
+    print("| step | p50 ms | p99 ms |\n|---|---|---|")
+    for s in steps["steps"]:
+        print(f"| {s['step']} | {s['p50']} | {s['p99']} |")
+    print("\nHTTP (one client, keep-alive) against the same queries in process\n")
+    print("| index, queries | in process p50 / p99 ms | HTTP p50 / p99 ms | HTTP adds (p50) ms | errors | load |")
+    print("|---|---|---|---|---|---|")
+    for key, row in r["http"].items():
+        a, b = row["in_process"], row["http"]
+        print(f"| {key} | {a['p50']} / {a['p99']} | {b['p50']} / {b['p99']} | {b['p50'] - a['p50']:.2f} | {b['errors']} "
+              f"| {row['load'][0]} -> {row['load'][1]} |")
+    print("\nThroughput, every request a new text (no cache hits)\n")
+    print("| batching | index | clients | requests | queries/s | x one client | p50 / p99 ms | errors | load |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, by_index in r["throughput"].items():
+        for name, rows in by_index.items():
+            one = rows[0]["qps"]
+            for row in rows:
+                print(f"| {label} | {name} | {row['clients']} | {row['requests']} | {row['qps']} | {row['qps'] / one:.1f} "
+                      f"| {row['p50']} / {row['p99']} | {row['errors']} | {row['load'][0]} -> {row['load'][1]} |")
+    t = r.get("thumbnails")
+    if t:
+        print(f"\nThumbnails, 256 px, {t['images']} images of 2000x1500 (load {t['load'][0]} -> {t['load'][1]})\n")
+        print("| request | p50 ms | p99 ms |\n|---|---|---|")
+        for phase in ("cold", "cached", "not modified"):
+            print(f"| {phase} | {t[phase]['p50']} | {t[phase]['p99']} |")
+        print(f"\nthumbnail errors: {t['errors']}")
+    if r["first_errors"]:
+        print("\nfirst errors:\n" + "\n".join(r["first_errors"]))
+
+
+if __name__ == "__main__":
+    main()
