@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -106,3 +107,17 @@ def test_deduplicate_drops_identical_pictures(tmp_path):
     assert len(plain) == 3 and len(distinct) == 2
     assert {plain[0]["image_path"], plain[1]["image_path"]} == {"a.png", "b.png"}
     assert distinct[1]["image_path"] == "other.png"
+
+
+def test_web_front_end_request_shape(server):
+    """clip-retrieval's web front end posts text/plain JSON for 3,000 ids and reads metadata for the rest later."""
+    body = ('{"text": "a cat", "image": null, "image_url": null, "modality": "image", "num_images": 2, '
+            '"indice_name": "idx", "num_result_ids": 3000, "use_mclip": false, "deduplicate": true, '
+            '"use_safety_model": true}')
+    response = requests.post(server.url + "/knn-service", data=body, headers={"content-type": "text/plain;charset=UTF-8"}, timeout=30)
+    results = response.json()
+    assert response.status_code == 200 and len(results) == 20  # every image of the index, once
+    assert all("image_path" in r for r in results[:2]) and not any("image_path" in r for r in results[2:])
+    assert results[0]["image_path"] == "chelsea.png"
+    rest = requests.post(server.url + "/metadata", data=json.dumps({"ids": [r["id"] for r in results[2:]], "indice_name": "idx"}), timeout=10).json()
+    assert [m["id"] for m in rest] == [r["id"] for r in results[2:]] and all(m["metadata"]["image_path"] for m in rest)

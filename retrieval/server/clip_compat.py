@@ -5,7 +5,9 @@ shapes of clip-retrieval's ``clip_back.py``. Bodies are read as JSON whatever th
 Content-Type (its client sends none). What we cannot honour is accepted and ignored:
 the safety, violence and aesthetic models and mclip. ``image_url`` is refused: this
 server fetches nothing from the network. ``deduplicate`` drops results whose stored
-vector is the same as a better-ranked one's (identical pictures).
+vector is the same as a better-ranked one's (identical pictures). As in clip-retrieval,
+``num_result_ids`` ids come back and only the first ``num_images`` carry metadata (its web
+front end asks for 3,000 and fetches the rest from ``/metadata`` as it scrolls).
 """
 
 from __future__ import annotations
@@ -14,17 +16,17 @@ import base64
 import binascii
 from typing import Annotated, Literal
 
-import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from retrieval.errors import RetrievalError
+from retrieval.query import search_vectors
 from retrieval.server.engine import MAX_ID, Library, SearchSpec
 
 MAX_RESULTS = 1000
+#: clip-retrieval's web front end asks for 3,000 ids and fetches metadata for more as it scrolls.
+MAX_RESULT_IDS = 10_000
 MAX_IDS = 1000
-#: Cosine above which two results count as the same picture for `deduplicate`.
-DUPLICATE_COSINE = 0.9999
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -37,7 +39,7 @@ class KnnRequest(BaseModel):
     embedding_input: list[Finite] | None = Field(None, max_length=4096)
     modality: Literal["image", "text"] = Field("image", description="Search the images, or the caption corpus.")
     num_images: int = Field(40, ge=1, le=MAX_RESULTS)
-    num_result_ids: int | None = Field(None, ge=1, le=MAX_RESULTS)
+    num_result_ids: int | None = Field(None, ge=1, le=MAX_RESULT_IDS, description="Ids returned; the first num_images with metadata.")
     indice_name: str | None = None
     deduplicate: bool = False
     # Accepted and ignored (clip-retrieval's client sends them by default).
@@ -147,33 +149,31 @@ def _knn(library: Library, spec: SearchSpec, req: KnnRequest, base: str) -> list
     if served.empty():
         return []
     vector = library.query_vector(served, spec)
-    from retrieval.query import search_vectors
-
     hits = search_vectors(served.store, vector, spec.k, spec.target)[0]
     if req.deduplicate and spec.target == "images":
         hits = _distinct(served, hits)
     out = []
-    for hit in hits[: req.num_images]:
+    for rank, hit in enumerate(hits):
         item = {"id": hit.id, "similarity": hit.score}
-        if hit.path is not None:
+        if hit.path is None:
+            item["caption"] = hit.text  # captions are at hand: every one carries its text
+        elif rank < req.num_images:  # as in clip-retrieval, later ids come bare and /metadata describes them
             item["image_path"] = library.show_path(served, hit.path)
             item["url"] = f"{base}/api/image/{hit.id}?index={served.name}"
-        else:
-            item["caption"] = hit.text
         out.append(item)
     return out
 
 
 def _distinct(served, hits: list) -> list:
+    """Hits without repeats of a picture: identical files share one stored vector."""
     vectors = served.catalog.image_vectors_by_id([h.id for h in hits])
-    kept, kept_vectors = [], []
+    kept, seen = [], set()
     for hit in hits:
         v = vectors.get(hit.id)
-        if v is not None and any(float(np.dot(v, u)) >= DUPLICATE_COSINE for u in kept_vectors):
-            continue
-        kept.append(hit)
-        if v is not None:
-            kept_vectors.append(v)
+        key = v.tobytes() if v is not None else hit.id
+        if key not in seen:
+            seen.add(key)
+            kept.append(hit)
     return kept
 
 
