@@ -192,3 +192,40 @@ def test_minilm_packed_numpy_forward_agrees_with_torch():
         np.testing.assert_allclose(fast, reference, atol=1e-5)
     assert encoder._numpy_layers is not None  # the numpy form really ran
     assert numpy_blas_threads() == threads_before  # numpy's BLAS threads restored
+
+
+def test_one_blas_thread_blocks_overlapping_in_threads_restore_the_setting():
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from retrieval.aligners.minilm import _OneBlasThread
+
+    def numpy_blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if "numpy" in lib["filepath"]]
+
+    before = numpy_blas_threads()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    inside = []
+
+    def first():
+        with _OneBlasThread():
+            first_in.set()
+            second_in.wait(5)
+            inside.append(numpy_blas_threads())
+        first_out.set()
+
+    def second():
+        first_in.wait(5)
+        with _OneBlasThread():
+            second_in.set()
+            first_out.wait(5)  # the first block has ended; this one still runs on one thread
+            inside.append(numpy_blas_threads())
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert inside == [[1] * len(before)] * 2
+    assert numpy_blas_threads() == before

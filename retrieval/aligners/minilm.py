@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -204,26 +205,39 @@ def _numpy_layer(
 
 
 class _OneBlasThread:
-    """numpy's BLAS on one thread for the length of a `with` block (see the note above).
+    """numpy's BLAS on one thread while any `with _OneBlasThread():` block runs, in any thread.
 
     Only numpy's own BLAS library is limited; FAISS and torch bring their own and keep theirs.
+    The setting is process-wide, so blocks are counted: the first one in sets it, the last one
+    out restores it, and overlapping blocks in several threads cannot leave it changed.
     """
 
+    _lock = threading.Lock()
+    _active = 0
+    _saved: list = []
     _numpy_blas: list | None = None
 
     def __enter__(self):
-        if _OneBlasThread._numpy_blas is None:
-            from threadpoolctl import ThreadpoolController
+        cls = _OneBlasThread
+        with cls._lock:
+            if cls._numpy_blas is None:
+                from threadpoolctl import ThreadpoolController
 
-            _OneBlasThread._numpy_blas = [
-                lib for lib in ThreadpoolController().lib_controllers
-                if lib.user_api == "blas" and f"{os.sep}numpy" in lib.filepath
-            ]
-        self._before = [(lib, lib.num_threads) for lib in _OneBlasThread._numpy_blas]
-        for lib, _ in self._before:
-            lib.set_num_threads(1)
+                cls._numpy_blas = [
+                    lib for lib in ThreadpoolController().lib_controllers
+                    if lib.user_api == "blas" and f"{os.sep}numpy" in lib.filepath
+                ]
+            if cls._active == 0:
+                cls._saved = [(lib, lib.num_threads) for lib in cls._numpy_blas]
+                for lib, _ in cls._saved:
+                    lib.set_num_threads(1)
+            cls._active += 1
         return self
 
     def __exit__(self, *exc) -> None:
-        for lib, threads in self._before:
-            lib.set_num_threads(threads)
+        cls = _OneBlasThread
+        with cls._lock:
+            cls._active -= 1
+            if cls._active == 0:
+                for lib, threads in cls._saved:
+                    lib.set_num_threads(threads)
