@@ -301,6 +301,7 @@ class Staging:
             "INSERT INTO skipped (path, size, mtime, reason) "
             "SELECT path, size, mtime, error FROM run_files WHERE action = 'fail' ORDER BY seq"
         )
+        self.catalog.refresh_cameras()
 
 
 def _storable(path: str) -> bool:

@@ -15,6 +15,12 @@ for the groups `retrieval duplicates` would print (union-find closes the pairs t
 and times `find_duplicates`.
 
     .venv/bin/python scripts/dupes_eval.py [--model default] [--families 60] [--out bench-out/dupes.json]
+
+`--speed N` instead times `find_duplicates` on N synthetic vectors (scripts/bench_search.py's
+clustered vectors and catalog filling), 1% of them near-copies of another (cosine about 0.99),
+and reports how many of those pairs it found.
+
+    .venv/bin/python scripts/dupes_eval.py --speed 100000 --out bench-out/dupes-speed.json
 """
 
 from __future__ import annotations
@@ -128,13 +134,52 @@ def components(linked: np.ndarray) -> np.ndarray:
     return np.array([root(i) for i in range(len(linked))])
 
 
+def speed(n: int) -> dict:
+    """find_duplicates on n synthetic vectors, 1% of them planted copies."""
+    from bench_search import DIM, clustered, fill_catalog
+
+    from retrieval import index as faiss_index
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (1000, DIM)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    data = clustered(n, DIM, seed=n, centers=centers)
+    copies = rng.choice(n // 2, n // 100, replace=False)
+    targets = n // 2 + rng.choice(n - n // 2, n // 100, replace=False)
+    data[targets] = data[copies] + rng.normal(0, 0.1 / np.sqrt(DIM), (len(copies), DIM)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        index, _ = faiss_index.build(np.arange(1, n + 1, dtype=np.int64), data, factory=faiss_index.factory_for(n))
+        store = fill_catalog(Path(tmp) / "idx", data, index)
+        started = time.perf_counter()
+        groups = find_duplicates(store, DEFAULT_THRESHOLD)
+        seconds = time.perf_counter() - started
+        store.close()
+    planted = {(int(a) + 1, int(b) + 1) for a, b in zip(copies, targets)}
+    found = {(g[i].id, g[j].id) for g in groups for i in range(len(g)) for j in range(len(g))}
+    return {
+        "date": date.today().isoformat(), "vectors": n, "index": faiss_index.factory_for(n),
+        "planted_pairs": len(planted), "found_planted": sum(p in found for p in planted),
+        "groups": len(groups), "seconds": round(seconds, 2),
+        "load_average_1min_start": load, "load_average_1min_end": os.getloadavg()[0],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
+    parser.add_argument("--speed", type=int, default=None, help="Time find_duplicates on this many synthetic vectors instead.")
     parser.add_argument("--families", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench-out/dupes.json")
     args = parser.parse_args()
+    if args.speed:
+        report = speed(args.speed)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2))
+        return
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "photos"

@@ -55,6 +55,8 @@ ls /usr/share/backgrounds/*_by_*.jpg >/dev/null 2>&1 || want+=(lomiri-wallpapers
 # The page's browser test (tests/test_page.py) drives Debian's Chromium with playwright, whose
 # own browser download is not reachable.
 [ -n "$testing" ] && ! command -v chromium >/dev/null && want+=(chromium)
+# Real camera files with their EXIF kept (tests/test_exif.py): lxqt-themes' wallpapers (26 MB).
+[ -n "$testing" ] && [ ! -f /usr/share/lxqt/wallpapers/fog.jpg ] && want+=(lxqt-themes)
 if [ ${#want[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${want[*]} (apt)" >&2

@@ -220,8 +220,9 @@ def _downgrade_to_schema_1(store: IndexStore) -> None:
     from retrieval.catalog import PHOTO_COLUMNS
 
     conn = store.catalog.db.conn
-    conn.execute("DROP INDEX images_taken")
-    conn.execute("DROP INDEX images_lat")
+    for index in ("images_taken", "images_lat", "images_make", "images_model"):
+        conn.execute(f"DROP INDEX {index}")
+    conn.execute("DROP TABLE cameras")
     for column in PHOTO_COLUMNS:
         conn.execute(f"ALTER TABLE images DROP COLUMN {column}")
     store.catalog.set_meta(schema_version=1)
@@ -267,3 +268,31 @@ def test_old_index_gains_metadata_without_encoding(tmp_path, color_aligner):
     again = indexer.run(store, fresh, [photos])
     assert again.generation == store.catalog.generation == generation + 1
     store.close()
+
+
+def test_server_search_takes_the_same_filters(library):
+    """GET and POST /api/search accept the filter fields, echo them, and explain an empty result."""
+    from server_kit import client
+
+    from retrieval.server.app import ServerSettings
+
+    store, photos, aligner = library
+    with client(ServerSettings(indexes=[str(store.folder)], batch_window_ms=0), aligner=aligner) as api:
+        got = api.get("/api/search", params={"q": "x", "camera": "nikon", "after": "2022-01-01", "k": 50})
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert body["query"]["camera"] == "nikon" and body["query"]["after"] == "2022-01-01T00:00:00"
+        rows = {r["id"]: r for r in store.catalog.db.query("SELECT id, camera_model, taken FROM images")}
+        assert body["results"] and all(
+            "NIKON" in rows[r["id"]]["camera_model"] and rows[r["id"]]["taken"] >= "2022" for r in body["results"]
+        )
+        query = aligner.encode_texts(["x"])[0]
+        want = brute_force(store, query, 50, {"camera": "nikon", "after": "2022-01-01T00:00:00"})
+        assert [r["id"] for r in body["results"]] == want
+        posted = api.post("/api/search", json={"q": "x", "folder": [str(photos / "f1")], "min_width": 90})
+        assert posted.status_code == 200 and all("/f1/" in r["path"] or r["path"].startswith("f1/")
+                                                 for r in posted.json()["results"])
+        empty = api.get("/api/search", params={"q": "x", "camera": "hasselblad"}).json()
+        assert empty["results"] == [] and empty["note"].startswith("no image passes --camera")
+        bad = api.get("/api/search", params={"q": "x", "near": "here"})
+        assert bad.status_code == 400 and bad.json()["error"].startswith("--near 'here'")

@@ -82,12 +82,26 @@ class SearchParams(BaseModel):
     target: Literal["images", "texts"] = Field("images", description="Rank images, or the caption corpus.")
     k: int = Field(24, ge=1, le=MAX_K, description="Results per page.")
     offset: int = Field(0, ge=0, le=MAX_OFFSET, description="Results to skip (paging).")
+    # Filters (retrieval/filters.py, docs/photo-library.md); AND-combined.
+    after: Text | None = Field(None, description="Taken on or after this date (YYYY-MM-DD or YYYY-MM-DDTHH:MM).")
+    before: Text | None = Field(None, description="Taken before this date (excluded).")
+    folder: list[Text] = Field([], max_length=20, description="Only images under one of these folders.")
+    camera: Text | None = Field(None, description="Camera make or model contains this (case-insensitive).")
+    near: Text | None = Field(None, description="LAT,LON,KM: taken within KM kilometres of LAT,LON.")
+    min_width: int | None = Field(None, ge=1, le=10**6, description="At least this many pixels wide.")
+    min_height: int | None = Field(None, ge=1, le=10**6, description="At least this many pixels high.")
 
     def spec(self, image: bytes | None = None) -> SearchSpec:
+        from retrieval.filters import Filters
+
+        filters = Filters.parse(  # a bad value is a FilterError: a 400 with its one line
+            after=self.after, before=self.before, folders=[f for f in self.folder if f], camera=self.camera,
+            near=self.near, min_width=self.min_width, min_height=self.min_height,
+        )
         return SearchSpec(
             index=self.index, q=self.q or None, like=list(self.like), like_weights=self.like_weights,
             weight=self.weight, negatives=[n for n in self.not_ if n], target=self.target, k=self.k,
-            offset=self.offset, image=image,
+            offset=self.offset, image=image, filters=filters if filters.active else None,
         )
 
 
@@ -108,6 +122,7 @@ class SearchResponse(BaseModel):
     results: list[Result]
     offset: int
     next_offset: int | None
+    note: str | None = None
 
 
 class Error(BaseModel):
@@ -357,11 +372,11 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, dict]:
     if not data:
         raise RetrievalError("the uploaded file is empty")
     fields: dict = {}
-    for name in ("like", "like_weights", "not"):
+    for name in ("like", "like_weights", "not", "folder"):
         values = [v for v in form.getlist(name) if isinstance(v, str) and v != ""]
         if values:
             fields[name] = values
-    for name in ("index", "q", "weight", "target", "k", "offset"):
+    for name in ("index", "q", "weight", "target", "k", "offset", "after", "before", "camera", "near", "min_width", "min_height"):
         value = form.get(name)
         if isinstance(value, str) and value != "":
             fields[name] = value

@@ -21,6 +21,7 @@ import numpy as np
 from retrieval import query as engine
 from retrieval.api import Index, open_index
 from retrieval.errors import IndexNotFound, RetrievalError
+from retrieval.filters import Filters
 from retrieval.store import resolve
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,13 @@ class SearchSpec:
     image: bytes | None = None
     #: A query vector given as is (clip-retrieval's embedding_input).
     vector: list[float] | None = None
+    #: Dates, folders, camera, place, size (retrieval.filters.Filters); None: no filter.
+    filters: Filters | None = None
 
     @property
     def text_only(self) -> bool:
         """A plain text query: these are the ones micro-batched together."""
-        return bool(self.q) and not (self.like or self.negatives or self.image or self.vector)
+        return bool(self.q) and not (self.like or self.negatives or self.image or self.vector or self.filters)
 
     def echo(self, index: str) -> dict:
         out = {"index": index, "target": self.target, "k": self.k, "offset": self.offset}
@@ -69,6 +72,8 @@ class SearchSpec:
             out["image"] = "upload"
         if (self.q or self.negatives) and (self.like or self.image is not None):
             out["weight"] = self.weight
+        if self.filters is not None:
+            out.update(self.filters.describe())
         return out
 
 
@@ -142,8 +147,13 @@ class Library:
         if served.empty():
             return self._response(served, spec, [], None)
         vector = self.query_vector(served, spec)
-        [(hits, next_offset)] = engine.search_page(served.store, vector, spec.k, spec.offset, spec.target)
-        return self._response(served, spec, hits, next_offset)
+        [(hits, next_offset)] = engine.search_page(served.store, vector, spec.k, spec.offset, spec.target, spec.filters)
+        response = self._response(served, spec, hits, next_offset)
+        if spec.filters is not None and not hits and spec.offset == 0:
+            from retrieval.filters import why_empty
+
+            response["note"] = why_empty(served.store.catalog, spec.filters)  # nothing passed: say which filter
+        return response
 
     def search_texts(self, key: tuple[str, str], specs: list[SearchSpec]) -> list[dict]:
         """Plain text queries against one index and target: one encoder call, one FAISS call."""
