@@ -247,3 +247,22 @@ def test_serve_mistakes_are_one_line_messages(tmp_path):
         result = CliRunner().invoke(main, ["serve", *args])
         assert result.exit_code != 0 and message in result.output, result.output
         assert "Traceback" not in result.output
+
+
+def test_only_the_server_package_imports_the_web_stack():
+    import ast
+    from pathlib import Path
+
+    import retrieval
+
+    package = Path(retrieval.__file__).parent
+    web = {"fastapi", "starlette", "uvicorn", "multipart", "python_multipart"}
+    offenders = []
+    for path in package.rglob("*.py"):
+        relative = path.relative_to(package).as_posix()
+        if relative.startswith("server/") or relative == "cli/serve.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{relative}: {n}" for n in names if n.split(".")[0] in web]
+    assert offenders == []
