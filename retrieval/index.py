@@ -125,22 +125,28 @@ def gather(chunks: Chunks, positions: np.ndarray, dim: int) -> tuple[np.ndarray,
 
 
 def tune_nprobe(
-    index: faiss.Index, chunks: Chunks, n: int, dim: int, n_queries: int = 500, rerank: bool = False
+    index: faiss.Index, chunks: Chunks, n: int, dim: int, n_queries: int = 500, rerank: bool = False,
+    probe: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[int | None, float]:
     """Smallest power-of-two nprobe whose recall@10 vs exact search reaches the target.
 
     With `rerank`, recall counts the true top 10 found among the RERANK_FACTOR x 10
     candidates: exactly what re-scoring them returns. An index without ``nprobe`` (exact
-    scan of 8-bit codes) gets its recall measured once.
+    scan of 8-bit codes) gets its recall measured once. `probe`: (queries, their exact top-k
+    ids), when the caller has computed them in a pass of its own (retrieval.ondisk does, to
+    save two passes over ten million vectors); otherwise they are made here.
     """
-    rng = np.random.default_rng(1)
-    sample = rng.choice(n, min(n_queries, n), replace=False)
-    _, near = gather(chunks, sample, dim)
-    # Perturbed copies of stored vectors stand in for queries near the data.
-    queries = near + rng.normal(0, 0.05, (len(sample), dim)).astype(np.float32)
-    faiss.normalize_L2(queries)
-    k = min(10, n)
-    truth = exact_top_k(chunks, queries, k)
+    if probe is None:
+        rng = np.random.default_rng(1)
+        sample = rng.choice(n, min(n_queries, n), replace=False)
+        _, near = gather(chunks, sample, dim)
+        # Perturbed copies of stored vectors stand in for queries near the data.
+        queries = near + rng.normal(0, 0.05, (len(sample), dim)).astype(np.float32)
+        faiss.normalize_L2(queries)
+        truth = exact_top_k(chunks, queries, min(10, n))
+    else:
+        queries, truth = probe
+    k = truth.shape[1]
     fetch = min(k * RERANK_FACTOR, n) if rerank else k
     if not isinstance(index, faiss.IndexIVF):
         return None, recall_at_k(truth, index.search(queries, fetch)[1])
@@ -189,8 +195,13 @@ def update(index: faiss.Index, remove: np.ndarray, adds: Iterable[tuple[np.ndarr
             index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, dtype=np.int64))
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ids) of the k best matches for each query; ids -1 pad short results."""
+def search(
+    index: faiss.Index, queries: np.ndarray, k: int, params: faiss.SearchParameters | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) of the k best matches for each query; ids -1 pad short results.
+
+    `params` (:func:`subset_params`) restricts the search to some ids and widens an IVF probe.
+    """
     if index.ntotal == 0:
         n = len(queries)
         return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
@@ -237,6 +248,46 @@ def search_ranked(
     return scores, ids
 
 
+def subset_params(index: faiss.Index, allowed: np.ndarray | None, share: float = 1.0) -> faiss.SearchParameters | None:
+    """Search parameters for a filtered search (see retrieval/filters.py).
+
+    `allowed`: the only ids a search may return (None: any). `share`: the part of the
+    collection that passes the filter; an IVF index probes 1/share times more lists, since
+    the nearest passing vectors lie that much farther out than the nearest of all.
+    The parameters keep the arrays they read alive (FAISS holds bare pointers).
+    """
+    selector, keep = (None, None) if allowed is None else _selector(np.asarray(allowed, np.int64))
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    if ivf is not None:
+        params = faiss.SearchParametersIVF()
+        params.nprobe = min(ivf.nlist, max(ivf.nprobe, math.ceil(ivf.nprobe / max(share, 1e-9))))
+    elif selector is None:
+        return None
+    else:
+        params = faiss.SearchParameters()
+    if selector is not None:
+        params.sel = selector
+    params.keep = (selector, keep)  # a Python attribute: lives as long as the parameters
+    return params
+
+
+def _selector(ids: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray]:
+    # A bitmap over the id range costs one bit test per vector scanned; a hash set (Batch)
+    # costs a hash lookup but no memory proportional to the largest id. Ids are dense in
+    # the engine (handed out in order, never reused), so the bitmap is the usual choice.
+    top = int(ids.max()) + 1 if len(ids) else 1
+    if top <= 64 * max(len(ids), 1):
+        bits = np.zeros(top, bool)
+        bits[ids] = True
+        bitmap = np.packbits(bits, bitorder="little")
+        return faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)), bitmap  # its size is in bytes
+    ids = np.ascontiguousarray(ids)
+    return faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids)), ids
+
+
 def write(index: faiss.Index, path: Path) -> None:
     """Write atomically: readers see the old file or the new one, never half of one."""
     tmp = Path(f"{path}.tmp-{os.getpid()}")
@@ -268,3 +319,77 @@ def read(path: Path, mmap: bool = False) -> faiss.Index:
 def describe(index: faiss.Index) -> str:
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
     return type(inner).__name__
+
+
+def ids_of(index: faiss.Index) -> np.ndarray:
+    """Every id stored in `index` (IDMap or IVF), for checking it against the catalog."""
+    if isinstance(index, faiss.IndexIDMap):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    parts = [
+        faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+        for i in range(ivf.nlist)
+        if lists.list_size(i)
+    ]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+# -- near-duplicate pairs (retrieval/duplicates.py) ------------------------------------------
+#: Up to this many vectors the index itself answers the range search: an exhaustive scan, a
+#: few seconds at most. Above it a coarse IVF built for the purpose keeps it in seconds.
+PAIRS_EXACT_LIMIT = 4_000
+#: Lists probed per vector in that IVF: near-duplicates sit in the same or a next cell.
+PAIRS_NPROBE = 4
+
+
+def near_pairs(
+    index: faiss.Index, chunks: Chunks, n: int, dim: int, threshold: float,
+    advance: Callable[[int], None] | None = None,
+) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(a, b, score) arrays of all pairs of stored vectors with inner product >= `threshold`, a < b.
+
+    Each chunk of stored vectors is a batch of queries to a range search: the index's own
+    when it is an inverted file or small, a coarse inverted file over the same vectors
+    otherwise (an exhaustive scan of 100,000 against 100,000 takes minutes on 2 cores).
+    Scores are those of the index searched: approximate for 8-bit codes (callers re-score).
+    """
+    searcher, params = index, None
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    if ivf is None and n > PAIRS_EXACT_LIMIT:
+        searcher, ivf = _coarse_ivf(chunks, n, dim), None
+        params = faiss.SearchParametersIVF()
+        params.nprobe = PAIRS_NPROBE
+    elif ivf is not None:
+        params = faiss.SearchParametersIVF()
+        params.nprobe = min(ivf.nlist, max(ivf.nprobe, PAIRS_NPROBE))
+    for ids, vectors in chunks():
+        if not len(ids):
+            continue
+        lims, scores, found = searcher.range_search(np.ascontiguousarray(vectors, np.float32), threshold, params=params)
+        rows = np.repeat(np.asarray(ids, np.int64), np.diff(lims).astype(np.int64))
+        keep = rows < found
+        yield rows[keep], found[keep], scores[keep]
+        if advance is not None:
+            advance(len(ids))
+
+
+def _coarse_ivf(chunks: Chunks, n: int, dim: int) -> faiss.Index:
+    # Many small lists: each vector is compared with about 4 * n / nlist others. The cells only
+    # partition the space (near-duplicates land in one cell or the next), so k-means gets a
+    # small sample and few iterations.
+    nlist = max(1, int(4 * math.sqrt(n)))
+    ivf = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(0)
+    sample = min(n, 10 * nlist)
+    _, train = gather(chunks, np.sort(rng.choice(n, sample, replace=False)), dim)
+    ivf.cp.niter = 8
+    ivf.cp.min_points_per_centroid = 5
+    ivf.train(train)
+    for ids, vectors in chunks():
+        if len(ids):
+            ivf.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
+    return ivf

@@ -170,9 +170,12 @@ def build(
         _, sample = faiss_index.gather(chunks, picks, dim)
         trained_path = work / "trained.faiss"
         faiss_index.write(train(sample, nlist), trained_path)
+        # The queries that tune nprobe, and their exact top 10 found during the adding pass:
+        # two passes over the collection fewer than index.tune_nprobe makes on its own.
+        probe = TopK(probe_queries(sample), min(10, n))
         del sample
         shards, done, started = [], 0, time.monotonic()
-        for number, part in enumerate(split(chunks(), shard_rows)):
+        for number, part in enumerate(split(probe.watch(chunks()), shard_rows)):
             shard = work / f"shard-{number}.faiss"
             done += build_shard(trained_path, part, shard)
             rate = done / max(time.monotonic() - started, 1e-9)
@@ -186,9 +189,47 @@ def build(
     if index.ntotal != n:
         raise RetrievalError(f"the on-disk index holds {index.ntotal} vectors, expected {n}; index again")
     faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = 64
-    info.nprobe, info.recall_at_10 = faiss_index.tune_nprobe(index, chunks, n, dim, rerank=True)
+    info.nprobe, info.recall_at_10 = faiss_index.tune_nprobe(
+        index, chunks, n, dim, rerank=True, probe=(probe.queries, probe.ids)
+    )
     faiss_index.write(index, out)
     return index, info
+
+
+def probe_queries(sample: np.ndarray, count: int = 500) -> np.ndarray:
+    """Perturbed copies of sampled vectors: queries near the data, as index.tune_nprobe makes them."""
+    rng = np.random.default_rng(1)
+    near = sample[rng.choice(len(sample), min(count, len(sample)), replace=False)]
+    queries = near + rng.normal(0, 0.05, near.shape).astype(np.float32)
+    faiss.normalize_L2(queries)
+    return queries
+
+
+class TopK:
+    """The exact top-k ids of `queries` over (ids, vectors) chunks that stream past it."""
+
+    def __init__(self, queries: np.ndarray, k: int):
+        self.queries, self.k = queries, k
+        self.scores = np.full((len(queries), 0), -np.inf, np.float32)
+        self.ids = np.zeros((len(queries), 0), np.int64)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if not len(ids):
+            return
+        scores = self.queries @ np.ascontiguousarray(vectors, np.float32).T
+        if len(ids) > self.k:  # partial selection: a full sort of each chunk would cost minutes at 10M
+            top = np.argpartition(-scores, self.k - 1, axis=1)[:, : self.k]
+        else:
+            top = np.broadcast_to(np.arange(len(ids)), scores.shape)
+        both = np.concatenate([self.scores, np.take_along_axis(scores, top, 1)], axis=1)
+        both_ids = np.concatenate([self.ids, np.asarray(ids, np.int64)[top]], axis=1)
+        keep = np.argsort(-both, axis=1, kind="stable")[:, : self.k]
+        self.scores, self.ids = np.take_along_axis(both, keep, 1), np.take_along_axis(both_ids, keep, 1)
+
+    def watch(self, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for ids, vectors in chunks:
+            self.add(ids, vectors)
+            yield ids, vectors
 
 
 def read(path: Path) -> faiss.Index:
