@@ -128,7 +128,8 @@ def build_ondisk(work: Path) -> dict:
     n, path = store.catalog.count("images"), store.faiss_path("images", 1)
     started = time.monotonic()
     with MemoryWatch() as mem:
-        _, info = ondisk.build(store.catalog.image_vectors, n, DIM, path)
+        # As the engine calls it (indexer._write_ondisk_index).
+        _, info = ondisk.build(store.catalog.image_vectors, n, DIM, path, sample=ondisk.catalog_sample(store.catalog))
     out = {"build_s": round(time.monotonic() - started), **mem.report(), "factory": info.factory,
            "nprobe": info.nprobe, "tuned_recall_at_10": info.recall_at_10,
            "faiss_mb": round(path.stat().st_size / 2**20), "ivfdata_mb": round(ondisk.lists_path(path).stat().st_size / 2**20)}
