@@ -80,13 +80,14 @@ class Index:
     @property
     def aligner(self):
         if self._aligner is None:
-            from retrieval.aligners import load_aligner
+            from retrieval.aligners import load_aligner_for
 
             spec = self._model or self.store.model_spec
             if spec is None:
                 raise RetrievalError(f"index {self.store.folder} is empty: run `retrieval index` first")
             self.store.refuse_other_early(spec)
-            aligner = load_aligner(spec)
+            # An index built with an earlier `default` recipe is searched with that recipe.
+            aligner = load_aligner_for(spec, self.store.catalog.get_meta("model_identity"))
             self.store.check_model(aligner)
             self._aligner = aligner
         return self._aligner

@@ -18,7 +18,7 @@ SKIMAGE_PHOTOS = [
 ]
 WALLPAPER_GLOB = ("/usr/share/backgrounds", "*_by_*.jpg")
 
-DEMO_QUERIES = ["a cat", "a cup of coffee", "a rocket launch", "mountains and a lake", "an astronaut"]
+DEMO_QUERIES = ["a cat", "a cup of coffee", "a rocket launch", "mountains and a lake", "an astronaut", "a woman"]
 
 
 def demo_sources() -> list[Path]:

@@ -281,8 +281,10 @@ def image_features(
 
 @torch.no_grad()
 def readout(tower: ImageTower, cached: np.ndarray, chunk: int = 4096) -> torch.Tensor:
+    # trunk_forward with nothing unlocked is the readout; it also unpacks what a tower keeps
+    # beside the frozen features in its cache (the default aligner's expert weights).
     parts = [
-        tower.readout(torch.from_numpy(np.array(cached[i : i + chunk], np.float32)).to(tower.device))
+        tower.trunk_forward(torch.from_numpy(np.array(cached[i : i + chunk], np.float32)).to(tower.device))
         for i in range(0, len(cached), chunk)
     ]
     return torch.cat(parts)

@@ -1,11 +1,12 @@
 """Encoder throughput of each aligner on this machine, in one run: images/s and texts/s.
 
-Images are preprocessed pixel batches (decoding and resizing are the loader's cost, not
-the aligner's); texts are the dev set's hand-written captions (one sentence of 8 to 25
+Images are preprocessed pixel batches of real photos (scikit-image's sample photos;
+decoding and resizing are the loader's cost, not the aligner's); texts are the dev set's hand-written captions (one sentence of 8 to 25
 words each). Every figure is the fastest of several timed rounds after a warm-up round:
 other work on a shared machine only ever slows a round down, so the fastest is the
 closest to what the machine can do.
-Also times the cold start of a text query with ``default`` in a fresh process (what
+The ``default`` rows compare, in the same rounds, the previous recipe (ConSE alone) with
+the shipped one (ConSE + experts), and time each expert alone. Also times the cold start of a text query with ``default`` in a fresh process (what
 ``retrieval search "..."`` pays before it can search).
 
     python scripts/bench_aligners.py            # prints a markdown table
@@ -26,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from retrieval.aligners import conse
 from retrieval.aligners.conse import ConseAligner
+from retrieval.aligners.experts import to_uint8
 from retrieval.aligners.openclip import OpenClipAligner
 
 CAPTIONS = Path(__file__).with_name("devset_captions.csv")
@@ -60,8 +63,14 @@ def captions(n: int) -> list[str]:
 
 
 def pixels(aligner, n: int) -> np.ndarray:
-    size = aligner.transform.size
-    return np.random.default_rng(0).normal(size=(n, 3, size, size)).astype(np.float32)
+    """`n` real photos through the aligner's transform (experts behave differently on noise)."""
+    import skimage
+    from PIL import Image
+
+    folder = Path(skimage.__file__).parent / "data"
+    names = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg", "camera.png")
+    photos = [aligner.transform(Image.open(folder / name)) for name in names]
+    return np.stack([photos[i % len(photos)] for i in range(n)])
 
 
 def cold_start_seconds(rounds: int) -> float:
@@ -80,27 +89,39 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32, help="images per batch")
     parser.add_argument("--texts", type=int, default=256, help="texts per batch")
     parser.add_argument("--quick", action="store_true", help="1 timed round instead of 5")
+    parser.add_argument("--default-only", action="store_true", help="only the default recipes and experts")
     args = parser.parse_args()
     rounds = 1 if args.quick else 5
     load_before = os.getloadavg()[0]
     texts = captions(args.texts)
     rows = []
 
-    for variant in ("lite0", "lite2"):
-        aligner = ConseAligner(device="cpu", config={"image_model": variant})
-        batch = pixels(aligner, args.batch)
-        images = rate(lambda: aligner.encode_images(batch), len(batch), rounds)  # noqa: B023
-        text = rate(lambda: aligner.encode_texts(texts), len(texts), rounds)  # noqa: B023
-        label = "`default` (EfficientNet-Lite0 + MiniLM-L6)" if variant == "lite0" else "default recipe with Lite2 (260 px)"
-        rows.append((label, images, f"{text:.0f}"))
+    previous, shipped = ConseAligner(device="cpu", config=conse.RECIPE_2026_11), ConseAligner(device="cpu")
+    batch = pixels(shipped, args.batch)
+    uint8 = to_uint8(batch, shipped.transform.mean, shipped.transform.std)
+    fns = [lambda: previous.encode_images(batch), lambda: shipped.encode_images(batch)]
+    fns += [lambda e=e: e.weights(uint8) for e in shipped.experts]
+    measured = rates(fns, len(batch), rounds)
+    text = rate(lambda: shipped.encode_texts(texts), len(texts), rounds)
+    rows.append(("previous `default` recipe (Lite0 + MiniLM-L6, ConSE alone)", measured[0], f"{text:.0f}"))
+    rows.append(("**`default`** (ConSE + colour, people and scene experts)", measured[1], f"{text:.0f}"))
+    for expert, speed in zip(shipped.experts, measured[2:]):
+        rows.append((f"{expert.name} expert alone", speed, "-"))
+    if args.default_only:
+        return report(rows, args, rounds, load_before, cold=None)
+    lite2 = ConseAligner(device="cpu", config={**conse.RECIPE_2026_11, "image_model": "lite2"})
+    batch2 = pixels(lite2, args.batch)
+    rows.append(("previous recipe with Lite2 (260 px)", rate(lambda: lite2.encode_images(batch2), len(batch2), rounds), "-"))
 
     clip = OpenClipAligner("ViT-B-32", "random", device="cpu")
     batch = pixels(clip, args.batch)
     images = rate(lambda: clip.encode_images(batch), len(batch), rounds)
     trimmed, full = rates([lambda: clip.encode_texts(texts), lambda: clip.encode_texts(texts, trim=False)], len(texts), rounds)
     rows.append(("`open_clip:ViT-B-32/random`", images, f"{trimmed:.0f} trimmed / {full:.0f} full 77 tokens ({trimmed / full:.1f}x)"))
-    cold = cold_start_seconds(rounds)
+    return report(rows, args, rounds, load_before, cold=cold_start_seconds(rounds))
 
+
+def report(rows: list, args, rounds: int, load_before: float, cold: float | None) -> int:
     cpu = platform.processor() or platform.machine()
     print(f"CPU: {cpu}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"batches of {args.batch} images / {args.texts} captions; fastest of {rounds} rounds; "
@@ -108,7 +129,8 @@ def main() -> int:
     print("| aligner | images/s | texts/s |\n|---|---|---|")
     for label, images, text in rows:
         print(f"| {label} | {images:.1f} | {text} |")
-    print(f"\nCold start of a text query with `default` (fresh process to first vector): {cold:.1f} s")
+    if cold is not None:
+        print(f"\nCold start of a text query with `default` (fresh process to first vector): {cold:.1f} s")
     return 0
 
 

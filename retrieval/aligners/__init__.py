@@ -19,7 +19,7 @@ from pathlib import Path
 from retrieval.aligners.base import Aligner, normalize
 from retrieval.errors import ModelError
 
-__all__ = ["Aligner", "load_aligner", "list_aligners", "normalize", "surely_other"]
+__all__ = ["Aligner", "load_aligner", "load_aligner_for", "list_aligners", "normalize", "surely_other"]
 
 _LOADED: dict[tuple, Aligner] = {}
 
@@ -35,6 +35,27 @@ def load_aligner(spec: str = "default", device: str | None = None) -> Aligner:
     key = (spec, device, _file_stamp(spec))
     if key not in _LOADED:
         _LOADED[key] = _load(spec, device)
+    return _LOADED[key]
+
+
+def load_aligner_for(spec: str, identity: str | None, device: str | None = None) -> Aligner:
+    """The aligner to *search* an index with: `spec`, or the earlier `default` recipe it was built with.
+
+    A retuned `default` changes how images are embedded, not how queries are (MiniLM alone),
+    so an index built with an earlier recipe stays searchable with that recipe rebuilt from
+    its recorded identity. Adding vectors to it with the new recipe is still refused.
+    """
+    aligner = load_aligner(spec, device)
+    if identity is None or aligner.identity == identity or (spec or "default").strip() != "default":
+        return aligner
+    from retrieval.aligners.conse import ConseAligner, recipe_for
+
+    recipe = recipe_for(identity)
+    if recipe is None:
+        return aligner
+    key = ("default", device, identity)
+    if key not in _LOADED:
+        _LOADED[key] = ConseAligner(device=device, config=recipe)
     return _LOADED[key]
 
 

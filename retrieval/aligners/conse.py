@@ -37,7 +37,9 @@ from retrieval.transform import ImageTransform
 
 log = logging.getLogger(__name__)
 
-CONFIG = {
+# The recipe measured and shipped on 2026-11-25 (ConSE alone). Indexes built with it record
+# its identity; searching them rebuilds it (see `recipe_for`), so they keep working.
+RECIPE_2026_11 = {
     "image_model": "lite0",  # lite2 was no better on the dev set and costs twice as much
     "resize_mode": "shortest",
     "crop_pct": 1.0,
@@ -53,6 +55,20 @@ CONFIG = {
     # few images near every query ("hubs"); removing it mostly helps image-to-text.
     "center": 1.0,
 }
+
+# The shipped recipe: the class mixture plus experts (retrieval/aligners/experts/) that name
+# colours, people and lighting. Each expert's phrase vector is added with its `weight`;
+# `center` takes the mean of its phrases off first, so "red" means red rather than "a colour".
+# Weights were tuned on the tuning half of the v2 dev set only (scripts/tune_experts.py).
+CONFIG = {
+    **RECIPE_2026_11,
+    "experts": {
+        "colour": {"weight": 1.0, "center": 0.0},
+        "people": {"weight": 0.4, "center": 0.0},
+        "scene": {"weight": 0.1, "center": 1.0},
+    },
+}
+PREVIOUS_RECIPES = (RECIPE_2026_11,)
 
 _IMAGE_MODELS = {
     # variant: (package, module attribute, timm architecture, input size)
@@ -72,6 +88,14 @@ def cache_dir() -> Path:
 
 def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def recipe_for(identity: str) -> dict | None:
+    """The recipe (current or previous) whose aligner has this identity, if any."""
+    for recipe in (CONFIG, *PREVIOUS_RECIPES):
+        if identity == f"default/conse-{config_hash(recipe)}":
+            return recipe
+    return None
 
 
 def image_transform(config: dict) -> ImageTransform:
@@ -198,11 +222,30 @@ def conse_combine(logits: np.ndarray, class_embeddings: np.ndarray, config: dict
     return combined
 
 
+def fuse(conse: np.ndarray, expert_weights: dict[str, np.ndarray], phrases: dict[str, np.ndarray], config: dict) -> np.ndarray:
+    """The class mixture plus each expert's phrase vector, weighted by the recipe; normalized.
+
+    `expert_weights[name]` is (n, vocabulary) from the expert, `phrases[name]` its
+    (vocabulary, dim) phrase embeddings.
+    """
+    out = np.asarray(conse, np.float32).copy()
+    for name, settings in (config.get("experts") or {}).items():
+        if not settings.get("weight"):
+            continue
+        table = phrases[name]
+        if settings.get("center"):
+            table = table - settings["center"] * table.mean(axis=0)
+        out += settings["weight"] * (expert_weights[name] @ table)
+    return normalize(out)
+
+
 class ConseAligner(Aligner):
     spec = "default"
 
     def __init__(self, device: str | None = None, config: dict | None = None):
-        self.config = {**CONFIG, **(config or {})}
+        # A given config is a recipe over the ConSE base: experts only where it names them,
+        # so a recorded earlier recipe (no "experts" key) rebuilds exactly.
+        self.config = {**RECIPE_2026_11, **config} if config else dict(CONFIG)
         self.device_spec = device
         self.device = None  # resolved when the classifier loads
         self.identity = f"default/conse-{config_hash(self.config)}"
@@ -211,6 +254,32 @@ class ConseAligner(Aligner):
         self._classifier = None
         self._text: SentenceEncoder | None = None
         self._class_embeddings: np.ndarray | None = None
+        self._experts = None
+        self._phrases: dict[str, np.ndarray] | None = None
+
+    @property
+    def experts(self) -> list:
+        if self._experts is None:
+            from retrieval.aligners.experts import build_experts
+
+            self._experts = build_experts(self.config)
+        return self._experts
+
+    @property
+    def phrases(self) -> dict[str, np.ndarray]:
+        """Each expert's phrase embeddings (a few dozen short texts, embedded once per process)."""
+        if self._phrases is None:
+            self._phrases = {e.name: self.text.encode(list(e.vocabulary)) for e in self.experts}
+        return self._phrases
+
+    def expert_weights(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """Each expert's phrase weights for preprocessed pixels (read back as uint8 RGB)."""
+        from retrieval.aligners.experts import to_uint8
+
+        if not self.experts:
+            return {}
+        images = to_uint8(pixels, self.transform.mean, self.transform.std)
+        return {e.name: e.weights(images) for e in self.experts}
 
     @property
     def classifier(self):
@@ -268,7 +337,10 @@ class ConseAligner(Aligner):
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         if len(pixels) == 0:
             return np.zeros((0, self.dim), np.float32)
-        return conse_combine(self.logits(pixels), self.class_embeddings, self.config)
+        vectors = conse_combine(self.logits(pixels), self.class_embeddings, self.config)
+        if not self.config.get("experts"):
+            return vectors
+        return fuse(vectors, self.expert_weights(pixels), self.phrases, self.config)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:

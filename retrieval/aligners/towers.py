@@ -36,7 +36,7 @@ from retrieval.aligners.base import Aligner
 from retrieval.errors import TrainingError
 
 #: Bumped when what a tower computes changes, so old feature caches are not reused.
-TOWER_VERSION = 2
+TOWER_VERSION = 3
 
 
 class ImageTower:
@@ -122,19 +122,53 @@ class ConseImageTower(ImageTower):
 
     def cache_identity(self) -> str:
         # The pooled features depend on the classifier and the preprocessing only, not on
-        # the ConSE recipe: retuning `default` keeps the (expensive) cache valid.
-        return f"efficientnet-{self.base.config['image_model']}|{self.kind}-v{TOWER_VERSION}|unlock{self.unlock}|{self.transform!r}"
+        # the ConSE recipe: retuning `default` keeps the (expensive) cache valid. The experts'
+        # phrase weights ride along in the cache, so their settings are part of it.
+        experts = json.dumps({n: e.get("settings", {}) for n, e in (self.base.config.get("experts") or {}).items()})
+        return (f"efficientnet-{self.base.config['image_model']}|{self.kind}-v{TOWER_VERSION}|unlock{self.unlock}|"
+                f"{self.transform!r}|experts{experts}")
 
     def run_all(self, pixels):
         clf = self.base.classifier
         return clf.forward_head(clf.forward_features(pixels), pre_logits=True)
 
-    def readout(self, pooled: torch.Tensor) -> torch.Tensor:
-        from retrieval.aligners.conse import conse_combine
+    @torch.no_grad()
+    def frozen(self, pixels: np.ndarray) -> torch.Tensor:
+        """The frozen output with the experts' phrase weights appended as extra channels.
+
+        The experts read pixels, which later training steps no longer see; carrying their
+        (small) answers in the cache lets the readout reproduce the base's fused vector.
+        """
+        out = super().frozen(pixels)
+        weights = self.base.expert_weights(pixels)
+        if not weights:
+            return out
+        w = torch.from_numpy(np.concatenate([weights[e.name] for e in self.base.experts], axis=1)).to(out)
+        if out.dim() == 2:
+            return torch.cat([out, w], dim=1)
+        return torch.cat([out, w[:, :, None, None].expand(-1, -1, *out.shape[2:])], dim=1)
+
+    def trunk_forward(self, cached: torch.Tensor) -> torch.Tensor:
+        n_weights = sum(len(e.vocabulary) for e in self.base.experts)
+        if not n_weights:
+            return super().trunk_forward(cached)
+        x, w = cached[:, :-n_weights], cached[:, -n_weights:]
+        if w.dim() > 2:
+            w = w[:, :, 0, 0]
+        for stage in self.trunk:
+            x = stage(x)
+        return self.readout(x, w)
+
+    def readout(self, pooled: torch.Tensor, expert_weights: torch.Tensor | None = None) -> torch.Tensor:
+        from retrieval.aligners.conse import conse_combine, fuse
 
         with torch.no_grad():
             logits = self.classifier(pooled).cpu().numpy()
         conse = conse_combine(logits, self.base.class_embeddings, self.base.config)
+        if expert_weights is not None:
+            columns = np.split(expert_weights.cpu().numpy(), np.cumsum([len(e.vocabulary) for e in self.base.experts])[:-1], axis=1)
+            weights = {e.name: c for e, c in zip(self.base.experts, columns)}
+            conse = fuse(conse, weights, self.base.phrases, self.base.config)
         conse = torch.from_numpy(np.asarray(conse, np.float32)).to(pooled.device)
         return torch.cat([conse, nn.functional.normalize(pooled, dim=-1)], dim=-1)
 

@@ -1,0 +1,173 @@
+"""The default aligner's experts (colour, people, scene) and the recipe change they bring.
+
+Colour and scene checks use generated pictures whose answer is known by construction;
+the people check uses real photos (scikit-image's astronaut portrait, its coffee cup) and
+the Haar cascade that ships in the OpenCV wheel. The recipe tests load the real packaged
+`default` models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import skimage_photo
+from PIL import Image
+
+from retrieval.aligners.experts import colour, people, scene, to_uint8
+
+
+def solid(rgb, size=224) -> np.ndarray:
+    return np.broadcast_to(np.asarray(rgb, np.uint8), (size, size, 3)).copy()
+
+
+def named(expert, image: np.ndarray) -> list[str]:
+    """The phrases an expert gives an image, strongest first."""
+    w = expert.weights(image[None])[0]
+    return [expert.vocabulary[i] for i in np.argsort(-w) if w[i] > 0]
+
+
+def test_lab_conversion_matches_scikit_image():
+    from skimage.color import rgb2lab
+
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 40, 3)).astype(np.uint8)
+    np.testing.assert_allclose(colour.srgb_to_lab(rgb), rgb2lab(rgb), atol=0.05)
+
+
+@pytest.mark.parametrize(
+    ("rgb", "name"),
+    [
+        ((220, 20, 30), "red"), ((255, 140, 0), "orange"), ((250, 230, 30), "yellow"), ((30, 160, 40), "green"),
+        ((20, 60, 220), "blue"), ((130, 30, 150), "purple"), ((255, 170, 200), "pink"), ((110, 65, 25), "brown"),
+        ((245, 245, 245), "white"), ((12, 12, 12), "black"),
+    ],
+)
+def test_a_plain_colour_is_named(rgb, name):
+    # A plain white or black picture is also a black-and-white one: that test is off here
+    # (bw_chroma=0) so the colour term itself is checked.
+    assert named(colour.ColourExpert(bw_chroma=0.0), solid(rgb))[0] == name
+
+
+def test_two_colour_picture_names_both_and_the_centre_counts_more():
+    image = solid((20, 60, 220))  # blue all around
+    image[56:168, 56:168] = (220, 20, 30)  # a red square in the middle, a quarter of the picture
+    names = named(colour.ColourExpert(), image)
+    assert names[:2] == ["red", "blue"]
+
+
+def test_grey_photo_is_black_and_white_and_colour_photo_is_not():
+    photo = np.asarray(Image.open(skimage_photo("chelsea.png")).convert("RGB").resize((224, 224)))
+    grey = np.repeat(np.asarray(Image.fromarray(photo).convert("L"))[..., None], 3, axis=2)
+    expert = colour.ColourExpert()
+    assert named(expert, grey) == [colour.BLACK_AND_WHITE]
+    assert colour.BLACK_AND_WHITE not in named(expert, photo)
+
+
+def test_dark_picture_is_night_and_blue_top_is_sky():
+    expert = scene.SceneExpert()
+    dark = solid((15, 15, 25))
+    assert named(expert, dark)[0] == "a dark photo taken at night"
+    outdoor = solid((60, 120, 40))  # green ground
+    outdoor[:100] = (90, 150, 230)  # an even blue sky above it
+    assert "outdoors under a blue sky" in named(expert, outdoor)
+    assert named(expert, solid((200, 200, 200))) == []
+
+
+def test_to_uint8_undoes_the_transform():
+    from retrieval.aligners.conse import CONFIG, image_transform
+
+    transform = image_transform(CONFIG)
+    photo = Image.open(skimage_photo("coffee.png")).convert("RGB")
+    back = to_uint8(transform(photo)[None], transform.mean, transform.std)[0]
+    expected = np.asarray(photo.resize((transform.size * photo.width // photo.height, transform.size), Image.BICUBIC))
+    left = (expected.shape[1] - transform.size) // 2
+    assert np.abs(back.astype(int) - expected[:, left : left + transform.size].astype(int)).max() <= 1
+
+
+@pytest.mark.slow
+def test_face_cascade_finds_the_astronaut_and_not_the_coffee():
+    expert = people.PeopleExpert()
+    portrait = np.asarray(Image.open(skimage_photo("astronaut.png")).convert("RGB").resize((224, 224)))
+    cup = np.asarray(Image.open(skimage_photo("coffee.png")).convert("RGB").resize((224, 224)))
+    assert named(expert, portrait) == ["a person"]  # one face, a small part of the picture
+    assert named(expert, cup) == []
+    # Cropped to her head and shoulders, the same face is a close-up portrait.
+    x, y, w, h = expert.faces(portrait)[0]
+    close = Image.fromarray(portrait[max(0, y - h // 2) : y + 2 * h, max(0, x - w // 2) : x + w + w // 2])
+    names = named(expert, np.asarray(close.resize((224, 224))))
+    assert sorted(names) == sorted(["a person", "a close-up portrait of a person's face"])
+
+
+def test_missing_cascades_are_a_clear_error(monkeypatch):
+    import cv2
+
+    from retrieval.errors import ModelError
+
+    monkeypatch.setattr(cv2.data, "haarcascades", "/nonexistent/")
+    with pytest.raises(ModelError, match="opencv-python-headless<5"):
+        people.load_cascade("haarcascade_frontalface_default.xml")
+
+
+# -- the recipe, with the real packaged models ------------------------------------------
+@pytest.fixture(scope="module")
+def default():
+    from retrieval.aligners import load_aligner
+
+    return load_aligner("default")
+
+
+@pytest.mark.slow
+def test_default_puts_a_red_picture_nearer_red_than_blue(default):
+    red, blue = Image.fromarray(solid((210, 25, 35))), Image.fromarray(solid((25, 60, 210)))
+    images = default.encode_pil([red, blue])
+    texts = default.encode_texts(["a red photo", "a blue photo"])
+    scores = images @ texts.T
+    assert scores[0, 0] > scores[0, 1] and scores[1, 1] > scores[1, 0]
+
+
+@pytest.mark.slow
+def test_demo_person_query_finds_the_portrait(default):
+    # The demo's "a woman": ImageNet has no person class, so only the people expert can find her.
+    from retrieval.demo import DEMO_QUERIES, SKIMAGE_PHOTOS
+
+    assert "a woman" in DEMO_QUERIES
+    images = default.encode_pil([Image.open(skimage_photo(n)) for n in SKIMAGE_PHOTOS])
+    query = default.encode_texts(["a woman"])
+    assert SKIMAGE_PHOTOS[int(np.argmax(images @ query[0]))] == "astronaut.png"
+
+
+def test_previous_recipe_keeps_its_identity():
+    from retrieval.aligners import conse
+
+    # Indexes built before the experts record this identity; changing it would orphan them.
+    assert conse.config_hash(conse.RECIPE_2026_11) == "885cacb3d584"
+    assert conse.recipe_for("default/conse-885cacb3d584") is conse.RECIPE_2026_11
+    assert conse.config_hash(conse.CONFIG) != "885cacb3d584"
+    assert conse.recipe_for("default/conse-000000000000") is None
+
+
+@pytest.mark.slow
+def test_index_of_the_previous_recipe_is_searchable_but_refuses_new_vectors(tmp_path, photo_dir):
+    from retrieval import indexer
+    from retrieval.aligners import load_aligner
+    from retrieval.aligners.conse import RECIPE_2026_11, ConseAligner
+    from retrieval.api import Index
+    from retrieval.errors import ModelMismatch
+    from retrieval.indexer import IndexSettings
+    from retrieval.store import IndexStore
+
+    settings = IndexSettings(workers=0, batch_size=8)
+    folder = tmp_path / "old"
+    store = IndexStore.open(folder, create=True)
+    old = ConseAligner(config=RECIPE_2026_11)
+    indexer.run(store, old, [photo_dir], settings=settings)
+    store.close()
+
+    hits = Index(str(folder)).search("a cat", k=1)
+    assert hits and hits[0].path.endswith("chelsea.png")
+
+    store = IndexStore.open(folder)
+    try:
+        with pytest.raises(ModelMismatch, match=r"another version of 'default'.*--index NEW_NAME"):
+            indexer.run(store, load_aligner("default"), [photo_dir], settings=settings)
+    finally:
+        store.close()
