@@ -22,6 +22,14 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
 fi
 echo "installing retrieval$extras" >&2
 .venv/bin/pip install -q --disable-pip-version-check -e ".$extras"
+# The default aligner needs the Haar cascades of opencv-python-headless 4.x. A package that
+# pulls in `opencv-python` (5.x: no cascades) overwrites the same cv2 folder file by file, so
+# one found here is removed and the headless wheel reinstalled over what it left.
+if .venv/bin/pip show -q opencv-python >/dev/null 2>&1; then
+  echo "replacing opencv-python with opencv-python-headless<5 (shared cv2 folder)" >&2
+  .venv/bin/pip uninstall -q -y opencv-python
+  .venv/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps "opencv-python-headless>=4.8,<5"
+fi
 # The tests compare our recall with CLIP_benchmark's own function. Its package pulls in
 # webdataset, pycocoevalcap and more, none of which that one module needs: no deps.
 if [ -n "$testing" ] && ! .venv/bin/python -c "import clip_benchmark" 2>/dev/null; then

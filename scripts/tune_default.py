@@ -12,8 +12,9 @@ bootstrap over photos), and the mean over a temperature x top-k grid around the 
 
     python scripts/tune_default.py --pip-root /tmp/wheels-unpacked
 
-The chosen recipe is ``CONFIG`` in ``retrieval/aligners/conse.py``; rows below it change
-one thing at a time.
+The chosen recipe was the ConSE part of ``default``: ``RECIPE_2026_11`` in
+``retrieval/aligners/conse.py`` (the shipped ``CONFIG`` adds experts on top, tuned by
+``scripts/tune_experts.py``); rows below it change one thing at a time.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from retrieval.aligners.base import normalize  # noqa: E402
 from retrieval.loader import load  # noqa: E402
 from retrieval.metrics import best_positive_ranks, retrieval_metrics  # noqa: E402
 
-CHOSEN = conse.CONFIG
+CHOSEN = conse.RECIPE_2026_11
 # The plain ConSE of the issue: Lite0, top-10, "a photo of a {name}".
 BASELINE = {**CHOSEN, "temperature": 1.0, "templates": ["a photo of a {name}."], "center": 0.0}
 ENSEMBLE = [
