@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from retrieval import resident
+from retrieval.catalog import CATALOG_FILE
 from retrieval.errors import RetrievalError
+from retrieval.faults import explained
+from retrieval.filters import Filters, photo_counts
 from retrieval.indexer import IndexSettings, RunSummary
 from retrieval.progress import Progress
 from retrieval.query import Hit, Query, query_vector, search_vectors
-from retrieval.store import IndexStore
+from retrieval.store import IndexStore, resolve
 from retrieval.textcache import TextVectorCache
 
 
@@ -49,29 +52,32 @@ def build_index(
             continue  # a URL: the walk reports it if it is not there
         if not Path(folder).expanduser().exists():
             raise RetrievalError(f"folder not found: {folder}")
-    if not folders and captions is None:
+    if not folders and captions is None and not (resolve(index) / CATALOG_FILE).exists():
         raise RetrievalError("give at least one FOLDER to index (or --captions FILE)")
-    store = IndexStore.open(index, create=True)
-    try:
-        spec = model or store.model_spec or "default"
-        store.refuse_other_early(spec)  # identities are compared again after loading (bind_model)
-        if source is not None:
-            source.start(spec)  # the cluster's encoders load the model while this process does
-        aligner = load_aligner(spec)
-        return indexer.run(
-            store, aligner, list(folders), captions_file=captions, settings=settings, progress=progress, source=source
-        )
-    finally:
-        if source is not None:
-            source.close()
-        store.close()
+    # (With no folders, an existing index is only checked: damaged FAISS files are rebuilt.)
+    with explained(resolve(index), "indexing"):
+        store = IndexStore.open(index, create=True)
+        try:
+            spec = model or store.model_spec or "default"
+            store.refuse_other_early(spec)  # identities are compared again after loading (bind_model)
+            if source is not None:
+                source.start(spec)  # the cluster's encoders load the model while this process does
+            aligner = load_aligner(spec)
+            return indexer.run(
+                store, aligner, list(folders), captions_file=captions, settings=settings, progress=progress, source=source
+            )
+        finally:
+            if source is not None:
+                source.close()
+            store.close()
 
 
 class Index:
     """An opened index: search it any number of times."""
 
     def __init__(self, name_or_path: str = "default", model: str | None = None):
-        self.store = IndexStore.open(name_or_path)
+        with explained(resolve(name_or_path), "opening the index"):
+            self.store = IndexStore.open(name_or_path)
         self._model = model
         self._aligner = None
         #: Vectors of recent query texts (retrieval/textcache.py); size 0 turns it off.
@@ -94,17 +100,42 @@ class Index:
 
     def search(
         self, text: str | None = None, *, image: str | None = None, k: int = 10, weight: float = 0.5,
-        negatives: list[str] | tuple = (), target: str = "images",
+        negatives: list[str] | tuple = (), target: str = "images", filters: Filters | None = None,
     ) -> list[Hit]:
-        """Rank images (or captions, with target="texts") for a text, an image, or both."""
+        """Rank images (or captions, with target="texts") for a text, an image, or both.
+
+        `filters` (:class:`retrieval.filters.Filters`) keeps only images taken in a date range,
+        under folders, by a camera, near a place or above a size: the result is the best k
+        among those. When nothing passes the list is empty and :meth:`why_empty` says why.
+
+            >>> idx.search("a beach", filters=Filters.parse(after="2023-06-01", before="2023-09-01"))  # doctest: +SKIP
+        """
         if k < 1:
             raise RetrievalError("k must be at least 1")
         query = Query(text=text, image=image, weight=weight, negatives=list(negatives), target=target)
-        return search_vectors(self.store, query_vector(self.aligner, query, self.encode_texts), k, target)[0]
+        if filters is not None and filters.active:
+            with explained(self.store.folder, "reading the catalog"):
+                filters.clauses(self.store.catalog)  # a filter this index cannot answer fails before the model loads
+        vector = query_vector(self.aligner, query, self.encode_texts)
+        with explained(self.store.folder, "searching"):
+            return search_vectors(self.store, vector, k, target, filters)[0]
+
+    def why_empty(self, filters: Filters) -> str:
+        """One line saying which filter excluded every image."""
+        from retrieval.filters import why_empty
+
+        return why_empty(self.store.catalog, filters)
 
     def info(self) -> dict:
+        with explained(self.store.folder, "reading the catalog"):
+            return self._info()
+
+    def _info(self) -> dict:
+        from retrieval.indexer import damaged_kinds
+
         catalog = self.store.catalog
         usage = self.store.disk_usage()
+        damaged = sorted(damaged_kinds(self.store))
         return {
             "index": str(self.store.folder),
             "model": catalog.get_meta("model"),
@@ -113,14 +144,23 @@ class Index:
             "images": catalog.count("images"),
             "skipped": catalog.count("skipped"),
             "captions": catalog.count("captions"),
+            # Photo metadata the filters use (None: an index from before it; its next run reads it).
+            **photo_counts(catalog),
             "generation": catalog.generation,
             "index_type": catalog.get_meta("index_factory"),
             "nprobe": catalog.get_meta("index_nprobe"),
             "recall_at_10_vs_exact": catalog.get_meta("index_recall_at_10"),
             # 8-bit codes pick candidates; this many per result are re-scored with exact vectors.
             "rescored_per_result": _rerank_factor(catalog.get_meta("index_factory")),
+            # An index larger than memory: its inverted lists, memory-mapped from this file (retrieval.ondisk).
+            "lists_on_disk": _lists_file(self.store),
             "bytes_on_disk": sum(usage.values()),
             "files": usage,
+            # Every FAISS file read in full and compared with the checksum published with it.
+            "index_files": "ok" if not damaged else (
+                f"damaged: {', '.join(damaged)} (`retrieval index --index {self.store.folder}` rebuilds "
+                "it from the catalog without encoding)"
+            ),
         }
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
@@ -130,6 +170,11 @@ class Index:
     def close(self) -> None:
         resident.forget(self.store)
         self.store.close()
+
+
+def _lists_file(store: IndexStore) -> str | None:
+    lists = store.faiss_path("images", store.catalog.generation).with_suffix(".ivfdata")
+    return f"{lists.name} ({lists.stat().st_size / 2**20:.0f} MB)" if lists.exists() else None
 
 
 def _rerank_factor(factory: str | None) -> int | None:

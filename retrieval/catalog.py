@@ -18,6 +18,7 @@ that swaps in the new generation (see ``indexer.py``).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -27,9 +28,32 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
+from retrieval.errors import RetrievalError
 from retrieval.known import KnownHashes
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: Photo metadata on ``images`` (schema 2): EXIF date (or the file's mtime, see taken_source),
+#: camera, GPS position and orientation. Filled by the indexer (retrieval.exif, staging.py).
+PHOTO_COLUMNS = {
+    "taken": "TEXT", "taken_offset": "TEXT", "taken_source": "TEXT", "camera_make": "TEXT",
+    "camera_model": "TEXT", "lat": "REAL", "lon": "REAL", "orientation": "INTEGER",
+}
+
+#: Forward migrations: the statements that bring a catalog from version v - 1 to v. Adding
+#: columns is instant in SQLite (no table rewrite), so a migration costs nothing at any size.
+MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        *(f"ALTER TABLE images ADD COLUMN {name} {kind}" for name, kind in PHOTO_COLUMNS.items()),
+        "CREATE INDEX IF NOT EXISTS images_taken ON images(taken)",
+        "CREATE INDEX IF NOT EXISTS images_lat ON images(lat)",
+        "CREATE INDEX IF NOT EXISTS images_make ON images(camera_make)",
+        "CREATE INDEX IF NOT EXISTS images_model ON images(camera_model)",
+        # The distinct cameras, kept at publishing: a camera filter matches its text against
+        # these few rows, then looks the images up by index instead of scanning every row.
+        "CREATE TABLE IF NOT EXISTS cameras (make TEXT, model TEXT, images INTEGER NOT NULL)",
+    ],
+}
 CATALOG_FILE = "catalog.db"
 
 _DDL = [
@@ -77,6 +101,13 @@ class Catalog:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        #: True when the folder cannot be written (a read-only mount): searches only.
+        self.readonly = self.path.exists() and not os.access(self.path.parent, os.W_OK)
+        if self.readonly:
+            from retrieval.readonly import connect_readonly
+
+            self.db = sqlite_utils.Database(connect_readonly(self.path))
+            return
         conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
         self.db = sqlite_utils.Database(conn)
         # WAL lets searches read a consistent snapshot while an index run writes.
@@ -84,7 +115,45 @@ class Catalog:
         for statement in _DDL:
             self.db.execute(statement)
         if self.get_meta("schema_version") is None:
-            self.set_meta(schema_version=SCHEMA_VERSION, generation=0, next_id=1)
+            # The tables above are version 1; a new catalog climbs the migrations at once.
+            self.set_meta(schema_version=1, generation=0, next_id=1)
+            self.migrate()
+
+    # -- schema -----------------------------------------------------------
+    @property
+    def schema_version(self) -> int:
+        return int(self.get_meta("schema_version", 1))
+
+    @property
+    def has_photo_meta(self) -> bool:
+        """Whether ``images`` has the photo metadata columns (readers of an old catalog check this)."""
+        return self.schema_version >= 2
+
+    def refresh_cameras(self) -> None:
+        """Rebuild the ``cameras`` summary from ``images`` (inside the publishing transaction)."""
+        self.db.conn.execute("DELETE FROM cameras")
+        self.db.conn.execute(
+            "INSERT INTO cameras (make, model, images) SELECT camera_make, camera_model, count(*) FROM images "
+            "WHERE camera_make IS NOT NULL OR camera_model IS NOT NULL GROUP BY camera_make, camera_model"
+        )
+
+    def migrate(self) -> None:
+        """Bring an older catalog up to SCHEMA_VERSION, in one transaction.
+
+        Only the writer calls this (an index run, under its lock); searches read an old
+        catalog as it is, so an old index keeps working until its next run upgrades it.
+        """
+        with self.transaction("BEGIN IMMEDIATE") as conn:
+            version = self.schema_version
+            if version > SCHEMA_VERSION:
+                raise RetrievalError(
+                    f"{self.path} has catalog schema {version}, newer than this version of retrieval "
+                    f"understands ({SCHEMA_VERSION}): upgrade retrieval to write to it"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    conn.execute(statement)
+                self.set_meta(schema_version=target)
 
     def close(self) -> None:
         self.db.conn.close()

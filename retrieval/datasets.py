@@ -286,15 +286,18 @@ def _karpathy(path: Path, entries: list, root: Path, split: str, skip_missing: b
     seen_splits: set[str] = set()
     for i, entry in enumerate(entries):
         where = f"{path}, images[{i}]"
-        if not isinstance(entry, dict) or not entry.get("filename"):
+        if not isinstance(entry, dict) or not entry.get("filename") or not isinstance(entry["filename"], str):
             raise DatasetError(f"{where}: caption entry with no image ('filename')")
+        if not isinstance(entry.get("sentences") or [], list) or not isinstance(entry.get("filepath") or "", str):
+            raise DatasetError(f"{where}: 'sentences' must be a list and 'filepath' a string")
         seen_splits.add(str(entry.get("split")))
         if entry.get("split") != split:
             continue
         sentences = entry.get("sentences") or []
         image = _karpathy_image(root, entry)
         for sentence in sentences:
-            caption = (sentence.get("raw") or "").strip() if isinstance(sentence, dict) else ""
+            raw = sentence.get("raw") if isinstance(sentence, dict) else None
+            caption = raw.strip() if isinstance(raw, str) else ""
             if not caption:
                 raise DatasetError(f"{where} ({entry['filename']}): sentence without 'raw' text")
             b.add(image, caption, where)
@@ -316,15 +319,19 @@ def _coco(path: Path, data: dict, root: Path, skip_missing: bool) -> _Builder:
     b = _Builder(path.stem, None, skip_missing)
     files: dict = {}
     for i, entry in enumerate(data["images"]):
-        if not isinstance(entry, dict) or "id" not in entry or not entry.get("file_name"):
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), (int, str)) \
+                or not entry.get("file_name") or not isinstance(entry["file_name"], str):
             raise DatasetError(f"{path}, images[{i}]: image entry needs 'id' and 'file_name'")
         files[entry["id"]] = entry["file_name"]
     annotations = data.get("annotations") or []
+    if not isinstance(annotations, list):
+        raise DatasetError(f"{path}: 'annotations' must be a list of captions")
     for i, ann in enumerate(annotations):
         where = f"{path}, annotations[{i}]"
-        if not isinstance(ann, dict) or ann.get("image_id") not in files:
+        if not isinstance(ann, dict) or not isinstance(ann.get("image_id"), (int, str)) or ann["image_id"] not in files:
             raise DatasetError(f"{where}: caption with no image (image_id {ann.get('image_id') if isinstance(ann, dict) else None!r} is not in 'images')")
-        caption = str(ann.get("caption") or "").strip()
+        caption = ann.get("caption")
+        caption = caption.strip() if isinstance(caption, str) else ""
         if not caption:
             raise DatasetError(f"{where}: empty caption")
         b.add(_resolve(root, files[ann["image_id"]]), caption, where)

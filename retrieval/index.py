@@ -208,21 +208,21 @@ def search(
     k = min(k, index.ntotal)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if len(queries) >= SMALL_BATCH:
-        return index.search(queries, k)
+        return index.search(queries, k, params=params)
     # One query is a memory-bound scan: a second OpenMP thread adds little, and on a busy
     # machine its team waits for a core (100k vectors on 2 loaded cores: 80 ms with 2
     # threads, 19 ms with 1; scripts/bench_search.py compares both).
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        return index.search(queries, k)
+        return index.search(queries, k, params=params)
     finally:
         faiss.omp_set_num_threads(threads)
 
 
 def search_ranked(
     index: faiss.Index, queries: np.ndarray, k: int, *, factory: str | None,
-    lookup: Callable[[list[int]], dict[int, np.ndarray]],
+    lookup: Callable[[list[int]], dict[int, np.ndarray]], params: faiss.SearchParameters | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Search as the engine does: an index of 8-bit codes gives candidates, exact vectors rank them.
 
@@ -230,9 +230,9 @@ def search_ranked(
     re-ranked results are exact cosines.
     """
     if not reranks(factory):
-        return search(index, queries, k)
+        return search(index, queries, k, params)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    _, candidates = search(index, queries, k * RERANK_FACTOR)
+    _, candidates = search(index, queries, k * RERANK_FACTOR, params)
     vectors = lookup(sorted({int(i) for i in candidates.ravel() if i >= 0}))
     k = min(k, candidates.shape[1])
     scores = np.full((len(queries), k), -np.inf, np.float32)
@@ -291,9 +291,14 @@ def _selector(ids: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray]:
 def write(index: faiss.Index, path: Path) -> None:
     """Write atomically: readers see the old file or the new one, never half of one."""
     tmp = Path(f"{path}.tmp-{os.getpid()}")
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
+    try:
+        faiss.write_index(index, str(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    except (OSError, RuntimeError):
+        # A full disk leaves a partial file; drop it so the space is free again at once.
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
@@ -350,26 +355,27 @@ def near_pairs(
     """(a, b, score) arrays of all pairs of stored vectors with inner product >= `threshold`, a < b.
 
     Each chunk of stored vectors is a batch of queries to a range search: the index's own
-    when it is an inverted file or small, a coarse inverted file over the same vectors
-    otherwise (an exhaustive scan of 100,000 against 100,000 takes minutes on 2 cores).
-    Scores are those of the index searched: approximate for 8-bit codes (callers re-score).
+    when it is an inverted file or small, otherwise a coarse inverted file that is filled
+    chunk by chunk, each chunk searched right after it is added, so that every pair is
+    met once, when its later member arrives (an exhaustive scan of 100,000 against 100,000
+    takes minutes on 2 cores). Scores are those of the index searched: approximate for
+    8-bit codes (callers re-score).
     """
-    searcher, params = index, None
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
         ivf = None
     if ivf is None and n > PAIRS_EXACT_LIMIT:
-        searcher, ivf = _coarse_ivf(chunks, n, dim), None
-        params = faiss.SearchParametersIVF()
-        params.nprobe = PAIRS_NPROBE
-    elif ivf is not None:
+        yield from _coarse_pairs(chunks, n, dim, threshold, advance)
+        return
+    params = None
+    if ivf is not None:
         params = faiss.SearchParametersIVF()
         params.nprobe = min(ivf.nlist, max(ivf.nprobe, PAIRS_NPROBE))
     for ids, vectors in chunks():
         if not len(ids):
             continue
-        lims, scores, found = searcher.range_search(np.ascontiguousarray(vectors, np.float32), threshold, params=params)
+        lims, scores, found = index.range_search(np.ascontiguousarray(vectors, np.float32), threshold, params=params)
         rows = np.repeat(np.asarray(ids, np.int64), np.diff(lims).astype(np.int64))
         keep = rows < found
         yield rows[keep], found[keep], scores[keep]
@@ -377,19 +383,29 @@ def near_pairs(
             advance(len(ids))
 
 
-def _coarse_ivf(chunks: Chunks, n: int, dim: int) -> faiss.Index:
-    # Many small lists: each vector is compared with about 4 * n / nlist others. The cells only
-    # partition the space (near-duplicates land in one cell or the next), so k-means gets a
-    # small sample and few iterations.
-    nlist = max(1, int(4 * math.sqrt(n)))
-    ivf = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(0)
-    sample = min(n, 10 * nlist)
-    _, train = gather(chunks, np.sort(rng.choice(n, sample, replace=False)), dim)
-    ivf.cp.niter = 8
-    ivf.cp.min_points_per_centroid = 5
-    ivf.train(train)
+def _coarse_pairs(chunks: Chunks, n: int, dim: int, threshold: float, advance) -> Iterable:
+    # The cells only partition the space (a near-duplicate lands in its original's cell or a
+    # next one), so no k-means: the centroids are stored vectors drawn from the first chunk.
+    # About 2 * sqrt(n) lists balance assigning vectors to cells against scanning the cells.
+    nlist = max(1, int(2 * math.sqrt(n)))
+    ivf, quantizer, params = None, None, faiss.SearchParametersIVF()
     for ids, vectors in chunks():
-        if len(ids):
-            ivf.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
-    return ivf
+        if not len(ids):
+            continue
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        ids = np.asarray(ids, np.int64)
+        if ivf is None:
+            picks = np.random.default_rng(0).choice(len(vectors), min(nlist, len(vectors)), replace=False)
+            quantizer = faiss.IndexFlatIP(dim)
+            quantizer.add(vectors[np.sort(picks)])
+            ivf = faiss.IndexIVFFlat(quantizer, dim, quantizer.ntotal, faiss.METRIC_INNER_PRODUCT)
+            ivf.is_trained = True
+            params.nprobe = min(quantizer.ntotal, PAIRS_NPROBE)
+        ivf.add_with_ids(vectors, ids)
+        lims, scores, found = ivf.range_search(vectors, threshold, params=params)
+        rows = np.repeat(ids, np.diff(lims).astype(np.int64))
+        # Ids grow chunk by chunk: an earlier vector has the smaller id, so each pair once.
+        keep = found < rows
+        yield found[keep], rows[keep], scores[keep]
+        if advance is not None:
+            advance(len(ids))

@@ -11,9 +11,7 @@ hash), so a killed run keeps its work; nothing becomes visible to searches until
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import logging
-import multiprocessing
 import os
 import time
 from collections import deque
@@ -24,12 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from retrieval import index as faiss_index
+from retrieval import integrity, ondisk
 from retrieval.captions import read_captions
 from retrieval.catalog import from_blobs, to_blob
-from retrieval.loader import FileStat, Loaded, init_worker, load_chunk, load_many, walk
+from retrieval.loader import FileStat, Loaded, load_many, walk
 from retrieval.progress import NullProgress, Progress
 from retrieval.staging import Plan, Staging
 from retrieval.store import IndexStore
+from retrieval.workers import DecodePool, Task
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,12 @@ class IndexSettings:
     #: Bytes the image index may take in memory; above it the index keeps 8-bit codes and
     #: searches re-score candidates exactly (index.factory_for). None: a quarter of this machine's memory.
     max_index_memory: int | None = None
+    #: Seconds one file may take to decode before it is skipped as pathological (a 100-megapixel
+    #: JPEG decodes in well under a second here); a worker stuck past it is replaced.
+    decode_seconds: float | None = 30.0
+    #: Keep the image index's inverted lists on disk (retrieval.ondisk) whatever its size; without
+    #: it they go on disk only when even 8-bit codes exceed max_index_memory.
+    on_disk: bool = False
 
     def worker_count(self) -> int:
         if self.workers is not None:
@@ -101,35 +107,32 @@ def load_stream(
     count = len(paths) if count is None else count  # type: ignore[arg-type]
     chunks = batched(paths, settings.chunk)
     workers = settings.worker_count()
+    limit = settings.decode_seconds
     if workers == 0 or count <= settings.chunk:
         for chunk in chunks:
-            yield from load_many(chunk, transform, known, settings.draft)
+            yield from load_many(chunk, transform, known, settings.draft, limit)
         return
-    # spawn, not fork: the parent holds torch's thread pools, which do not survive fork.
-    context = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=init_worker, initargs=(transform, known, settings.draft)
-    ) as pool:
-        pending: deque[cf.Future] = deque()
+    # A stuck or crashed worker is replaced and only the file at fault is skipped (retrieval.workers).
+    with DecodePool(workers, transform, known, settings.draft, limit) as pool:
+        pending: deque[Task] = deque()
         first = next(chunks, None)
         try:
             for chunk in chunks:
-                pending.append(pool.submit(load_chunk, chunk))
+                pending.append(pool.submit(chunk))
                 if len(pending) >= 2 * workers + 2:
                     break
             # Spawned workers need a few tenths of a second to start; this process would sit
             # idle until then, so it decodes the first chunk itself and the model starts sooner.
             if first is not None:
-                yield from load_many(first, transform, known, settings.draft)
+                yield from load_many(first, transform, known, settings.draft, limit)
             while pending:
-                done = pending.popleft().result()
+                done = pool.result(pending.popleft())
                 nxt = next(chunks, None)
                 if nxt is not None:
-                    pending.append(pool.submit(load_chunk, nxt))
+                    pending.append(pool.submit(nxt))
                 yield from done
         finally:
-            for fut in pending:
-                fut.cancel()
+            pending.clear()
 
 
 def batched(items: Iterable, size: int, first: int | None = None) -> Iterator[list]:
@@ -220,6 +223,7 @@ def run(
     summary = RunSummary(index=str(store.folder), model=aligner.spec)
     with store.write_lock():
         store.bind_model(aligner)
+        store.catalog.migrate()  # an older catalog gains the new columns; its rows fill in below
         catalog = store.catalog
         roots = source.roots(roots)
         # Every folder ever indexed: the server serves a file only while it lies inside one.
@@ -241,8 +245,9 @@ def run(
             summary.unchanged, summary.skipped = plan.unchanged, staging.skipped()
             summary.captions = None if captions is None else len(captions)
             summary.generation = catalog.generation
-            if plan.changed or captions is not None or not store.faiss_path("images", catalog.generation).exists():
-                summary.generation = publish(store, staging, plan, captions, settings)
+            damaged = damaged_kinds(store)
+            if plan.changed or captions is not None or catalog.generation == 0 or damaged:
+                summary.generation = publish(store, staging, plan, captions, settings, damaged=damaged)
         finally:
             known.close()
             staging.close()
@@ -277,7 +282,8 @@ def _caption_rows(store: IndexStore, aligner, captions_file, progress: Progress)
 
 
 def publish(
-    store: IndexStore, staging: Staging, plan: Plan, captions: list[dict] | None, settings: IndexSettings | None = None
+    store: IndexStore, staging: Staging, plan: Plan, captions: list[dict] | None, settings: IndexSettings | None = None,
+    damaged: set[str] | None = None,
 ) -> int:
     """Switch the catalog to the next generation, with its FAISS files, atomically.
 
@@ -289,41 +295,79 @@ def publish(
     catalog = store.catalog
     old_gen = catalog.generation
     gen = old_gen + 1
-    with catalog.publishing():
+    # Damaged files of the current generation are not built upon: they are rebuilt from the catalog.
+    damaged = damaged_kinds(store) if damaged is None else damaged
+    with catalog.publishing() as conn:
         staging.apply()
         limit = (settings or IndexSettings()).max_index_memory or faiss_index.memory_limit_default()
-        meta = _write_image_index(store, staging, plan, old_gen, gen, limit)
-        if captions is not None:
-            catalog.replace_captions(captions)
-            ids = np.array([r["id"] for r in captions], dtype=np.int64)
-            vecs = from_blobs((r["vector"] for r in captions), catalog.dim)
+        meta = _write_image_index(
+            store, staging, plan, old_gen, gen, limit, trust_previous="images" not in damaged,
+            on_disk=bool(settings and settings.on_disk),
+        )
+        integrity.record(conn, store.faiss_path("images", gen), gen, plan.final_count)
+        old_captions = store.faiss_path("captions", old_gen)
+        # A run killed before its commit may have left a captions file under this generation's name.
+        store.faiss_path("captions", gen).unlink(missing_ok=True)
+        if captions is not None or ("captions" in damaged and catalog.count("captions")):
+            if captions is not None:
+                catalog.replace_captions(captions)
+            ids, vecs = _caption_arrays(catalog, captions)
             index, _ = faiss_index.build(ids, vecs, factory="IDMap2,Flat")
             faiss_index.write(index, store.faiss_path("captions", gen))
             meta["captions_generation"] = gen
-        elif store.faiss_path("captions", old_gen).exists():
+        elif old_captions.exists() and "captions" not in damaged:
             # Unchanged captions: the new generation links to the same file content.
-            store.faiss_path("captions", gen).unlink(missing_ok=True)
-            os.link(store.faiss_path("captions", old_gen), store.faiss_path("captions", gen))
+            os.link(old_captions, store.faiss_path("captions", gen))
+        if store.faiss_path("captions", gen).exists():
+            integrity.record(conn, store.faiss_path("captions", gen), gen, catalog.count("captions"))
         catalog.set_meta(next_id=plan.next_id, generation=gen, **meta)
     store.prune(gen)
     return gen
 
 
-def _write_image_index(store: IndexStore, staging: Staging, plan: Plan, old_gen: int, gen: int, memory_limit: int) -> dict:
+def damaged_kinds(store: IndexStore) -> set[str]:
+    """The kinds ("images", "captions") whose current FAISS file is missing or differs from its record."""
+    catalog, gen = store.catalog, store.catalog.generation
+    out = set()
+    if gen == 0:
+        return out
+    for kind in ("images", "captions"):
+        path = store.faiss_path(kind, gen)
+        if kind == "captions" and not path.exists() and not catalog.count("captions"):
+            continue
+        what = integrity.problem(catalog.db.conn, path, full=True)
+        if what:
+            log.warning("%s %s: rebuilding it from the catalog", path, what)
+            out.add(kind)
+    return out
+
+
+def _caption_arrays(catalog, captions: list[dict] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Caption ids and vectors: from the rows being published, or from the catalog (a rebuild)."""
+    if captions is None:
+        chunks = list(catalog.caption_vectors())
+        if not chunks:
+            return np.zeros(0, np.int64), np.zeros((0, catalog.dim), np.float32)
+        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+    ids = np.array([r["id"] for r in captions], dtype=np.int64)
+    return ids, from_blobs((r["vector"] for r in captions), catalog.dim)
+
+
+def _write_image_index(
+    store: IndexStore, staging: Staging, plan: Plan, old_gen: int, gen: int, memory_limit: int, trust_previous: bool = True,
+    on_disk: bool = False,
+) -> dict:
     """Generation `gen`'s image index: the previous one updated in place, or built afresh.
 
-    Either way vectors arrive in chunks from SQL, so the peak is the index itself plus one chunk.
+    Either way vectors arrive in chunks from SQL, so the peak is the index itself plus one chunk
+    (one shard, for an index whose lists go on disk).
     """
     catalog = store.catalog
+    if plan.final_count and (on_disk or ondisk.needed(plan.final_count, catalog.dim, memory_limit)):
+        return _write_ondisk_index(store, plan, gen)
     previous = store.faiss_path("images", old_gen)
     factory = faiss_index.factory_for(plan.final_count, catalog.dim, memory_limit)
-    if faiss_index.reranks(factory) and plan.final_count * catalog.dim > memory_limit:
-        log.warning(
-            "the image index needs about %d MB even with 8-bit codes, more than the %d MB allowed "
-            "(--max-index-memory); it is built anyway",
-            plan.final_count * catalog.dim // 2**20, memory_limit // 2**20,
-        )
-    if previous.exists() and catalog.get_meta("index_factory") == factory:
+    if trust_previous and previous.exists() and catalog.get_meta("index_factory") == factory:
         index = faiss_index.read(previous)
         faiss_index.update(index, staging.deleted_ids(), staging.added_vectors())
         # Same type, updated in place: the recall measured when it was built still describes it.
@@ -336,3 +380,19 @@ def _write_image_index(store: IndexStore, staging: Staging, plan: Plan, old_gen:
         info = {"index_factory": factory, "index_nprobe": built.nprobe, "index_recall_at_10": built.recall_at_10}
     faiss_index.write(index, store.faiss_path("images", gen))
     return info
+
+
+def _write_ondisk_index(store: IndexStore, plan: Plan, gen: int) -> dict:
+    """An index whose inverted lists live on disk (even 8-bit codes exceed the memory limit, or --on-disk).
+
+    Built whole from the catalog at every publish, never updated in place: searches of the
+    previous generation map its lists file until the switch. Generation g's ``.ivfdata`` is
+    written before the commit that makes g current and pruned with g's ``.faiss`` file.
+    """
+    catalog = store.catalog
+    log.info("building an index of %d vectors with its inverted lists on disk", plan.final_count)
+    _, built = ondisk.build(
+        catalog.image_vectors, plan.final_count, catalog.dim, store.faiss_path("images", gen),
+        sample=ondisk.catalog_sample(catalog),
+    )
+    return {"index_factory": built.factory, "index_nprobe": built.nprobe, "index_recall_at_10": built.recall_at_10}

@@ -13,6 +13,7 @@ import io
 import multiprocessing
 import os
 import signal
+import stat
 import sys
 import warnings
 from collections.abc import Callable, Container, Iterable, Iterator
@@ -21,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from retrieval.deadline import DecodeTimeout, time_limit
+from retrieval.exif import PhotoMeta, read_meta
 
 #: prctl(2) option: the signal a process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
@@ -47,6 +51,8 @@ class Loaded:
     height: int = 0
     pixels: np.ndarray | None = None
     error: str | None = None
+    #: EXIF date, camera, place and orientation, taken from the bytes already read.
+    meta: PhotoMeta | None = None
 
 
 def walk(roots: Iterable[str | Path]) -> Iterator[FileStat]:
@@ -82,14 +88,61 @@ def load(
     *,
     skip_hashes: Container[str] = frozenset(),
     draft: bool = True,
+    time_limit_s: float | None = None,
 ) -> Loaded:
-    """Read, hash and (unless the hash is already known) decode and preprocess one file."""
+    """Read, hash and (unless the hash is already known) decode and preprocess one file.
+
+    Within `time_limit` seconds, or the file is skipped with that reason.
+    """
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = read_regular(path)
+    except SkipFile as exc:
+        return Loaded(path, error=str(exc))
+    try:
+        with time_limit(time_limit_s):
+            return load_bytes(path, data, transform, skip_hashes=skip_hashes, draft=draft)
+    except DecodeTimeout:
+        return Loaded(path, error=f"decoding took longer than {time_limit_s:g}s (pathological image?)")
+
+
+class SkipFile(Exception):
+    """A file that is not read: its message is the reason recorded for it."""
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory"}
+
+
+def read_regular(path: str) -> bytes:
+    """The bytes of a regular file, read so that nothing can block and nothing changes unseen.
+
+    Special files (a FIFO named photo.jpg would block ``open`` forever) are refused after a
+    ``stat``, without being opened; O_NONBLOCK covers one swapped in between. A file whose
+    size or mtime moves while it is read is refused too: the next run reads it again, so no
+    content is ever stored that the file did not hold at one moment.
+    """
+    try:
+        before = os.stat(path)
+        if not stat.S_ISREG(before.st_mode):
+            raise SkipFile(f"not a regular file ({_KINDS.get(stat.S_IFMT(before.st_mode), 'special file')})")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        return Loaded(path, error=f"unreadable: {exc.strerror or exc}")
-    return load_bytes(path, data, transform, skip_hashes=skip_hashes, draft=draft)
+        raise SkipFile(f"unreadable: {exc.strerror or exc}") from None
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            raise SkipFile(f"not a regular file ({_KINDS.get(stat.S_IFMT(opened.st_mode), 'special file')})")
+        with open(fd, "rb", closefd=False) as fh:
+            data = fh.read()
+        after = os.fstat(fd)
+    except OSError as exc:
+        raise SkipFile(f"unreadable: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if (opened.st_ino, opened.st_size, opened.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns) \
+            or (after.st_size, after.st_mtime_ns) != (len(data), opened.st_mtime_ns):
+        raise SkipFile("changed while being read (it is read again on the next run)")
+    return data
 
 
 def load_bytes(
@@ -105,8 +158,11 @@ def load_bytes(
     if not data:
         return Loaded(path, error="empty file")
     digest = digest or content_hash(data)
+    # Read for known content too: an index built before metadata existed gains it this way,
+    # without decoding or encoding again.
+    meta = read_meta(data)
     if digest in skip_hashes or transform is None:
-        return Loaded(path, hash=digest)
+        return Loaded(path, hash=digest, meta=meta)
     try:
         image, size = decode(data, draft_to=draft_size(transform) if draft else None)
         pixels = transform(image)
@@ -118,7 +174,7 @@ def load_bytes(
         # Pillow reports truncated and corrupt data as OSError / SyntaxError.
         kind = "truncated image" if "truncated" in str(exc).lower() else "corrupt image"
         return Loaded(path, hash=digest, error=f"{kind}: {exc}")
-    return Loaded(path, hash=digest, width=size[0], height=size[1], pixels=pixels)
+    return Loaded(path, hash=digest, width=size[0], height=size[1], pixels=pixels, meta=meta)
 
 
 def decode(data: bytes, draft_to: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
@@ -159,9 +215,10 @@ def load_many(
     transform,
     skip_hashes: Container[str] = frozenset(),
     draft: bool = True,
+    time_limit_s: float | None = None,
 ) -> list[Loaded]:
     """Load a chunk of files; the unit of work sent to a worker process."""
-    return [load(p, transform, skip_hashes=skip_hashes, draft=draft) for p in paths]
+    return [load(p, transform, skip_hashes=skip_hashes, draft=draft, time_limit_s=time_limit_s) for p in paths]
 
 
 # -- worker processes -------------------------------------------------------------
@@ -170,12 +227,12 @@ def load_many(
 _WORKER: dict = {}
 
 
-def init_worker(transform, skip_hashes: Container[str], draft: bool) -> None:
+def init_worker(transform, skip_hashes: Container[str], draft: bool, time_limit_s: float | None = None) -> None:
     """Process-pool initializer: the settings arrive once per worker, not with every chunk."""
     # Ctrl-C reaches the whole process group; the parent alone decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    _WORKER.update(transform=transform, skip_hashes=skip_hashes, draft=draft)
+    _WORKER.update(transform=transform, skip_hashes=skip_hashes, draft=draft, time_limit_s=time_limit_s)
 
 
 def _die_with_parent() -> None:
@@ -198,4 +255,4 @@ def _die_with_parent() -> None:
 
 def load_chunk(paths: list[str]) -> list[Loaded]:
     """:func:`load_many` with the settings :func:`init_worker` stored."""
-    return load_many(paths, _WORKER["transform"], _WORKER["skip_hashes"], _WORKER["draft"])
+    return load_many(paths, _WORKER["transform"], _WORKER["skip_hashes"], _WORKER["draft"], _WORKER.get("time_limit_s"))

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval import filters as filtered
 from retrieval import index as faiss_index
-from retrieval import resident
+from retrieval import integrity, resident
 from retrieval.aligners.base import normalize
 from retrieval.errors import RetrievalError
+from retrieval.filters import Filters
 from retrieval.store import IndexStore
 
 log = logging.getLogger(__name__)
@@ -86,29 +88,43 @@ def encode_image_file(aligner, path: str) -> np.ndarray:
     return aligner.encode_images(item.pixels[None])[0]
 
 
-def search_vectors(store: IndexStore, vectors: np.ndarray, k: int, target: str = "images") -> list[list[Hit]]:
-    """Top-k hits for each query vector, from one consistent generation of the index."""
+def search_vectors(
+    store: IndexStore, vectors: np.ndarray, k: int, target: str = "images", filters: Filters | None = None
+) -> list[list[Hit]]:
+    """Top-k hits for each query vector, from one consistent generation of the index.
+
+    With `filters`, the best k among the images that pass them (retrieval/filters.py).
+    """
     if target not in ("images", "texts"):
         raise RetrievalError(f"unknown search target {target!r}")
+    filters = filters if filters is not None and filters.active else None
+    if filters is not None and target != "images":
+        raise RetrievalError("filters (dates, folders, cameras, places, sizes) apply to images, not to captions")
     kind, table = ("images", "images") if target == "images" else ("captions", "captions")
     catalog = store.catalog
     with catalog.snapshot():
         generation = catalog.generation
         path = store.faiss_path(kind, generation)
         if not path.exists():
-            if kind == "captions":
+            if kind == "captions" and not catalog.count("captions"):
                 raise RetrievalError(
                     f"index {store.folder} holds no captions; add some with: retrieval index --captions FILE"
                 )
             if generation == 0:
                 return [[] for _ in vectors]
-            raise RetrievalError(f"{path} is missing; re-run `retrieval index` to rebuild it")
-        # Kept loaded while the file is the same one (retrieval/resident.py).
-        index = resident.faiss_for(store, kind, path)
+        integrity.check_or_raise(catalog.db.conn, path)
+        try:
+            # Kept loaded while the file is the same one (retrieval/resident.py).
+            index = resident.faiss_for(store, kind, path)
+        except RuntimeError as exc:  # FAISS cannot parse it: damaged in a way size and mtime did not show
+            raise integrity.damaged(path, f"cannot be read ({str(exc).splitlines()[-1][-80:]})") from None
         factory = catalog.get_meta("index_factory") if kind == "images" else None
-        scores, ids = faiss_index.search_ranked(
-            index, vectors, k, factory=factory, lookup=catalog.image_vectors_by_id
-        )
+        if filters is not None:
+            scores, ids = filtered.search(catalog, index, vectors, k, filters, factory=factory)
+        else:
+            scores, ids = faiss_index.search_ranked(
+                index, vectors, k, factory=factory, lookup=catalog.image_vectors_by_id
+            )
         rows = catalog.rows_by_id(table, [i for i in ids.ravel().tolist() if i >= 0])
     results = []
     for qscores, qids in zip(scores, ids):
@@ -179,14 +195,15 @@ def weighted_mean(vectors: np.ndarray, weights: list[float] | None = None) -> np
 
 
 def search_page(
-    store: IndexStore, vectors: np.ndarray, k: int, offset: int = 0, target: str = "images"
+    store: IndexStore, vectors: np.ndarray, k: int, offset: int = 0, target: str = "images",
+    filters: Filters | None = None,
 ) -> list[tuple[list[Hit], int | None]]:
     """Hits ranked offset+1 .. offset+k for each query, and the offset of the next page (None at the end).
 
     One extra hit is fetched to know whether a next page exists; ranks keep counting from the top.
     """
     pages = []
-    for hits in search_vectors(store, vectors, offset + k + 1, target):
+    for hits in search_vectors(store, vectors, offset + k + 1, target, filters):
         more = len(hits) > offset + k
         pages.append((hits[offset : offset + k], offset + k if more else None))
     return pages

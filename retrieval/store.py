@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from retrieval.catalog import CATALOG_FILE, Catalog
-from retrieval.errors import IndexNotFound, ModelMismatch, RetrievalError
+from retrieval.errors import IndexNotFound, ModelMismatch, RetrievalError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,8 @@ class IndexStore:
     @contextmanager
     def write_lock(self):
         """Only one run writes at a time; searches never need the lock."""
+        if self.catalog.readonly:
+            raise StorageError(f"{self.folder} is read-only: indexing cannot write there (searches still work)")
         with open(self.folder / "write.lock", "w") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -95,16 +95,13 @@ def aligner_for(name: str):
 
 
 # -- child: one index run that reports its phases ----------------------------------------------------
-def child_index(args) -> int:
-    """Index `args.folder` into `args.index`, printing ``PHASE name`` as each phase starts."""
+def child_index(args, mark) -> int:
+    """Index `args.folder` into `args.index`, calling `mark(phase)` as each phase starts."""
     from retrieval import index as faiss_index
     from retrieval import indexer
     from retrieval.catalog import Catalog
     from retrieval.staging import Staging
     from retrieval.store import IndexStore
-
-    def mark(phase):
-        print(f"PHASE {phase}", flush=True)
 
     def wrap(owner, name, phase):
         real = getattr(owner, name)
@@ -133,15 +130,47 @@ def child_index(args) -> int:
     wrap(indexer, "_caption_rows", "captions")
     store = IndexStore.open(args.index, create=True)
     try:
-        summary = indexer.run(
+        indexer.run(
             store, aligner_for(args.aligner), [args.folder], captions_file=args.captions,
             settings=indexer.IndexSettings(workers=args.workers, batch_size=4, chunk=4, decode_seconds=args.decode_seconds),
         )
     finally:
         store.close()
     mark("done")
-    print("SUMMARY " + json.dumps(summary.as_dict()), flush=True)
     return 0
+
+
+# Children are forked from a server that has imported the engine once: on a busy 2-core
+# machine a fresh interpreter takes seconds just to import numpy, FAISS and Pillow, and the
+# kill loop starts two runs per kill point. The server never runs FAISS's OpenMP threads,
+# so forking from it is safe.
+_CONTEXT = None
+PRELOAD = ["numpy", "faiss", "PIL.Image", "sqlite_utils", "retrieval.indexer", "retrieval.store",
+           "retrieval.health", "retrieval.query", "retrieval.transform", "retrieval.aligners.base"]
+
+
+def context():
+    global _CONTEXT
+    if _CONTEXT is None:
+        import multiprocessing
+
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(PRELOAD)
+    return _CONTEXT
+
+
+def _forked_index(conn, argv: list[str]) -> None:
+    import traceback
+
+    try:
+        child_index(parser().parse_args(argv), conn.send)
+    except BaseException:
+        conn.send("error " + traceback.format_exc()[-2000:])
+        raise SystemExit(1) from None
+
+
+def _forked_reader(argv: list[str]) -> None:
+    child_reader(parser().parse_args(argv))
 
 
 # -- readers ---------------------------------------------------------------------------------------------
@@ -167,19 +196,22 @@ def child_reader(args) -> int:
                 query = rng.normal(size=(1, dim)).astype(np.float32)
                 query /= np.linalg.norm(query)
                 catalog = store.catalog
+                # One snapshot: the generation's FAISS file must hold exactly its catalog's ids.
                 with catalog.snapshot():
                     gen = catalog.generation
-                    path = store.faiss_path("images", gen)
                     if gen:
                         ids = {r[0] for r in catalog.db.execute("SELECT id FROM images")}
-                        ntotal = faiss_index.read(path, mmap=True).ntotal
-                        if ntotal != len(ids):
+                        index = faiss_index.read(store.faiss_path("images", gen), mmap=True)
+                        _, found = faiss_index.search(index, query, 10)
+                        if index.ntotal != len(ids) or not {int(i) for i in found[0] if i >= 0} <= ids:
                             inconsistent += 1
+                # And the public search path, which takes its own snapshot: no error, and as many
+                # hits as the index holds up to k (ids it could not map to rows would be dropped).
                 hits = search_vectors(store, query, 10)[0]
-                if gen and not {h.id for h in hits} <= ids:
+                if gen and len(hits) != min(10, len(ids)) and catalog.generation == gen:
                     inconsistent += 1
                 generations.add(gen)
-                searches += 1
+                searches += 2
             finally:
                 store.close()
         except Exception as exc:  # every failure is a finding, reported, never hidden
@@ -337,42 +369,46 @@ def alive(pids: list[int]) -> list[int]:
 def run_child(index: Path, folder: Path, aligner: str, workers: int, captions: Path | None,
               kill: tuple[str, int, float] | None, timeout: float = 600) -> dict:
     """Run an index child; with `kill` = (phase, nth, delay) SIGKILL it `delay` s after its nth mark of `phase`."""
-    cmd = [sys.executable, __file__, "child-index", "--index", str(index), "--folder", str(folder),
-           "--aligner", aligner, "--workers", str(workers)]
+    argv = ["child-index", "--index", str(index), "--folder", str(folder), "--aligner", aligner, "--workers", str(workers)]
     if captions:
-        cmd += ["--captions", str(captions)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        argv += ["--captions", str(captions)]
+    ctx = context()
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_forked_index, args=(send, argv))
+    proc.start()
+    send.close()
     seen: Counter = Counter()
-    result = {"killed_in": None, "summary": None, "workers_left": []}
+    result = {"killed_in": None, "workers_left": [], "error": None}
     deadline = time.monotonic() + timeout
-    for line in proc.stdout:
-        if line.startswith("SUMMARY "):
-            result["summary"] = json.loads(line[8:])
-        if not line.startswith("PHASE "):
+    while time.monotonic() < deadline:
+        if not receive.poll(max(0.0, deadline - time.monotonic())):
+            result["error"] = f"no progress within {timeout}s"
+            break
+        try:
+            phase = receive.recv()
+        except EOFError:
+            break
+        if phase.startswith("error "):
+            result["error"] = phase[6:]
             continue
-        phase = line.split()[1]
         seen[phase] += 1
         if kill and phase == kill[0] and seen[phase] >= kill[1]:
             time.sleep(kill[2])
             workers = children_of(proc.pid)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            proc.kill()  # SIGKILL
+            proc.join()
             result["killed_in"] = phase
             end = time.monotonic() + 10
             while alive(workers) and time.monotonic() < end:
                 time.sleep(0.05)
             result["workers_left"] = alive(workers)
             break
-        if time.monotonic() > deadline:
-            proc.kill()
-            break
-    proc.stdout.close()
-    err = proc.stderr.read()
-    proc.stderr.close()
-    result["rc"] = proc.wait()
+    if proc.is_alive() and result["error"]:
+        proc.kill()
+    proc.join()
+    receive.close()
+    result["rc"] = proc.exitcode if not result["killed_in"] else -signal.SIGKILL
     result["phases"] = dict(seen)
-    if result["killed_in"] is None and result["rc"] != 0:
-        result["error"] = err[-2000:]
     return result
 
 
@@ -386,10 +422,12 @@ def kill_loop(work: Path, kills: int, seed: int, default_every: int, readers: in
         folders["default"] = Folder(setups["default"][0], random.Random(seed + 1), start=6, photos=False)
     stop = work / "stop-readers"
     reader_procs = [
-        subprocess.Popen([sys.executable, __file__, "child-reader", "--index", str(setups["color"][1]),
-                          "--stop", str(stop), "--report", str(work / f"reader-{i}.json")])
+        context().Process(target=_forked_reader, args=(["child-reader", "--index", str(setups["color"][1]),
+                          "--stop", str(stop), "--report", str(work / f"reader-{i}.json")],))
         for i in range(readers)
     ]
+    for proc in reader_procs:
+        proc.start()
     figures = {"kill_points": 0, "killed_by_phase": Counter(), "finished_before_kill": 0, "violations": [],
                "completions": 0, "default_aligner_kill_points": 0, "workers_outlived_parent": 0}
     states: dict[str, list] = defaultdict(list)
@@ -438,7 +476,7 @@ def kill_loop(work: Path, kills: int, seed: int, default_every: int, readers: in
     finally:
         stop.touch()
         for proc in reader_procs:
-            proc.wait(60)
+            proc.join(120)
     reports = [json.loads((work / f"reader-{i}.json").read_text()) for i in range(readers)]
     figures["readers"] = {
         "processes": readers,
@@ -585,6 +623,7 @@ def child_mutants(args) -> int:
     from retrieval.store import IndexStore
 
     PILImage.init()  # every decoder plugin, now
+    kinds = json.loads(Path(args.kinds).read_text())
     if os.geteuid() == 0:
         # chmod 000 does not stop root; `nobody` it stops. Python itself may live where `nobody`
         # cannot read (a root-only pyenv), hence the imports above and no worker processes below.
@@ -592,7 +631,6 @@ def child_mutants(args) -> int:
         os.setuid(65534)
 
     aligner = plumbing_aligner()
-    kinds = json.loads(Path(args.kinds).read_text())
     per_file, slowest = {}, 0.0
     for stat in walk([args.folder]):
         started = time.monotonic()
@@ -621,8 +659,21 @@ def child_mutants(args) -> int:
 
 
 def bad_inputs(work: Path, n: int, seed: int, decode_seconds: float) -> dict:
+    if os.geteuid() != 0:
+        work.mkdir(parents=True, exist_ok=True)
+        return _bad_inputs(work, n, seed, decode_seconds)
+    # As root the loads run as `nobody`, who must reach the folder: every parent directory
+    # must be open to it, which a private temporary folder (pytest's) is not.
+    work = Path(tempfile.mkdtemp(prefix="torture-bad-", dir="/tmp"))
+    os.chmod(work, 0o755)
+    try:
+        return _bad_inputs(work, n, seed, decode_seconds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _bad_inputs(work: Path, n: int, seed: int, decode_seconds: float) -> dict:
     folder = work / "mutants"
-    work.mkdir(parents=True, exist_ok=True)
     kinds = make_mutants(folder, n, seed, sources(work))
     index = work / "mutants-index"
     kinds_file, report_file = work / "kinds.json", work / "mutants-report.json"
@@ -670,7 +721,7 @@ def bad_inputs(work: Path, n: int, seed: int, decode_seconds: float) -> dict:
 
 
 # -- main ---------------------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode")
     c = sub.add_parser("child-index")
@@ -696,13 +747,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-seconds", type=float, default=10.0)
     parser.add_argument("--work", help="Folder to work in (default: a temporary one, removed afterwards).")
     parser.add_argument("--out", help="Write the figures as JSON here.")
-    args = parser.parse_args(argv)
-    if args.mode == "child-index":
-        return child_index(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.mode == "child-reader":
         return child_reader(args)
     if args.mode == "child-mutants":
         return child_mutants(args)
+    if args.mode:
+        raise SystemExit(f"unknown mode {args.mode!r}")
     return supervise(args)
 
 

@@ -109,7 +109,7 @@ class SlowOnMagicSize(ImageTransform):
 
             if self.block_alarm:
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-            time.sleep(30)
+            time.sleep(600)
         return super().__call__(image)
 
 
@@ -130,7 +130,8 @@ def test_a_pathological_image_is_skipped_within_its_limit_and_the_run_goes_on(tm
     assert summary.added == 30 and len(summary.skipped) == 1
     reason = summary.skipped[0]["reason"]
     assert ("worker was replaced" in reason) if block_alarm else reason.startswith("decoding took longer than 0.5s")
-    assert took < 25, took  # the 30 s sleep was cut short
+    # The 600 s decode was cut short (what remains is mostly starting workers on a busy machine).
+    assert took < 300, took
 
 
 def test_a_file_that_changes_after_the_walk_is_stored_under_what_was_read(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import sys
 
 import click
@@ -22,6 +23,13 @@ class Group(click.Group):
             return super().invoke(ctx)
         except RetrievalError as exc:
             raise click.ClickException(str(exc)) from None
+        except (OSError, sqlite3.Error) as exc:
+            # Last resort: the library explains the faults it knows where they happen
+            # (retrieval.faults); anything else from the environment still gets one line.
+            from retrieval.faults import explain
+
+            better = explain(exc)
+            raise click.ClickException(str(better) if better else f"{type(exc).__name__}: {exc}") from None
         except KeyboardInterrupt:
             click.echo("\ninterrupted: finished work is kept; run the same command again to resume", err=True)
             sys.exit(130)
@@ -67,9 +75,10 @@ def note(message: str) -> None:
 
 
 def _register() -> None:
-    from retrieval.cli import engine  # noqa: F401  (commands register themselves)
+    from retrieval.cli import engine, maintenance  # noqa: F401  (commands register themselves)
 
-    for optional in ("retrieval.cli.evaluate", "retrieval.cli.train", "retrieval.cli.serve"):
+    for optional in ("retrieval.cli.evaluate", "retrieval.cli.train", "retrieval.cli.serve", "retrieval.cli.library",
+                     "retrieval.cli.exchange"):
         try:
             __import__(optional)
         except ModuleNotFoundError as exc:

@@ -7,6 +7,7 @@ import json
 import click
 
 from retrieval.cli import main, note, quiet
+from retrieval.cli.filtering import filter_options, filters_from
 
 MODEL_HELP = "Aligner spec: default, open_clip:ARCH/TAG, open_clip:ARCH/PATH, or a trained checkpoint."
 INDEX_HELP = "Index name (under ./indexes or $RETRIEVAL_HOME) or path."
@@ -73,6 +74,9 @@ def _ray_settings(address: str | None, encoders: int | None, folders):
 @click.option("--max-index-memory", type=ByteSize(), default=None,
               help="Memory the image index may take, e.g. 4G; above it the index keeps 8-bit codes and "
                    "re-scores candidates exactly [default: a quarter of this machine's memory].")
+@click.option("--on-disk", is_flag=True,
+              help="Keep the image index's inverted lists on disk, memory-mapped, whatever its size "
+                   "[default: only when even 8-bit codes exceed --max-index-memory].")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.option("-q", "--quiet", "quiet_flag", is_flag=True, help="No progress bar or skipped-file notes.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
@@ -80,7 +84,7 @@ def _ray_settings(address: str | None, encoders: int | None, folders):
                    "ray://HOST:10001 joins a cluster. FOLDERs may then be fsspec URLs (s3://, gs://, file://).")
 @click.option("--ray-encoders", type=click.IntRange(min=1), default=None,
               help="Encoder actors on a cluster without GPUs [default: 1; with GPUs, one per GPU].")
-def index(folders, index_name, model, captions, batch_size, workers, max_index_memory, as_json, quiet_flag,
+def index(folders, index_name, model, captions, batch_size, workers, max_index_memory, on_disk, as_json, quiet_flag,
           ray_address, ray_encoders):
     """Index image folders (recursively); re-runs encode only what changed.
 
@@ -92,11 +96,12 @@ def index(folders, index_name, model, captions, batch_size, workers, max_index_m
         retrieval index ~/Pictures --index photos
         retrieval index --captions captions.txt --index photos
         retrieval index /shared/photos --index photos --ray auto
+        retrieval index /data/photos --index big --on-disk
     """
     from retrieval.api import build_index
     from retrieval.indexer import IndexSettings
 
-    settings = IndexSettings(batch_size=batch_size, workers=workers, max_index_memory=max_index_memory)
+    settings = IndexSettings(batch_size=batch_size, workers=workers, max_index_memory=max_index_memory, on_disk=on_disk)
     summary = build_index(
         list(folders), index=index_name, model=model, captions=captions, settings=settings,
         progress=_progress(not quiet_flag and not as_json), ray=_ray_settings(ray_address, ray_encoders, folders),
@@ -123,8 +128,10 @@ def index(folders, index_name, model, captions, batch_size, workers, max_index_m
 @click.option("--model", default=None, help=MODEL_HELP + " Must match the index.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--paths", is_flag=True, help="Print bare paths, one a line (for pipes).")
+@click.option("-0", "--null", "null", is_flag=True, help="With --paths: end each path with a NUL byte, as find -print0 does.")
 @click.option("--sheet", type=click.Path(dir_okay=False), help="Also draw the image results as a contact sheet PNG.")
-def search(text, image, texts, k, weight, negatives, index_name, model, as_json, paths, sheet):
+@filter_options
+def search(text, image, texts, k, weight, negatives, index_name, model, as_json, paths, sheet, null, **filter_args):
     """Search an index by text, by image, or both.
 
     \b
@@ -134,15 +141,22 @@ def search(text, image, texts, k, weight, negatives, index_name, model, as_json,
         retrieval search "a red car" --image ref.jpg --weight 0.3 --not "night"
         retrieval search --image photo.jpg --texts
         retrieval search "a cat" --sheet cats.png
+        retrieval search "a beach" --after 2023-06-01 --before 2023-09-01 --folder ~/Pictures/Trips
     """
     from retrieval.api import open_index
     from retrieval.query import Query
 
     if not text and not image:
         raise click.UsageError("give a TEXT, an --image, or both")
+    filters = filters_from(filter_args)
     idx = open_index(index_name, model=model)
     try:
-        hits = idx.search(text, image=image, k=k, weight=weight, negatives=negatives, target="texts" if texts else "images")
+        hits = idx.search(
+            text, image=image, k=k, weight=weight, negatives=negatives, target="texts" if texts else "images",
+            filters=filters,
+        )
+        # Nothing passed the filters: say which one excluded everything (not an error).
+        why = idx.why_empty(filters) if filters.active and not hits else None
     finally:
         idx.close()
     if sheet and not texts:
@@ -151,10 +165,18 @@ def search(text, image, texts, k, weight, negatives, index_name, model, as_json,
         contact_sheet([(_title(text, image), hits)], sheet)
     if as_json:
         query = Query(text=text, image=image, weight=weight, negatives=list(negatives), target="texts" if texts else "images")
-        click.echo(json.dumps({"query": {**query.describe(), "k": k}, "results": [h.as_dict() for h in hits]}, indent=2))
-    elif paths:
+        out = {"query": {**query.describe(), "k": k, **filters.describe()}, "results": [h.as_dict() for h in hits]}
+        if why:
+            out["note"] = why
+        click.echo(json.dumps(out, indent=2))
+    elif paths or null:
+        # A file name may hold a newline; NUL is the one byte no path can contain.
+        end = "\0" if null else "\n"
         for hit in hits:
-            click.echo(hit.path if hit.path is not None else hit.text)
+            click.echo(hit.path if hit.path is not None else hit.text, nl=False)
+            click.echo(end, nl=False)
+    elif why:
+        click.echo(f"no results: {why}")
     elif not hits:
         click.echo("no results (is the index empty?)")
     else:
