@@ -276,3 +276,15 @@ def test_engine_thread_batches_under_load_and_never_delays_a_lone_query():
             failing.result(5)
     finally:
         engine.close()
+
+
+def test_folder_filter_takes_folders_as_paths_are_shown(api):
+    _, photos = photo_index()
+    body = api.get("/api/search", params={"q": "a cat", "folder": "generated", "k": 50}).json()
+    assert len(body["results"]) == GENERATED and body["query"]["folder"] == ["generated"]
+    assert all(r["path"].startswith("generated/") for r in body["results"])
+    absolute = api.post("/api/search", json={"q": "a cat", "folder": [str(photos / "generated")], "k": 50}).json()
+    assert [r["id"] for r in absolute["results"]] == [r["id"] for r in body["results"]]
+    assert api.get("/api/search", params={"q": "x", "folder": "../.."}).status_code == 400
+    empty = api.get("/api/search", params={"q": "x", "folder": "nowhere"}).json()
+    assert empty["results"] == [] and empty["note"]

@@ -85,7 +85,8 @@ class SearchParams(BaseModel):
     # Filters (retrieval/filters.py, docs/photo-library.md); AND-combined.
     after: Text | None = Field(None, description="Taken on or after this date (YYYY-MM-DD or YYYY-MM-DDTHH:MM).")
     before: Text | None = Field(None, description="Taken before this date (excluded).")
-    folder: list[Text] = Field([], max_length=20, description="Only images under one of these folders.")
+    folder: list[Text] = Field([], max_length=20, description="Only images under one of these folders "
+                               "(relative to the indexed folder, as result paths are shown, or absolute).")
     camera: Text | None = Field(None, description="Camera make or model contains this (case-insensitive).")
     near: Text | None = Field(None, description="LAT,LON,KM: taken within KM kilometres of LAT,LON.")
     min_width: int | None = Field(None, ge=1, le=10**6, description="At least this many pixels wide.")
@@ -95,13 +96,15 @@ class SearchParams(BaseModel):
         from retrieval.filters import Filters
 
         filters = Filters.parse(  # a bad value is a FilterError: a 400 with its one line
-            after=self.after, before=self.before, folders=[f for f in self.folder if f], camera=self.camera,
+            after=self.after, before=self.before, camera=self.camera,
             near=self.near, min_width=self.min_width, min_height=self.min_height,
         )
         return SearchSpec(
             index=self.index, q=self.q or None, like=list(self.like), like_weights=self.like_weights,
             weight=self.weight, negatives=[n for n in self.not_ if n], target=self.target, k=self.k,
             offset=self.offset, image=image, filters=filters if filters.active else None,
+            # Placed by the engine: a relative folder lies under the index's own folders.
+            folders=[f for f in self.folder if f],
         )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,13 +50,15 @@ class SearchSpec:
     image: bytes | None = None
     #: A query vector given as is (clip-retrieval's embedding_input).
     vector: list[float] | None = None
-    #: Dates, folders, camera, place, size (retrieval.filters.Filters); None: no filter.
+    #: Dates, camera, place, size (retrieval.filters.Filters); None: no filter.
     filters: Filters | None = None
+    #: Folders as the client gave them (relative to the indexed folders, or absolute).
+    folders: list[str] = field(default_factory=list)
 
     @property
     def text_only(self) -> bool:
         """A plain text query: these are the ones micro-batched together."""
-        return bool(self.q) and not (self.like or self.negatives or self.image or self.vector or self.filters)
+        return bool(self.q) and not (self.like or self.negatives or self.image or self.vector or self.filters or self.folders)
 
     def echo(self, index: str) -> dict:
         out = {"index": index, "target": self.target, "k": self.k, "offset": self.offset}
@@ -74,6 +76,8 @@ class SearchSpec:
             out["weight"] = self.weight
         if self.filters is not None:
             out.update(self.filters.describe())
+        if self.folders:
+            out["folder"] = self.folders
         return out
 
 
@@ -146,14 +150,34 @@ class Library:
         served = self.get(spec.index)
         if served.empty():
             return self._response(served, spec, [], None)
+        filters = self.filters_for(served, spec)
         vector = self.query_vector(served, spec)
-        [(hits, next_offset)] = engine.search_page(served.store, vector, spec.k, spec.offset, spec.target, spec.filters)
+        [(hits, next_offset)] = engine.search_page(served.store, vector, spec.k, spec.offset, spec.target, filters)
         response = self._response(served, spec, hits, next_offset)
-        if spec.filters is not None and not hits and spec.offset == 0:
+        if filters is not None and not hits and spec.offset == 0:
             from retrieval.filters import why_empty
 
-            response["note"] = why_empty(served.store.catalog, spec.filters)  # nothing passed: say which filter
+            response["note"] = why_empty(served.store.catalog, filters)  # nothing passed: say which filter
         return response
+
+    def filters_for(self, served: Served, spec: SearchSpec) -> Filters | None:
+        """The spec's filters plus its folders, a relative one placed under each indexed folder."""
+        if not spec.folders:
+            return spec.filters
+        places = []
+        for folder in spec.folders:
+            if "\x00" in folder or ".." in Path(folder).parts:
+                raise RetrievalError(f"folder {folder!r}: give a folder inside the indexed folders, without '..'")
+            if os.path.isabs(folder):
+                places.append(folder)
+                continue
+            roots = served.roots()
+            if not roots:
+                raise RetrievalError(
+                    "this index does not list its folders yet (re-run `retrieval index` once): give the folder as an absolute path"
+                )
+            places += [os.path.join(root, folder) for root in roots]
+        return replace(spec.filters or Filters(), folders=Filters.parse(folders=places).folders)
 
     def search_texts(self, key: tuple[str, str], specs: list[SearchSpec]) -> list[dict]:
         """Plain text queries against one index and target: one encoder call, one FAISS call."""
