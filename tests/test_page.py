@@ -183,7 +183,7 @@ def test_viewer_by_keyboard_then_more_like_this(page, servers):
     first = page.locator("#results .card").first
     first.focus()
     page.keyboard.press("ArrowRight")
-    assert page.evaluate("document.activeElement.dataset.id") == str(ids[1])
+    page.locator(f'#results .card[data-id="{ids[1]}"]:focus').wait_for()
     page.keyboard.press("ArrowLeft")
     page.keyboard.press("Enter")
     viewer = page.locator("#viewer")
@@ -196,7 +196,7 @@ def test_viewer_by_keyboard_then_more_like_this(page, servers):
     assert page.locator("#viewer-rank").text_content() == "2"
     page.keyboard.press("Escape")
     viewer.wait_for(state="hidden")
-    assert page.evaluate("document.activeElement.dataset.id") == str(ids[1])  # focus returns to the card
+    page.locator(f'#results .card[data-id="{ids[1]}"]:focus').wait_for()  # focus returns to the card shown last
 
     first.click()
     page.locator("#viewer-like").click()

@@ -11,7 +11,8 @@ const el = {
   form: $("search"), q: $("q"), file: $("file"), indexPicker: $("index-picker"), index: $("index"),
   not: $("not"), weight: $("weight"), weightOut: $("weight-out"), weightField: $("weight-field"),
   filters: $("filters"), status: $("status"), message: $("message"), grid: $("results"),
-  captions: $("captions"), more: $("more"), drop: $("drop"), login: $("login"),
+  captions: $("captions"), texts: $("texts"), subject: $("subject"), subjectImg: $("subject-img"),
+  subjectName: $("subject-name"), more: $("more"), drop: $("drop"), login: $("login"),
   loginForm: $("login-form"), token: $("token"), loginError: $("login-error"),
   example: $("example"), exampleImg: $("example-img"), exampleLabel: $("example-label"),
   exampleClear: $("example-clear"), viewer: $("viewer"), viewerImg: $("viewer-img"),
@@ -29,7 +30,8 @@ let indexes = [];
 // The running result list: one per search, replaced as a whole when the query changes.
 let run = { seq: 0, items: [], ids: new Set(), next: null, loading: false, error: null };
 let viewerAt = -1;
-const knownPaths = new Map(); // image id -> path, to label the example chip
+const knownPaths = new Map(); // "index/id" -> path, to label the example image
+const pathKey = (id) => `${state.index}/${id}`;
 let supported = []; // the filters this server's search accepts
 
 class AuthNeeded extends Error {}
@@ -169,7 +171,7 @@ async function search({ push = false } = {}) {
   el.grid.replaceChildren();
   el.captions.replaceChildren();
   el.grid.hidden = state.target !== "images";
-  el.captions.hidden = state.target !== "texts";
+  el.texts.hidden = state.target !== "texts";
   showMessage(null);
 
   const index = currentIndex();
@@ -216,11 +218,13 @@ async function loadMore() {
     const fresh = (body.results || []).filter((r) => !run.ids.has(r.id));
     for (const r of fresh) {
       run.ids.add(r.id);
-      if (r.path) knownPaths.set(r.id, r.path);
+      if (r.path) knownPaths.set(pathKey(r.id), r.path);
     }
     const start = run.items.length;
     run.items.push(...fresh);
-    run.next = body.next_offset ?? null;
+    // A cursor that does not move forward would ask for the same page forever.
+    const requested = run.next ?? 0;
+    run.next = Number.isInteger(body.next_offset) && body.next_offset > requested ? body.next_offset : null;
     if (state.target === "images") appendCards(fresh, start);
     else appendCaptions(fresh, start);
     describeResults();
@@ -263,7 +267,9 @@ function describeResults() {
   const noun = state.target === "texts" ? "caption" : "photo";
   const parts = [strong(formatCount(n, noun) + (run.next !== null ? "+" : ""))];
   if (state.q) parts.push(" for ", strong(`“${state.q}”`));
-  if (state.like.length || upload) parts.push(state.q ? " and the example image" : " like the example image");
+  if (state.like.length || upload) {
+    parts.push(state.q ? " and the example image" : state.target === "texts" ? " for the example image" : " like the example image");
+  }
   if (state.not.length) parts.push(", not ", strong(state.not.join(", ")));
   const index = currentIndex();
   if (index && indexes.length > 1) parts.push(` in ${index.name}`);
@@ -376,18 +382,55 @@ function appendCaptions(results, start) {
   el.captions.append(...rows);
 }
 
+// The example image: a chip above the results, and a larger figure beside the captions.
 function renderExample() {
+  const has = Boolean(upload || state.like.length);
+  let src = "";
+  let name = "";
   if (upload) {
-    el.exampleImg.src = upload.url;
+    src = upload.url;
+    name = upload.file.name || "your image";
     el.exampleLabel.textContent = upload.file.name ? `Example: ${upload.file.name}` : "Example image";
-  } else if (state.like.length) {
+  } else if (has) {
     const id = Number(state.like[0]);
-    el.exampleImg.src = thumbURL({ id }, 128);
-    const path = knownPaths.get(id);
+    const path = knownPaths.get(pathKey(id));
+    if (!path) learnPath(id);
+    src = thumbURL({ id }, 128);
+    name = path || `photo #${id}`;
     const more = state.like.length > 1 ? ` and ${state.like.length - 1} more` : "";
     el.exampleLabel.textContent = `Like ${path ? baseName(path) : "photo #" + id}${more}`;
   }
-  el.example.hidden = !(upload || state.like.length);
+  if (has) setImage(el.exampleImg, src);
+  el.example.hidden = !has;
+  const subject = has && state.target === "texts";
+  if (subject) {
+    setImage(el.subjectImg, upload ? upload.url : thumbURL({ id: Number(state.like[0]) }, 512));
+    el.subjectImg.alt = `The image the captions are ranked for: ${name}`;
+    el.subjectName.textContent = name;
+  }
+  el.subject.hidden = !subject;
+}
+
+// A liked image named only by id (a shared link): ask for its path once, to label it.
+const asked = new Set();
+async function learnPath(id) {
+  const key = pathKey(id);
+  if (asked.has(key)) return;
+  asked.add(key);
+  try {
+    const meta = await api(`api/image/${id}/meta?index=${encodeURIComponent(state.index)}`);
+    knownPaths.set(key, meta.path);
+    if (state.like.includes(String(id))) renderExample();
+  } catch {
+    // An unknown id: the search itself reports it.
+  }
+}
+
+function setImage(img, src) {
+  if (img.getAttribute("src") === src) return;
+  img.classList.remove("broken");
+  img.onerror = () => img.classList.add("broken");
+  img.src = src;
 }
 
 function formatCount(n, noun) {
@@ -582,8 +625,11 @@ function wire() {
     if (event.target === el.viewer) closeViewer(); // a click on the backdrop
   });
   el.viewer.addEventListener("close", () => {
-    el.grid.querySelector(`[data-pos="${viewerAt}"]`)?.focus({ preventScroll: false });
     el.viewerImg.removeAttribute("src");
+    // After the dialog's own focus restoration (to the card that opened it): focus the card
+    // last shown, which arrow keys may have changed.
+    const pos = viewerAt;
+    setTimeout(() => el.grid.querySelector(`[data-pos="${pos}"]`)?.focus(), 0);
   });
   el.viewer.addEventListener("keydown", (event) => {
     if (event.key === "ArrowLeft") stepViewer(-1);
