@@ -266,3 +266,16 @@ def test_only_the_server_package_imports_the_web_stack():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{relative}: {n}" for n in names if n.split(".")[0] in web]
     assert offenders == []
+
+
+def test_cors_with_a_token_lets_the_preflight_through_but_not_the_request(tmp_path):
+    index, _ = color_index(tmp_path)
+    settings = ServerSettings(indexes=[str(index)], host="0.0.0.0", token="t0ken", cors_origins=["http://front.example"])
+    api = client(settings, base_url="http://photos.example.org", aligner=ColorAligner())
+    origin = {"origin": "http://front.example"}
+    preflight = api.options("/api/search", headers={**origin, "access-control-request-method": "GET",
+                                                     "access-control-request-headers": "authorization"})
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "http://front.example"
+    assert api.get("/api/search", params={"q": "x"}, headers=origin).status_code == 401
+    ok = api.get("/api/search", params={"q": "x"}, headers={**origin, "authorization": "Bearer t0ken"})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://front.example"

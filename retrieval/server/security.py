@@ -96,7 +96,10 @@ class Guard:
         if self.token is not None:
             if path == "/" and b"token=" in scope.get("query_string", b""):
                 return await self._redeem(scope, send_with_headers)
-            if not (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)) and not self._authorized(headers):
+            # A CORS preflight never carries credentials; the CORS middleware inside answers it.
+            preflight = scope["method"] == "OPTIONS" and "access-control-request-method" in headers
+            public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or preflight
+            if not public and not self._authorized(headers):
                 return await _json(send_with_headers, 401, "missing or wrong token: send 'Authorization: Bearer TOKEN' "
                                    "or open the URL printed when the server started", [(b"www-authenticate", b"Bearer")])
         await self.app(scope, receive, send_with_headers)
