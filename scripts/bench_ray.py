@@ -11,6 +11,9 @@
 (c) node loss: a simulated cluster (ray.cluster_utils.Cluster, a head and two worker nodes on
     this machine); a worker node is removed mid-run; the run must finish with every photo
     indexed and the same catalog as the local path.
+(d) per-stage CPU cost for the scaling model in docs/scaling.md: read+decode+preprocess per
+    photo and FAISS IVF-SQ8 training and adding, in CPU seconds on one thread.
+(e) the fixed cost of one small job on Ray core tasks and on Ray Data (why the pipeline uses core).
 
 Every figure is written with the 1-minute load average next to it: the machine is shared.
 
@@ -59,17 +62,70 @@ def index_vectors(index_dir: Path) -> dict:
         idx.close()
 
 
+class TreeCPU:
+    """CPU seconds used by this process and every process below it (Ray's raylet and workers
+    included), sampled from /proc so that processes which end during the run still count.
+
+    On a shared machine wall time mostly says how busy the neighbours were; CPU seconds per
+    image say what each path costs, and on 2 busy cores images/s follows from them.
+    """
+
+    def __enter__(self) -> TreeCPU:
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.seen: dict[int, float] = {}
+        self.base = self._sample()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._sample()
+        self.seconds = sum(self.seen.values()) - self.base
+
+    def _loop(self) -> None:
+        while not self.stop.wait(0.2):
+            self._sample()
+
+    def _sample(self) -> float:
+        stats = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # utime + stime of the process itself: a parent's cutime would count a sampled child twice.
+            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / self.tick)
+        tree, frontier = {os.getpid()}, [os.getpid()]
+        while frontier:
+            parent = frontier.pop()
+            for pid, (ppid, _) in stats.items():
+                if ppid == parent and pid not in tree:
+                    tree.add(pid)
+                    frontier.append(pid)
+        for pid in tree:
+            if pid in stats:
+                self.seen[pid] = max(self.seen.get(pid, 0.0), stats[pid][1])
+        return sum(self.seen.values())
+
+
 def one_run(spec: str, folder: Path, index_dir: Path, batch_size: int, ray_settings=None) -> dict:
     from retrieval.api import build_index
     from retrieval.indexer import IndexSettings
 
     shutil.rmtree(index_dir, ignore_errors=True)
-    with bi.Meter() as meter:
+    with bi.Meter() as meter, TreeCPU() as cpu:
         summary = build_index([folder], index=str(index_dir), model=spec, settings=IndexSettings(batch_size=batch_size),
                               ray=ray_settings)
     if summary.skipped or summary.encoded != summary.added:
         raise RuntimeError(f"not every photo was encoded: {summary.line()}")
-    return meter.report(summary.encoded)
+    return {**meter.report(summary.encoded), "tree_cpu_s": round(cpu.seconds, 1),
+            "cpu_ms_per_image": round(1000 * cpu.seconds / max(1, summary.encoded), 1)}
 
 
 # -- (a) overhead ---------------------------------------------------------------------------
@@ -100,6 +156,8 @@ def overhead(args, work: Path, spec: str) -> dict:
     local_v, ray_v = index_vectors(work / "index-local"), index_vectors(work / "index-ray")
     best = {way: bi.fastest(rounds) for way, rounds in results.items()}
     ratio = best["ray"]["images_per_s"] / best["local"]["images_per_s"]
+    # Lowest CPU cost per image of each way: on 2 cores kept busy, the throughput ratio a quiet machine would show.
+    cpu_cost = {way: min(r["cpu_ms_per_image"] for r in rounds) for way, rounds in results.items()}
     agree = bi.agreement(local_v, ray_v)
     info = json.loads((folder / "manifest.json").read_text())
     return {
@@ -109,6 +167,7 @@ def overhead(args, work: Path, spec: str) -> dict:
         "ray_start_seconds": round(ray_start, 1),
         **best,
         "ratio": {"value": round(ratio, 2), "target": TARGETS["ratio"], "met": ratio >= TARGETS["ratio"]},
+        "cpu_ms_per_image": cpu_cost, "cpu_ratio": round(cpu_cost["local"] / cpu_cost["ray"], 2),
         "agreement": {**agree, "target": TARGETS["min_cosine"], "met": agree["min_cosine"] >= TARGETS["min_cosine"]},
     }
 
@@ -135,7 +194,9 @@ def ingest(args, work: Path) -> dict:
         store.catalog.set_meta(dim=dim)
         root = work / "ingest-root"
         staging = Staging(store.catalog, [root])
+        cpu0 = time.process_time()
         staging.add_stats(FileStat(f"{root}/{i:08d}.jpg", 1000 + i, 1.0) for i in range(n))
+        stage_cpu = time.process_time() - cpu0
         vectors = rng.standard_normal((per_commit, dim), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         load_before = load()
@@ -148,6 +209,18 @@ def ingest(args, work: Path) -> dict:
                 rows = [Loaded(f"{root}/{i:08d}.jpg", hash=h, width=640, height=480) for i, h in zip(ids, hashes)]
                 commit(store, staging, rows, [(h, vectors[j], 640, 480) for j, h in enumerate(hashes)])
         seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        # What publishing costs per file before FAISS: plan and apply (SQL), then the chunked
+        # read of every vector that builds the index.
+        cpu0 = time.process_time()
+        plan = staging.plan(1)
+        with store.catalog.publishing():
+            staging.apply()
+        publish_sql_cpu = time.process_time() - cpu0
+        cpu0 = time.process_time()
+        read = sum(len(ids) for ids, _ in store.catalog.image_vectors())
+        read_cpu = time.process_time() - cpu0
+        if plan.new_rows != n or read != n:
+            raise RuntimeError(f"publishing saw {plan.new_rows} new rows and read {read} vectors, not {n}")
         stored = store.catalog.count("vectors")
         staging.close()
         store.close()
@@ -157,6 +230,8 @@ def ingest(args, work: Path) -> dict:
         out.append({"vectors_per_commit": per_commit, "wal_checkpoints": checkpoints, "vectors": n,
                     "seconds": round(seconds, 2), "vectors_per_s": round(rate), "cpu_seconds": round(cpu, 2),
                     "vectors_per_cpu_s": round(n / cpu), "met": rate >= TARGETS["ingest_per_s"],
+                    "staged_files_per_cpu_s": round(n / stage_cpu), "plan_apply_files_per_cpu_s": round(n / publish_sql_cpu),
+                    "vectors_read_per_cpu_s": round(n / read_cpu),
                     "load_before": load_before, "load_after": load()})
         log(f"(b) {per_commit} per commit, {checkpoints} checkpoints: {rate:,.0f} vectors/s "
             f"({n / cpu:,.0f} per CPU second), load {load()}")
@@ -248,6 +323,136 @@ def _busiest(nodes):
     return victim, count(victim)
 
 
+# -- (d) per-stage rates for the scaling model -----------------------------------------------
+def stage_rates(args, work: Path, spec: str) -> dict:
+    """CPU cost of each stage per item, as CPU seconds (robust on a shared machine): decode, FAISS add."""
+    import faiss
+    import numpy as np
+
+    from retrieval.aligners import load_aligner
+    from retrieval.loader import load as load_file
+
+    paths = crb.make_photo_folder(work / "photos", n=args.photos, seed=args.seed)[: args.stage_photos]
+    transform = load_aligner(spec).transform
+    load_before = load()
+    cpu0 = time.process_time()
+    for path in paths:
+        if load_file(path, transform).pixels is None:
+            raise RuntimeError(f"{path} did not decode")
+    decode_cpu = (time.process_time() - cpu0) / len(paths)
+    log(f"(d) read, hash, draft-decode and preprocess: {decode_cpu * 1000:.1f} ms of CPU per photo, load {load()}")
+    # Web-size images (what LAION-style collections hold): the same photos at 640 x 480.
+    from PIL import Image
+
+    small = work / "photos-640"
+    small.mkdir(exist_ok=True)
+    small_paths = []
+    for path in paths:
+        dest = small / Path(path).name
+        if not dest.exists():
+            with Image.open(path) as im:
+                im.draft("RGB", (640, 480))
+                im.convert("RGB").resize((640, 480)).save(dest, quality=90)
+        small_paths.append(str(dest))
+    cpu0 = time.process_time()
+    for path in small_paths:
+        load_file(path, transform)
+    small_cpu = (time.process_time() - cpu0) / len(small_paths)
+    log(f"(d) the same at 640 x 480: {small_cpu * 1000:.1f} ms of CPU per image")
+
+    rng = np.random.default_rng(0)
+    n, nlist = args.faiss_vectors, args.faiss_lists
+    x = rng.standard_normal((n, args.dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    faiss.omp_set_num_threads(1)  # per core: the model multiplies by cores
+    index = faiss.index_factory(args.dim, f"IVF{nlist},SQ8", faiss.METRIC_INNER_PRODUCT)
+    cpu0 = time.process_time()
+    index.train(x[: 20 * nlist])
+    train_cpu = time.process_time() - cpu0
+    cpu0 = time.process_time()
+    index.add(x)
+    add_cpu = time.process_time() - cpu0
+    log(f"(d) FAISS IVF{nlist},SQ8: train on {20 * nlist:,} in {train_cpu:.1f} CPU s, add {n / add_cpu:,.0f} vectors "
+        f"per CPU second, load {load()}")
+    return {"photos": len(paths), "decode_cpu_ms_per_photo": round(decode_cpu * 1000, 1),
+            "decode_photos_per_cpu_s": round(1 / decode_cpu, 1),
+            "decode_cpu_ms_640x480": round(small_cpu * 1000, 2), "decode_640x480_per_cpu_s": round(1 / small_cpu),
+            "faiss": {"factory": f"IVF{nlist},SQ8", "dim": args.dim, "vectors": n, "train_vectors": 20 * nlist,
+                      "train_cpu_s": round(train_cpu, 1), "add_vectors_per_cpu_s": round(n / add_cpu)},
+            "load_before": load_before, "load_after": load()}
+
+
+# -- (e) Ray Data against Ray core, per run ----------------------------------------------------
+def _square(batch):
+    return {"x": batch["x"] * batch["x"]}
+
+
+def engine_overhead(args) -> dict:
+    """The fixed cost of one small job (1,000 items in chunks of 8) on each Ray API, Ray already started."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    out: dict = {"items": 1000, "load_before": load()}
+    try:
+        @ray.remote(num_cpus=0.5)
+        def square(chunk):
+            return [v * v for v in chunk]
+
+        for rnd in range(3):
+            t0 = time.perf_counter()
+            refs = [square.remote(list(range(i, i + 8))) for i in range(0, 1000, 8)]
+            total = sum(sum(part) for part in ray.get(refs))
+            core = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            ds = ray.data.from_items([{"x": i} for i in range(1000)]).map_batches(_square, batch_size=8)
+            total_data = sum(int(b["x"].sum()) for b in ds.iter_batches(batch_size=64, batch_format="numpy"))
+            data = time.perf_counter() - t0
+            if total != total_data:
+                raise RuntimeError("the two pipelines disagree")
+            out.setdefault("core_seconds", []).append(round(core, 2))
+            out.setdefault("data_seconds", []).append(round(data, 2))
+            log(f"(e) round {rnd + 1}: core tasks {core:.2f} s, Ray Data {data:.2f} s, load {load()}")
+    finally:
+        ray.shutdown()
+    out["load_after"] = load()
+    return out
+
+
+# -- the scaling model (docs/scaling.md) ----------------------------------------------------
+#: Published end-to-end ViT-B/32 rates per GPU (clip-retrieval: about 1,500/s on an RTX 3080,
+#: 2,500/s on an A100, both limited by decoding and resizing), and the machines assumed.
+MODEL = {"images": 100_000_000, "gpu_images_per_s": 2500, "cores_per_node": 16, "driver_cores": 16,
+         "nodes": [1, 2, 4, 8, 16, 32, 64]}
+
+
+def scaling_model(res: dict, web: bool) -> list[dict]:
+    """Hours per phase for MODEL["images"] on N one-GPU nodes, from this run's per-core rates.
+
+    encode phase  n / min(N * per-node rate, driver commit rate)
+                  per-node rate = min(GPU rate, (cores - 1) * decode rate per core)
+    driver        walk/stage and plan/apply at their per-core rates (one thread: SQLite)
+    publish       every vector read back (one thread) and added to FAISS on the driver's cores
+    """
+    stages, runs = res["stages"], res["ingest"]["runs"]
+    best = max(runs, key=lambda r: r["vectors_per_cpu_s"])
+    decode = stages["decode_640x480_per_cpu_s"] if web else stages["decode_photos_per_cpu_s"]
+    n, m = MODEL["images"], MODEL
+    node = min(m["gpu_images_per_s"], (m["cores_per_node"] - 1) * decode)
+    commit = best["vectors_per_cpu_s"]
+    fixed = (n / best["staged_files_per_cpu_s"] + n / best["plan_apply_files_per_cpu_s"]
+             + n / best["vectors_read_per_cpu_s"] + n / (stages["faiss"]["add_vectors_per_cpu_s"] * m["driver_cores"]))
+    rows = []
+    for nodes in m["nodes"]:
+        rate = min(nodes * node, commit)
+        encode = n / rate
+        limit = "driver commits" if nodes * node >= commit else ("GPU" if node == m["gpu_images_per_s"] else "CPU decoding")
+        rows.append({"nodes": nodes, "images_per_s": round(rate), "encode_h": round(encode / 3600, 1),
+                     "driver_and_publish_h": round(fixed / 3600, 1), "total_h": round((encode + fixed) / 3600, 1),
+                     "encode_limited_by": limit,
+                     "serial_share": round(fixed / (encode + fixed), 2)})
+    return rows
+
+
 # -- report ---------------------------------------------------------------------------------
 def markdown(res: dict) -> str:
     m = res["machine"]
@@ -258,13 +463,16 @@ def markdown(res: dict) -> str:
         lines += ["", f"(a) {a['photos']['count']} JPEGs ({a['photos']['mean_mp']} MP mean, {a['photos']['megabytes']} MB), "
                   f"{a['model']}, fastest of {len(a['local']['rounds'])} round(s); Ray started before timing "
                   f"({a['ray_start_seconds']} s), encoder actor start and model load inside the Ray figure.", "",
-                  "| way | images/s | seconds | rounds (images/s) | load after |", "|---|---|---|---|---|"]
+                  "| way | images/s | seconds | rounds (images/s) | CPU ms per image (all processes) | load before / after |",
+                  "|---|---|---|---|---|---|"]
         for way in ("local", "ray"):
             r = a[way]
-            lines.append(f"| {way} | {r['images_per_s']} | {r['seconds']} | {r['rounds']} | {r['load_after']} |")
+            lines.append(f"| {way} | {r['images_per_s']} | {r['seconds']} | {r['rounds']} | {r.get('cpu_ms_per_image')} "
+                         f"| {r['load_before']} / {r['load_after']} |")
         lines += ["", f"Ray / local: **{a['ratio']['value']}** (target >= {a['ratio']['target']}); vectors: "
                   f"min cosine {a['agreement']['min_cosine']}, mean {a['agreement']['mean_cosine']} "
-                  f"over {a['agreement']['photos']} photos (target >= {a['agreement']['target']})."]
+                  f"over {a['agreement']['photos']} photos (target >= {a['agreement']['target']}). "
+                  f"CPU cost per image, local / Ray (lowest round each): {a.get('cpu_ratio')}."]
     if "ingest" in res:
         b = res["ingest"]
         lines += ["", f"(b) driver ingest, {b['dim']}-d vectors:", "",
@@ -273,12 +481,35 @@ def markdown(res: dict) -> str:
         for r in b["runs"]:
             lines.append(f"| {r['vectors_per_commit']} | {r['wal_checkpoints']} | {r['vectors_per_s']:,} | {r['rounds']} "
                          f"| {r['vectors_per_cpu_s']:,} | {r['load_before']} / {r['load_after']} |")
+    if "stages" in res:
+        d = res["stages"]
+        f = d["faiss"]
+        lines += ["", f"(d) per-stage CPU cost (CPU seconds, one thread): read, hash, draft-decode and preprocess "
+                  f"{d['decode_cpu_ms_per_photo']} ms per photo ({d['decode_photos_per_cpu_s']} photos per core-second, "
+                  f"{d['photos']} photos), {d['decode_cpu_ms_640x480']} ms at 640 x 480 "
+                  f"({d['decode_640x480_per_cpu_s']} per core-second); FAISS {f['factory']} at {f['dim']}-d: train on {f['train_vectors']:,} vectors "
+                  f"{f['train_cpu_s']} CPU s, add {f['add_vectors_per_cpu_s']:,} vectors per core-second; "
+                  f"load {d['load_before']} / {d['load_after']}."]
+    if "engines" in res:
+        e = res["engines"]
+        lines += ["", f"(e) one small job, {e['items']} items in chunks of 8, Ray running: core tasks "
+                  f"{e['core_seconds']} s, Ray Data {e['data_seconds']} s (3 rounds; load {e['load_before']} / {e['load_after']})."]
     if "node_loss" in res:
         c = res["node_loss"]
         rm = c["removed"]
         lines += ["", f"(c) {c['photos']} photos on {c['nodes']}: node removed after {rm.get('vectors_before')} vectors "
                   f"(load {rm.get('load')}); run finished in {c['run']['seconds']} s with {c['run']['images']} photos; "
                   f"same paths as the local path: {c['same_paths']}; vectors min cosine {c['agreement']['min_cosine']}."]
+    if "stages" in res and "ingest" in res:
+        for web in (True, False):
+            kind = "web-size images (640 x 480)" if web else "camera photos (2-12 MP)"
+            lines += ["", f"Scaling model, {MODEL['images']:,} {kind}, one GPU ({MODEL['gpu_images_per_s']:,} img/s) "
+                      f"and {MODEL['cores_per_node']} cores per node, driver with {MODEL['driver_cores']} cores:", "",
+                      "| nodes | images/s | encode phase (h) | driver walk + publish (h) | total (h) | encode phase limited by "
+                      "| serial share |", "|---|---|---|---|---|---|---|"]
+            for r in scaling_model(res, web):
+                lines.append(f"| {r['nodes']} | {r['images_per_s']:,} | {r['encode_h']} | {r['driver_and_publish_h']} | "
+                             f"{r['total_h']} | {r['encode_limited_by']} | {r['serial_share']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -294,7 +525,11 @@ def main() -> int:
     parser.add_argument("--ingest-rounds", type=int, default=3)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--cluster-photos", type=int, default=100)
-    parser.add_argument("--only", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"])
+    parser.add_argument("--stage-photos", type=int, default=100, help="(d) photos decoded for the per-core rate")
+    parser.add_argument("--faiss-vectors", type=int, default=200_000)
+    parser.add_argument("--faiss-lists", type=int, default=1024)
+    parser.add_argument("--only", nargs="+", choices=["a", "b", "c", "d", "e"],
+                        default=["a", "b", "c", "d", "e"])
     parser.add_argument("--work", default="bench-out/ray-work")
     parser.add_argument("--out", default="bench-out/ray")
     args = parser.parse_args()
@@ -310,6 +545,10 @@ def main() -> int:
         res["overhead"] = overhead(args, work, args.model)
     if "c" in args.only:
         res["node_loss"] = node_loss(args, work, args.model)
+    if "d" in args.only:
+        res["stages"] = stage_rates(args, work, args.model)
+    if "e" in args.only:
+        res["engines"] = engine_overhead(args)
     table = markdown(res)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(table)
