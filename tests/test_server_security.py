@@ -279,3 +279,18 @@ def test_cors_with_a_token_lets_the_preflight_through_but_not_the_request(tmp_pa
     assert api.get("/api/search", params={"q": "x"}, headers=origin).status_code == 401
     ok = api.get("/api/search", params={"q": "x"}, headers={**origin, "authorization": "Bearer t0ken"})
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://front.example"
+
+
+def test_every_request_body_is_capped_even_without_a_length(setup):
+    api = setup[0]  # max_upload_mb=0.5: bodies stop at about 0.73 MB
+
+    def chunks():
+        for _ in range(40):
+            yield b" " * 50_000
+
+    for path in ("/api/search", "/knn-service", "/metadata", "/api/login", "/api/search/upload"):
+        kind = "multipart/form-data; boundary=b" if path.endswith("upload") else "application/json"
+        response = api.post(path, content=chunks(), headers={"content-type": kind})
+        assert response.status_code == 413 and "error" in response.json(), path
+    declared = api.post("/api/search", content=b"{}", headers={"content-type": "application/json", "content-length": str(2**30)})
+    assert declared.status_code == 413

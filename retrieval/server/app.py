@@ -31,7 +31,7 @@ from retrieval.errors import IndexNotFound, RetrievalError
 from retrieval.server import clip_compat, files
 from retrieval.server.batcher import EngineThread
 from retrieval.server.engine import MAX_ID, Library, NotFound, SearchSpec
-from retrieval.server.security import COOKIE, Guard, cookie_header, is_loopback, token_matches
+from retrieval.server.security import COOKIE, Guard, TooLarge, cookie_header, is_loopback, token_matches
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,6 @@ class ServerSettings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
-
-
-class TooLarge(RetrievalError):
-    """An upload over the size limit (HTTP 413)."""
 
 
 # -- schemas -------------------------------------------------------------------------------
@@ -319,7 +315,12 @@ def _wrap(app: FastAPI, settings: ServerSettings) -> FastAPI:
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"], allow_credentials=False,
         )
-    app.add_middleware(Guard, loopback=is_loopback(settings.host), token=settings.token)
+    # Any request body: the upload limit, grown by a third for base64 (knn-service) plus room for fields.
+    max_body = settings.max_upload_bytes * 4 // 3 + 64 * 1024
+    too_large = f"request too large: the upload limit is {settings.max_upload_mb:g} MB (--max-upload-mb)"
+    app.add_middleware(
+        Guard, loopback=is_loopback(settings.host), token=settings.token, max_body=max_body, too_large=too_large
+    )
     return app
 
 
@@ -404,6 +405,8 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_request, exc: HTTPException):
+        if isinstance(exc.__cause__, TooLarge):  # FastAPI reports any failure to read a JSON body as a 400
+            return JSONResponse({"error": str(exc.__cause__)}, status_code=413)
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)

@@ -21,6 +21,8 @@ import re
 import secrets
 from urllib.parse import parse_qsl, urlencode
 
+from retrieval.errors import RetrievalError
+
 COOKIE = "retrieval_token"
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 #: Reachable without the token: the page shell and its assets carry no data.
@@ -71,13 +73,21 @@ def cookie_header(token: str | None) -> bytes:
     return f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict".encode()
 
 
-class Guard:
-    """ASGI middleware: host check, token check, security headers."""
+class TooLarge(RetrievalError):
+    """A request body or upload over the size limit (HTTP 413)."""
 
-    def __init__(self, app, *, loopback: bool, token: str | None, extra_hosts: frozenset[str] = frozenset()):
+
+class Guard:
+    """ASGI middleware: host check, token check, body size cap, security headers."""
+
+    def __init__(
+        self, app, *, loopback: bool, token: str | None, max_body: int = 32 * 2**20, too_large: str = "request body too large",
+        extra_hosts: frozenset[str] = frozenset(),
+    ):
         self.app = app
         self.loopback = loopback
         self.token = token
+        self.max_body, self.too_large = max_body, too_large
         self.hosts = LOOPBACK_HOSTS | extra_hosts
 
     async def __call__(self, scope, receive, send):
@@ -102,7 +112,25 @@ class Guard:
             if not public and not self._authorized(headers):
                 return await _json(send_with_headers, 401, "missing or wrong token: send 'Authorization: Bearer TOKEN' "
                                    "or open the URL printed when the server started", [(b"www-authenticate", b"Bearer")])
-        await self.app(scope, receive, send_with_headers)
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            return await _json(send_with_headers, 413, self.too_large)
+        await self.app(scope, self._capped(receive), send_with_headers)
+
+    def _capped(self, receive):
+        """`receive` that stops a body (chunked, or longer than declared) at the cap: no route holds more in memory."""
+        seen = 0
+
+        async def capped():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise TooLarge(self.too_large)
+            return message
+
+        return capped
 
     def _authorized(self, headers: dict[str, str]) -> bool:
         auth = headers.get("authorization", "")
