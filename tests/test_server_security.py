@@ -243,6 +243,8 @@ def test_serve_mistakes_are_one_line_messages(tmp_path):
         (["--index", str(tmp_path / "nope")], "no index at"),
         (["--index", str(index), "--index", str(index)], "two indexes would be served as 'cidx'"),
         (["--index", str(index), "--port", "70000"], "70000"),
+        (["--index", str(index), "--token", "short"], "at least 8"),
+        (["--index", str(index), "--token", "has a space; and=more"], "at least 8"),
     ]:
         result = CliRunner().invoke(main, ["serve", *args])
         assert result.exit_code != 0 and message in result.output, result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import click
 
@@ -44,6 +45,8 @@ def serve(indexes, host, port, token, cors_origins, absolute_paths, max_upload_m
             f"the server needs {exc.name}: install it with  pip install 'retrieval[serve]'  (or bash scripts/setup.sh)"
         ) from None
 
+    if token is not None and not re.fullmatch(r"[A-Za-z0-9._~+/=-]{8,}", token):
+        raise click.BadParameter("use at least 8 letters, digits or ._~+/=- (it goes in a cookie)", param_hint="--token")
     if not is_loopback(host) and not token:
         token = new_token()
         click.echo("no --token given for a non-loopback address: generated one for this run", err=True)
