@@ -83,7 +83,9 @@ def make_thumbnail(real: Path, size: int) -> bytes:
     """A JPEG of at most size x size pixels, upright, RGB."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # An indexed file was already accepted by the indexer, which allows what Pillow allows
+            # (up to twice MAX_IMAGE_PIXELS); beyond that Pillow raises DecompressionBombError.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(real) as image:
                 if image.format == "JPEG":
                     image.draft("RGB", (size, size))
@@ -94,6 +96,6 @@ def make_thumbnail(real: Path, size: int) -> bytes:
                     image = image.convert("RGB")
                 out = io.BytesIO()
                 image.save(out, format="JPEG", quality=THUMB_QUALITY)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise RetrievalError(f"cannot make a thumbnail of image: {exc}") from None
     return out.getvalue()
