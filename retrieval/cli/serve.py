@@ -55,6 +55,7 @@ def serve(indexes, host, port, token, cors_origins, absolute_paths, max_upload_m
         absolute_paths=absolute_paths, max_upload_mb=max_upload_mb, batch_window_ms=batch_window_ms,
     )
     app = create_app(settings)
+    app.state.engine.call(app.state.library.warm)  # the model loads while uvicorn starts
     config = uvicorn.Config(app, host=host, port=port, log_level="info", server_header=False)
     # uvicorn has set its loggers up by now; the filter keeps a token in a URL out of the access log.
     logging.getLogger("uvicorn.access").addFilter(RedactTokens())

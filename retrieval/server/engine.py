@@ -145,6 +145,16 @@ class Library:
         for served in self.indexes.values():
             served.index.close()
 
+    def warm(self) -> None:
+        """Load each index's aligner now, so the first query does not wait for it."""
+        for served in self.indexes.values():
+            if served.empty():
+                continue
+            try:
+                served.index.aligner.encode_texts(["warm up"])
+            except RetrievalError as exc:  # each search will say it again, to the client that asks
+                log.warning("index %s: %s", served.name, exc)
+
     # -- searching -----------------------------------------------------------------
     def search(self, spec: SearchSpec) -> dict:
         served = self.get(spec.index)
