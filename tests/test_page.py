@@ -280,6 +280,26 @@ def test_a_fused_query_in_the_url_reloads_to_the_same_results(page, servers, bro
     assert page.input_value("#q") == ""
 
 
+def test_filters_are_sent_only_when_filled(page, servers):
+    page.goto("/?q=a+photo")
+    wait_loaded(page, 1)
+    settle(page)
+    assert len(card_ids(page)) == TOTAL and "folder" not in query_of(page)
+    page.locator("#filters summary").click()
+    page.fill("#f-folder", "generated")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**folder=generated**")
+    wait_loaded(page, 1)
+    settle(page)
+    shown = card_ids(page)
+    assert shown == [r["id"] for r in api(servers, q="a photo", folder="generated", k=TOTAL)["results"]]
+    assert len(shown) == GENERATED and all(name.startswith("generated/") for name in card_names(page))
+    page.locator("#filters-clear").click()
+    page.wait_for_url(lambda url: "folder=" not in url)
+    settle(page)
+    assert len(card_ids(page)) == TOTAL
+
+
 # -- indexes, empty index, errors, login -----------------------------------------------------
 def test_index_picker_and_the_empty_index_message(page, servers):
     page.goto("/")

@@ -56,6 +56,17 @@ function readURL() {
   }
 }
 
+// The typed fields into the state: the words, "not", and the filters the server accepts.
+function readFields() {
+  state.q = el.q.value.trim();
+  state.not = splitList(el.not.value);
+  state.filters = {};
+  for (const name of supported) {
+    const v = $("f-" + name).value.trim();
+    if (v) state.filters[name] = v;
+  }
+}
+
 function splitList(value) {
   return value.split(",").map((s) => s.trim()).filter(Boolean);
 }
@@ -560,11 +571,10 @@ async function login(event) {
 // ---------- events ----------
 
 function wire() {
-  // Enter in the box or in "not" searches with both, as typed.
+  // Enter in the box, in "not" or in a filter searches with all of them, as typed.
   el.form.addEventListener("submit", (event) => {
     event.preventDefault();
-    state.q = el.q.value.trim();
-    state.not = splitList(el.not.value);
+    readFields();
     search({ push: true });
   });
   el.file.addEventListener("change", () => setUpload(el.file.files[0]));
@@ -579,12 +589,14 @@ function wire() {
       search({ push: true });
     });
   }
-  el.not.addEventListener("keydown", (event) => {
-    if (event.key === "Enter") {
-      event.preventDefault();
-      el.form.requestSubmit();
-    }
-  });
+  for (const field of [el.not, ...FILTERS.map((name) => $("f-" + name))]) {
+    field.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") {
+        event.preventDefault();
+        el.form.requestSubmit();
+      }
+    });
+  }
   el.weight.addEventListener("input", () => {
     el.weightOut.textContent = `${Math.round(Number(el.weight.value) * 100)}%`;
   });
@@ -593,14 +605,20 @@ function wire() {
     search({ push: false });
   });
   for (const name of FILTERS) {
-    $("f-" + name).addEventListener("change", (event) => {
-      const v = event.target.value.trim();
-      if (v) state.filters[name] = v;
-      else delete state.filters[name];
+    $("f-" + name).addEventListener("change", () => {
+      const before = JSON.stringify(state.filters);
+      readFields();
+      if (JSON.stringify(state.filters) === before) return; // Enter already searched with it
       if (hasQuery()) search({ push: true });
       else updateControls();
     });
   }
+  $("filters-clear").addEventListener("click", () => {
+    for (const name of FILTERS) $("f-" + name).value = "";
+    readFields();
+    if (hasQuery()) search({ push: true });
+    else updateControls();
+  });
   el.exampleClear.addEventListener("click", () => {
     dropUpload();
     state.like = [];
