@@ -26,7 +26,7 @@ from retrieval.errors import RetrievalError
 COOKIE = "retrieval_token"
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 #: Reachable without the token: the page shell and its assets carry no data.
-PUBLIC_PATHS = frozenset({"/", "/index.html", "/favicon.ico", "/api/login", "/api/logout", "/api/health"})
+PUBLIC_PATHS = frozenset({"/", "/favicon.ico", "/api/login", "/api/logout", "/api/health"})
 PUBLIC_PREFIXES = ("/static/",)
 
 CSP = (
