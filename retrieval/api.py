@@ -54,10 +54,12 @@ def build_index(
             raise RetrievalError(f"folder not found: {folder}")
     if not folders and captions is None and not (resolve(index) / CATALOG_FILE).exists():
         raise RetrievalError("give at least one FOLDER to index (or --captions FILE)")
-    # (With no folders, an existing index is only checked: damaged FAISS files are rebuilt.)
     with explained(resolve(index), "indexing"):
         store = IndexStore.open(index, create=True)
         try:
+            if not folders and captions is None:
+                # Nothing to read: only damaged FAISS files are rebuilt, from stored vectors (no model).
+                return indexer.repair(store, settings)
             spec = model or store.model_spec or "default"
             store.refuse_other_early(spec)  # identities are compared again after loading (bind_model)
             if source is not None:

@@ -179,10 +179,10 @@ def backup(folder: Path, out: Path, attempts: int = 5) -> dict:
 
 def _open_generation(folder: Path, gen: int) -> dict:
     handles = {}
-    for kind in ("images", "captions"):
-        path = folder / f"{kind}-{gen}.faiss"
+    # An index too large for memory keeps its inverted lists beside the .faiss file (retrieval.ondisk).
+    for name in (f"{kind}-{gen}{suffix}" for kind in ("images", "captions") for suffix in (".faiss", ".ivfdata")):
         try:
-            handles[path.name] = open(path, "rb")
+            handles[name] = open(folder / name, "rb")
         except FileNotFoundError:
             continue
     return handles

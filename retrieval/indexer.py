@@ -199,6 +199,33 @@ class LocalSource:
         return encoded
 
 
+def repair(store: IndexStore, settings: IndexSettings | None = None) -> RunSummary:
+    """Rebuild the current generation's missing or damaged FAISS files from the catalog.
+
+    No folder is read and no model is loaded: the catalog holds every vector. The rebuilt
+    files are published as the next generation, like any run's.
+    """
+    started = time.monotonic()
+    catalog = store.catalog
+    summary = RunSummary(index=str(store.folder), model=catalog.get_meta("model") or "")
+    with store.write_lock():
+        catalog.migrate()  # publishing writes the current schema's columns
+        damaged = damaged_kinds(store)
+        summary.generation = catalog.generation
+        summary.unchanged = catalog.count("images")
+        if damaged and catalog.dim:
+            staging = Staging(catalog, [])
+            try:
+                staging.add_stats([])
+                plan = staging.plan(int(catalog.get_meta("next_id", 1)))
+                summary.generation = publish(store, staging, plan, None, settings, damaged=damaged)
+            finally:
+                staging.close()
+    summary.seconds = time.monotonic() - started
+    log.info("repair run: rebuilt %s", ", ".join(sorted(damaged)) or "nothing")
+    return summary
+
+
 def run(
     store: IndexStore,
     aligner,
@@ -336,10 +363,21 @@ def damaged_kinds(store: IndexStore) -> set[str]:
         if kind == "captions" and not path.exists() and not catalog.count("captions"):
             continue
         what = integrity.problem(catalog.db.conn, path, full=True)
+        if not what and integrity.lookup(catalog.db.conn, path.name) is None:
+            what = _unrecorded_problem(path, catalog.count(kind))
         if what:
             log.warning("%s %s: rebuilding it from the catalog", path, what)
             out.add(kind)
     return out
+
+
+def _unrecorded_problem(path: Path, rows: int) -> str | None:
+    """A file published before checksums were recorded: it must at least load and hold every row."""
+    try:
+        ntotal = faiss_index.read(path, mmap=True).ntotal
+    except RuntimeError:
+        return "cannot be read"
+    return None if ntotal == rows else f"holds {ntotal} vectors for {rows} catalog rows"
 
 
 def _caption_arrays(catalog, captions: list[dict] | None) -> tuple[np.ndarray, np.ndarray]:

@@ -117,7 +117,8 @@ def search_vectors(
             # Kept loaded while the file is the same one (retrieval/resident.py).
             index = resident.faiss_for(store, kind, path)
         except RuntimeError as exc:  # FAISS cannot parse it: damaged in a way size and mtime did not show
-            raise integrity.damaged(path, f"cannot be read ({str(exc).splitlines()[-1][-80:]})") from None
+            log.debug("FAISS cannot read %s: %s", path, exc)
+            raise integrity.damaged(path, "cannot be read by FAISS (truncated or damaged)") from None
         factory = catalog.get_meta("index_factory") if kind == "images" else None
         if filters is not None:
             scores, ids = filtered.search(catalog, index, vectors, k, filters, factory=factory)

@@ -114,5 +114,10 @@ class DecodePool:
     def __enter__(self) -> DecodePool:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            # Interrupted (Ctrl-C, an error downstream): do not wait for a worker that may be stuck.
+            self._outstanding.clear()
+            self._kill()

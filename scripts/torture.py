@@ -702,13 +702,17 @@ def _bad_inputs(work: Path, n: int, seed: int, decode_seconds: float) -> dict:
             if kind not in ("non_utf8_name",):
                 figures["violations"].append(f"{kind}: {path!r} was never seen by the walk")
             continue
-        by_kind[kind][loaded["outcome"]] += 1
         if loaded["outcome"] == "crash":
             figures["violations"].append(f"{kind}: {path!r} crashed the loader: {loaded['reason']}")
-        if loaded["seconds"] > decode_seconds + 1.0:
+        # The limit's alarm is raised between the decoder's slices: one slice of a huge image
+        # took up to 1.7 s on a 2-core machine at load 20, hence the margin.
+        if loaded["seconds"] > decode_seconds * 1.25 + 1.0:
             figures["violations"].append(f"{kind}: {path!r} took {loaded['seconds']}s, over its limit")
         in_catalog = path in indexed
         reason = skipped.get(path) or skipped.get(os.fsencode(path).decode("utf-8", "backslashreplace"))
+        # Counted by how the index run ended it (a name that is not UTF-8 loads alone, but the
+        # catalog cannot store it, so the run skips it with that reason).
+        by_kind[kind]["indexed" if in_catalog else "skipped" if reason else "lost"] += 1
         if in_catalog == bool(reason):
             figures["violations"].append(f"{kind}: {path!r} is {'both indexed and skipped' if in_catalog else 'neither indexed nor skipped'}")
     del printable
