@@ -9,6 +9,8 @@ Tables:
   interrupted run resumes without re-encoding.
 - ``skipped``: files that could not be indexed, with the reason.
 - ``captions``: a caption corpus for image-to-text search, with vectors.
+- ``cameras``: the distinct camera makes and models (schema 2), rebuilt at each publish
+  so a camera filter never scans every image row.
 - ``meta``: schema version, aligner identity, dimension and the published generation.
 
 Nothing a search sees changes until :meth:`Catalog.publishing` commits one transaction
