@@ -107,6 +107,11 @@ def main() -> int:
     rows.append(("**`default`** (ConSE + colour, people and scene experts)", measured[1], f"{text:.0f}"))
     for expert, speed in zip(shipped.experts, measured[2:]):
         rows.append((f"{expert.name} expert alone", speed, "-"))
+    # default+ocr reads every picture: one round over 8 photos is enough to see its cost.
+    with_ocr = ConseAligner(device="cpu", config=conse.OCR_CONFIG, spec="default+ocr")
+    few = batch[:8]
+    ocr_rate, plain_rate = rates([lambda: with_ocr.encode_images(few), lambda: shipped.encode_images(few)], len(few), 1)
+    rows.append((f"`default+ocr` (1 round of 8 photos; `default` in the same round: {plain_rate:.1f})", ocr_rate, "-"))
     if args.default_only:
         return report(rows, args, rounds, load_before, cold=None)
     lite2 = ConseAligner(device="cpu", config={**conse.RECIPE_2026_11, "image_model": "lite2"})

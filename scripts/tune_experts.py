@@ -16,6 +16,8 @@ cached per setting, so a rerun takes seconds.
 
     python scripts/tune_experts.py --pip-root /tmp/devset-pip            # tune, then report
     python scripts/tune_experts.py --pip-root /tmp/devset-pip --report   # report CONFIG as shipped
+
+The OCR weight of ``default+ocr`` is tuned the same way, after the experts.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from tune_default import classify  # noqa: E402
 import retrieval.loader  # noqa: E402
 import retrieval.transform  # noqa: E402
 from retrieval.aligners import conse  # noqa: E402
-from retrieval.aligners.experts import colour, people, scene, to_uint8  # noqa: E402
+from retrieval.aligners.experts import colour, ocr, people, scene, to_uint8  # noqa: E402
 from retrieval.loader import load  # noqa: E402
 from retrieval.metrics import best_positive_ranks, retrieval_metrics  # noqa: E402
 
@@ -82,6 +84,16 @@ class Features:
         self.classes = conse.ConseAligner(config=PREVIOUS).class_embeddings  # disk-cached
         self.phrases = {name: self.encode(list(kind.vocabulary)) for name, kind in EXPERT_MODULES.items()}
 
+    def ocr_sentences(self) -> list[str]:
+        """What RapidOCR reads in each photo, as the sentence `default+ocr` embeds (cached)."""
+        path = self.cache.with_suffix(".ocr.json")
+        if path.exists():
+            return json.loads(path.read_text())
+        print(f"reading the words in {len(self.paths)} photos (cached in {path})", file=sys.stderr)
+        sentences = ocr.OcrExpert().sentences(self.images)
+        path.write_text(json.dumps(sentences))
+        return sentences
+
     def encode(self, texts: list[str]) -> np.ndarray:
         new = [t for t in dict.fromkeys(texts) if t not in self.memo]
         if new:
@@ -98,7 +110,14 @@ class Features:
         vectors = conse.conse_combine(self.logits[rows], self.classes, config)
         chosen = config.get("experts") or {}
         weights = {n: self.expert_weights(n, s.get("settings", {}))[rows] for n, s in chosen.items()}
-        return conse.fuse(vectors, weights, self.phrases, config) if chosen else vectors
+        vectors = conse.fuse(vectors, weights, self.phrases, config) if chosen else vectors
+        if config.get("ocr"):
+            sentences = [self.ocr_sentences()[r] for r in rows]
+            read = [i for i, s in enumerate(sentences) if s]
+            vectors = vectors.copy()
+            vectors[read] += config["ocr"]["weight"] * self.encode([sentences[i] for i in read])
+            vectors = conse.normalize(vectors)
+        return vectors
 
 
 def evaluate(features: Features, half: Half, config: dict) -> dict[str, float]:
@@ -130,6 +149,12 @@ def tune(features: Features, half: Half, start: dict, rounds: int = 2) -> dict:
                         best, best_score = trial, score
         print(f"  round: {json.dumps(best['experts'])} -> {best_score:.3f}", file=sys.stderr)
     return best
+
+
+def tune_ocr(features: Features, half: Half, config: dict) -> dict:
+    """The OCR weight for `default+ocr`, on `half` only, with the experts as tuned."""
+    trials = [{**config, "ocr": {"weight": w}} for w in WEIGHTS[1:]]
+    return max(trials, key=lambda c: objective(evaluate(features, half, c)))
 
 
 def ranks(features: Features, half: Half, config: dict) -> dict[str, np.ndarray]:
@@ -192,8 +217,10 @@ def main() -> int:
         halves[split] = Half(pairs)
     features = Features(halves["tune"].paths + halves["test"].paths)
     config = conse.CONFIG if args.report else tune(features, halves["tune"], conse.CONFIG)
+    with_ocr = conse.OCR_CONFIG if args.report else tune_ocr(features, halves["tune"], config)
     if not args.report:
-        print("tuned on the tuning half:\n" + json.dumps(config["experts"], indent=2) + "\n")
+        print("tuned on the tuning half:\n" + json.dumps(config["experts"], indent=2))
+        print(f"default+ocr: ocr weight {with_ocr['ocr']['weight']}\n")
 
     header = "| recipe | t2i R@1 | R@5 | R@10 | i2t R@1 | R@5 | R@10 | mean |\n|---|---|---|---|---|---|---|---|"
     for split, half in halves.items():
@@ -204,9 +231,15 @@ def main() -> int:
             print(row(f"new without {name}", evaluate(features, half, without(config, name))))
         for name in config["experts"]:
             print(row(f"previous + {name} only", evaluate(features, half, only(config, name))))
+        print(row("`default+ocr` (new + words read by OCR)", evaluate(features, half, with_ocr)))
     print("\nTest half, new minus previous, 95% paired-bootstrap interval over photos\n")
     print("| direction | R@1 | R@5 | R@10 |\n|---|---|---|---|")
     print("\n".join(paired_bootstrap(features, halves["test"], config, PREVIOUS)))
+    print("\nTest half, `default+ocr` minus previous\n")
+    print("| direction | R@1 | R@5 | R@10 |\n|---|---|---|---|")
+    print("\n".join(paired_bootstrap(features, halves["test"], with_ocr, PREVIOUS)))
+    read = sum(bool(s) for s in features.ocr_sentences())
+    print(f"\nOCR read words in {read} of {len(features.paths)} photos")
     return 0
 
 

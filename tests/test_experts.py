@@ -171,3 +171,35 @@ def test_index_of_the_previous_recipe_is_searchable_but_refuses_new_vectors(tmp_
             indexer.run(store, load_aligner("default"), [photo_dir], settings=settings)
     finally:
         store.close()
+
+
+# -- default+ocr ---------------------------------------------------------------------------
+def printed(word: str, size=(224, 224)) -> np.ndarray:
+    from PIL import ImageDraw, ImageFont
+
+    image = Image.new("RGB", size, (250, 250, 245))
+    ImageDraw.Draw(image).text((16, 80), word, fill=(20, 20, 20), font=ImageFont.load_default(size=44))
+    return np.asarray(image)
+
+
+@pytest.mark.slow
+def test_ocr_reads_a_printed_word():
+    from retrieval.aligners.experts import ocr
+
+    expert = ocr.OcrExpert()
+    assert expert.words(printed("BAKERY")).upper() == "BAKERY"
+    assert expert.sentences(np.stack([printed("GARAGE"), solid((40, 120, 200))])) == ["a sign that says GARAGE", ""]
+    assert ocr.split_joined("SportsCentre CarParks") == "Sports Centre Car Parks"
+
+
+@pytest.mark.slow
+def test_default_ocr_finds_the_sign_by_its_word():
+    from retrieval.aligners import list_aligners, load_aligner
+
+    assert "default+ocr" in [row["spec"] for row in list_aligners()]
+    aligner = load_aligner("default+ocr")
+    assert aligner.spec == "default+ocr" and aligner.identity != load_aligner("default").identity
+    words = ["BAKERY", "PHARMACY", "GARAGE"]
+    images = aligner.encode_pil([Image.fromarray(printed(w)) for w in words])
+    queries = aligner.encode_texts(["the bakery sign", "a pharmacy", "a garage"])
+    assert ((queries @ images.T).argmax(axis=1) == np.arange(3)).all()

