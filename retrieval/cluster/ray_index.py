@@ -137,7 +137,12 @@ def read_bytes(path: str) -> bytes:
 
 
 # -- the cluster's stages ----------------------------------------------------------------
-@ray.remote(num_cpus=0.5, num_returns=2)
+# CPU shares: the encoder actor takes 1 CPU (its torch threads use the node's cores), a decode
+# task half, a read task a quarter. Decoding beside the encoder on the same cores is what the
+# local path measured fastest (indexer.IndexSettings.workers: 2 workers beside a 2-thread
+# encoder on 2 cores reached 0.81-0.86 of the encoder alone, 1 worker 0.73-0.77); whole-CPU
+# decode tasks would let only one run beside a CPU encoder on a 2-CPU node.
+@ray.remote(num_cpus=0.25, num_returns=2)
 def read_chunk(paths: list[str]) -> tuple[list[Loaded], list[bytes | None]]:
     """Read and hash a chunk: rows for the driver (hash and photo metadata, or an error), bytes for the decoder."""
     rows, blobs = [], []
@@ -154,7 +159,7 @@ def read_chunk(paths: list[str]) -> tuple[list[Loaded], list[bytes | None]]:
     return rows, blobs
 
 
-@ray.remote(num_cpus=1)
+@ray.remote(num_cpus=0.5)
 def decode_chunk(rows: list[Loaded], blobs: list[bytes | None], wanted: list[int], transform, draft: bool) -> list[Loaded]:
     """Decode and preprocess the files at positions `wanted`, exactly as the local loader does."""
     _maybe_crash()
@@ -307,7 +312,9 @@ class Encoders:
         self.started = time.monotonic()
         factory = rs.aligner_factory or functools.partial(_load_aligner, spec)
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        options = {"max_restarts": 3, "max_task_retries": 3, "num_cpus": 1}
+        # A call waits out its actor's restarts (a model load can take a minute on a busy node);
+        # only an actor that has used up its restarts fails the run.
+        options = {"max_restarts": 3, "max_task_retries": -1, "num_cpus": 1}
         if gpus:
             count, threads = min(gpus, rs.encoders or gpus), None
             options.update(num_gpus=1)
