@@ -30,6 +30,7 @@ let indexes = [];
 // The running result list: one per search, replaced as a whole when the query changes.
 let run = { seq: 0, items: [], ids: new Set(), next: null, loading: false, error: null };
 let viewerAt = -1;
+let viewerSeq = 0; // the search whose result the viewer shows
 const knownPaths = new Map(); // "index/id" -> path, to label the example image
 const pathKey = (id) => `${state.index}/${id}`;
 let supported = []; // the filters this server's search accepts
@@ -466,6 +467,7 @@ async function openViewer(pos) {
   const r = run.items[pos];
   if (!r || state.target !== "images") return;
   viewerAt = pos;
+  viewerSeq = run.seq;
   el.viewerImg.src = imageURL(r);
   el.viewerImg.alt = baseName(r.path) || `photo ${r.id}`;
   el.viewerName.textContent = baseName(r.path) || `Photo ${r.id}`;
@@ -646,8 +648,10 @@ function wire() {
     el.viewerImg.removeAttribute("src");
     // After the dialog's own focus restoration (to the card that opened it): focus the card
     // last shown, which arrow keys may have changed.
+    // After "more like this" the grid holds other results: focus the grid itself instead.
     const pos = viewerAt;
-    setTimeout(() => el.grid.querySelector(`[data-pos="${pos}"]`)?.focus(), 0);
+    const same = viewerSeq === run.seq;
+    setTimeout(() => (same ? el.grid.querySelector(`[data-pos="${pos}"]`) : el.grid)?.focus(), 0);
   });
   el.viewer.addEventListener("keydown", (event) => {
     if (event.key === "ArrowLeft") stepViewer(-1);
@@ -704,7 +708,14 @@ function wire() {
 // below (rows hold different numbers of photos). Enter opens (the cards are links).
 function gridKeys(event) {
   const card = event.target.closest(".card");
-  if (!card) return;
+  if (!card) {
+    // The grid itself has focus (after "more like this"): any arrow enters it at the first photo.
+    if (event.target === el.grid && event.key.startsWith("Arrow")) {
+      event.preventDefault();
+      el.grid.querySelector(".card")?.focus();
+    }
+    return;
+  }
   const cards = [...el.grid.querySelectorAll(".card")];
   const pos = cards.indexOf(card);
   let next;
