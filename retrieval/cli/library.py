@@ -55,4 +55,4 @@ def duplicates(index_name, threshold, as_json, sheet, max_groups):
         for member in group:
             click.echo(f"  {member.score:.3f}  {member.path}")
     copies = sum(len(g) - 1 for g in groups)
-    click.echo(f"{len(groups)} groups, {copies} images that copy another")
+    click.echo(f"{len(groups)} group(s), {copies} image(s) copying another")
