@@ -438,7 +438,9 @@ def test_an_index_built_from_chunks_matches_one_built_at_once():
     assert faiss_index.recall_at_k(truth, got) == 1.0
 
 
-@pytest.mark.parametrize("codes, limit", [("Flat", None), ("SQ8", 1)])
+# 2,000 bytes: 40 float32 48-d vectors (7,680 bytes) do not fit, their 8-bit codes (1,920) do
+# (below that the lists would go on disk: tests/test_ondisk.py).
+@pytest.mark.parametrize("codes, limit", [("Flat", None), ("SQ8", 2000)])
 def test_a_growing_collection_moves_from_exact_to_ivf_built_from_the_catalog(
     store, color_aligner, tmp_path, monkeypatch, codes, limit
 ):
@@ -504,10 +506,11 @@ def test_an_index_over_its_memory_limit_keeps_8_bit_codes_and_ranks_exactly(stor
         want = np.argsort(-row, kind="stable")[:5]
         assert [h.id for h in hits] == ids[want].tolist()
         np.testing.assert_allclose([h.score for h in hits], row[want], atol=1e-5)
-    # When even the codes do not fit, the run says so (and still builds them).
+    # When even the codes do not fit, their inverted lists go on disk (retrieval.ondisk; tests/test_ondisk.py).
     make_image(folder / "one-more.png", seed=999)
     indexer.run(store, color_aligner, [folder], settings=IndexSettings(workers=0, max_index_memory=1000))
-    assert "even with 8-bit codes" in caplog.text and store.catalog.count("images") == 81
+    assert store.catalog.count("images") == 81 and "_HNSW" in store.catalog.get_meta("index_factory")
+    assert store.faiss_path("images", store.catalog.generation).with_suffix(".ivfdata").exists()
 
 
 def test_search_ranked_rescores_candidates_with_exact_vectors():
