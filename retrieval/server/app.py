@@ -397,7 +397,10 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RetrievalError)
     async def retrieval_error(_request, exc: RetrievalError):
         status = 404 if isinstance(exc, (NotFound, IndexNotFound)) else 413 if isinstance(exc, TooLarge) else 400
-        return JSONResponse({"error": str(exc)}, status_code=status)
+        # The library reads its catalogs on the engine thread only: the message is scrubbed there.
+        library: Library = app.state.library
+        message = await asyncio.wrap_future(app.state.engine.call(lambda: library.scrub(str(exc))))
+        return JSONResponse({"error": message}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc: RequestValidationError):

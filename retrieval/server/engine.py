@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sqlite3
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -167,7 +169,7 @@ class Library:
         if filters is not None and not hits and spec.offset == 0:
             from retrieval.filters import why_empty
 
-            response["note"] = why_empty(served.store.catalog, filters)  # nothing passed: say which filter
+            response["note"] = self.scrub(why_empty(served.store.catalog, filters))  # nothing passed: say which filter
         return response
 
     def filters_for(self, served: Served, spec: SearchSpec) -> Filters | None:
@@ -275,11 +277,24 @@ class Library:
     def info(self, index: str | None) -> dict:
         served = self.get(index)
         data = served.index.info()
+        return {k: self.scrub(v) if isinstance(v, str) else v for k, v in data.items()}
+
+    def scrub(self, text: str) -> str:
+        """An engine message (error or note) as a client may see it: each served index's folder
+        becomes its served name, and a path in an indexed folder becomes relative to it, as result
+        paths are shown (unchanged with --absolute-paths). The engine words its messages for the
+        CLI's user, who owns those folders; a client of the server is told only what it may name."""
         if self.absolute_paths:
-            return data
-        # The index folder's location is the server's business: every mention becomes the served name.
-        folder = str(served.folder)
-        return {k: v.replace(folder, served.name) if isinstance(v, str) else v for k, v in data.items()}
+            return text
+        places = {}
+        for served in self.indexes.values():
+            try:
+                roots = served.roots() or []
+            except (RetrievalError, sqlite3.Error):  # the message may be about this very catalog failing
+                roots = []
+            places.update({root: (Path(root).name, "") for root in roots})
+        places.update({str(s.folder): (s.name, s.name + os.sep) for s in self.indexes.values()})
+        return hide_folders(text, places)
 
     def summaries(self) -> list[dict]:
         return [s.summary() for s in self.indexes.values()]
@@ -295,3 +310,17 @@ def relative_to_roots(path: str, roots: list[str] | None) -> str:
         if path.startswith(prefix) and (best is None or len(root) > len(best)):
             best = root
     return os.path.relpath(path, best) if best else Path(path).name
+
+
+def hide_folders(text: str, places: dict[str, tuple[str, str]]) -> str:
+    """`text` with every mention of a folder in `places` replaced: `{folder: (alone, before_a_path)}`
+    gives what shows for the folder itself, and what replaces ``folder/`` in front of a path under it.
+    The deepest folder wins; ``/a/b`` is not taken for a part of ``/a/bc``."""
+    folders = sorted((f.rstrip(os.sep) for f in places if f.rstrip(os.sep)), key=len, reverse=True)
+    if not folders:
+        return text
+    lookup = {f.rstrip(os.sep): shown for f, shown in places.items()}
+    sep = re.escape(os.sep)
+    # Not followed by more of a name (a full stop ending a sentence is not part of one).
+    pattern = re.compile(f"({'|'.join(map(re.escape, folders))})(?:({sep})|(?![\\w-]|\\.\\w))")
+    return pattern.sub(lambda m: lookup[m[1]][1] if m[2] else lookup[m[1]][0], text)
