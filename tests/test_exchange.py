@@ -221,3 +221,13 @@ def test_without_pyarrow_the_commands_say_how_to_install_it(indexed, tmp_path, m
     result = CliRunner().invoke(main, ["export", str(indexed), str(tmp_path / "emb")])
     assert result.exit_code == 1 and "pip install 'retrieval[exchange]'" in result.output
     assert not (tmp_path / "emb").exists()
+
+
+def test_import_on_disk_publishes_an_index_with_its_lists_on_disk(tmp_path, color_aligner):
+    vectors = unit(64, 48, 4)
+    folder = clip_retrieval_folder(tmp_path / "cr", vectors, [f"/data/{i}.jpg" for i in range(64)])
+    import_embeddings(folder, str(tmp_path / "idx"), "test/color", on_disk=True, aligner=color_aligner)
+    store = IndexStore.open(tmp_path / "idx")
+    assert (store.folder / "images-1.ivfdata").exists() and "_HNSW" in store.catalog.get_meta("index_factory")
+    assert [h.path for h in search_vectors(store, vectors[9:10], 1)[0]] == ["/data/9.jpg"]
+    store.close()
