@@ -14,16 +14,17 @@ from task to task inside the object store. The known-content check stays on the 
 (its catalog is a local SQLite file a remote worker cannot open), which costs one small
 round trip per chunk and works the same when the driver joins through ``ray://``.
 
-Why Ray core tasks and actors rather than Ray Data: on this 2-core machine (2026-12-01) a
-trivial 1,000-row Ray Data job took 6-7 s and 1,000 core tasks 2 s (../shared/FACTS.md),
-and scripts/bench_ray.py measures this module's overhead against the local path on 300
-real-size JPEGs (docs/scaling.md). Core tasks also let the driver keep the known-content
-check between reading and decoding, commit whatever has arrived in one transaction, and
-bound what is in flight, without a dataset plan per run.
+Why Ray core tasks and actors rather than Ray Data: the driver's known-content check sits
+between reading and decoding, the driver commits whatever has arrived in one transaction,
+and what is in flight is bounded per encoder; core tasks do all of this directly. Ray Data
+also costs more per run: in scripts/bench_ray.py (e), with Ray already running on this
+2-core machine (2026-12-01, load 12), a 1,000-item job took 0.5-4.1 s as core tasks and
+3.6-10.5 s through Ray Data's map_batches. The bench's part (a) measures this module against
+the local path (docs/scaling.md).
 
 Failures: tasks are retried by Ray when their worker or node dies (``max_retries``), and
 lost intermediate objects are rebuilt from lineage; encoder actors restart (``max_restarts``)
-and their calls are retried (``max_task_retries``). A bad file is an error row, never an
+and their calls wait for the restart and are retried. A bad file is an error row, never an
 exception. A killed driver loses only what was in flight: vectors are committed batch by
 batch, keyed by content hash, and the next run skips contents already stored.
 """
@@ -221,24 +222,6 @@ def commit(store: IndexStore, staging: Staging, rows: list[Loaded], encoded: lis
 
 
 @contextmanager
-def deferred_checkpoints(store: IndexStore, pages: int = 65_536) -> Iterator[None]:
-    """Let the write-ahead log grow to `pages` pages (256 MB) before copying it into the database.
-
-    SQLite's default copies every 1,000 pages (4 MB, about 2,000 vectors) with an fsync each
-    time; a cluster delivers vectors far faster than one machine encodes them, and the driver
-    is its only writer. Commits stay as durable as before (WAL, synchronous=NORMAL); only the
-    copy is batched. scripts/bench_ray.py measures both (docs/scaling.md).
-    """
-    conn = store.catalog.db.conn
-    before = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-    conn.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
-    try:
-        yield
-    finally:
-        conn.execute(f"PRAGMA wal_autocheckpoint={int(before)}")
-
-
-@contextmanager
 def connected(address: str | None) -> Iterator[None]:
     """Ray as asked: an instance already started in this process, a new local one, or a cluster."""
     if ray.is_initialized():
@@ -293,8 +276,7 @@ class RaySource:
             if not staging.todo_count():
                 return 0  # nothing changed: no cluster work
             self.start(aligner.spec)
-            with deferred_checkpoints(store):
-                return _Pipeline(store, aligner, staging, settings, self.settings, self._encoders, progress).run()
+            return _Pipeline(store, aligner, staging, settings, self.settings, self._encoders, progress).run()
         except ray.exceptions.RayError as exc:
             raise RetrievalError(
                 f"the Ray cluster lost work it could not retry ({type(exc).__name__}: "
@@ -408,7 +390,6 @@ class _Pipeline:
             if vectors and not self.checked:
                 self._check_identity()
                 log.info("first vectors %.1fs after the encoders were asked for", time.monotonic() - self.started)
-                self.first_vectors = time.monotonic() - self.started
             self.encoded += commit(self.store, self.staging, rows, vectors)
             self.progress.advance(len(rows))
 
