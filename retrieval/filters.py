@@ -5,7 +5,7 @@ exactly the best k among the images that pass (not the best k overall with the f
 dropped, which returns too few). How they are found depends on how many pass, as vector
 databases do it (thresholds measured by scripts/bench_filters.py, see docs/photo-library.md):
 
-- few (at most ``Plan.exact_max``): their vectors are read from the catalog and scored
+- few (at most ``Plan.exact_max``, by index type): their vectors are read from the catalog and scored
   exactly, whatever the index type;
 - more (at most ``Plan.restrict_max``): the FAISS index is searched restricted to their ids
   (an ``IDSelector``); an IVF index probes more lists in proportion;
@@ -261,10 +261,15 @@ def _near_clause(catalog: Catalog, lat: float, lon: float, km: float) -> Clause:
 class Plan:
     """Thresholds between the three ways of running a filtered search (see the module docstring)."""
 
-    #: Reading a vector from the catalog costs a B-tree lookup (0.05-0.15 ms here), while an
-    #: IDSelector skips a non-passing vector for the price of a bit test: scoring from the
-    #: catalog wins only for a handful of images.
-    exact_max: int = 32
+    #: Passing images scored from the catalog at most; None: by index type (below). Over the
+    #: exact index a restricted search costs one scan whatever passes, and scoring from the
+    #: catalog (a B-tree lookup per image) ties with it near 100 images at 100,000. Over an
+    #: inverted file a selective filter makes the restricted search probe every list: at
+    #: 1,000,000, 1,000 passing images cost 45 ms from the catalog against 707 ms restricted,
+    #: 5,000 cost 267 against 140 (scripts/bench_filters.py, docs/photo-library.md).
+    exact_max: int | None = None
+    exact_max_flat: int = 32
+    exact_max_ivf: int = 2_000
     #: Listing the passing ids from SQL costs about 1-2 microseconds each; above this many,
     #: over-fetching (which lists none) is cheaper.
     restrict_max: int = 20_000
@@ -299,7 +304,10 @@ def search(
     if ids is not None and len(ids) == 0:
         plan.chosen = "none"
         return _empty(len(queries), 0)
-    if ids is not None and len(ids) <= plan.exact_max:
+    exact_max = plan.exact_max
+    if exact_max is None:
+        exact_max = plan.exact_max_ivf if faiss_index.inverted(index) else plan.exact_max_flat
+    if ids is not None and len(ids) <= exact_max:
         plan.chosen = "exact"
         return _exact(lookup(ids.tolist()), queries, k)
     if ids is not None:

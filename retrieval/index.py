@@ -274,6 +274,15 @@ def subset_params(index: faiss.Index, allowed: np.ndarray | None, share: float =
     return params
 
 
+def inverted(index: faiss.Index) -> bool:
+    """Whether `index` is an inverted file (searches probe some of its lists)."""
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return False
+    return True
+
+
 def _selector(ids: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray]:
     # A bitmap over the id range costs one bit test per vector scanned; a hash set (Batch)
     # costs a hash lookup but no memory proportional to the largest id. Ids are dense in

@@ -296,3 +296,24 @@ def test_server_search_takes_the_same_filters(library):
         assert empty["results"] == [] and empty["note"].startswith("no image passes --camera")
         bad = api.get("/api/search", params={"q": "x", "near": "here"})
         assert bad.status_code == 400 and bad.json()["error"].startswith("--near 'here'")
+
+
+def test_inverted_file_paths_match_brute_force(library):
+    """Over an inverted file (the engine's index above 200,000 images) each path is still the
+    best k among the passing images: the restricted search widens nprobe by 1/share."""
+    store, photos, aligner = library
+    catalog = store.catalog
+    ids, vectors = (np.concatenate(x) for x in zip(*catalog.image_vectors()))
+    ivf, _ = faiss_index.build(ids, vectors, factory="IVF4,Flat")
+    ivf.nprobe = 1
+    assert faiss_index.inverted(ivf)
+    query = np.random.default_rng(3).normal(size=aligner.dim).astype(np.float32)
+    query /= np.linalg.norm(query)
+    for name in ("after", "camera", "combined"):
+        case = _cases(photos)[name]
+        want = brute_force(store, query, 5, _reference_args(case))
+        for plan in (filtered.Plan(exact_max=0, restrict_max=10_000, sample=10),
+                     filtered.Plan(exact_max=0, restrict_max=0, sample=10), filtered.Plan(sample=10)):
+            with catalog.snapshot():
+                _, got = filtered.search(catalog, ivf, query[None], 5, _filters(case), plan=plan)
+            assert [int(i) for i in got[0] if i >= 0] == want, (name, plan.chosen)
