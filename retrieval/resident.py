@@ -1,8 +1,8 @@
 """FAISS indexes kept loaded between the searches of a long-lived opened index (a server, an Index).
 
 A memory-mapped read is cheap for the vectors themselves, but an ``IDMap2`` index rebuilds
-its id-to-position table on every read (about 4 ms at 100,000 vectors on a quiet machine,
-15 ms on a busy one, see scripts/bench_server.py): more than the search. So each opened
+its id-to-position table on every read (17 ms at 100,000 vectors at load average 4 here;
+scripts/bench_server.py measures the whole gain): about as much as the search. So each opened
 store keeps the index of each kind it last read, and reads it again only when the file
 under that name is another one: a new generation has another file name, and a rebuilt file
 (written beside it and renamed over it) another inode, size or modification time.

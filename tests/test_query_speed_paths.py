@@ -194,7 +194,9 @@ def test_minilm_packed_numpy_forward_agrees_with_torch():
     assert numpy_blas_threads() == threads_before  # numpy's BLAS threads restored
 
 
-def test_one_blas_thread_blocks_overlapping_in_threads_restore_the_setting():
+def test_one_blas_thread_applies_in_any_thread_and_is_restored():
+    """The server encodes on a worker thread: the limit must hold there too, also after the
+    main thread has used it (OpenBLAS ignored a process-wide change made from a worker then)."""
     import threading
 
     from threadpoolctl import threadpool_info
@@ -205,6 +207,9 @@ def test_one_blas_thread_blocks_overlapping_in_threads_restore_the_setting():
         return [lib["num_threads"] for lib in threadpool_info() if "numpy" in lib["filepath"]]
 
     before = numpy_blas_threads()
+    with _OneBlasThread():
+        assert numpy_blas_threads() == [1] * len(before)
+    assert numpy_blas_threads() == before
     first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
     inside = []
 

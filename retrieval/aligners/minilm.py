@@ -15,6 +15,7 @@ Needs only ``tokenizers`` and ``safetensors``, which come with transformers.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import math
 import os
@@ -28,7 +29,7 @@ from retrieval.aligners.base import normalize
 
 #: Batches up to this size run in numpy (no torch import); larger ones in torch. 64 is the
 #: server's largest micro-batch (retrieval/server/batcher.py): on a busy 2-core machine torch's
-#: thread team took 3-4x longer than numpy on one thread for 64 queries (bench_server.py).
+#: thread team took 2-4x longer than numpy on one thread for 64 queries (load average 23).
 NUMPY_MAX_BATCH = 64
 #: Run the numpy form on one BLAS thread (see the note above :func:`numpy_forward`); off for comparisons.
 ONE_BLAS_THREAD = True
@@ -104,7 +105,7 @@ class SentenceEncoder:
 # Short inputs (a search query is about 10 tokens) are what the numpy form is for, and at
 # that size its cost is matrix products of a few rows: ~0.3 GFLOP a query. Two choices keep
 # it fast: one BLAS thread (on a busy 2-core machine OpenBLAS's second thread waits for a
-# core and a query took 20-190 ms instead of 7-16; scripts/bench_server.py), and weights
+# core: at load 8 a query took 32-194 ms with two threads, 16-23 ms with one), and weights
 # packed once (query, key and value in one product, the attention scale folded in).
 
 
@@ -207,30 +208,42 @@ def _numpy_layer(
 class _OneBlasThread:
     """numpy's BLAS on one thread while any `with _OneBlasThread():` block runs, in any thread.
 
-    Only numpy's own BLAS library is limited; FAISS and torch bring their own and keep theirs.
     The setting is process-wide, so blocks are counted: the first one in sets it, the last one
-    out restores it, and overlapping blocks in several threads cannot leave it changed.
+    out restores it, and overlapping blocks in several threads cannot leave it changed. With
+    numpy's OpenBLAS it is set through ``openblas_set_num_threads_local``: the plain
+    ``openblas_set_num_threads`` called from a worker thread (the server encodes on one)
+    after the main thread had changed it was ignored here, and two threads still ran. FAISS
+    and torch bring their own BLAS and keep their settings.
     """
 
     _lock = threading.Lock()
+    _loaded = False
+    _setters: list = []  # (read the current count, set a count) per numpy BLAS library
     _active = 0
     _saved: list = []
-    _numpy_blas: list | None = None
+
+    @classmethod
+    def _load(cls) -> None:
+        from threadpoolctl import ThreadpoolController
+
+        for lib in ThreadpoolController().lib_controllers:
+            if lib.user_api != "blas" or f"{os.sep}numpy" not in lib.filepath:
+                continue
+            local = getattr(lib.dynlib, "openblas_set_num_threads_local", None) if lib.internal_api == "openblas" else None
+            if local is not None:
+                local.argtypes, local.restype = [ctypes.c_int], ctypes.c_int
+            cls._setters.append((lambda lib=lib: lib.num_threads, local or lib.set_num_threads))
+        cls._loaded = True
 
     def __enter__(self):
         cls = _OneBlasThread
         with cls._lock:
-            if cls._numpy_blas is None:
-                from threadpoolctl import ThreadpoolController
-
-                cls._numpy_blas = [
-                    lib for lib in ThreadpoolController().lib_controllers
-                    if lib.user_api == "blas" and f"{os.sep}numpy" in lib.filepath
-                ]
+            if not cls._loaded:
+                cls._load()
             if cls._active == 0:
-                cls._saved = [(lib, lib.num_threads) for lib in cls._numpy_blas]
-                for lib, _ in cls._saved:
-                    lib.set_num_threads(1)
+                cls._saved = [(setter, read()) for read, setter in cls._setters]
+                for setter, _ in cls._saved:
+                    setter(1)
             cls._active += 1
         return self
 
@@ -239,5 +252,5 @@ class _OneBlasThread:
         with cls._lock:
             cls._active -= 1
             if cls._active == 0:
-                for lib, threads in cls._saved:
-                    lib.set_num_threads(threads)
+                for setter, threads in cls._saved:
+                    setter(threads)
