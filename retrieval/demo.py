@@ -43,3 +43,13 @@ def demo_folder() -> Path:
         if not dest.exists():
             shutil.copyfile(src, dest)
     return folder
+
+
+def remove_demo_index(name: str = "demo") -> None:
+    """Delete the demo's own index folder (only a folder that holds a catalog)."""
+    from retrieval.catalog import CATALOG_FILE
+    from retrieval.store import resolve
+
+    folder = resolve(name)
+    if (folder / CATALOG_FILE).exists():
+        shutil.rmtree(folder)

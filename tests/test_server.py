@@ -154,7 +154,8 @@ def test_thumbnails_are_cached_jpegs_with_etags(api):
     image = Image.open(io.BytesIO(response.content))
     assert image.format == "JPEG" and max(image.size) == 128
     folder = served(api.app).folder / "thumbs" / "128"
-    assert [p.name.split("-")[0] for p in folder.iterdir()] == [str(cat)]
+    # Other tests share this index and may have cached thumbnails of other images.
+    assert [p.name.split("-")[0] for p in folder.iterdir()].count(str(cat)) == 1
     etag = response.headers["etag"]
     again = api.get(f"/api/thumb/{cat}", params={"size": 128}, headers={"if-none-match": etag})
     assert again.status_code == 304

@@ -254,10 +254,22 @@ def demo(index_name, k, sheet):
     """
     from retrieval.api import build_index, open_index
     from retrieval.demo import DEMO_QUERIES, demo_folder
+    from retrieval.errors import ModelMismatch
 
     folder = demo_folder()
     note(f"indexing the demo photos in {folder}")
-    summary = build_index([folder], index=index_name, progress=_progress(True))
+    try:
+        summary = build_index([folder], index=index_name, progress=_progress(True))
+    except ModelMismatch:
+        if index_name != "demo":  # someone else's index: never delete it
+            raise
+        # The demo's own index, built by an earlier recipe of `default`: it holds only the
+        # demo's copies of packaged photos, so rebuilding it loses nothing.
+        from retrieval.demo import remove_demo_index
+
+        note("the demo index was built by an earlier version of the default aligner; rebuilding it")
+        remove_demo_index(index_name)
+        summary = build_index([folder], index=index_name, progress=_progress(True))
     click.echo(summary.line())
     idx = open_index(index_name)
     rows = []
