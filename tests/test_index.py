@@ -201,8 +201,10 @@ def test_fast_path_gives_the_same_results_as_the_plain_path(tmp_path):
         _, vp = next(plain.catalog.image_vectors())
         cosines = (vf * vp).sum(axis=1)
         # ConSE vectors mix class-name embeddings by softmax weight, so they move more than the
-        # pixels do (0.97 at worst here; open_clip's ViT-B-32 moves less, see bench_index.py).
-        assert float(cosines.min()) > 0.95 and float(cosines.mean()) > 0.99
+        # pixels do; the face and colour experts add yes/no phrases ("a person"), which a
+        # borderline detection at the draft size flips (0.96 at worst, 0.99 mean here; open_clip's
+        # ViT-B-32 moves less, see bench_index.py).
+        assert float(cosines.min()) > 0.95 and float(cosines.mean()) > 0.98
         # Each caption finds its own photo first in both indexes...
         queries = aligner.encode_texts(list(PHOTO_CAPTIONS.values()))
         own = [str((folder / f"{i}.jpg").resolve()) for i in range(len(PHOTO_CAPTIONS))]
