@@ -150,9 +150,15 @@ def tune_nprobe(
     fetch = min(k * RERANK_FACTOR, n) if rerank else k
     if not isinstance(index, faiss.IndexIVF):
         return None, recall_at_k(truth, index.search(queries, fetch)[1])
+    # An HNSW coarse quantizer returns at most efSearch lists, whatever nprobe asks: widen it
+    # with nprobe, or the loop probes no more lists than efSearch and never reaches the target.
+    hnsw = getattr(faiss.downcast_index(index.quantizer), "hnsw", None)
+    base_ef = hnsw.efSearch if hnsw is not None else 0
     nprobe, recall = 1, 0.0
     while nprobe <= index.nlist:
         index.nprobe = nprobe
+        if hnsw is not None:
+            hnsw.efSearch = max(base_ef, nprobe)
         _, got = index.search(queries, fetch)
         recall = recall_at_k(truth, got)
         if recall >= TARGET_RECALL:

@@ -189,3 +189,25 @@ def test_a_build_prints_nothing_on_stdout(tmp_path, capfd):
     ondisk.build(chunks, 500, DIM, tmp_path / "images-1.faiss", shard_rows=200)
     ctypes.CDLL(None).fflush(None)  # C stdio buffers what FAISS printf()s: flush it to be seen
     assert capfd.readouterr().out == ""
+
+
+def test_nprobe_tuning_widens_an_hnsw_quantizer_with_nprobe():
+    """With an HNSW coarse quantizer, nprobe above efSearch probes no more lists: tuning must
+    widen efSearch as it raises nprobe, or it ends at every list (seen at 10M vectors)."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(200, 32)).astype(np.float32)
+    vectors = centres[rng.integers(0, 200, 20_000)] + rng.normal(0, 1.0, (20_000, 32)).astype(np.float32)
+    faiss.normalize_L2(vectors)  # loose clusters: the true top 10 spreads over more lists than 4
+    ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
+    ivf = faiss.index_factory(32, "IVF256_HNSW32,Flat", faiss.METRIC_INNER_PRODUCT)
+    ivf.train(vectors)
+    ivf.add_with_ids(vectors, ids)
+    faiss.downcast_index(ivf.quantizer).hnsw.efSearch = 4  # far below what the target needs
+
+    def chunks():
+        yield ids, vectors
+
+    nprobe, recall = faiss_index.tune_nprobe(ivf, chunks, len(vectors), 32, n_queries=200)
+    assert recall >= faiss_index.TARGET_RECALL
+    assert 4 < nprobe < ivf.nlist
+    assert faiss.downcast_index(ivf.quantizer).hnsw.efSearch >= nprobe
