@@ -37,6 +37,7 @@ from pathlib import Path
 
 import bench_index as bi
 import clip_retrieval_bench as crb
+from proctable import process_table
 
 TARGETS = {"ratio": 0.7, "min_cosine": 0.999, "ingest_per_s": 20_000}
 
@@ -110,17 +111,9 @@ class TreeCPU:
             self._sample()
 
     def _sample(self) -> float:
-        stats = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            # utime + stime of the process itself: a parent's cutime would count a sampled child twice.
-            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / self.tick)
+        # utime + stime of the process itself: a parent's cutime would count a sampled child twice.
+        stats = {pid: (int(fields[1]), (int(fields[11]) + int(fields[12])) / self.tick)
+                 for pid, fields in process_table().items()}
         tree, frontier = {os.getpid()}, [os.getpid()]
         while frontier:
             parent = frontier.pop()
@@ -344,13 +337,8 @@ def node_loss(args, work: Path, spec: str) -> dict:
 def _busiest(nodes):
     """The worker node whose raylet has the most live worker processes (the encoder's node, usually)."""
     parents = {}
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if entry.isdigit() and fields[0] != "Z":
+    for fields in process_table().values():
+        if fields[0] != "Z":
             parents[int(fields[1])] = parents.get(int(fields[1]), 0) + 1
 
     def count(node):

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from proctable import live_children
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -338,21 +339,6 @@ def check_invariants(index: Path, aligner_dim: int | None, allowed: list[dict]) 
     return out
 
 
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(entry))
-    return out
-
-
 def alive(pids: list[int]) -> list[int]:
     out = []
     for pid in pids:
@@ -394,7 +380,7 @@ def run_child(index: Path, folder: Path, aligner: str, workers: int, captions: P
         seen[phase] += 1
         if kill and phase == kill[0] and seen[phase] >= kill[1]:
             time.sleep(kill[2])
-            workers = children_of(proc.pid)
+            workers = live_children(proc.pid)
             proc.kill()  # SIGKILL
             proc.join()
             result["killed_in"] = phase
