@@ -610,13 +610,13 @@ def child_mutants(args) -> int:
 
     PILImage.init()  # every decoder plugin, now
     kinds = json.loads(Path(args.kinds).read_text())
+    aligner = plumbing_aligner()  # imports retrieval.aligners: before `nobody`, like the imports above
     if os.geteuid() == 0:
-        # chmod 000 does not stop root; `nobody` it stops. Python itself may live where `nobody`
-        # cannot read (a root-only pyenv), hence the imports above and no worker processes below.
+        # chmod 000 does not stop root; `nobody` it stops. Python itself, and this checkout, may
+        # live where `nobody` cannot read (a root-only pyenv, a private temporary folder), hence
+        # every import before this point and no worker processes below.
         os.setgid(65534)
         os.setuid(65534)
-
-    aligner = plumbing_aligner()
     per_file, slowest = {}, 0.0
     for stat in walk([args.folder]):
         started = time.monotonic()
