@@ -120,7 +120,10 @@ def search_vectors(
             log.debug("FAISS cannot read %s: %s", path, exc)
             raise integrity.damaged(path, "cannot be read by FAISS (truncated or damaged)") from None
         factory = catalog.get_meta("index_factory") if kind == "images" else None
-        if filters is not None:
+        quick = resident.quick_scan(store, kind, index) if filters is None else None
+        if quick is not None:  # a long-lived caller's exact index: its 8-bit copy first (retrieval/quickscan.py)
+            scores, ids = quick.search(vectors, k)
+        elif filters is not None:
             scores, ids = filtered.search(catalog, index, vectors, k, filters, factory=factory)
         else:
             scores, ids = faiss_index.search_ranked(

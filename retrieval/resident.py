@@ -23,10 +23,14 @@ from retrieval import index as faiss_index
 
 #: Off: every search reads its FAISS file again (the behaviour before; the benchmark compares).
 KEEP_LOADED = True
+#: Off: a kept exact index is always scanned in full (retrieval/quickscan.py; the benchmark compares).
+QUICK_SCAN = True
 
 _lock = threading.Lock()
 #: owner (an IndexStore) -> {kind: (file key, loaded index)}; an entry goes when its owner does.
 _loaded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: owner -> {kind: (kept index, its QuickScan or None)}: what quick_scan has seen and built.
+_quick: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def faiss_for(owner: object, kind: str, path: Path):
@@ -51,7 +55,38 @@ def faiss_for(owner: object, kind: str, path: Path):
     return index
 
 
+def quick_scan(owner: object, kind: str, index):
+    """The 8-bit copy of `index` (retrieval/quickscan.py) when it is `owner`'s kept exact index, else None.
+
+    Made the second time it is asked for with the same kept index, not the first: a one-shot
+    search never pays for it (0.2-0.4 s at 100,000 vectors), a long-lived caller pays once
+    per file. Dropped with the index it copies.
+    """
+    if not (KEEP_LOADED and QUICK_SCAN):
+        return None
+    from retrieval import quickscan
+
+    with _lock:
+        entry = _loaded.get(owner, {}).get(kind)
+        if entry is None or entry[1] is not index:
+            return None
+        seen = _quick.setdefault(owner, {}).get(kind)
+        if seen is None or seen[0] is not index:
+            _quick[owner][kind] = (index, None)  # first search with this index: nothing built yet
+            return None
+        if seen[1] is not None:
+            return seen[1]
+    if not quickscan.eligible(index):
+        return None
+    quick = quickscan.QuickScan(index)
+    with _lock:
+        if _quick.get(owner, {}).get(kind, (None,))[0] is index:
+            _quick[owner][kind] = (index, quick)
+    return quick
+
+
 def forget(owner: object) -> None:
     """Drop what `owner` keeps loaded (when it closes)."""
     with _lock:
         _loaded.pop(owner, None)
+        _quick.pop(owner, None)

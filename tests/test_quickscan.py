@@ -1,0 +1,122 @@
+"""The 8-bit copy a long-lived searcher keeps beside an exact index (retrieval/quickscan.py).
+
+- on real text queries of the packaged `default` aligner, its top 10 are exact search's
+  (recall@10 >= 0.99) with the exact index's own scores;
+- large batches and deep pages are answered by the exact index itself;
+- through search_vectors: built on the second search with a kept index, never on the first,
+  answers as the exact index does, and is dropped with the index.
+Its speed is measured by scripts/bench_server.py.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+from conftest import ColorAligner
+
+from retrieval import index as faiss_index
+from retrieval import indexer, quickscan, resident
+from retrieval.indexer import IndexSettings
+from retrieval.query import search_vectors
+from retrieval.store import IndexStore
+
+DIM = 384
+
+
+def clustered(n: int, seed: int) -> np.ndarray:
+    """Unit vectors around 300 random centres (as photos of a few hundred subjects)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1, (300, DIM)).astype(np.float32)
+    x = centers[rng.integers(0, 300, n)] + rng.normal(0, 0.75 / np.sqrt(DIM), (n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def exact(tmp_path_factory):
+    """A memory-mapped IDMap2,Flat index of 30,000 vectors with sparse catalog-like ids, as a server reads it."""
+    vectors = clustered(30_000, seed=1)
+    ids = np.arange(30_000, dtype=np.int64) * 3 + 7
+    built, _ = faiss_index.build(ids, vectors, factory="IDMap2,Flat")
+    path = tmp_path_factory.mktemp("quick") / "images-1.faiss"
+    faiss_index.write(built, path)
+    return faiss_index.read(path, mmap=True)
+
+
+@pytest.mark.slow
+def test_top_10_of_real_text_queries_match_exact_search(exact):
+    from retrieval.aligners import load_aligner
+
+    texts = [f"a photo of a {a} {b}" for a in ("red", "old", "wet", "tiny", "striped", "snowy", "busy", "quiet")
+             for b in ("dog", "boat", "house", "bridge", "train", "kitchen", "market", "forest", "clock", "bicycle")]
+    queries = load_aligner("default").encode_texts(texts)
+    quick = quickscan.QuickScan(exact)
+    assert quick.nbytes == exact.ntotal * DIM  # one byte per dimension
+    truth_scores, truth = faiss_index.search(exact, queries, 10)
+    scores, ids = [], []
+    for q in queries:  # one at a time, as a lone client's queries come
+        s, i = quick.search(q[None], 10)
+        scores.append(s[0])
+        ids.append(i[0])
+    scores, ids = np.array(scores), np.array(ids)
+    assert faiss_index.recall_at_k(truth, ids) >= 0.99
+    assert set(ids.ravel()) <= set(faiss_index.ids_of(exact).tolist())
+    # Where the same id is found at the same rank, the score is the exact cosine.
+    same = ids == truth
+    assert same.mean() > 0.9
+    np.testing.assert_allclose(scores[same], truth_scores[same], atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 0).all()  # ranked best first
+
+
+def test_large_batches_and_deep_pages_are_answered_exactly(exact):
+    quick = quickscan.QuickScan(exact)
+    queries = clustered(quickscan.EXACT_BATCH, seed=2)
+    np.testing.assert_array_equal(quick.search(queries, 10)[1], faiss_index.search(exact, queries, 10)[1])
+    deep = quickscan.MAX_FETCH // quickscan.RERANK + 1
+    np.testing.assert_array_equal(quick.search(queries[:1], deep)[1], faiss_index.search(exact, queries[:1], deep)[1])
+
+
+def test_near_queries_find_their_own_vector_first(exact):
+    quick = quickscan.QuickScan(exact)
+    stored = quick.vectors[[5, 500, 20_000]]
+    _, ids = quick.search(stored, 1)
+    assert ids[:, 0].tolist() == quick.ids[[5, 500, 20_000]].tolist() == [5 * 3 + 7, 500 * 3 + 7, 20_000 * 3 + 7]
+
+
+def test_only_exact_inner_product_indexes_of_some_size_get_a_copy(exact):
+    assert quickscan.eligible(exact)
+    small, _ = faiss_index.build(np.arange(100, dtype=np.int64), clustered(100, seed=3), factory="IDMap2,Flat")
+    assert not quickscan.eligible(small)
+    ivf, _ = faiss_index.build(np.arange(3000, dtype=np.int64), clustered(3000, seed=3), factory="IVF16,Flat")
+    assert not quickscan.eligible(ivf)
+    l2 = faiss.IndexIDMap2(faiss.IndexFlatL2(DIM))
+    l2.add_with_ids(clustered(quickscan.QUICK_MIN, seed=4), np.arange(quickscan.QUICK_MIN, dtype=np.int64))
+    assert not quickscan.eligible(l2)
+
+
+def test_search_vectors_builds_the_copy_on_the_second_search_and_answers_alike(tmp_path, image_dir, monkeypatch):
+    aligner = ColorAligner()
+    writer = IndexStore.open(tmp_path / "idx", create=True)
+    indexer.run(writer, aligner, [image_dir], settings=IndexSettings(workers=0, batch_size=4))
+    reader = IndexStore.open(writer.folder)
+    monkeypatch.setattr(quickscan, "QUICK_MIN", 1)  # 12 images: make them worth a copy here
+    built = []
+    real = quickscan.QuickScan
+    monkeypatch.setattr(quickscan, "QuickScan", lambda index: built.append(index) or real(index))
+    vector = aligner.encode_texts(["red"])
+    try:
+        first = [(h.id, h.score) for h in search_vectors(reader, vector, 5)[0]]
+        assert built == []  # a one-shot search never pays for the copy
+        second = [(h.id, h.score) for h in search_vectors(reader, vector, 5)[0]]
+        assert len(built) == 1 and [i for i, _ in second] == [i for i, _ in first]
+        np.testing.assert_allclose([s for _, s in second], [s for _, s in first], atol=1e-5)
+        search_vectors(reader, vector, 5)
+        assert len(built) == 1  # kept
+        resident.forget(reader)
+        search_vectors(reader, vector, 5)
+        search_vectors(reader, vector, 5)
+        assert len(built) == 2  # a re-read index gets its own copy
+    finally:
+        resident.forget(reader)
+        reader.close()
+        writer.close()
