@@ -282,9 +282,14 @@ class Catalog:
         """An explicit transaction on this connection, rolled back if anything raises.
 
         The connection is in autocommit mode, where each statement, and each row of an
-        executemany, would otherwise be a commit of its own.
+        executemany, would otherwise be a commit of its own. Inside another transaction on
+        this connection the block joins it: the outer one commits (the Ray driver commits a
+        ready set's vectors and file rows together this way).
         """
         conn = self.db.conn
+        if conn.in_transaction:
+            yield conn
+            return
         conn.execute(begin)
         try:
             yield conn

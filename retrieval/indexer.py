@@ -274,7 +274,9 @@ def run(
             summary.generation = catalog.generation
             damaged = damaged_kinds(store)
             if plan.changed or captions is not None or catalog.generation == 0 or damaged:
-                summary.generation = publish(store, staging, plan, captions, settings, damaged=damaged)
+                # A cluster source builds an on-disk index's shards on the cluster (ray_shards).
+                summary.generation = publish(store, staging, plan, captions, settings, damaged=damaged,
+                                             add_shards=getattr(source, "add_shards", None))
         finally:
             known.close()
             staging.close()
@@ -310,7 +312,7 @@ def _caption_rows(store: IndexStore, aligner, captions_file, progress: Progress)
 
 def publish(
     store: IndexStore, staging: Staging, plan: Plan, captions: list[dict] | None, settings: IndexSettings | None = None,
-    damaged: set[str] | None = None,
+    damaged: set[str] | None = None, add_shards: ondisk.AddShards | None = None,
 ) -> int:
     """Switch the catalog to the next generation, with its FAISS files, atomically.
 
@@ -329,7 +331,7 @@ def publish(
         limit = (settings or IndexSettings()).max_index_memory or faiss_index.memory_limit_default()
         meta = _write_image_index(
             store, staging, plan, old_gen, gen, limit, trust_previous="images" not in damaged,
-            on_disk=bool(settings and settings.on_disk),
+            on_disk=bool(settings and settings.on_disk), add_shards=add_shards,
         )
         integrity.record(conn, store.faiss_path("images", gen), gen, plan.final_count)
         old_captions = store.faiss_path("captions", old_gen)
@@ -393,7 +395,7 @@ def _caption_arrays(catalog, captions: list[dict] | None) -> tuple[np.ndarray, n
 
 def _write_image_index(
     store: IndexStore, staging: Staging, plan: Plan, old_gen: int, gen: int, memory_limit: int, trust_previous: bool = True,
-    on_disk: bool = False,
+    on_disk: bool = False, add_shards: ondisk.AddShards | None = None,
 ) -> dict:
     """Generation `gen`'s image index: the previous one updated in place, or built afresh.
 
@@ -402,7 +404,7 @@ def _write_image_index(
     """
     catalog = store.catalog
     if plan.final_count and (on_disk or ondisk.needed(plan.final_count, catalog.dim, memory_limit)):
-        return _write_ondisk_index(store, plan, gen)
+        return _write_ondisk_index(store, plan, gen, add_shards)
     previous = store.faiss_path("images", old_gen)
     factory = faiss_index.factory_for(plan.final_count, catalog.dim, memory_limit)
     if trust_previous and previous.exists() and catalog.get_meta("index_factory") == factory:
@@ -420,7 +422,7 @@ def _write_image_index(
     return info
 
 
-def _write_ondisk_index(store: IndexStore, plan: Plan, gen: int) -> dict:
+def _write_ondisk_index(store: IndexStore, plan: Plan, gen: int, add_shards: ondisk.AddShards | None = None) -> dict:
     """An index whose inverted lists live on disk (even 8-bit codes exceed the memory limit, or --on-disk).
 
     Built whole from the catalog at every publish, never updated in place: searches of the
@@ -431,6 +433,6 @@ def _write_ondisk_index(store: IndexStore, plan: Plan, gen: int) -> dict:
     log.info("building an index of %d vectors with its inverted lists on disk", plan.final_count)
     _, built = ondisk.build(
         catalog.image_vectors, plan.final_count, catalog.dim, store.faiss_path("images", gen),
-        sample=ondisk.catalog_sample(catalog),
+        sample=ondisk.catalog_sample(catalog), add_shards=add_shards,
     )
     return {"index_factory": built.factory, "index_nprobe": built.nprobe, "index_recall_at_10": built.recall_at_10}

@@ -120,6 +120,24 @@ def build_shard(trained: Path, chunks: Iterable[tuple[np.ndarray, np.ndarray]], 
     return int(index.ntotal)
 
 
+#: Who builds the shards: (trained index file, runs of (ids, vectors) chunks, work folder,
+#: total vectors) -> the shard files, in run order. The runs must be consumed in order.
+AddShards = Callable[[Path, Iterator[Iterator[tuple[np.ndarray, np.ndarray]]], Path, int], list[Path]]
+
+
+def add_shards_here(trained: Path, parts: Iterator[Iterator[tuple[np.ndarray, np.ndarray]]], work: Path, n: int) -> list[Path]:
+    """Build the shards one after the other in this process (:data:`AddShards`)."""
+    shards, done, started = [], 0, time.monotonic()
+    for number, part in enumerate(parts):
+        shard = work / f"shard-{number}.faiss"
+        done += build_shard(trained, part, shard)
+        rate = done / max(time.monotonic() - started, 1e-9)
+        log.info("shard %d: %d of %d vectors added, %.0f a second, about %.0f s left",
+                 number, done, n, rate, (n - done) / rate)
+        shards.append(shard)
+    return shards
+
+
 def merge(trained: Path, shards: list[Path], lists: Path) -> faiss.Index:
     """The trained index with `shards` joined into one inverted-lists file at `lists` (mapped, not loaded).
 
@@ -157,14 +175,16 @@ def split(chunks: Iterable[tuple[np.ndarray, np.ndarray]], rows: int) -> Iterato
 
 def build(
     chunks: faiss_index.Chunks, n: int, dim: int, out: Path, *, shard_rows: int = SHARD_ROWS,
-    sample: Callable[[int], np.ndarray] | None = None,
+    sample: Callable[[int], np.ndarray] | None = None, add_shards: AddShards | None = None,
 ) -> tuple[faiss.Index, faiss_index.IndexInfo]:
     """Build the on-disk index of `n` vectors from `chunks` into `out` and its ``.ivfdata`` file.
 
     One pass over the chunks adds them, shard by shard, and finds the exact top 10 of the
     queries that tune ``nprobe``. The training sample comes from `sample` (a count -> that
     many vectors drawn at random, see :func:`catalog_sample`), else from a pass of its own.
-    Peak memory is one shard's codes plus the training sample, whatever `n`.
+    Peak memory is one shard's codes plus the training sample, whatever `n`. `add_shards`
+    builds the shard files (:func:`add_shards_here` by default; the Ray path's runs them as
+    tasks, ``retrieval.cluster.ray_shards``).
     """
     factory = factory_for(n)
     nlist = nlist_for(n)
@@ -184,14 +204,7 @@ def build(
         # two passes over the collection fewer than index.tune_nprobe makes on its own.
         probe = TopK(probe_queries(vectors), min(10, n))
         del vectors
-        shards, done, started = [], 0, time.monotonic()
-        for number, part in enumerate(split(probe.watch(chunks()), shard_rows)):
-            shard = work / f"shard-{number}.faiss"
-            done += build_shard(trained_path, part, shard)
-            rate = done / max(time.monotonic() - started, 1e-9)
-            log.info("shard %d: %d of %d vectors added, %.0f a second, about %.0f s left",
-                     number, done, n, rate, (n - done) / rate)
-            shards.append(shard)
+        shards = (add_shards or add_shards_here)(trained_path, split(probe.watch(chunks()), shard_rows), work, n)
         index = merge(trained_path, shards, lists_path(out))
     finally:
         shutil.rmtree(work, ignore_errors=True)

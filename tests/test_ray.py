@@ -7,6 +7,7 @@ workers cannot import tests/conftest.py, so that module is pickled by value.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -48,10 +49,10 @@ def _ray_source():
     return source(RaySettings(aligner_factory=ColorAligner))
 
 
-def _run(index_dir, roots, ray_source=None, aligner=None):
+def _run(index_dir, roots, ray_source=None, aligner=None, settings=None):
     store = IndexStore.open(str(index_dir), create=True)
     try:
-        return indexer.run(store, aligner or ColorAligner(), roots, source=ray_source)
+        return indexer.run(store, aligner or ColorAligner(), roots, source=ray_source, settings=settings)
     finally:
         store.close()
 
@@ -234,3 +235,59 @@ def test_only_the_cluster_package_imports_ray():
         )
     ]
     assert offenders == []
+
+
+# -- on-disk shards as Ray tasks ---------------------------------------------------------------
+def test_on_disk_shards_built_as_ray_tasks_match_the_one_process_build(ray_address, tmp_path, caplog):
+    import faiss
+    from test_ondisk import DIM, clustered, fill
+
+    from retrieval import ondisk
+    from retrieval.cluster.ray_shards import add_shards
+
+    store = IndexStore.open(tmp_path / "idx", create=True)
+    fill(store, clustered(3000, seed=1))
+    built = {}
+    caplog.set_level(logging.INFO, logger="retrieval.cluster.ray_shards")
+    for gen, adder in ((1, None), (2, add_shards)):
+        path = store.faiss_path("images", gen)
+        chunks = functools.partial(store.catalog.image_vectors, 500)
+        _, info = ondisk.build(chunks, 3000, DIM, path, shard_rows=1000, add_shards=adder)
+        built[gen] = (ondisk.read(path), info)
+    assert sum("built on Ray" in r.getMessage() for r in caplog.records) == 3  # 3,000 rows in runs of 1,000
+    assert built[1][1].nprobe == built[2][1].nprobe
+    queries = clustered(100, seed=2)
+    results = []
+    for index, _ in built.values():
+        faiss.extract_index_ivf(index).nprobe = 16
+        results.append(index.search(queries, 10))
+    assert np.array_equal(results[0][1], results[1][1]) and np.array_equal(results[0][0], results[1][0])
+    # Same shards in the same order: FAISS's merge writes the same lists file.
+    lists = [ondisk.lists_path(store.faiss_path("images", g)).read_bytes() for g in (1, 2)]
+    assert lists[0] == lists[1]
+    store.close()
+
+
+def test_index_on_disk_with_ray_adds_the_shards_on_ray(ray_address, tmp_path, mixed_dir, monkeypatch):
+    from retrieval import ondisk
+    from retrieval.query import search_vectors
+
+    settings = indexer.IndexSettings(on_disk=True)
+    _run(tmp_path / "local", [mixed_dir], settings=settings)
+
+    def not_here(*args):
+        raise AssertionError("the shards were built in the driver's process")
+
+    monkeypatch.setattr(ondisk, "add_shards_here", not_here)
+    _run(tmp_path / "ray", [mixed_dir], _ray_source(), settings=settings)
+    assert _catalog(tmp_path / "ray") == _catalog(tmp_path / "local")
+    stores = [IndexStore.open(str(tmp_path / way)) for way in ("local", "ray")]
+    try:
+        assert all((st.folder / "images-1.ivfdata").exists() for st in stores)
+        queries = np.stack(list(stores[0].catalog.vectors_by_hash(
+            [row.hash for row in stores[0].catalog.files().values()]).values()))
+        local, on_ray = (search_vectors(st, queries, k=5) for st in stores)
+        assert [[(h.id, h.path) for h in hits] for hits in local] == [[(h.id, h.path) for h in hits] for hits in on_ray]
+    finally:
+        for st in stores:
+            st.close()

@@ -48,9 +48,10 @@ import numpy as np
 import ray
 
 from retrieval.cluster import RaySettings
+from retrieval.deadline import DecodeTimeout, time_limit
 from retrieval.errors import RetrievalError
 from retrieval.indexer import IndexSettings, batched
-from retrieval.loader import IMAGE_EXTENSIONS, FileStat, Loaded, load_bytes, walk
+from retrieval.loader import IMAGE_EXTENSIONS, FileStat, Loaded, SkipFile, load_bytes, read_regular, walk
 from retrieval.progress import Progress
 from retrieval.staging import Staging
 from retrieval.store import IndexStore
@@ -62,6 +63,10 @@ log = logging.getLogger(__name__)
 CRASH_ONCE_ENV = "RETRIEVAL_RAY_CRASH_ONCE"
 #: Protocols that name this machine's own files: indexed under plain paths, as the local path does.
 LOCAL_PROTOCOLS = ("file", "local")
+#: Seconds a decode task may run beyond its files' own limits (IndexSettings.decode_seconds
+#: each, plus one) before the driver cancels it, killing its worker. More than the local
+#: path's 10 s: on a busy cluster a task may wait in Ray's queue before it starts.
+DECODE_SLACK_S = 60.0
 
 
 # -- paths and URLs ----------------------------------------------------------------------
@@ -129,10 +134,9 @@ def _stat(path: str, info: dict) -> FileStat:
 
 
 def read_bytes(path: str) -> bytes:
-    """A file's bytes: plain paths with open(), URLs through fsspec (in the worker that needs them)."""
+    """A file's bytes: plain paths as the local path reads them, URLs through fsspec (in the worker that needs them)."""
     if not is_url(path):
-        with open(path, "rb") as fh:
-            return fh.read()
+        return read_regular(path)  # never blocks on a FIFO; refuses a file that changes while read
     fs, fspath = fsspec.core.url_to_fs(path)
     return fs.cat_file(fspath)
 
@@ -150,6 +154,10 @@ def read_chunk(paths: list[str]) -> tuple[list[Loaded], list[bytes | None]]:
     for path in paths:
         try:
             data = read_bytes(path)
+        except SkipFile as exc:
+            rows.append(Loaded(path, error=str(exc)))
+            blobs.append(None)
+            continue
         except Exception as exc:  # noqa: BLE001  (any reader's failure is this file's error row)
             rows.append(Loaded(path, error=f"unreadable: {getattr(exc, 'strerror', None) or exc}"))
             blobs.append(None)
@@ -161,10 +169,25 @@ def read_chunk(paths: list[str]) -> tuple[list[Loaded], list[bytes | None]]:
 
 
 @ray.remote(num_cpus=0.5)
-def decode_chunk(rows: list[Loaded], blobs: list[bytes | None], wanted: list[int], transform, draft: bool) -> list[Loaded]:
-    """Decode and preprocess the files at positions `wanted`, exactly as the local loader does."""
+def decode_chunk(
+    rows: list[Loaded], blobs: list[bytes | None], wanted: list[int], transform, draft: bool, limit: float | None = None,
+) -> list[Loaded]:
+    """Decode and preprocess the files at positions `wanted`, exactly as the local loader does.
+
+    Each file within `limit` seconds (a SIGALRM in the task's thread, as in a local worker),
+    or it becomes an error row. A decoder deaf to that (stuck inside one C call) is the
+    driver's to stop: it cancels the task (:meth:`_Pipeline._overdue`).
+    """
     _maybe_crash()
-    return [load_bytes(rows[i].path, blobs[i], transform, draft=draft, digest=rows[i].hash) for i in wanted]
+    return [_decode_one(rows[i], blobs[i], transform, draft, limit) for i in wanted]
+
+
+def _decode_one(row: Loaded, data: bytes, transform, draft: bool, limit: float | None) -> Loaded:
+    try:
+        with time_limit(limit):
+            return load_bytes(row.path, data, transform, draft=draft, digest=row.hash)
+    except DecodeTimeout:
+        return Loaded(row.path, error=f"decoding took longer than {limit:g}s (pathological image?)")
 
 
 def _maybe_crash() -> None:
@@ -205,20 +228,46 @@ class Encoder:
 
 
 # -- the driver --------------------------------------------------------------------------
-def commit(store: IndexStore, staging: Staging, rows: list[Loaded], encoded: list[tuple[str, np.ndarray, int, int]]) -> int:
-    """The single writer's step: store vectors of contents not yet stored, then record the rows.
+#: The driver commits what has arrived once this many vectors wait, or COMMIT_SECONDS after
+#: the first of them arrived, whichever comes first. A commit costs about as much as a
+#: thousand vector rows here (scripts/bench_ray.py (b)): committing each encoder batch of 32
+#: on its own spent half the driver's time on commits. A killed driver loses at most these.
+COMMIT_VECTORS = 2_048
+COMMIT_SECONDS = 0.5
+#: WAL pages (4 KB) between SQLite's copies of the log into the database while vectors
+#: stream in: 64 MB instead of SQLite's 4 MB. Each copy ends with an fsync, the one wait
+#: on the disk that synchronous=NORMAL leaves in the commit path.
+STREAMING_CHECKPOINT_PAGES = 16_384
 
-    Vectors first: a driver killed between the two has kept the expensive part.
+
+def commit(store: IndexStore, staging: Staging, rows: list[Loaded], encoded: list[tuple[str, np.ndarray, int, int]]) -> int:
+    """The single writer's step: store vectors of contents not yet stored and record the rows, in one transaction.
+
+    The staging rows live in a temporary table, which a killed driver loses anyway; the
+    vectors are what a killed driver keeps.
     """
     fresh: dict[str, tuple] = {}
-    if encoded:
-        missing = store.catalog.missing_hashes(h for h, *_ in encoded)
-        fresh = {h: (h, v, w, ht) for h, v, w, ht in encoded if h in missing}
-        if fresh:
-            store.catalog.put_vectors(list(fresh.values()))
-    if rows:
-        staging.record(rows)
+    with store.catalog.transaction():
+        if encoded:
+            missing = store.catalog.missing_hashes(h for h, *_ in encoded)
+            fresh = {h: (h, v, w, ht) for h, v, w, ht in encoded if h in missing}
+            if fresh:
+                store.catalog.put_vectors(list(fresh.values()))
+        if rows:
+            staging.record(rows)
     return len(fresh)
+
+
+@contextmanager
+def streaming_checkpoints(store: IndexStore, pages: int = STREAMING_CHECKPOINT_PAGES) -> Iterator[None]:
+    """Copy the WAL into the database every `pages` pages while the driver streams vectors in."""
+    conn = store.catalog.db.conn
+    before = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+    conn.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA wal_autocheckpoint={before}")
 
 
 @contextmanager
@@ -252,14 +301,25 @@ class RaySource:
         Optional (``build_index`` calls it before loading the driver's model); :meth:`encode`
         starts them otherwise. The driver needs the model only for its identity, transform and captions.
         """
-        if self._session is None:
-            self._session = ExitStack()
-            self._session.enter_context(connected(self.settings.address))
+        self._connect()
         if self._encoders is None:
             self._encoders = Encoders(spec, self.settings)
 
-    def close(self) -> None:
+    def _connect(self) -> None:
+        if self._session is None:
+            self._session = ExitStack()
+            self._session.enter_context(connected(self.settings.address))
+
+    def _release_encoders(self) -> None:
+        """Stop the encoder actors now: their CPUs (and their model's memory) go back to the cluster."""
+        if self._encoders is not None:
+            for actor in self._encoders.actors:
+                ray.kill(actor, no_restart=True)
         self._encoders = None
+
+    def close(self) -> None:
+        """Stop the encoders and leave (or stop) Ray; ``build_index`` calls it after publishing."""
+        self._release_encoders()
         if self._session is not None:
             self._session.close()
             self._session = None
@@ -278,13 +338,28 @@ class RaySource:
             self.start(aligner.spec)
             return _Pipeline(store, aligner, staging, settings, self.settings, self._encoders, progress).run()
         except ray.exceptions.RayError as exc:
-            raise RetrievalError(
-                f"the Ray cluster lost work it could not retry ({type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}); "
-                "what was committed is kept: run the same command again to resume"
-            ) from None
+            raise _lost(exc) from None
         finally:
-            self.close()
+            # Ray stays joined: an on-disk index builds its shards on it when the run publishes.
+            self._release_encoders()
+
+    def add_shards(self, trained: Path, parts, work: Path, n: int) -> list[Path]:
+        """:data:`retrieval.ondisk.AddShards`: an on-disk index's shards, built as Ray tasks (ray_shards)."""
+        from retrieval.cluster.ray_shards import add_shards
+
+        self._connect()
+        try:
+            return add_shards(trained, parts, work, n)
+        except ray.exceptions.RayError as exc:
+            raise _lost(exc) from None
+
+
+def _lost(exc: Exception) -> RetrievalError:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+    return RetrievalError(
+        f"the Ray cluster lost work it could not retry ({type(exc).__name__}: {detail}); "
+        "what was committed is kept: run the same command again to resume"
+    )
 
 
 class Encoders:
@@ -315,6 +390,16 @@ def _threads(count: int) -> int:
     return max(1, int(min(nodes) // math.ceil(count / len(nodes))))
 
 
+@dataclasses.dataclass
+class _Decode:
+    """A decode task the driver watches: what it was given, and when the driver gives up on it."""
+
+    rows: list[Loaded]
+    blobs_ref: object
+    wanted: list[int]
+    deadline: float
+
+
 class _Pipeline:
     """One run's flow: read -> (driver: known?) -> decode -> encode -> (driver: commit)."""
 
@@ -327,6 +412,11 @@ class _Pipeline:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.read_limit = max(2, 2 * cpus)
         self.encoded = 0
+        self.decoding: dict = {}  # decode ref -> _Decode
+        # What has arrived and waits for the next commit (COMMIT_VECTORS, COMMIT_SECONDS).
+        self.rows: list[Loaded] = []
+        self.vectors: list[tuple] = []
+        self.since: float | None = None
 
     def _check_identity(self) -> None:
         """Before the first commit: every actor must have loaded the driver's model."""
@@ -341,69 +431,122 @@ class _Pipeline:
         self.checked = True
 
     def run(self) -> int:
+        with streaming_checkpoints(self.store):
+            return self._run()
+
+    def _run(self) -> int:
         rs, batch = self.ray_settings, self.settings.batch_size
         chunks = batched(self.staging.todo_paths(), rs.chunk)
         reading: dict = {}  # rows ref -> blobs ref
         encoding: dict = {}  # result ref -> encoder index
         busy = [0] * len(self.encoders)
-        groups: deque[list] = deque()  # decode refs waiting for an encoder
+        groups: deque[list] = deque()  # decoded refs waiting for an encoder
         group: list = []
         group_files, first = 0, True
         more = True
         while True:
-            while more and len(reading) < self.read_limit and len(groups) < 2 * len(self.encoders):
+            while more and len(reading) + len(self.decoding) < self.read_limit and len(groups) < 2 * len(self.encoders):
                 chunk = next(chunks, None)
                 if chunk is None:
                     more = False
                     break
                 rows_ref, blobs_ref = read_chunk.remote(chunk)
                 reading[rows_ref] = blobs_ref
-            if group and (group_files >= (rs.chunk if first else batch) or (not more and not reading)):
+            upstream = more or reading or self.decoding
+            if group and (group_files >= (rs.chunk if first else batch) or not upstream):
                 groups.append(group)
                 group, group_files, first = [], 0, False
             while groups and min(busy) < 2:
                 idx = busy.index(min(busy))
                 encoding[self.encoders[idx].encode.remote(*groups.popleft())] = idx
                 busy[idx] += 1
-            if not reading and not encoding and not groups and not group and not more:
+            in_flight = bool(reading or self.decoding or encoding)
+            self._maybe_commit(force=not in_flight)
+            if not in_flight and not groups and not group and not more:
                 log.info("%d encoded in %.1fs on Ray", self.encoded, time.monotonic() - self.started)
                 return self.encoded
-            if not reading and not encoding:
+            if not in_flight:
                 continue
-            ready, _ = ray.wait([*reading, *encoding], num_returns=1)
-            ready, _ = ray.wait([*reading, *encoding], num_returns=len(reading) + len(encoding), timeout=0)
-            rows: list[Loaded] = []
-            vectors: list[tuple] = []
+            ready, _ = ray.wait([*reading, *self.decoding, *encoding], num_returns=1, timeout=self._wait_seconds())
+            if ready:
+                ready, _ = ray.wait([*reading, *self.decoding, *encoding],
+                                    num_returns=len(reading) + len(self.decoding) + len(encoding), timeout=0)
             for ref in ready:
                 if ref in reading:
-                    blobs_ref = reading.pop(ref)
-                    done, decode_ref, n = self._after_read(ray.get(ref), blobs_ref)
-                    rows += done
-                    if decode_ref is not None:
-                        group.append(decode_ref)
-                        group_files += n
+                    self._after_read(ray.get(ref), reading.pop(ref))
+                elif ref in self.decoding:
+                    # Ready decodes only: an encoder call never waits on a decode that may hang.
+                    group.append(ref)
+                    group_files += len(self.decoding.pop(ref).wanted)
                 else:
                     busy[encoding.pop(ref)] -= 1
                     got_rows, meta, vecs = ray.get(ref)
-                    rows += got_rows
-                    vectors += [(h, v, w, ht) for (h, w, ht), v in zip(meta, vecs)]
-            if vectors and not self.checked:
-                self._check_identity()
-                log.info("first vectors %.1fs after the encoders were asked for", time.monotonic() - self.started)
-            self.encoded += commit(self.store, self.staging, rows, vectors)
-            self.progress.advance(len(rows))
+                    self._arrived(got_rows, [(h, v, w, ht) for (h, w, ht), v in zip(meta, vecs)])
+            self._overdue()
 
-    def _after_read(self, rows: list[Loaded], blobs_ref):
-        """Rows that are final now (errors, contents already stored), and a decode task for the rest."""
+    def _arrived(self, rows: list[Loaded], vectors: list[tuple] = ()) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+        self.rows += rows
+        self.vectors += vectors
+
+    def _wait_seconds(self) -> float | None:
+        """How long the driver may wait for results: until the next commit or decode deadline is due."""
+        due = [d.deadline for d in self.decoding.values()]
+        if self.since is not None:
+            due.append(self.since + COMMIT_SECONDS)
+        return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def _maybe_commit(self, force: bool = False) -> None:
+        """Commit what has arrived once enough has, or once the first of it has waited long enough."""
+        if self.since is None:
+            return
+        if not (force or len(self.vectors) >= COMMIT_VECTORS or time.monotonic() - self.since >= COMMIT_SECONDS):
+            return
+        if self.vectors and not self.checked:
+            self._check_identity()
+            log.info("first vectors %.1fs after the encoders were asked for", time.monotonic() - self.started)
+        rows, vectors = self.rows, self.vectors
+        self.rows, self.vectors, self.since = [], [], None
+        self.encoded += commit(self.store, self.staging, rows, vectors)
+        self.progress.advance(len(rows))
+
+    def _after_read(self, rows: list[Loaded], blobs_ref) -> None:
+        """Rows that are final now (errors, contents already stored) wait for a commit; a decode task takes the rest."""
         hashes = [r.hash for r in rows if r.hash]
         missing = self.store.catalog.missing_hashes(hashes) if hashes else set()
         wanted = [i for i, r in enumerate(rows) if r.hash in missing]
         decoding = set(wanted)
-        done = [r for i, r in enumerate(rows) if i not in decoding]
-        if not wanted:
-            return done, None, 0
-        ref = decode_chunk.remote(rows, blobs_ref, wanted, self.aligner.transform, self.settings.draft)
-        return done, ref, len(wanted)
+        self._arrived([r for i, r in enumerate(rows) if i not in decoding])
+        if wanted:
+            self._decode(rows, blobs_ref, wanted)
+
+    def _decode(self, rows: list[Loaded], blobs_ref, wanted: list[int]) -> None:
+        limit = self.settings.decode_seconds
+        ref = decode_chunk.remote(rows, blobs_ref, wanted, self.aligner.transform, self.settings.draft, limit)
+        deadline = time.monotonic() + (limit or 60.0) * (len(wanted) + 1) + DECODE_SLACK_S
+        self.decoding[ref] = _Decode(rows, blobs_ref, wanted, deadline)
+
+    def _overdue(self) -> None:
+        """Decode tasks past their deadline: a decoder stuck where the task's own limit cannot reach.
+
+        As the local path's worker pool does (retrieval.workers): the task is cancelled, which
+        kills its worker; each of its files is decoded again alone, and a file that overruns
+        alone too becomes an error row.
+        """
+        now = time.monotonic()
+        for ref, task in [(r, t) for r, t in self.decoding.items() if t.deadline <= now]:
+            del self.decoding[ref]
+            ray.cancel(ref, force=True)
+            if len(task.wanted) > 1:
+                log.warning("a decode task of %d files overran its limit: decoding them one by one", len(task.wanted))
+                for i in task.wanted:
+                    self._decode(task.rows, task.blobs_ref, [i])
+                continue
+            path = task.rows[task.wanted[0]].path
+            seconds = (self.settings.decode_seconds or 60.0) * 2 + DECODE_SLACK_S
+            log.warning("%s: decoding did not finish within %.0fs; skipped", path, seconds)
+            self._arrived([Loaded(path, error=f"decoding did not finish within {seconds:g}s (the worker was replaced)")])
 
 
 def _load_aligner(spec: str):
