@@ -291,3 +291,49 @@ def test_index_on_disk_with_ray_adds_the_shards_on_ray(ray_address, tmp_path, mi
     finally:
         for st in stores:
             st.close()
+
+
+# -- the per-file decode limit inside Ray tasks --------------------------------------------------
+def _slow_on_magic_size(block_alarm: bool):
+    """A transform that is pathologically slow on 77-pixel-wide images (as tests/test_faults.py's).
+
+    `block_alarm` also blocks SIGALRM, as a decoder stuck inside one C call would be deaf to
+    it: then only the driver's deadline, which cancels the task and its worker, saves the run.
+    """
+    from retrieval.transform import ImageTransform
+
+    class SlowOnMagicSize(ImageTransform):
+        def __call__(self, image):
+            if image.size[0] == 77:
+                import signal
+
+                if block_alarm:
+                    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+                time.sleep(600)
+            return super().__call__(image)
+
+    return SlowOnMagicSize(size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+@pytest.mark.parametrize("block_alarm", [False, True], ids=["slow-decode", "stuck-decoder"])
+def test_a_pathological_image_in_a_ray_decode_task_is_skipped_within_its_limit(ray_address, tmp_path, monkeypatch,
+                                                                                block_alarm):
+    from retrieval.cluster import ray_index
+
+    # Deadlines count from submission, so they include starting a new worker for the task
+    # after the stuck one was killed: seconds on this loaded machine.
+    monkeypatch.setattr(ray_index, "DECODE_SLACK_S", 10.0)
+    folder = tmp_path / "pics"
+    for i in range(20):
+        make_image(folder / f"{i:02d}.png", seed=i)
+    make_image(folder / "10-slow.png", seed=99, size=(77, 40))
+    aligner = ColorAligner()
+    aligner.transform = _slow_on_magic_size(block_alarm)  # defined here: Ray ships it by value
+    started = time.monotonic()
+    summary = _run(tmp_path / "idx", [folder], _ray_source(), aligner=aligner,
+                   settings=indexer.IndexSettings(decode_seconds=0.5))
+    took = time.monotonic() - started
+    assert summary.added == 20 and [Path(s["path"]).name for s in summary.skipped] == ["10-slow.png"]
+    reason = summary.skipped[0]["reason"]
+    assert ("worker was replaced" in reason) if block_alarm else reason.startswith("decoding took longer than 0.5s")
+    assert took < 120, took  # the 600 s decode was cut short
