@@ -3,7 +3,18 @@
 A filter is SQL over the catalog's ``images`` rows. The results of a filtered search are
 exactly the best k among the images that pass (not the best k overall with the failures
 dropped, which returns too few). How they are found depends on how many pass, as vector
-databases do it (thresholds measured by scripts/bench_filters.py, see docs/photo-library.md):
+databases do it (thresholds measured by scripts/bench_filters.py, see docs/photo-library.md).
+
+The filter is evaluated on the generation's columns kept in memory (retrieval/filter_columns.py):
+a boolean mask over the ids in a few milliseconds, which counts exactly how many pass. Then:
+
+- few (at most ``Plan.exact_max``, by index type): their vectors are read from the index's
+  own flat codes (the catalog's for 8-bit codes) and scored exactly;
+- more: the FAISS index is searched restricted to the mask (an ``IDSelectorBitmap`` made from
+  it, no id list); an IVF index probes more lists in proportion to 1/share.
+
+Where the columns cannot answer (a catalog holding dates not in canonical form, or the
+columns turned off), the filter runs in SQL, chosen the same way on an estimated share:
 
 - few (at most ``Plan.exact_max``, by index type): their vectors are read from the catalog and scored
   exactly, whatever the index type;
@@ -30,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval import filter_columns
 from retrieval import index as faiss_index
 from retrieval.catalog import Catalog
 from retrieval.errors import RetrievalError
@@ -213,6 +225,11 @@ def _camera_clause(catalog: Catalog, text: str) -> Clause:
     return Clause(f"--camera {text!r}", "(" + (" OR ".join(parts) or "0") + ")", args)
 
 
+def camera_matches(make: str | None, model: str | None, text: str) -> bool:
+    """Whether a camera passes ``--camera text`` (what :func:`_camera_clause` selects)."""
+    return (make is not None and _contains(make, text)) or (model is not None and _contains(model, text))
+
+
 def _contains(value: str, text: str) -> bool:
     # SQLite's LIKE folds ASCII case only; so does this, so both agree on every camera name.
     return _ascii_lower(text) in _ascii_lower(value)
@@ -235,22 +252,32 @@ def haversine_km(lat1, lon1, lat2, lon2) -> float | None:
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
+def near_box(lat: float, lon: float, km: float) -> tuple[tuple[float, float], tuple[str, float, float] | None]:
+    """The latitude range and the longitude test ("inside" west..east, or "outside" east..west
+    across the antimeridian; None: any longitude) of a box holding every point within `km`."""
+    dlat = km / _KM_PER_DEGREE
+    cos = math.cos(math.radians(min(90.0, abs(lat) + dlat)))
+    dlon = km / (_KM_PER_DEGREE * cos) if cos > 1e-6 else 360.0
+    lon_test = None
+    if dlon < 180:
+        west, east = lon - dlon, lon + dlon
+        if west < -180 or east > 180:  # the box crosses the antimeridian
+            lon_test = ("outside", west + 360 if west < -180 else west, east - 360 if east > 180 else east)
+        else:
+            lon_test = ("inside", west, east)
+    return (lat - dlat, lat + dlat), lon_test
+
+
 def _near_clause(catalog: Catalog, lat: float, lon: float, km: float) -> Clause:
     # The box (which an index on lat narrows) comes first; the exact distance, a Python
     # function, runs only on the rows inside it.
     catalog.db.conn.create_function("retrieval_km", 4, haversine_km, deterministic=True)
-    dlat = km / _KM_PER_DEGREE
-    sql, args = "lat BETWEEN ? AND ?", [lat - dlat, lat + dlat]
-    cos = math.cos(math.radians(min(90.0, abs(lat) + dlat)))
-    dlon = km / (_KM_PER_DEGREE * cos) if cos > 1e-6 else 360.0
-    if dlon < 180:
-        west, east = lon - dlon, lon + dlon
-        if west < -180 or east > 180:  # the box crosses the antimeridian
-            sql += " AND (lon >= ? OR lon <= ?)"
-            args += [west + 360 if west < -180 else west, east - 360 if east > 180 else east]
-        else:
-            sql += " AND lon BETWEEN ? AND ?"
-            args += [west, east]
+    (south, north), lon_test = near_box(lat, lon, km)
+    sql, args = "lat BETWEEN ? AND ?", [south, north]
+    if lon_test is not None:
+        kind, west, east = lon_test
+        sql += " AND (lon >= ? OR lon <= ?)" if kind == "outside" else " AND lon BETWEEN ? AND ?"
+        args += [west, east]
     sql += " AND retrieval_km(lat, lon, ?, ?) <= ?"
     args += [lat, lon, km]
     return Clause(f"--near {lat},{lon},{km}", f"({sql})", args)
@@ -261,7 +288,18 @@ def _near_clause(catalog: Catalog, lat: float, lon: float, km: float) -> Clause:
 class Plan:
     """Thresholds between the three ways of running a filtered search (see the module docstring)."""
 
-    #: Passing images scored from the catalog at most; None: by index type (below). Over the
+    #: Passing images scored exactly, at most, when the filter ran on the in-memory columns;
+    #: None: by index type. Over the exact index a restricted search is itself exact and costs
+    #: one bit test per stored vector; over an inverted file it must probe nprobe/share lists.
+    #: Measured by scripts/bench_filters.py (docs/photo-library.md).
+    mask_exact_max: int | None = None
+    mask_exact_max_flat: int = 2_000
+    mask_exact_max_ivf: int = 20_000
+    #: Evaluate the filter on the in-memory columns (retrieval/filter_columns.py) when they can.
+    columns: bool = True
+    #: Read missing columns now instead of on a thread of their own while this search runs in SQL.
+    wait_for_columns: bool = False
+    #: SQL path: passing images scored from the catalog at most; None: by index type (below). Over the
     #: exact index a restricted search costs one scan whatever passes, and scoring from the
     #: catalog (a B-tree lookup per image) ties with it near 100 images at 100,000. Over an
     #: inverted file a selective filter makes the restricted search probe every list: at
@@ -277,6 +315,8 @@ class Plan:
     sample: int = 1_000
     #: The last search's choice ("exact", "restrict", "overfetch" or "none"), for tests and benchmarks.
     chosen: str = ""
+    #: Where the last search evaluated the filter: "columns" or "sql".
+    evaluated: str = ""
 
 
 def search(
@@ -288,7 +328,14 @@ def search(
     Call inside the catalog snapshot the index belongs to.
     """
     plan = plan or Plan()
-    sql, args = where(filters.clauses(catalog))
+    clauses = filters.clauses(catalog)  # also refuses a filter this catalog cannot answer
+    columns = filter_columns.columns_for(catalog, wait=plan.wait_for_columns) if plan.columns else None
+    mask = columns.mask(filters) if columns is not None else None
+    if mask is not None:
+        plan.evaluated = "columns"
+        return _search_masked(catalog, index, queries, k, mask, factory, plan)
+    plan.evaluated = "sql"
+    sql, args = where(clauses)
     n = index.ntotal
     queries = np.ascontiguousarray(queries, np.float32)
     share = _estimated_share(catalog, sql, args, plan.sample) if n > 4 * plan.sample else None
@@ -323,6 +370,49 @@ def search(
     return scores, out
 
 
+def _search_masked(catalog, index, queries, k, mask, factory, plan) -> tuple[np.ndarray, np.ndarray]:
+    """The filtered search once the passing ids are a mask indexed by id."""
+    queries = np.ascontiguousarray(queries, np.float32)
+    count = int(np.count_nonzero(mask))
+    if count == 0:
+        plan.chosen = "none"
+        return _empty(len(queries), 0)
+    exact_max = plan.mask_exact_max
+    if exact_max is None:
+        exact_max = plan.mask_exact_max_ivf if faiss_index.inverted(index) else plan.mask_exact_max_flat
+    lookup = catalog.image_vectors_by_id
+    if count <= exact_max:
+        plan.chosen = "exact"
+        ids = np.flatnonzero(mask).astype(np.int64)
+        vectors = None if faiss_index.reranks(factory) else faiss_index.stored_vectors(index, ids)
+        if vectors is None:  # 8-bit codes: the exact vectors are the catalog's
+            return _exact(lookup(ids.tolist()), queries, k)
+        return top_k(ids, inner_products(queries, vectors), k)
+    plan.chosen = "restrict"
+    params = faiss_index.mask_params(index, mask, count / max(index.ntotal, 1))
+    return faiss_index.search_ranked(index, queries, min(k, count), factory=factory, lookup=lookup, params=params)
+
+
+def inner_products(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """(queries, vectors) inner products on this thread. numpy's matmul hands a product this
+    small to a BLAS thread team, which on a busy machine waits for a core: 33 ms against 1.7
+    for 20,000 x 384 at load 12 here."""
+    return np.einsum("ij,kj->ik", queries, vectors)
+
+
+def top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of (queries, len(ids)) `scores`, best first, equal scores by id (as a flat index)."""
+    k = min(k, len(ids))
+    out_scores, out = _empty(len(scores), k)
+    for row, s in enumerate(scores):
+        # A partition finds the k-th score; everything tying with it stays in, then a full order.
+        part = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
+        keep = np.flatnonzero(s >= s[part].min())
+        top = keep[np.lexsort((ids[keep], -s[keep]))][:k]
+        out_scores[row], out[row] = s[top], ids[top]
+    return out_scores, out
+
+
 def _empty(rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((rows, width), -np.inf, np.float32), np.full((rows, width), -1, np.int64)
 
@@ -345,7 +435,7 @@ def _exact(vectors: dict[int, np.ndarray], queries: np.ndarray, k: int) -> tuple
     order = np.argsort(ids)
     ids = ids[order]
     matrix = np.stack([vectors[int(i)] for i in ids])
-    scores_all = queries @ matrix.T
+    scores_all = inner_products(queries, matrix)
     k = min(k, len(ids))
     scores, out = _empty(len(queries), k)
     for row, s in enumerate(scores_all):

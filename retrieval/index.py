@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,6 +264,17 @@ def subset_params(index: faiss.Index, allowed: np.ndarray | None, share: float =
     The parameters keep the arrays they read alive (FAISS holds bare pointers).
     """
     selector, keep = (None, None) if allowed is None else _selector(np.asarray(allowed, np.int64))
+    return _params(index, selector, keep, share)
+
+
+def mask_params(index: faiss.Index, mask: np.ndarray, share: float) -> faiss.SearchParameters:
+    """As :func:`subset_params`, the allowed ids given as a bool array indexed by id: its bitmap
+    is packed in one pass, no id list is made."""
+    bitmap = np.packbits(np.asarray(mask, bool), bitorder="little")
+    return _params(index, faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)), bitmap, share)
+
+
+def _params(index: faiss.Index, selector, keep, share: float) -> faiss.SearchParameters | None:
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
@@ -278,6 +290,41 @@ def subset_params(index: faiss.Index, allowed: np.ndarray | None, share: float =
         params.sel = selector
     params.keep = (selector, keep)  # a Python attribute: lives as long as the parameters
     return params
+
+
+_direct_map_lock = threading.Lock()
+
+
+def stored_vectors(index: faiss.Index, ids: np.ndarray) -> np.ndarray | None:
+    """The exact vectors of `ids` from the index's own float32 codes (an exact ``IDMap2,Flat``
+    or an ``IVF...,Flat``), in the order given; None for other index types (8-bit codes).
+
+    An inverted file gets an id-to-list hash table the first time (about 40 bytes an id),
+    kept with the index object.
+    """
+    ids = np.ascontiguousarray(ids, np.int64)
+    if isinstance(index, faiss.IndexIDMap2):
+        if not isinstance(faiss.downcast_index(index.index), faiss.IndexFlat):
+            return None
+    else:
+        try:
+            ivf = faiss.extract_index_ivf(index)
+        except RuntimeError:
+            return None
+        if not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat):
+            return None
+        with _direct_map_lock:
+            if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    if not len(ids):
+        return np.zeros((0, index.d), np.float32)
+    # FAISS copies more than 1,000 vectors on an OpenMP team: on a busy machine it waits for cores.
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.reconstruct_batch(ids)
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def inverted(index: faiss.Index) -> bool:

@@ -1,4 +1,4 @@
-"""Filtered search against unfiltered search, and the three execution paths against each other.
+"""Filtered queries against unfiltered ones, whole (text encoding included) and search alone.
 
 For each size (100,000 and 1,000,000 vectors), a real index folder is filled through the
 engine's code (scripts/bench_search.py's clustered vectors, catalog rows and FAISS file),
@@ -7,14 +7,22 @@ and a camera model whose text holds tokens passing 0.1%, 1%, 10% and 50% of the 
 Metadata is independent of the vectors, so the nearest passing images are as far out as
 they can be for that share.
 
-Measured, for 200 single queries per filter (`--queries`):
-- p50 / p99 latency of the engine's search (query.search_vectors: index, filter, catalog rows)
-  with no filter and with date filters (indexed column) and camera filters (LIKE, no index)
-  passing 0.1%, 1%, 10% and 50%;
-- recall@10 against an exact filtered search (all passing vectors scored by brute force);
-- which path the engine chose; and, for the thresholds, each path forced at each share.
+Measured in one run, over `--queries` distinct query texts:
+- the WHOLE query as `retrieval.api.Index.search` runs it for a text (the `default` aligner
+  encodes the text, its cache of recent texts turned off; then filter, search, catalog rows),
+  unfiltered and with date and camera filters passing 0.1%, 1%, 10% and 50%;
+- the search alone (`query.search_vectors` on the same text's vector), the same configurations;
+- p50 / p99 of each, and the ratios filtered / unfiltered of both; configurations are timed
+  round-robin, query by query, so a change of the machine's load hits all of them alike;
+- recall@10 against an exact filtered search (all passing vectors scored by brute force), for
+  the text queries and for queries near the data (perturbed stored vectors);
+- the one-time cost of a generation's first filtered query (the columns read into memory);
+- for the thresholds: each path forced at each share of a date filter, with the SQL-evaluated
+  filter (the code before the columns) beside them.
 
-    .venv/bin/python scripts/bench_filters.py [--sizes 100000 1000000] [--out bench-out/filters.json]
+    .venv/bin/python scripts/bench_filters.py [--sizes 100000 1000000] [--queries 100] [--out bench-out/filters.json]
+
+`--work DIR` keeps the filled index folders there and reuses them on the next run.
 """
 
 from __future__ import annotations
@@ -34,11 +42,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_search import DIM, clustered, fill_catalog  # noqa: E402
 
+from retrieval import filter_columns, resident  # noqa: E402
 from retrieval import filters as filtered  # noqa: E402
 from retrieval import index as faiss_index  # noqa: E402
+from retrieval.api import open_index  # noqa: E402
 from retrieval.filters import Filters  # noqa: E402
 from retrieval.query import search_vectors  # noqa: E402
 from retrieval.store import IndexStore  # noqa: E402
+from retrieval.textcache import TextVectorCache  # noqa: E402
 
 SHARES = [0.001, 0.01, 0.1, 0.5]
 START = datetime(2015, 1, 1)
@@ -74,38 +85,36 @@ def camera_filter(share: float) -> Filters:
     return Filters.parse(camera=f"p{share:g}")
 
 
-def exact_filtered(store: IndexStore, data: np.ndarray, queries: np.ndarray, filters: Filters, k: int = 10) -> list[list[int]]:
+SUBJECTS = ["a dog", "a red car", "a beach at sunset", "two children", "a mountain lake", "a birthday cake",
+            "an old church", "a cat on a sofa", "a city street at night", "a bowl of soup"]
+PLACES = ["in the snow", "in a garden", "by the sea", "in a kitchen", "at a market", "in the rain", "on a bridge",
+          "in a forest", "at a party", "in a museum"]
+
+
+def query_texts(count: int) -> list[str]:
+    """Distinct texts of similar length (the encoder's cost grows with it)."""
+    texts = [f"{s} {p}" for s in SUBJECTS for p in PLACES]
+    return [t if i < len(texts) else f"{t}, photo {i // len(texts)}" for i, t in enumerate(texts * (count // len(texts) + 1))][:count]
+
+
+def configurations() -> dict[str, Filters | None]:
+    out: dict[str, Filters | None] = {"unfiltered": None}
+    for share in SHARES:
+        out[f"date {share:g}"] = date_filter(share)
+        out[f"camera {share:g}"] = camera_filter(share)
+    return out
+
+
+def exact_filtered(store: IndexStore, data: np.ndarray, queries: np.ndarray, filters: Filters | None, k: int = 10) -> list[list[int]]:
     """The true top k among the passing images, for each query (brute force over their vectors)."""
-    sql, args = filtered.where(filters.clauses(store.catalog))
-    ids = np.fromiter((r[0] for r in store.catalog.db.execute(f"SELECT id FROM images WHERE {sql}", args)), np.int64)
+    if filters is None:
+        ids = np.arange(1, len(data) + 1)
+    else:
+        sql, args = filtered.where(filters.clauses(store.catalog))
+        ids = np.fromiter((r[0] for r in store.catalog.db.execute(f"SELECT id FROM images WHERE {sql}", args)), np.int64)
     scores = data[ids - 1] @ queries.T
     top = np.argsort(-scores, axis=0, kind="stable")[:k]
     return [ids[top[:, j]].tolist() for j in range(len(queries))]
-
-
-def timed(store: IndexStore, queries: np.ndarray, filters: Filters | None) -> tuple[float, float, list[list[int]]]:
-    times, found = [], []
-    for q in queries:
-        t = time.perf_counter()
-        hits = search_vectors(store, q[None], 10, filters=filters)[0]
-        times.append(time.perf_counter() - t)
-        found.append([h.id for h in hits])
-    ms = np.array(times) * 1000
-    return float(np.median(ms)), float(np.percentile(ms, 99)), found
-
-
-def forced(store: IndexStore, queries: np.ndarray, filters: Filters, plan: filtered.Plan) -> tuple[float, list[list[int]]]:
-    """p50 ms of the filtered search alone (index read, filter, ranking) with a forced path."""
-    catalog = store.catalog
-    times, found = [], []
-    for q in queries:
-        t = time.perf_counter()
-        with catalog.snapshot():
-            index = faiss_index.read(store.faiss_path("images", catalog.generation), mmap=True)
-            _, ids = filtered.search(catalog, index, q[None], 10, filters, factory=catalog.get_meta("index_factory"), plan=plan)
-        times.append(time.perf_counter() - t)
-        found.append([int(i) for i in ids[0] if i >= 0])
-    return float(np.median(np.array(times) * 1000)), found
 
 
 def recall(truth: list[list[int]], got: list[list[int]]) -> float:
@@ -113,60 +122,144 @@ def recall(truth: list[list[int]], got: list[list[int]]) -> float:
     return round(hits / max(sum(len(t) for t in truth), 1), 4)
 
 
-def bench_size(n: int, centers: np.ndarray, work: Path, n_queries: int) -> dict:
-    started = time.perf_counter()
+def summary(ms: list[float]) -> dict:
+    return {"p50": round(float(np.median(ms)), 2), "p99": round(float(np.percentile(ms, 99)), 2)}
+
+
+def round_robin(idx, texts: list[str], vectors: np.ndarray, configs: dict) -> tuple[dict, dict, dict]:
+    """Whole-query and search-alone times of every configuration, query by query; and the ids found."""
+    whole = {name: [] for name in configs}
+    alone = {name: [] for name in configs}
+    found = {name: [] for name in configs}
+    loads = []
+    for text, vector in zip(texts, vectors):
+        for name, f in configs.items():
+            t = time.perf_counter()
+            idx.search(text, k=10, filters=f)
+            whole[name].append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            hits = search_vectors(idx.store, vector[None], 10, filters=f)[0]
+            alone[name].append((time.perf_counter() - t) * 1000)
+            found[name].append([h.id for h in hits])
+        loads.append(os.getloadavg()[0])
+    return whole, alone, {"found": found, "load": (min(loads), max(loads))}
+
+
+def forced(store: IndexStore, queries: np.ndarray, filters: Filters, plan: filtered.Plan) -> tuple[float, list[list[int]]]:
+    """p50 ms of the filtered search alone (filter, ranking; the loaded index) with a forced path."""
+    catalog = store.catalog
+    times, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        with catalog.snapshot():
+            index = resident.faiss_for(store, "images", store.faiss_path("images", catalog.generation))
+            _, ids = filtered.search(catalog, index, q[None], 10, filters, factory=catalog.get_meta("index_factory"), plan=plan)
+        times.append(time.perf_counter() - t)
+        found.append([int(i) for i in ids[0] if i >= 0])
+    return round(float(np.median(np.array(times) * 1000)), 2), found
+
+
+def build(n: int, centers: np.ndarray, folder: Path) -> tuple[IndexStore, np.ndarray, dict]:
     data = clustered(n, DIM, seed=n, centers=centers)
+    if (folder / "catalog.db").exists():
+        return IndexStore.open(folder), data, {"reused": str(folder)}
+    started = time.perf_counter()
     factory = faiss_index.factory_for(n)
     index, info = faiss_index.build(np.arange(1, n + 1, dtype=np.int64), data, factory=factory)
-    store = fill_catalog(work / f"idx-{n}", data, index)
+    store = fill_catalog(folder, data, index)
     store.catalog.set_meta(index_nprobe=info.nprobe, index_recall_at_10=info.recall_at_10)
     del index
     add_metadata(store, n, seed=n + 1)
-    row: dict = {"n": n, "index": factory, "nprobe": info.nprobe, "setup_s": round(time.perf_counter() - started, 1)}
-    queries = clustered(n_queries, DIM, seed=7, centers=centers)
-    timed(store, queries[:5], None)  # warm the page cache
-    row["unfiltered_ms_p50"], row["unfiltered_ms_p99"], _ = timed(store, queries, None)
-    row["filters"] = []
-    for kind, make in (("date", date_filter), ("camera", camera_filter)):
-        for share in SHARES:
-            f = make(share)
-            plan = filtered.Plan()
-            forced(store, queries[:1], f, plan)
-            p50, p99, got = timed(store, queries, f)
-            truth = exact_filtered(store, data, queries, f)
-            entry = {
-                "filter": kind, "share": share, "path": plan.chosen, "ms_p50": round(p50, 2), "ms_p99": round(p99, 2),
-                "x_unfiltered_p50": round(p50 / row["unfiltered_ms_p50"], 2), "recall_at_10": recall(truth, got),
-                "load_1min": os.getloadavg()[0],
-            }
-            row["filters"].append(entry)
-            print(json.dumps(entry), file=sys.stderr, flush=True)
-    # The thresholds: every path forced at each share of a date filter (fewer queries: the slow ones are slow).
-    row["paths"] = []
-    few = queries[: max(10, n_queries // 10)]
-    for share in [0.001, 0.005, 0.01, 0.05, 0.1, 0.5]:
+    return store, data, {"setup_s": round(time.perf_counter() - started, 1)}
+
+
+def bench_size(n: int, centers: np.ndarray, work: Path, n_queries: int) -> dict:
+    store, data, row = build(n, centers, work / f"idx-{n}")
+    folder = store.folder
+    store.close()
+    row.update({"n": n, "index": faiss_index.factory_for(n)})
+    configs = configurations()
+    idx = open_index(str(folder))
+    idx.text_cache = TextVectorCache(0)  # every query encodes its text
+    row["nprobe"] = idx.store.catalog.get_meta("index_nprobe")
+    texts = query_texts(n_queries)
+    vectors = np.concatenate([idx.encode_texts([t]) for t in texts])
+    idx.search("warm up", k=10)
+    # A generation's first filtered query runs in SQL and starts reading the columns behind it.
+    t = time.perf_counter()
+    search_vectors(idx.store, vectors[:1], 10, filters=configs["date 0.01"])
+    row["first_filtered_search_ms"] = round((time.perf_counter() - t) * 1000, 1)
+    catalog = idx.store.catalog
+    while True:
+        with catalog.snapshot():
+            columns = filter_columns.columns_for(catalog)
+        if columns is not None:
+            break
+        time.sleep(0.01)
+    row["columns_read_s"], row["columns_mb"] = round(time.perf_counter() - t, 2), round(columns.nbytes / 1e6, 1)
+    # An exact path's first use over an inverted file builds its id-to-list table.
+    t = time.perf_counter()
+    search_vectors(idx.store, vectors[:1], 10, filters=configs["date 0.001"])
+    row["first_exact_path_ms"] = round((time.perf_counter() - t) * 1000, 1)
+    for f in configs.values():  # warm every path once
+        idx.search(texts[0], k=10, filters=f)
+    whole, alone, extra = round_robin(idx, texts, vectors, configs)
+    row["load_1min_during"] = extra["load"]
+    near = clustered(n_queries, DIM, seed=7, centers=centers)
+    rows = []
+    base_whole, base_alone = summary(whole["unfiltered"]), summary(alone["unfiltered"])
+    for name, f in configs.items():
+        plan = filtered.Plan()
+        if f is not None:
+            forced(idx.store, vectors[:1], f, plan)
+        near_found = [[h.id for h in search_vectors(idx.store, q[None], 10, filters=f)[0]] for q in near]
+        entry = {
+            "config": name, "path": plan.chosen or "unfiltered",
+            "whole_ms": summary(whole[name]), "search_ms": summary(alone[name]),
+            "whole_x_unfiltered_p50": round(summary(whole[name])["p50"] / base_whole["p50"], 2),
+            "search_x_unfiltered_p50": round(summary(alone[name])["p50"] / base_alone["p50"], 2),
+            "recall_at_10_text": recall(exact_filtered(idx.store, data, vectors, f), extra["found"][name]),
+            "recall_at_10_near": recall(exact_filtered(idx.store, data, near, f), near_found),
+        }
+        rows.append(entry)
+        print(json.dumps(entry), file=sys.stderr, flush=True)
+    row["queries"] = rows
+    row["paths"] = forced_paths(idx.store, data, n, near[: max(10, n_queries // 5)])
+    idx.close()
+    return row
+
+
+def forced_paths(store: IndexStore, data: np.ndarray, n: int, few: np.ndarray) -> list[dict]:
+    """Each path forced at each share of a date filter (the thresholds), p50 ms and recall@10."""
+    out = []
+    for share in [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5]:
         f = date_filter(share)
         truth = exact_filtered(store, data, few, f)
         entry = {"share": share, "passing": int(share * n)}
-        for name, plan in (("exact", filtered.Plan(exact_max=n, restrict_max=n)),
-                           ("restrict", filtered.Plan(exact_max=0, restrict_max=n)),
-                           ("overfetch", filtered.Plan(exact_max=0, restrict_max=0))):
-            if name == "exact" and share * n > 50_000:
-                continue  # reading that many vectors from SQLite takes seconds per query
+        plans = {
+            "mask_exact": filtered.Plan(mask_exact_max=n, wait_for_columns=True),
+            "mask_restrict": filtered.Plan(mask_exact_max=0, wait_for_columns=True),
+            "sql_default": filtered.Plan(columns=False),
+        }
+        for name, plan in plans.items():
+            if name == "mask_exact" and share * n > 100_000:
+                continue  # a gather of that many vectors is far slower than the restricted search
             ms, got = forced(store, few, f, plan)
-            entry[f"{name}_ms_p50"], entry[f"{name}_recall"] = round(ms, 2), recall(truth, got)
+            entry[f"{name}_ms_p50"], entry[f"{name}_recall"] = ms, recall(truth, got)
+            if name == "sql_default":
+                entry["sql_default_path"] = plan.chosen
         entry["load_1min"] = os.getloadavg()[0]
-        row["paths"].append(entry)
+        out.append(entry)
         print(json.dumps(entry), file=sys.stderr, flush=True)
-    store.close()
-    return row
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--out", default="bench-out/filters.json")
+    parser.add_argument("--work", default=None, help="Keep the filled index folders here and reuse them.")
     args = parser.parse_args()
     report = {
         "date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -176,8 +269,10 @@ def main() -> None:
     centers = np.random.default_rng(0).normal(0, 1, (1000, DIM)).astype(np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        work = Path(args.work) if args.work else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for n in args.sizes:
-            report["sizes"].append(bench_size(n, centers, Path(tmp), args.queries))
+            report["sizes"].append(bench_size(n, centers, work, args.queries))
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(report, indent=2))
     report["load_average_1min_end"] = os.getloadavg()[0]

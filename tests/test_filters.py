@@ -4,6 +4,7 @@ three execution paths agreeing, empty results explained, bad values refused, and
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,9 @@ from conftest import make_image
 from PIL import Image
 from test_exif import tagged
 
+from retrieval import filter_columns, indexer
 from retrieval import filters as filtered
 from retrieval import index as faiss_index
-from retrieval import indexer
 from retrieval.cli import main
 from retrieval.filters import FilterError, Filters
 from retrieval.store import IndexStore
@@ -150,16 +151,22 @@ def test_execution_paths_agree(library, name):
     filters = _filters(_cases(photos)[name])
     query = np.random.default_rng(7).normal(size=aligner.dim).astype(np.float32)
     query /= np.linalg.norm(query)
-    got = {}
-    for chosen, plan in {
-        "exact": filtered.Plan(exact_max=10_000, restrict_max=10_000, sample=10),
-        "restrict": filtered.Plan(exact_max=0, restrict_max=10_000, sample=10),
-        "overfetch": filtered.Plan(exact_max=0, restrict_max=0, sample=10),
-    }.items():
-        got[chosen] = engine(store, query, 5, filters, plan)
-        assert plan.chosen == chosen
-    assert got["exact"] == got["restrict"] == got["overfetch"]
-    assert got["exact"] == brute_force(store, query, 5, _reference_args(_cases(photos)[name]))
+    want = brute_force(store, query, 5, _reference_args(_cases(photos)[name]))
+    for path, plan in _all_paths().items():
+        assert engine(store, query, 5, filters, plan) == want, path
+        assert plan.chosen == path.split()[-1]
+        assert plan.evaluated == ("columns" if path.startswith("mask") else "sql")
+
+
+def _all_paths() -> dict[str, filtered.Plan]:
+    """Every execution path, forced: on the in-memory columns (mask) and in SQL."""
+    return {
+        "mask exact": filtered.Plan(mask_exact_max=10_000, wait_for_columns=True),
+        "mask restrict": filtered.Plan(mask_exact_max=0, wait_for_columns=True),
+        "sql exact": filtered.Plan(columns=False, exact_max=10_000, restrict_max=10_000, sample=10),
+        "sql restrict": filtered.Plan(columns=False, exact_max=0, restrict_max=10_000, sample=10),
+        "sql overfetch": filtered.Plan(columns=False, exact_max=0, restrict_max=0, sample=10),
+    }
 
 
 def test_nothing_passes_says_which_filter(library):
@@ -312,8 +319,102 @@ def test_inverted_file_paths_match_brute_force(library):
     for name in ("after", "camera", "combined"):
         case = _cases(photos)[name]
         want = brute_force(store, query, 5, _reference_args(case))
-        for plan in (filtered.Plan(exact_max=0, restrict_max=10_000, sample=10),
-                     filtered.Plan(exact_max=0, restrict_max=0, sample=10), filtered.Plan(sample=10)):
+        for path, plan in {**_all_paths(), "default": filtered.Plan(sample=10)}.items():
             with catalog.snapshot():
                 _, got = filtered.search(catalog, ivf, query[None], 5, _filters(case), plan=plan)
-            assert [int(i) for i in got[0] if i >= 0] == want, (name, plan.chosen)
+            assert [int(i) for i in got[0] if i >= 0] == want, (name, path, plan.chosen)
+            assert path == "default" or (plan.chosen, plan.evaluated[0]) == (path.split()[-1], path[0].replace("m", "c"))
+
+
+# -- the in-memory columns (retrieval/filter_columns.py) --------------------------------------
+def _sql_ids(store: IndexStore, filters: Filters) -> list[int]:
+    sql, args = filtered.where(filters.clauses(store.catalog))
+    return sorted(r[0] for r in store.catalog.db.execute(f"SELECT id FROM images WHERE {sql}", args))
+
+
+@pytest.mark.parametrize("case", [
+    *({"name": n} for n in _cases(Path("/x"))),
+    {"near": (35.0, 179.9, 300)}, {"near": (48.86, 2.35, 20_000)}, {"near": (89.9, 0.0, 50)},
+    {"camera": "o"}, {"camera": "CANON"}, {"folders": ["/"]}, {"before": "2021"}, {"min_width": 97, "min_height": 48},
+])
+def test_column_mask_selects_what_sql_selects(library, case):
+    """Each filter on the cached columns passes exactly the images its SQL passes."""
+    store, photos, _ = library
+    filters = _filters(_cases(photos)[case["name"]] if "name" in case else case)
+    with store.catalog.snapshot():
+        mask = filter_columns.columns_for(store.catalog, wait=True).mask(filters)
+    assert mask is not None
+    assert np.flatnonzero(mask).tolist() == _sql_ids(store, filters)
+
+
+def test_columns_are_read_once_per_generation(tmp_path, color_aligner):
+    """The first filtered search of a generation runs in SQL and reads the columns behind it; the
+    next ones use them; a new generation (an index run that changed files) is read again."""
+    photos = tmp_path / "photos"
+    _library(photos)
+    store = IndexStore.open(tmp_path / "idx", create=True)
+    indexer.run(store, color_aligner, [photos])
+    catalog = store.catalog
+    query = np.ones(48, np.float32) / math.sqrt(48)
+    leica, plan = Filters.parse(camera="leica"), filtered.Plan()
+    assert engine(store, query, 5, leica, plan) == [] and plan.evaluated == "sql"
+    first = _columns_when_read(catalog)
+    assert engine(store, query, 5, leica, plan) == [] and plan.evaluated == "columns"
+    with catalog.snapshot():
+        assert filter_columns.columns_for(catalog) is first
+    added = make_image(photos / "f0" / "new.png", seed=999, size=(80, 60))
+    with Image.open(added) as im:
+        added.write_bytes(tagged(im.convert("RGB"), make="Leica Camera AG", model="Q2", taken="2024:05:01 10:00:00", fmt="PNG"))
+    (photos / "f1" / "img01.png").unlink()
+    indexer.run(store, color_aligner, [photos])
+    new_id = catalog.db.execute("SELECT id FROM images WHERE path LIKE '%new.png'").fetchone()[0]
+    assert engine(store, query, 5, leica, plan) == [new_id] and plan.evaluated == "sql"  # the old columns are not used
+    second = _columns_when_read(catalog)
+    assert second is not first and second.generation == first.generation + 1
+    assert engine(store, query, 5, leica, plan) == [new_id] and plan.evaluated == "columns"
+    everything = Filters.parse(after="2000-01-01")
+    assert engine(store, query, 100, everything, plan) == brute_force(store, query, 100, {"after": everything.after})
+    store.close()
+
+
+def _columns_when_read(catalog, seconds: float = 30.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with catalog.snapshot():
+            columns = filter_columns.columns_for(catalog)
+        if columns is not None:
+            return columns
+        time.sleep(0.05)
+    raise AssertionError("the filter columns were not read in time")
+
+
+def test_dates_not_in_canonical_form_fall_back_to_sql(library):
+    store, _, aligner = library
+    catalog = store.catalog
+    odd = Filters.parse(after="2022-01-01")
+    with catalog.snapshot():
+        columns = filter_columns.read_columns(catalog.db.conn, catalog.generation, True)
+    assert columns.taken is not None
+    conn = catalog.db.conn
+    first, taken = conn.execute("SELECT id, taken FROM images WHERE taken IS NOT NULL LIMIT 1").fetchone()
+    conn.execute("UPDATE images SET taken = ? WHERE id = ?", [taken[:10], first])  # a date without its time
+    try:
+        with catalog.snapshot():
+            columns = filter_columns.read_columns(catalog.db.conn, catalog.generation, True)
+        assert columns.taken is None and columns.mask(odd) is None
+        assert columns.mask(Filters.parse(camera="nikon")) is not None  # other filters still use the columns
+    finally:
+        conn.execute("UPDATE images SET taken = ? WHERE id = ?", [taken, first])
+
+
+def test_stored_vectors_are_the_catalogs(library):
+    """The exact path reads vectors from the index's own flat codes: the catalog's, bit for bit."""
+    store, _, _ = library
+    ids, vectors = (np.concatenate(x) for x in zip(*store.catalog.image_vectors()))
+    picks = ids[::7][::-1].copy()
+    want = vectors[np.searchsorted(ids, picks)]
+    for factory in ("IDMap2,Flat", "IVF4,Flat"):
+        index, _ = faiss_index.build(ids, vectors, factory=factory)
+        assert np.array_equal(faiss_index.stored_vectors(index, picks), want), factory
+    sq8, _ = faiss_index.build(ids, vectors, factory="IDMap2,SQ8")
+    assert faiss_index.stored_vectors(sq8, picks) is None  # 8-bit codes: the catalog's vectors are used
