@@ -294,7 +294,7 @@ class Plan:
     #: Measured by scripts/bench_filters.py (docs/photo-library.md).
     mask_exact_max: int | None = None
     mask_exact_max_flat: int = 2_000
-    mask_exact_max_ivf: int = 20_000
+    mask_exact_max_ivf: int = 3_000
     #: Evaluate the filter on the in-memory columns (retrieval/filter_columns.py) when they can.
     columns: bool = True
     #: Read missing columns now instead of on a thread of their own while this search runs in SQL.
@@ -321,11 +321,12 @@ class Plan:
 
 def search(
     catalog: Catalog, index, queries: np.ndarray, k: int, filters: Filters, *,
-    factory: str | None = None, plan: Plan | None = None,
+    factory: str | None = None, plan: Plan | None = None, rerank: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids) of the best k passing images per query; ids -1 pad short rows.
 
-    Call inside the catalog snapshot the index belongs to.
+    Call inside the catalog snapshot the index belongs to. `rerank`: candidates per result
+    that an index of 8-bit codes re-scores (the catalog's ``index_rerank``).
     """
     plan = plan or Plan()
     clauses = filters.clauses(catalog)  # also refuses a filter this catalog cannot answer
@@ -333,7 +334,7 @@ def search(
     mask = columns.mask(filters) if columns is not None else None
     if mask is not None:
         plan.evaluated = "columns"
-        return _search_masked(catalog, index, queries, k, mask, factory, plan)
+        return _search_masked(catalog, index, queries, k, mask, factory, plan, rerank)
     plan.evaluated = "sql"
     sql, args = where(clauses)
     n = index.ntotal
@@ -360,9 +361,11 @@ def search(
     if ids is not None:
         plan.chosen = "restrict"
         params = faiss_index.subset_params(index, ids, share)
-        return faiss_index.search_ranked(index, queries, min(k, len(ids)), factory=factory, lookup=lookup, params=params)
+        return faiss_index.search_ranked(
+            index, queries, min(k, len(ids)), factory=factory, lookup=lookup, params=params, rerank=rerank
+        )
     plan.chosen = "overfetch"
-    rows = [_overfetch(catalog, index, q[None], k, sql, args, share, factory) for q in queries]
+    rows = [_overfetch(catalog, index, q[None], k, sql, args, share, factory, rerank) for q in queries]
     width = max((len(r[1]) for r in rows), default=0)
     scores, out = _empty(len(queries), width)
     for i, (s, found) in enumerate(rows):
@@ -370,7 +373,7 @@ def search(
     return scores, out
 
 
-def _search_masked(catalog, index, queries, k, mask, factory, plan) -> tuple[np.ndarray, np.ndarray]:
+def _search_masked(catalog, index, queries, k, mask, factory, plan, rerank=None) -> tuple[np.ndarray, np.ndarray]:
     """The filtered search once the passing ids are a mask indexed by id."""
     queries = np.ascontiguousarray(queries, np.float32)
     count = int(np.count_nonzero(mask))
@@ -390,7 +393,9 @@ def _search_masked(catalog, index, queries, k, mask, factory, plan) -> tuple[np.
         return top_k(ids, inner_products(queries, vectors), k)
     plan.chosen = "restrict"
     params = faiss_index.mask_params(index, mask, count / max(index.ntotal, 1))
-    return faiss_index.search_ranked(index, queries, min(k, count), factory=factory, lookup=lookup, params=params)
+    return faiss_index.search_ranked(
+        index, queries, min(k, count), factory=factory, lookup=lookup, params=params, rerank=rerank
+    )
 
 
 def inner_products(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
@@ -445,14 +450,16 @@ def _exact(vectors: dict[int, np.ndarray], queries: np.ndarray, k: int) -> tuple
     return scores, out
 
 
-def _overfetch(catalog, index, query, k, sql, args, share, factory) -> tuple[np.ndarray, np.ndarray]:
+def _overfetch(catalog, index, query, k, sql, args, share, factory, rerank=None) -> tuple[np.ndarray, np.ndarray]:
     """Candidates from the whole index, checked against the filter, widened until k pass."""
     n = index.ntotal
     fetch = min(n, math.ceil(k / max(share, 1e-6) * 1.5) + 16)
     lookup = catalog.image_vectors_by_id
     while True:
         params = faiss_index.subset_params(index, None, min(1.0, k / fetch))
-        scores, ids = faiss_index.search_ranked(index, query, fetch, factory=factory, lookup=lookup, params=params)
+        scores, ids = faiss_index.search_ranked(
+            index, query, fetch, factory=factory, lookup=lookup, params=params, rerank=rerank
+        )
         scores, ids = scores[0], ids[0]
         found = [int(i) for i in ids if i >= 0]
         passing = _passing(catalog, found, sql, args)

@@ -6,10 +6,12 @@ positions. Vectors are L2-normalized, so inner product is cosine similarity.
 
 The index type follows the collection size and the memory it may take: exact
 (``IDMap2,Flat``) up to ``EXACT_LIMIT`` vectors, an inverted file above it whose ``nprobe``
-is raised until recall@10 against exact search reaches ``TARGET_RECALL`` on a sample of the
-data. When float32 vectors would not fit the memory limit, the index keeps 8-bit codes
-instead (``SQ8``, a quarter of the memory), and searches re-score ``RERANK_FACTOR`` times k
-candidates with the exact vectors, which stay on disk in the catalog.
+is raised until recall@10 against exact search reaches ``TARGET_RECALL`` on the queries users
+send (:mod:`retrieval.probes`: image-like queries near the data and text queries far from
+it, each set on its own). When float32 vectors would not fit the memory limit, the index
+keeps 8-bit codes instead (``SQ8``, a quarter of the memory), and searches re-score
+``rerank`` times k candidates (at least ``RERANK_FACTOR``; tuned with ``nprobe``) with the
+exact vectors, which stay on disk in the catalog.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
+from retrieval import probes as tuning_queries
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +44,27 @@ class IndexInfo:
     factory: str
     ntotal: int
     nprobe: int | None = None
+    #: The lowest recall@10 against exact search of the query sets tuned on (see `recall_by_queries`).
     recall_at_10: float | None = None
+    #: Candidates per result that searches re-score exactly (8-bit codes only).
+    rerank: int | None = None
+    #: Recall@10 of each query set at the chosen settings: {"near": ..., "far": ...}.
+    recall_by_queries: dict | None = None
+    #: What the recall was measured on, in words (recorded in the catalog, shown by `retrieval info`).
+    tuned_on: str | None = None
 
 
-#: Candidates fetched per result from an index of 8-bit codes, then re-scored exactly.
+#: Candidates fetched per result from an index of 8-bit codes, then re-scored exactly: the
+#: least, and the width of indexes built before it was tuned. The build's tuning may choose
+#: a wider one from RERANK_CHOICES (IndexInfo.rerank, stored in the catalog as index_rerank).
 RERANK_FACTOR = 4
+RERANK_CHOICES = (4, 8, 16, 32)
+#: What re-scoring one candidate costs, in list entries scanned: a catalog lookup of a float32
+#: vector took about 17 us at 1M (0.7 ms for 40), a scan of one 8-bit code about 60 ns (all
+#: 1M codes in 59.6 ms; docs/search.md). The tuning minimizes nprobe * list size + this * candidates.
+LOOKUP_COST = 300
+#: Stored vectors drawn for the tuning queries (near ones, and the stand-in's covariance).
+PROBE_SAMPLE = 4096
 
 
 def factory_for(n: int, dim: int | None = None, memory_limit: int | None = None) -> str:
@@ -76,17 +96,27 @@ TRAIN_SAMPLE = 100_000
 MIN_POINTS_PER_LIST = 20
 
 
-def build(ids: np.ndarray, vectors: np.ndarray, factory: str | None = None) -> tuple[faiss.Index, IndexInfo]:
+#: A text encoder (texts -> normalized vectors), the aligner's: far tuning queries are real text.
+TextEncoder = Callable[[list[str]], np.ndarray]
+
+
+def build(
+    ids: np.ndarray, vectors: np.ndarray, factory: str | None = None, encode_texts: TextEncoder | None = None
+) -> tuple[faiss.Index, IndexInfo]:
     """Build an index over `vectors` with catalog `ids` (exact or IVF by size)."""
     dim = vectors.shape[1]
-    return build_streamed(lambda: [(ids, vectors)], len(vectors), dim, factory)
+    return build_streamed(lambda: [(ids, vectors)], len(vectors), dim, factory, encode_texts)
 
 
-def build_streamed(chunks: Chunks, n: int, dim: int, factory: str | None = None) -> tuple[faiss.Index, IndexInfo]:
+def build_streamed(
+    chunks: Chunks, n: int, dim: int, factory: str | None = None, encode_texts: TextEncoder | None = None
+) -> tuple[faiss.Index, IndexInfo]:
     """Build an index over `n` vectors that arrive in chunks, never all in memory at once.
 
-    Passes: a training sample (IVF only), adding, and tuning ``nprobe`` (IVF only). Peak
-    memory is the index itself plus one chunk and the samples.
+    Passes: a training sample (IVF only), adding, and tuning ``nprobe`` and the re-scoring
+    width (IVF or 8-bit codes). `encode_texts`: the aligner's, so that the far tuning queries
+    are real text (:mod:`retrieval.probes`); without it a model-free stand-in takes their
+    place. Peak memory is the index itself plus one chunk and the samples.
     """
     factory = factory or factory_for(n)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -105,7 +135,8 @@ def build_streamed(chunks: Chunks, n: int, dim: int, factory: str | None = None)
         if len(ids):
             index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
     if n and (isinstance(index, faiss.IndexIVF) or reranks(factory)):
-        info.nprobe, info.recall_at_10 = tune_nprobe(index, chunks, n, dim, rerank=reranks(factory))
+        queries, truths = probe_truth(chunks, n, dim, encode_texts)
+        tune(index, queries, truths, info, rerank=reranks(factory))
     return index, info
 
 
@@ -125,48 +156,90 @@ def gather(chunks: Chunks, positions: np.ndarray, dim: int) -> tuple[np.ndarray,
     return out_ids, out
 
 
-def tune_nprobe(
-    index: faiss.Index, chunks: Chunks, n: int, dim: int, n_queries: int = 500, rerank: bool = False,
-    probe: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[int | None, float]:
-    """Smallest power-of-two nprobe whose recall@10 vs exact search reaches the target.
+def probe_truth(
+    chunks: Chunks, n: int, dim: int, encode_texts: TextEncoder | None = None
+) -> tuple[tuning_queries.Probes, dict[str, np.ndarray]]:
+    """The tuning queries (:func:`retrieval.probes.make`) and their exact top 10: two passes."""
+    picks = np.random.default_rng(1).choice(n, min(PROBE_SAMPLE, n), replace=False)
+    _, sample = gather(chunks, picks, dim)
+    queries = tuning_queries.make(sample, encode_texts)
+    return queries, split_truth(queries, exact_top_k(chunks, np.concatenate(list(queries.sets.values())), min(10, n)))
 
-    With `rerank`, recall counts the true top 10 found among the RERANK_FACTOR x 10
-    candidates: exactly what re-scoring them returns. An index without ``nprobe`` (exact
-    scan of 8-bit codes) gets its recall measured once. `probe`: (queries, their exact top-k
-    ids), when the caller has computed them in a pass of its own (retrieval.ondisk does, to
-    save two passes over ten million vectors); otherwise they are made here.
+
+def split_truth(queries: tuning_queries.Probes, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows of `truth` (one per query, sets in order) split by query set."""
+    out, start = {}, 0
+    for name, q in queries.sets.items():
+        out[name], start = truth[start : start + len(q)], start + len(q)
+    return out
+
+
+def tune(
+    index: faiss.Index, queries: tuning_queries.Probes, truths: dict[str, np.ndarray], info: IndexInfo,
+    rerank: bool = False,
+) -> IndexInfo:
+    """Set ``nprobe`` (and, with `rerank`, the re-scoring width) so that every query set reaches the target.
+
+    Each set (near, far) must reach recall@10 >= TARGET_RECALL against exact search on its
+    own: image-to-image queries need few lists, text queries many. With `rerank`, recall
+    counts the true top 10 among the width x 10 candidates that re-scoring sees, and the
+    cheapest (nprobe, width) that reaches the target wins: nprobe x list size entries scanned
+    plus LOOKUP_COST per candidate re-scored. Powers of two, up to every list (and the widest
+    width) when the target cannot be met. Fills and returns `info`.
     """
-    if probe is None:
-        rng = np.random.default_rng(1)
-        sample = rng.choice(n, min(n_queries, n), replace=False)
-        _, near = gather(chunks, sample, dim)
-        # Perturbed copies of stored vectors stand in for queries near the data.
-        queries = near + rng.normal(0, 0.05, (len(sample), dim)).astype(np.float32)
-        faiss.normalize_L2(queries)
-        truth = exact_top_k(chunks, queries, min(10, n))
-    else:
-        queries, truth = probe
-    k = truth.shape[1]
-    fetch = min(k * RERANK_FACTOR, n) if rerank else k
-    if not isinstance(index, faiss.IndexIVF):
-        return None, recall_at_k(truth, index.search(queries, fetch)[1])
+    k = next(iter(truths.values())).shape[1]
+    n = index.ntotal
+    widths = RERANK_CHOICES if rerank else (1,)
+    info.tuned_on = queries.described()
+    if not isinstance(index, faiss.IndexIVF):  # an exact scan of 8-bit codes: no nprobe, least width
+        info.rerank = widths[0] if rerank else None
+        return _measured(index, queries, truths, info, k, widths[0])
     # An HNSW coarse quantizer returns at most efSearch lists, whatever nprobe asks: widen it
     # with nprobe, or the loop probes no more lists than efSearch and never reaches the target.
     hnsw = getattr(faiss.downcast_index(index.quantizer), "hnsw", None)
     base_ef = hnsw.efSearch if hnsw is not None else 0
-    nprobe, recall = 1, 0.0
-    while nprobe <= index.nlist:
-        index.nprobe = nprobe
-        if hnsw is not None:
-            hnsw.efSearch = max(base_ef, nprobe)
-        _, got = index.search(queries, fetch)
-        recall = recall_at_k(truth, got)
-        if recall >= TARGET_RECALL:
-            break
-        nprobe *= 2
-    index.nprobe = min(nprobe, index.nlist)
-    return index.nprobe, recall
+    per_list = n / index.nlist
+    reached: dict[tuple[str, int], int] = {}  # (set, width) -> least nprobe that reaches the target
+    best: tuple[float, int, int] | None = None  # (cost, nprobe, width)
+    steps = [2**i for i in range(int(math.log2(index.nlist)) + 1) if 2**i < index.nlist] + [index.nlist]
+    for nprobe in steps:
+        if best is not None and (best[2] == widths[0] or nprobe * per_list >= best[0]):
+            break  # nothing cheaper can follow
+        _set_nprobe(index, hnsw, base_ef, nprobe)
+        for name, q in queries.sets.items():
+            if all((name, w) in reached for w in widths):
+                continue  # more lists only find more
+            got = index.search(q, min(k * widths[-1], n))[1]
+            for w in widths:
+                if (name, w) not in reached and recall_at_k(truths[name], got[:, : k * w]) >= TARGET_RECALL:
+                    reached[name, w] = nprobe
+        for w in widths:
+            if all((name, w) in reached for name in queries.sets):
+                need = max(reached[name, w] for name in queries.sets)
+                cost = need * per_list + (LOOKUP_COST * w * k if rerank else 0)
+                if best is None or cost < best[0]:
+                    best = (cost, need, w)
+    nprobe, width = (best[1], best[2]) if best is not None else (index.nlist, widths[-1])
+    _set_nprobe(index, hnsw, base_ef, nprobe)
+    info.nprobe, info.rerank = nprobe, (width if rerank else None)
+    return _measured(index, queries, truths, info, k, width)
+
+
+def _set_nprobe(index: faiss.IndexIVF, hnsw, base_ef: int, nprobe: int) -> None:
+    index.nprobe = nprobe
+    if hnsw is not None:
+        hnsw.efSearch = max(base_ef, nprobe)
+
+
+def _measured(index, queries: tuning_queries.Probes, truths: dict, info: IndexInfo, k: int, width: int) -> IndexInfo:
+    fetch = min(k * width, index.ntotal)
+    info.recall_by_queries = {
+        name: round(recall_at_k(truths[name], index.search(q, fetch)[1]), 4) for name, q in queries.sets.items()
+    }
+    info.recall_at_10 = min(info.recall_by_queries.values())
+    log.info("tuned on %s: nprobe %s, %s candidates per result, recall@10 %s", info.tuned_on, info.nprobe,
+             (info.rerank or 1) * k, info.recall_by_queries)
+    return info
 
 
 def exact_top_k(chunks: Chunks, queries: np.ndarray, k: int) -> np.ndarray:
@@ -230,16 +303,18 @@ def search(
 def search_ranked(
     index: faiss.Index, queries: np.ndarray, k: int, *, factory: str | None,
     lookup: Callable[[list[int]], dict[int, np.ndarray]], params: faiss.SearchParameters | None = None,
+    rerank: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Search as the engine does: an index of 8-bit codes gives candidates, exact vectors rank them.
 
-    `lookup` maps ids to their float32 vectors (the catalog's, in the engine). Scores of
-    re-ranked results are exact cosines.
+    `lookup` maps ids to their float32 vectors (the catalog's, in the engine). `rerank`:
+    candidates per result, as tuned at build time (the catalog's ``index_rerank``; None:
+    RERANK_FACTOR). Scores of re-ranked results are exact cosines.
     """
     if not reranks(factory):
         return search(index, queries, k, params)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    _, candidates = search(index, queries, k * RERANK_FACTOR, params)
+    _, candidates = search(index, queries, k * (rerank or RERANK_FACTOR), params)
     vectors = lookup(sorted({int(i) for i in candidates.ravel() if i >= 0}))
     k = min(k, candidates.shape[1])
     scores = np.full((len(queries), k), -np.inf, np.float32)
@@ -380,7 +455,23 @@ def read(path: Path, mmap: bool = False) -> faiss.Index:
     try:
         return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError:
-        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        return _no_prefetch(faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY))
+
+
+def _no_prefetch(index: faiss.Index) -> faiss.Index:
+    # FAISS maps an IVF file's lists as OnDiskInvertedLists, which before each search read every
+    # probed list in full on 32 threads. From the page cache that is pure cost, and a filtered
+    # search (which skips most vectors of each list) pays it for all it probes: at 1,000,000,
+    # 400 lists took 11.8 ms with it and 3.8 without, and an unfiltered nprobe of 64 5.5 against
+    # 1.8 (scripts/bench_filters.py, docs/photo-library.md). Indexes larger than memory
+    # (retrieval.ondisk) keep it.
+    try:
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+    except RuntimeError:
+        return index
+    if hasattr(lists, "prefetch_nthread"):
+        lists.prefetch_nthread = 0
+    return index
 
 
 def describe(index: faiss.Index) -> str:
