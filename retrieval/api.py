@@ -152,8 +152,11 @@ class Index:
             "index_type": catalog.get_meta("index_factory"),
             "nprobe": catalog.get_meta("index_nprobe"),
             "recall_at_10_vs_exact": catalog.get_meta("index_recall_at_10"),
+            # Which queries that recall holds for: near (image-like) and far (text) ones, each set on its own.
+            "recall_measured_on": catalog.get_meta("index_recall_measured_on"),
+            "recall_at_10_by_queries": catalog.get_meta("index_recall_by_queries"),
             # 8-bit codes pick candidates; this many per result are re-scored with exact vectors.
-            "rescored_per_result": _rerank_factor(catalog.get_meta("index_factory")),
+            "rescored_per_result": _rerank_factor(catalog.get_meta("index_factory"), catalog.get_meta("index_rerank")),
             # An index larger than memory: its inverted lists, memory-mapped from this file (retrieval.ondisk).
             "lists_on_disk": _lists_file(self.store),
             "bytes_on_disk": sum(usage.values()),
@@ -179,10 +182,10 @@ def _lists_file(store: IndexStore) -> str | None:
     return f"{lists.name} ({lists.stat().st_size / 2**20:.0f} MB)" if lists.exists() else None
 
 
-def _rerank_factor(factory: str | None) -> int | None:
+def _rerank_factor(factory: str | None, tuned: int | None) -> int | None:
     from retrieval import index as faiss_index
 
-    return faiss_index.RERANK_FACTOR if faiss_index.reranks(factory) else None
+    return (tuned or faiss_index.RERANK_FACTOR) if faiss_index.reranks(factory) else None
 
 
 def open_index(name_or_path: str = "default", model: str | None = None) -> Index:

@@ -281,7 +281,9 @@ def score_through_index(
             index, info = faiss_index.build(ids, np.ascontiguousarray(g, np.float32), factory=chosen)
         except RuntimeError as exc:  # FAISS reports a bad factory string or too few training points
             raise RetrievalError(f"cannot build index {chosen!r} over {len(g)} vectors: {exc}") from None
-        _, found = faiss_index.search_ranked(index, q, k, factory=info.factory, lookup=lambda ids, g=g: {i: g[i] for i in ids})
+        _, found = faiss_index.search_ranked(
+            index, q, k, factory=info.factory, lookup=lambda ids, g=g: {i: g[i] for i in ids}, rerank=info.rerank
+        )
         ranks = ranks_from_results(found, positives, k)
         figures = {f"R@{kk}": v for kk, v in metrics.recall_at(ranks, ks).items()}
         out[name] = figures | {"index": info.factory, "nprobe": info.nprobe, "tuned_recall_at_10": info.recall_at_10}

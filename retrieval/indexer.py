@@ -276,7 +276,8 @@ def run(
             if plan.changed or captions is not None or catalog.generation == 0 or damaged:
                 # A cluster source builds an on-disk index's shards on the cluster (ray_shards).
                 summary.generation = publish(store, staging, plan, captions, settings, damaged=damaged,
-                                             add_shards=getattr(source, "add_shards", None))
+                                             add_shards=getattr(source, "add_shards", None),
+                                             encode_texts=aligner.encode_texts)
         finally:
             known.close()
             staging.close()
@@ -312,9 +313,12 @@ def _caption_rows(store: IndexStore, aligner, captions_file, progress: Progress)
 
 def publish(
     store: IndexStore, staging: Staging, plan: Plan, captions: list[dict] | None, settings: IndexSettings | None = None,
-    damaged: set[str] | None = None, add_shards: ondisk.AddShards | None = None,
+    damaged: set[str] | None = None, add_shards: ondisk.AddShards | None = None, encode_texts=None,
 ) -> int:
     """Switch the catalog to the next generation, with its FAISS files, atomically.
+
+    `encode_texts`: the aligner's, so that an approximate index is tuned on real text
+    queries (retrieval.probes); a run with no model (a repair) tunes on a stand-in.
 
     Inside one catalog transaction: apply the plan, write generation g+1's FAISS files
     from the rows as they now stand, then commit. Searches keep reading generation g
@@ -331,7 +335,7 @@ def publish(
         limit = (settings or IndexSettings()).max_index_memory or faiss_index.memory_limit_default()
         meta = _write_image_index(
             store, staging, plan, old_gen, gen, limit, trust_previous="images" not in damaged,
-            on_disk=bool(settings and settings.on_disk), add_shards=add_shards,
+            on_disk=bool(settings and settings.on_disk), add_shards=add_shards, encode_texts=encode_texts,
         )
         integrity.record(conn, store.faiss_path("images", gen), gen, plan.final_count)
         old_captions = store.faiss_path("captions", old_gen)
@@ -395,7 +399,7 @@ def _caption_arrays(catalog, captions: list[dict] | None) -> tuple[np.ndarray, n
 
 def _write_image_index(
     store: IndexStore, staging: Staging, plan: Plan, old_gen: int, gen: int, memory_limit: int, trust_previous: bool = True,
-    on_disk: bool = False, add_shards: ondisk.AddShards | None = None,
+    on_disk: bool = False, add_shards: ondisk.AddShards | None = None, encode_texts=None,
 ) -> dict:
     """Generation `gen`'s image index: the previous one updated in place, or built afresh.
 
@@ -404,10 +408,14 @@ def _write_image_index(
     """
     catalog = store.catalog
     if plan.final_count and (on_disk or ondisk.needed(plan.final_count, catalog.dim, memory_limit)):
-        return _write_ondisk_index(store, plan, gen, add_shards)
+        return _write_ondisk_index(store, plan, gen, add_shards, encode_texts)
     previous = store.faiss_path("images", old_gen)
     factory = faiss_index.factory_for(plan.final_count, catalog.dim, memory_limit)
-    if trust_previous and previous.exists() and catalog.get_meta("index_factory") == factory:
+    # An inverted file tuned before far (text) queries were tuned on is rebuilt once: its nprobe
+    # served image-to-image queries only (docs/search.md).
+    retune = faiss_index.reranks(factory) or factory.startswith("IVF")
+    retune = retune and catalog.get_meta("index_recall_measured_on") is None
+    if trust_previous and previous.exists() and catalog.get_meta("index_factory") == factory and not retune:
         index = faiss_index.read(previous)
         faiss_index.update(index, staging.deleted_ids(), staging.added_vectors())
         # Same type, updated in place: the recall measured when it was built still describes it.
@@ -415,14 +423,23 @@ def _write_image_index(
     else:
         # Read inside the publishing transaction: these are the rows being committed.
         index, built = faiss_index.build_streamed(
-            catalog.image_vectors, plan.final_count, catalog.dim, factory=factory
+            catalog.image_vectors, plan.final_count, catalog.dim, factory=factory, encode_texts=encode_texts
         )
-        info = {"index_factory": factory, "index_nprobe": built.nprobe, "index_recall_at_10": built.recall_at_10}
+        info = _tuning_meta(built)
     faiss_index.write(index, store.faiss_path("images", gen))
     return info
 
 
-def _write_ondisk_index(store: IndexStore, plan: Plan, gen: int, add_shards: ondisk.AddShards | None = None) -> dict:
+def _tuning_meta(built: faiss_index.IndexInfo) -> dict:
+    """Catalog meta of a fresh build: its type and tuning, and what the recall was measured on."""
+    return {"index_factory": built.factory, "index_nprobe": built.nprobe, "index_recall_at_10": built.recall_at_10,
+            "index_rerank": built.rerank, "index_recall_by_queries": built.recall_by_queries,
+            "index_recall_measured_on": built.tuned_on}
+
+
+def _write_ondisk_index(
+    store: IndexStore, plan: Plan, gen: int, add_shards: ondisk.AddShards | None = None, encode_texts=None
+) -> dict:
     """An index whose inverted lists live on disk (even 8-bit codes exceed the memory limit, or --on-disk).
 
     Built whole from the catalog at every publish, never updated in place: searches of the
@@ -433,6 +450,6 @@ def _write_ondisk_index(store: IndexStore, plan: Plan, gen: int, add_shards: ond
     log.info("building an index of %d vectors with its inverted lists on disk", plan.final_count)
     _, built = ondisk.build(
         catalog.image_vectors, plan.final_count, catalog.dim, store.faiss_path("images", gen),
-        sample=ondisk.catalog_sample(catalog), add_shards=add_shards,
+        sample=ondisk.catalog_sample(catalog), add_shards=add_shards, encode_texts=encode_texts,
     )
-    return {"index_factory": built.factory, "index_nprobe": built.nprobe, "index_recall_at_10": built.recall_at_10}
+    return _tuning_meta(built)

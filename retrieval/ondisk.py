@@ -14,9 +14,9 @@ steps, each a plain function so that a cluster can run the middle one as paralle
    ``faiss.contrib.ondisk.merge_ondisk``; the ``.faiss`` file then holds the quantizer and
    the list offsets only, and searches memory-map the lists (:func:`retrieval.index.read`).
 
-Searches re-score ``RERANK_FACTOR`` x k candidates with the exact vectors from the catalog,
-as for the in-memory 8-bit index (``index.search_ranked``; ``index.reranks`` is true for the
-``,SQ8`` factory string recorded here).
+Searches re-score the tuned number of candidates per result (``IndexInfo.rerank``, at least
+``RERANK_FACTOR``) with the exact vectors from the catalog, as for the in-memory 8-bit index
+(``index.search_ranked``; ``index.reranks`` is true for the ``,SQ8`` factory string recorded here).
 
 Files of generation g: ``images-<g>.faiss`` and ``images-<g>.ivfdata``. The ``.faiss`` file
 names its lists file by absolute path; :func:`read` finds it beside the ``.faiss`` file
@@ -42,6 +42,7 @@ from faiss.contrib.clustering import two_level_clustering
 from faiss.contrib.ondisk import merge_ondisk
 
 from retrieval import index as faiss_index
+from retrieval import probes as tuning_queries
 from retrieval.errors import RetrievalError
 
 log = logging.getLogger(__name__)
@@ -176,11 +177,14 @@ def split(chunks: Iterable[tuple[np.ndarray, np.ndarray]], rows: int) -> Iterato
 def build(
     chunks: faiss_index.Chunks, n: int, dim: int, out: Path, *, shard_rows: int = SHARD_ROWS,
     sample: Callable[[int], np.ndarray] | None = None, add_shards: AddShards | None = None,
+    encode_texts: faiss_index.TextEncoder | None = None,
 ) -> tuple[faiss.Index, faiss_index.IndexInfo]:
     """Build the on-disk index of `n` vectors from `chunks` into `out` and its ``.ivfdata`` file.
 
     One pass over the chunks adds them, shard by shard, and finds the exact top 10 of the
-    queries that tune ``nprobe``. The training sample comes from `sample` (a count -> that
+    queries that tune ``nprobe`` and the re-scoring width (:mod:`retrieval.probes`: near
+    ones, and far ones from `encode_texts`, the aligner's, or a stand-in without it). The
+    training sample comes from `sample` (a count -> that
     many vectors drawn at random, see :func:`catalog_sample`), else from a pass of its own.
     Peak memory is one shard's codes plus the training sample, whatever `n`. `add_shards`
     builds the shard files (:func:`add_shards_here` by default; the Ray path's runs them as
@@ -201,8 +205,9 @@ def build(
         trained_path = work / "trained.faiss"
         faiss_index.write(train(vectors, nlist), trained_path)
         # The queries that tune nprobe, and their exact top 10 found during the adding pass:
-        # two passes over the collection fewer than index.tune_nprobe makes on its own.
-        probe = TopK(probe_queries(vectors), min(10, n))
+        # two passes over the collection fewer than index.probe_truth makes on its own.
+        queries = tuning_queries.make(vectors, encode_texts)
+        probe = TopK(np.concatenate(list(queries.sets.values())), min(10, n))
         del vectors
         shards = (add_shards or add_shards_here)(trained_path, split(probe.watch(chunks()), shard_rows), work, n)
         index = merge(trained_path, shards, lists_path(out))
@@ -211,9 +216,7 @@ def build(
     info = faiss_index.IndexInfo(factory=factory, ntotal=int(index.ntotal))
     if index.ntotal != n:
         raise RetrievalError(f"the on-disk index holds {index.ntotal} vectors, expected {n}; index again")
-    info.nprobe, info.recall_at_10 = faiss_index.tune_nprobe(
-        index, chunks, n, dim, rerank=True, probe=(probe.queries, probe.ids)
-    )
+    faiss_index.tune(index, queries, faiss_index.split_truth(queries, probe.ids), info, rerank=True)
     # The graph returns at most efSearch lists: as many as nprobe asks for.
     faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = max(HNSW_EF, info.nprobe)
     faiss_index.write(index, out)
@@ -235,15 +238,6 @@ def catalog_sample(catalog) -> Callable[[int], np.ndarray]:
         return np.stack([found[i] for i in picks])
 
     return draw
-
-
-def probe_queries(sample: np.ndarray, count: int = 500) -> np.ndarray:
-    """Perturbed copies of sampled vectors: queries near the data, as index.tune_nprobe makes them."""
-    rng = np.random.default_rng(1)
-    near = sample[rng.choice(len(sample), min(count, len(sample)), replace=False)]
-    queries = near + rng.normal(0, 0.05, near.shape).astype(np.float32)
-    faiss.normalize_L2(queries)
-    return queries
 
 
 class TopK:

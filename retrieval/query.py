@@ -120,14 +120,16 @@ def search_vectors(
             log.debug("FAISS cannot read %s: %s", path, exc)
             raise integrity.damaged(path, "cannot be read by FAISS (truncated or damaged)") from None
         factory = catalog.get_meta("index_factory") if kind == "images" else None
+        # Candidates re-scored per result, as the build tuned it (None: an index from before).
+        rerank = catalog.get_meta("index_rerank") if kind == "images" else None
         quick = resident.quick_scan(store, kind, index) if filters is None else None
         if quick is not None:  # a long-lived caller's exact index: its 8-bit copy first (retrieval/quickscan.py)
             scores, ids = quick.search(vectors, k)
         elif filters is not None:
-            scores, ids = filtered.search(catalog, index, vectors, k, filters, factory=factory)
+            scores, ids = filtered.search(catalog, index, vectors, k, filters, factory=factory, rerank=rerank)
         else:
             scores, ids = faiss_index.search_ranked(
-                index, vectors, k, factory=factory, lookup=catalog.image_vectors_by_id
+                index, vectors, k, factory=factory, lookup=catalog.image_vectors_by_id, rerank=rerank
             )
         rows = catalog.rows_by_id(table, [i for i in ids.ravel().tolist() if i >= 0])
     results = []

@@ -9,10 +9,16 @@ that its peak memory is its own:
   (what must fit in RAM) and peak resident set (which also counts mapped file pages);
 - at sizes up to --memory-max, builds the engine's in-memory 8-bit index (IVF,SQ8, flat
   quantizer, index.build_streamed) on the same catalog, for comparison;
-- searches 200 single queries: through the engine (query.search_vectors: snapshot, open the
-  index, search, exact re-scoring from the catalog, rows), and with the index opened once;
-  for the on-disk index, and for the same index with its lists copied into memory (what an
-  in-memory 8-bit index of the same lists costs); recall@10 against the exact top 10.
+- finds the exact top 10 of real text queries (the dev set's 330 captions, encoded by the
+  `default` aligner) by a streamed pass over the catalog: queries far from the data, where
+  the 200 clustered queries of the fill lie near it;
+- searches both sets one query at a time: through the engine (query.search_vectors: snapshot,
+  open the index, search, exact re-scoring from the catalog, rows), and with the index opened
+  once; for the on-disk index, and for the same index with its lists copied into memory (what
+  an in-memory 8-bit index of the same lists costs); recall@10 against the exact top 10.
+The catalog's model is "bench", so the build has no aligner: it tunes on near queries and on
+the model-free stand-in for text queries (retrieval/probes.py); the text queries measure
+how well that stand-in did.
 Searches run with a warm page cache (the machine is shared; dropping caches would hit others).
 
     .venv/bin/python scripts/bench_ondisk.py [--n 10000000] [--work bench-out/ondisk] [--out bench-out/ondisk.json]
@@ -123,6 +129,24 @@ def fill(work: Path, n: int, n_queries: int) -> dict:
     return {"fill_s": round(time.monotonic() - started), "catalog_mb": round((work / "idx" / "catalog.db").stat().st_size / 2**20)}
 
 
+def text_truth(work: Path) -> dict:
+    """Real text queries (the dev set's captions through `default`) and their exact top 10, one pass."""
+    import csv
+
+    from retrieval.aligners import load_aligner
+
+    rows = list(csv.DictReader(open(Path(__file__).parent / "devset2_captions.csv", newline="")))
+    texts = [r["caption_1"] for r in rows] + [r["caption_2"] for r in rows]
+    queries = np.ascontiguousarray(load_aligner("default").encode_texts(texts), np.float32)
+    store = IndexStore.open(work / "idx")
+    started = time.monotonic()
+    truth = faiss_index.exact_top_k(store.catalog.image_vectors, queries, K)
+    store.close()
+    np.save(work / "text_queries.npy", queries)
+    np.save(work / "text_truth.npy", truth)
+    return {"text_queries": len(texts), "truth_s": round(time.monotonic() - started)}
+
+
 def build_ondisk(work: Path) -> dict:
     store = IndexStore.open(work / "idx")
     n, path = store.catalog.count("images"), store.faiss_path("images", 1)
@@ -131,7 +155,8 @@ def build_ondisk(work: Path) -> dict:
         # As the engine calls it (indexer._write_ondisk_index).
         _, info = ondisk.build(store.catalog.image_vectors, n, DIM, path, sample=ondisk.catalog_sample(store.catalog))
     out = {"build_s": round(time.monotonic() - started), **mem.report(), "factory": info.factory,
-           "nprobe": info.nprobe, "tuned_recall_at_10": info.recall_at_10,
+           "nprobe": info.nprobe, "rerank": info.rerank, "tuned_recall_at_10": info.recall_at_10,
+           "tuned_recall_by_queries": info.recall_by_queries, "tuned_on": info.tuned_on,
            "faiss_mb": round(path.stat().st_size / 2**20), "ivfdata_mb": round(ondisk.lists_path(path).stat().st_size / 2**20)}
     store.close()
     return out
@@ -149,7 +174,8 @@ def build_memory(work: Path) -> dict:
         del index
     store.close()
     return {"build_s": round(time.monotonic() - started), **mem.report(), "factory": factory,
-            "nprobe": info.nprobe, "tuned_recall_at_10": info.recall_at_10, "faiss_mb": round(path.stat().st_size / 2**20)}
+            "nprobe": info.nprobe, "rerank": info.rerank, "tuned_recall_at_10": info.recall_at_10,
+            "tuned_recall_by_queries": info.recall_by_queries, "faiss_mb": round(path.stat().st_size / 2**20)}
 
 
 def timed(queries: np.ndarray, truth: np.ndarray, one) -> dict:
@@ -168,15 +194,20 @@ def timed(queries: np.ndarray, truth: np.ndarray, one) -> dict:
 def search(work: Path, generation: int, in_memory: bool) -> dict:
     """Single queries through the engine (a fresh open per query) and with the index opened once."""
     store = IndexStore.open(work / "idx")
-    queries, truth = np.load(work / "queries.npy"), np.load(work / "truth.npy")
+    sets = {"near": (np.load(work / "queries.npy"), np.load(work / "truth.npy"))}
+    if (work / "text_truth.npy").exists():
+        sets["text"] = (np.load(work / "text_queries.npy"), np.load(work / "text_truth.npy"))
     path = store.faiss_path("images", generation)
     index = faiss_index.read(path, mmap=True)
     factory = ondisk.factory_for(store.catalog.count("images")) if generation == 1 else f"IVF{faiss.extract_index_ivf(index).nlist},SQ8"
-    store.catalog.set_meta(generation=generation, index_factory=factory)
-    out: dict = {}
+    # The width the build tuned, as the engine's publishing records it (indexer._tuning_meta).
+    rerank = json.loads((work / ("build-ondisk.json" if generation == 1 else "build-memory.json")).read_text()).get("rerank")
+    store.catalog.set_meta(generation=generation, index_factory=factory, index_rerank=rerank)
+    out: dict = {"rerank": rerank}
     with MemoryWatch() as mem:
         if not in_memory:
-            out["engine"] = timed(queries, truth, lambda q: [h.id for h in search_vectors(store, q[None], K)[0]])
+            for name, (queries, truth) in sets.items():
+                out[f"engine_{name}"] = timed(queries, truth, lambda q: [h.id for h in search_vectors(store, q[None], K)[0]])
         else:
             # The same lists copied into RAM: an in-memory 8-bit index of exactly these codes.
             ivf = faiss.extract_index_ivf(index)
@@ -191,9 +222,9 @@ def search(work: Path, generation: int, in_memory: bool) -> dict:
             lists.this.disown()
             out["load_s"] = round(time.monotonic() - started)
         lookup = store.catalog.image_vectors_by_id
-        out["opened_once"] = timed(
-            queries, truth, lambda q: faiss_index.search_ranked(index, q[None], K, factory=factory, lookup=lookup)[1][0].tolist()
-        )
+        for name, (queries, truth) in sets.items():
+            out[f"opened_once_{name}"] = timed(queries, truth, lambda q: faiss_index.search_ranked(
+                index, q[None], K, factory=factory, lookup=lookup, rerank=rerank)[1][0].tolist())
     out.update(mem.report())
     store.close()
     return out
@@ -217,6 +248,7 @@ def child(step: str, work: Path, *args: str) -> dict:
 
 def run_step(step: str, work: Path, args: list[str]) -> None:
     steps = {"build-ondisk": lambda: build_ondisk(work), "build-memory": lambda: build_memory(work),
+             "text-truth": lambda: text_truth(work),
              "search": lambda: search(work, int(args[0]), args[1] == "ram")}
     data = steps[step]()
     data["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
@@ -247,6 +279,7 @@ def main() -> None:
         fill_file.write_text(json.dumps(fill(work, args.n, args.queries)))
     rows["fill"] = json.loads(fill_file.read_text())
     rows["ondisk_build"] = child("build-ondisk", work)
+    rows["text_truth"] = child("text-truth", work)
     rows["ondisk_search"] = child("search", work, "1", "disk")
     rows["same_lists_in_ram_search"] = child("search", work, "1", "ram")
     if args.n <= args.memory_max:
@@ -254,7 +287,7 @@ def main() -> None:
         rows["memory_search"] = child("search", work, "2", "disk")
     meta = {"date": str(date.today()), "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB", "faiss": faiss.__version__,
-            "n": args.n, "dim": DIM, "queries": args.queries, "rerank_factor": faiss_index.RERANK_FACTOR,
+            "n": args.n, "dim": DIM, "queries": args.queries, "rerank_least": faiss_index.RERANK_FACTOR,
             "memory_limit_default_mb": faiss_index.memory_limit_default() // 2**20,
             "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             "self_cpu_s": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime)}

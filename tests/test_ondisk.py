@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import make_image
 
 from retrieval import index as faiss_index
-from retrieval import indexer, ondisk
+from retrieval import indexer, ondisk, probes
 from retrieval.catalog import to_blob
 from retrieval.cli import main
 from retrieval.indexer import IndexSettings
@@ -207,7 +207,10 @@ def test_nprobe_tuning_widens_an_hnsw_quantizer_with_nprobe():
     def chunks():
         yield ids, vectors
 
-    nprobe, recall = faiss_index.tune_nprobe(ivf, chunks, len(vectors), 32, n_queries=200)
-    assert recall >= faiss_index.TARGET_RECALL
+    queries = probes.Probes({"near": probes.near(vectors, 200)}, "near queries only")
+    truths = faiss_index.split_truth(queries, faiss_index.exact_top_k(chunks, queries.sets["near"], 10))
+    info = faiss_index.tune(ivf, queries, truths, faiss_index.IndexInfo("IVF256_HNSW32,Flat", len(vectors)))
+    nprobe = info.nprobe
+    assert info.recall_at_10 >= faiss_index.TARGET_RECALL
     assert 4 < nprobe < ivf.nlist
     assert faiss.downcast_index(ivf.quantizer).hnsw.efSearch >= nprobe
