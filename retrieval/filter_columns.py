@@ -132,11 +132,14 @@ class Columns:
 def _lookup(table: list[bool], positions: np.ndarray) -> np.ndarray:
     """Per image, the entry of `table` at its position (-1 positions: False)."""
     hits = np.flatnonzero(np.asarray(table, bool))
-    if len(hits) == 0:
-        return np.zeros(len(positions), bool)
-    if len(hits) == 1:  # one camera or folder: a comparison, cheaper than a gather
-        return positions == hits[0]
-    return np.append(np.asarray(table, bool), False)[positions]
+    if len(hits) > 8:
+        return np.append(np.asarray(table, bool), False)[positions]
+    # A few cameras or folders: comparisons of small integers, several times cheaper than a
+    # gather (which widens every position to 64 bits first).
+    out = np.zeros(len(positions), bool)
+    for hit in hits.tolist():
+        out |= positions == hit
+    return out
 
 
 def _seconds(when: str) -> int:
@@ -254,4 +257,6 @@ def _positions(top: int, ids: np.ndarray, values: list, none=None) -> tuple[list
         gone = distinct[none]
         positions = np.where(positions == gone, -1, positions - (positions > gone)).astype(np.int32)
         table.pop(gone)
-    return table, _by_id(top, ids, positions, np.int32, -1)
+    # The smallest integers that hold the positions: comparing them reads less memory.
+    dtype = np.int8 if len(table) < 127 else np.int16 if len(table) < 32_767 else np.int32
+    return table, _by_id(top, ids, positions, dtype, -1)

@@ -418,3 +418,12 @@ def test_stored_vectors_are_the_catalogs(library):
         assert np.array_equal(faiss_index.stored_vectors(index, picks), want), factory
     sq8, _ = faiss_index.build(ids, vectors, factory="IDMap2,SQ8")
     assert faiss_index.stored_vectors(sq8, picks) is None  # 8-bit codes: the catalog's vectors are used
+
+
+def test_lookup_by_comparisons_and_by_gather_agree():
+    """A filter passing few cameras or folders compares positions; many, a table gather: same mask."""
+    positions = np.random.default_rng(0).integers(-1, 20, 5_000).astype(np.int8)
+    for hits in ([3], [0, 5, 19], list(range(0, 20, 2))):
+        table = [i in hits for i in range(20)]
+        want = np.array([p >= 0 and table[p] for p in positions.tolist()])
+        assert np.array_equal(filter_columns._lookup(table, positions), want), hits
