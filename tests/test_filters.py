@@ -427,3 +427,21 @@ def test_lookup_by_comparisons_and_by_gather_agree():
         table = [i in hits for i in range(20)]
         want = np.array([p >= 0 and table[p] for p in positions.tolist()])
         assert np.array_equal(filter_columns._lookup(table, positions), want), hits
+
+
+def test_eight_bit_codes_score_the_catalogs_vectors(library):
+    """Over 8-bit codes the exact path scores the catalog's float32 vectors, not the codes."""
+    store, photos, aligner = library
+    catalog = store.catalog
+    ids, vectors = (np.concatenate(x) for x in zip(*catalog.image_vectors()))
+    sq8, _ = faiss_index.build(ids, vectors, factory="IDMap2,SQ8")
+    query = np.random.default_rng(5).normal(size=aligner.dim).astype(np.float32)
+    query /= np.linalg.norm(query)
+    for name in ("after", "camera", "combined"):
+        case = _cases(photos)[name]
+        plan = filtered.Plan(mask_exact_max=10_000, wait_for_columns=True)
+        with catalog.snapshot():
+            scores, got = filtered.search(catalog, sq8, query[None], 5, _filters(case), factory="IDMap2,SQ8", plan=plan)
+        assert plan.chosen == "exact" and [int(i) for i in got[0]] == brute_force(store, query, 5, _reference_args(case))
+        exact = {int(i): float(v @ query) for i, v in zip(ids, vectors)}
+        assert np.allclose(scores[0], [exact[int(i)] for i in got[0]], atol=1e-6)
