@@ -11,10 +11,13 @@ import functools
 import json
 import logging
 import os
+import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -337,3 +340,96 @@ def test_a_pathological_image_in_a_ray_decode_task_is_skipped_within_its_limit(r
     reason = summary.skipped[0]["reason"]
     assert ("worker was replaced" in reason) if block_alarm else reason.startswith("decoding took longer than 0.5s")
     assert took < 120, took  # the 600 s decode was cut short
+
+
+# -- joining a running cluster by address --------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_an_address_where_nothing_answers_ends_in_one_line(tmp_path, image_dir, scheme):
+    out = subprocess.run(
+        [sys.executable, "-m", "retrieval", "index", str(image_dir), "--index", str(tmp_path / "i"),
+         "--ray", f"{scheme}127.0.0.1:{_free_port()}"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert "nothing answers at 127.0.0.1:" in out.stderr
+
+
+_JOIN_DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+import conftest, ray
+from conftest import ColorAligner
+from retrieval import indexer
+from retrieval.cluster import RaySettings, source
+from retrieval.store import IndexStore
+
+ray.cloudpickle.register_pickle_by_value(conftest)
+settings = indexer.IndexSettings(on_disk=True)
+ray_source = source(RaySettings(address={address!r}, aligner_factory=ColorAligner))
+try:
+    indexer.run(IndexStore.open({index!r}, create=True), ColorAligner(), [{folder!r}], settings=settings, source=ray_source)
+    print("nodes", len(ray.nodes()) if ray.is_initialized() else "closed")
+finally:
+    ray_source.close()
+"""
+
+
+@pytest.mark.slow
+def test_a_driver_joins_a_running_head_with_auto_and_with_ray_client(tmp_path, mixed_dir):
+    """`ray start --head` in its own temp folder; drivers join it as `auto` (RAY_ADDRESS) and as ray://."""
+    ray_bin = Path(sys.executable).parent / "ray"
+    temp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    gcs, client = _free_port(), _free_port()
+    # Ray 2.60's head turns token authentication on by default; drivers send the token when told to.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": ""}
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", "--num-cpus", "2", "--port", str(gcs),
+         "--ray-client-server-port", str(client), "--temp-dir", str(temp), "--include-dashboard", "false",
+         "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", client), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None, "ray start --head exited"
+                time.sleep(1)
+        _run(tmp_path / "local", [mixed_dir], settings=indexer.IndexSettings(on_disk=True))
+        for way, address, extra in (("auto", "auto", {"RAY_ADDRESS": f"127.0.0.1:{gcs}"}),
+                                    ("client", f"ray://127.0.0.1:{client}", {})):
+            script = tmp_path / f"{way}.py"
+            script.write_text(_JOIN_DRIVER.format(tests=str(TESTS), address=address, index=str(tmp_path / way),
+                                                  folder=str(mixed_dir)))
+            out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                                 env={**env, **extra})
+            assert out.returncode == 0, out.stderr[-3000:]
+            assert _catalog(tmp_path / way) == _catalog(tmp_path / "local"), way
+            assert (tmp_path / way / "images-1.ivfdata").exists()
+    finally:
+        _stop_head(head, temp)
+
+
+def _stop_head(head: subprocess.Popen, temp: Path) -> None:
+    """SIGTERM to `ray start --block` stops what it started; anything of that head left after a minute is killed by id."""
+    head.terminate()
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        head.kill()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(temp) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except OSError:
+            continue
+    shutil.rmtree(temp, ignore_errors=True)

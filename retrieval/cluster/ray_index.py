@@ -36,7 +36,9 @@ import functools
 import logging
 import math
 import os
+import socket
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -276,15 +278,70 @@ def connected(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    _probe(address)
     try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Ray's client warns before it raises; the error below says it once
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise RetrievalError(f"could not start or join {where}: {str(exc).splitlines()[0]}") from None
+        hint = ""
+        if address and not os.environ.get("RAY_AUTH_MODE"):
+            # Ray 2.60's `ray start --head` turns token authentication on, and a joining driver
+            # sends its token only when told to (measured with a local head, docs/scaling.md).
+            hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token "
+                    "(the token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+        raise RetrievalError(f"could not start or join {where}: {str(exc).splitlines()[0]}{hint}") from None
     try:
         yield
     finally:
         ray.shutdown()
+
+
+#: Seconds to wait for the cluster's port to answer before giving up on an address.
+PROBE_SECONDS = 10.0
+#: The Ray client server's port when a ray:// address names none.
+CLIENT_PORT = 10001
+
+
+def _probe(address: str | None) -> None:
+    """Fail in one line, at once, when nothing listens at the cluster's address.
+
+    ray.init would otherwise retry an unreachable HOST:PORT for minutes (measured: still
+    waiting after 300 s here), printing its C++ core's warnings meanwhile.
+    """
+    if address is None:
+        return
+    target = address
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address("auto") or ""
+        except ConnectionError as exc:
+            raise RetrievalError(f"could not join the Ray cluster at auto: {str(exc).splitlines()[0]}") from None
+        except Exception:  # noqa: BLE001  (a private helper of Ray's that may change: let ray.init decide)
+            return
+    host, port = _host_port(target)
+    if host is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise RetrievalError(
+            f"could not join the Ray cluster at {address}: nothing answers at {host}:{port} ({why}); "
+            "is the Ray head running there, and is the port open from this machine?"
+        ) from None
+
+
+def _host_port(target: str) -> tuple[str | None, int]:
+    client = target.startswith("ray://")
+    target = target.removeprefix("ray://").rstrip("/")
+    host, _, port = target.rpartition(":")
+    if not port.isdigit():
+        host, port = (target, str(CLIENT_PORT)) if client else (None, "0")
+    return (host.strip("[]") or None), int(port)
 
 
 class RaySource:
