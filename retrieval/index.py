@@ -63,8 +63,6 @@ RERANK_CHOICES = (4, 8, 16, 32)
 #: vector took about 17 us at 1M (0.7 ms for 40), a scan of one 8-bit code about 60 ns (all
 #: 1M codes in 59.6 ms; docs/search.md). The tuning minimizes nprobe * list size + this * candidates.
 LOOKUP_COST = 300
-#: Stored vectors drawn for the tuning queries (near ones, and the stand-in's covariance).
-PROBE_SAMPLE = 4096
 
 
 def factory_for(n: int, dim: int | None = None, memory_limit: int | None = None) -> str:
@@ -160,7 +158,7 @@ def probe_truth(
     chunks: Chunks, n: int, dim: int, encode_texts: TextEncoder | None = None
 ) -> tuple[tuning_queries.Probes, dict[str, np.ndarray]]:
     """The tuning queries (:func:`retrieval.probes.make`) and their exact top 10: two passes."""
-    picks = np.random.default_rng(1).choice(n, min(PROBE_SAMPLE, n), replace=False)
+    picks = np.random.default_rng(1).choice(n, min(tuning_queries.NEAR_COUNT, n), replace=False)
     _, sample = gather(chunks, picks, dim)
     queries = tuning_queries.make(sample, encode_texts)
     return queries, split_truth(queries, exact_top_k(chunks, np.concatenate(list(queries.sets.values())), min(10, n)))
