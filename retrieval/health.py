@@ -110,6 +110,12 @@ def _check_faiss(conn: sqlite3.Connection, folder: Path, report: Report) -> None
         if kind == "captions" and not rows and not path.exists():
             continue
         what = integrity.problem(conn, path, full=True)
+        lists = path.with_suffix(".ivfdata")  # an on-disk index's inverted lists (retrieval.ondisk)
+        if not what and kind == "images" and integrity.lookup(conn, lists.name) is not None:
+            what = integrity.problem(conn, lists, full=True)
+            path = lists if what else path
+            if not what:
+                report.findings.append(f"{lists.name}: size and checksum match the catalog")
         if what:
             report.problems.append(f"{path} {what}; `retrieval index --index {folder}` rebuilds it")
             continue

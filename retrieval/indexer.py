@@ -338,6 +338,10 @@ def publish(
             on_disk=bool(settings and settings.on_disk), add_shards=add_shards, encode_texts=encode_texts,
         )
         integrity.record(conn, store.faiss_path("images", gen), gen, plan.final_count)
+        lists = ondisk.lists_path(store.faiss_path("images", gen))
+        if lists.exists() and meta["index_factory"].startswith("IVF") and "_HNSW" in meta["index_factory"]:
+            # An on-disk index's lists file is checked like the FAISS files (retrieval check, the next run).
+            integrity.record(conn, lists, gen, plan.final_count)
         old_captions = store.faiss_path("captions", old_gen)
         # A run killed before its commit may have left a captions file under this generation's name.
         store.faiss_path("captions", gen).unlink(missing_ok=True)
@@ -371,6 +375,11 @@ def damaged_kinds(store: IndexStore) -> set[str]:
         what = integrity.problem(catalog.db.conn, path, full=True)
         if not what and integrity.lookup(catalog.db.conn, path.name) is None:
             what = _unrecorded_problem(path, catalog.count(kind))
+        lists = ondisk.lists_path(path)
+        if not what and kind == "images" and integrity.lookup(catalog.db.conn, lists.name) is not None:
+            # Size and mtime only (the whole file when they differ): gigabytes at ten million vectors.
+            what = integrity.problem(catalog.db.conn, lists, full=None)
+            path = lists if what else path
         if what:
             log.warning("%s %s: rebuilding it from the catalog", path, what)
             out.add(kind)

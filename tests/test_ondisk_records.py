@@ -1,0 +1,56 @@
+"""An on-disk index's lists file is recorded at publishing and checked like the FAISS files."""
+
+from __future__ import annotations
+
+import os
+
+from click.testing import CliRunner
+from conftest import make_image
+
+from retrieval import indexer
+from retrieval.cli import main
+from retrieval.indexer import IndexSettings
+from retrieval.store import IndexStore
+
+
+def _index(folder, index_dir, aligner, **settings):
+    store = IndexStore.open(index_dir, create=True)
+    try:
+        return indexer.run(store, aligner, [folder], settings=IndexSettings(workers=0, **settings))
+    finally:
+        store.close()
+
+
+def _check(index_dir):
+    return CliRunner().invoke(main, ["check", "--index", str(index_dir)])
+
+
+def test_check_finds_a_damaged_lists_file_and_the_next_run_rebuilds_it(tmp_path, color_aligner):
+    folder = tmp_path / "photos"
+    for i in range(40):
+        make_image(folder / f"{i:02d}.png", seed=500 + i)
+    index_dir = tmp_path / "idx"
+    _index(folder, index_dir, color_aligner, on_disk=True)
+    lists = index_dir / "images-1.ivfdata"
+    healthy = _check(index_dir)
+    assert healthy.exit_code == 0 and "images-1.ivfdata: size and checksum match" in healthy.output
+
+    # One byte altered, size and mtime kept: only the checksum can tell.
+    stat = os.stat(lists)
+    data = bytearray(lists.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    lists.write_bytes(bytes(data))
+    os.utime(lists, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    altered = _check(index_dir)
+    assert altered.exit_code == 1 and f"{lists} has been altered" in altered.output
+
+    with open(lists, "r+b") as fh:
+        fh.truncate(stat.st_size // 2)
+    truncated = _check(index_dir)
+    assert truncated.exit_code == 1 and f"{lists} is truncated or damaged" in truncated.output
+
+    # Nothing changed in the folder, yet the next run sees the damage and publishes a new generation.
+    summary = _index(folder, index_dir, color_aligner, on_disk=True)
+    assert summary.generation == 2
+    again = _check(index_dir)
+    assert again.exit_code == 0 and "images-2.ivfdata: size and checksum match" in again.output
