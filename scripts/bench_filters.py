@@ -238,7 +238,10 @@ def forced_paths(store: IndexStore, data: np.ndarray, n: int, few: np.ndarray) -
         entry = {"share": share, "passing": int(share * n)}
         plans = {
             "mask_exact": filtered.Plan(mask_exact_max=n, wait_for_columns=True),
-            "mask_restrict": filtered.Plan(mask_exact_max=0, wait_for_columns=True),
+            "mask_restrict": filtered.Plan(mask_exact_max=0, mask_overfetch_share=2.0, wait_for_columns=True),
+            "mask_overfetch": filtered.Plan(
+                mask_exact_max=0, mask_overfetch_share=0.0, mask_overfetch_share_ivf=0.0, wait_for_columns=True
+            ),
             "sql_default": filtered.Plan(columns=False),
         }
         for name, plan in plans.items():

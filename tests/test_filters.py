@@ -162,7 +162,10 @@ def _all_paths() -> dict[str, filtered.Plan]:
     """Every execution path, forced: on the in-memory columns (mask) and in SQL."""
     return {
         "mask exact": filtered.Plan(mask_exact_max=10_000, wait_for_columns=True),
-        "mask restrict": filtered.Plan(mask_exact_max=0, wait_for_columns=True),
+        "mask restrict": filtered.Plan(mask_exact_max=0, mask_overfetch_share=2.0, wait_for_columns=True),
+        "mask overfetch": filtered.Plan(
+            mask_exact_max=0, mask_overfetch_share=0.0, mask_overfetch_share_ivf=0.0, wait_for_columns=True
+        ),
         "sql exact": filtered.Plan(columns=False, exact_max=10_000, restrict_max=10_000, sample=10),
         "sql restrict": filtered.Plan(columns=False, exact_max=0, restrict_max=10_000, sample=10),
         "sql overfetch": filtered.Plan(columns=False, exact_max=0, restrict_max=0, sample=10),
