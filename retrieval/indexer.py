@@ -51,9 +51,10 @@ class IndexSettings:
     #: Seconds one file may take to decode before it is skipped as pathological (a 100-megapixel
     #: JPEG decodes in well under a second here); a worker stuck past it is replaced.
     decode_seconds: float | None = 30.0
-    #: Keep the image index's inverted lists on disk (retrieval.ondisk) whatever its size; without
-    #: it they go on disk only when even 8-bit codes exceed max_index_memory.
-    on_disk: bool = False
+    #: Keep the image index's inverted lists on disk (retrieval.ondisk) whatever its size; with
+    #: False they go on disk only when even 8-bit codes exceed max_index_memory. The choice is
+    #: remembered by the index: None keeps the one its last publish was given.
+    on_disk: bool | None = None
 
     def worker_count(self) -> int:
         if self.workers is not None:
@@ -273,7 +274,9 @@ def run(
             summary.captions = None if captions is None else len(captions)
             summary.generation = catalog.generation
             damaged = damaged_kinds(store)
-            if plan.changed or captions is not None or catalog.generation == 0 or damaged:
+            # --on-disk / --no-on-disk that differs from what the index remembers takes effect at once.
+            switched = settings.on_disk is not None and settings.on_disk != bool(catalog.get_meta("on_disk", False))
+            if plan.changed or captions is not None or catalog.generation == 0 or damaged or switched:
                 # A cluster source builds an on-disk index's shards on the cluster (ray_shards).
                 summary.generation = publish(store, staging, plan, captions, settings, damaged=damaged,
                                              add_shards=getattr(source, "add_shards", None),
@@ -335,7 +338,7 @@ def publish(
         limit = (settings or IndexSettings()).max_index_memory or faiss_index.memory_limit_default()
         meta = _write_image_index(
             store, staging, plan, old_gen, gen, limit, trust_previous="images" not in damaged,
-            on_disk=bool(settings and settings.on_disk), add_shards=add_shards, encode_texts=encode_texts,
+            on_disk=settings.on_disk if settings else None, add_shards=add_shards, encode_texts=encode_texts,
         )
         integrity.record(conn, store.faiss_path("images", gen), gen, plan.final_count)
         lists = ondisk.lists_path(store.faiss_path("images", gen))
@@ -408,7 +411,7 @@ def _caption_arrays(catalog, captions: list[dict] | None) -> tuple[np.ndarray, n
 
 def _write_image_index(
     store: IndexStore, staging: Staging, plan: Plan, old_gen: int, gen: int, memory_limit: int, trust_previous: bool = True,
-    on_disk: bool = False, add_shards: ondisk.AddShards | None = None, encode_texts=None,
+    on_disk: bool | None = False, add_shards: ondisk.AddShards | None = None, encode_texts=None,
 ) -> dict:
     """Generation `gen`'s image index: the previous one updated in place, or built afresh.
 
@@ -416,6 +419,9 @@ def _write_image_index(
     (one shard, for an index whose lists go on disk).
     """
     catalog = store.catalog
+    if on_disk is None:  # not said this run: as the index was last asked (--on-disk sticks)
+        on_disk = bool(catalog.get_meta("on_disk", False))
+    catalog.set_meta(on_disk=on_disk)  # inside the publishing transaction, with the generation
     if plan.final_count and (on_disk or ondisk.needed(plan.final_count, catalog.dim, memory_limit)):
         return _write_ondisk_index(store, plan, gen, add_shards, encode_texts)
     previous = store.faiss_path("images", old_gen)

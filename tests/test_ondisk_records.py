@@ -54,3 +54,25 @@ def test_check_finds_a_damaged_lists_file_and_the_next_run_rebuilds_it(tmp_path,
     assert summary.generation == 2
     again = _check(index_dir)
     assert again.exit_code == 0 and "images-2.ivfdata: size and checksum match" in again.output
+
+
+def test_on_disk_is_remembered_by_the_index_until_no_on_disk(tmp_path, color_aligner):
+    folder = tmp_path / "photos"
+    for i in range(40):
+        make_image(folder / f"{i:02d}.png", seed=600 + i)
+    index_dir = tmp_path / "idx"
+    _index(folder, index_dir, color_aligner, on_disk=True)
+    make_image(folder / "40.png", seed=640)
+    _index(folder, index_dir, color_aligner)  # no flag: the index keeps its lists on disk
+    assert (index_dir / "images-2.ivfdata").exists()
+
+    summary = _index(folder, index_dir, color_aligner, on_disk=False)
+    assert summary.generation == 3  # nothing changed in the folder: published for the switch alone
+    store = IndexStore.open(index_dir)
+    try:
+        assert store.catalog.get_meta("on_disk") is False
+        assert "_HNSW" not in store.catalog.get_meta("index_factory")
+    finally:
+        store.close()
+    assert not (index_dir / "images-3.ivfdata").exists()
+    assert "--no-on-disk" in CliRunner().invoke(main, ["index", "--help"]).output

@@ -74,9 +74,10 @@ def _ray_settings(address: str | None, encoders: int | None, folders):
 @click.option("--max-index-memory", type=ByteSize(), default=None,
               help="Memory the image index may take, e.g. 4G; above it the index keeps 8-bit codes and "
                    "re-scores candidates exactly [default: a quarter of this machine's memory].")
-@click.option("--on-disk", is_flag=True,
-              help="Keep the image index's inverted lists on disk, memory-mapped, whatever its size "
-                   "[default: only when even 8-bit codes exceed --max-index-memory].")
+@click.option("--on-disk/--no-on-disk", default=None,
+              help="Keep the image index's inverted lists on disk, memory-mapped, whatever its size; the index "
+                   "remembers it, and --no-on-disk returns it to memory when it fits "
+                   "[default: as last time; new indexes on disk only when even 8-bit codes exceed --max-index-memory].")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.option("-q", "--quiet", "quiet_flag", is_flag=True, help="No progress bar or skipped-file notes.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
