@@ -291,12 +291,16 @@ class Plan:
     #: Passing images scored exactly, at most, when the filter ran on the in-memory columns;
     #: None: by index type. Over the exact index a restricted search is itself exact and costs
     #: a bit test per stored vector: at 100,000 it ties with the exact scan near 1,000 passing
-    #: (1.2 against 1.4 ms) and wins above. Over an inverted file it probes nprobe/share lists:
-    #: at 1,000,000, 1,000 passing cost 9 ms exact against 17 restricted (every list), 5,000
-    #: 11 against 7 (scripts/bench_filters.py, docs/photo-library.md).
+    #: (1.2 against 1.4 ms) and wins above.
     mask_exact_max: int | None = None
     mask_exact_max_flat: int = 1_000
-    mask_exact_max_ivf: int = 3_000
+    #: Over an inverted file a restricted search probes nprobe/share lists, so the choice
+    #: follows nprobe: the exact scan when its cost, per passing vector (read through the
+    #: id-to-list table, scored), is below the restricted search's, per probed list. At
+    #: 1,000,000 (IVF4000, lists of 250): 1,000 vectors 1.3 ms, 10,000 25 ms; 400 lists 3.8 ms,
+    #: 4,000 16 ms (scripts/bench_filters.py, docs/photo-library.md).
+    exact_us_per_vector: float = 2.5
+    restrict_us_per_list: float = 4.0
     #: Over the exact index, from this share on the search over-fetches candidates and keeps
     #: those the mask passes: a plain scan, where a restricted one mispredicts a branch on
     #: every other vector (50% at 100,000: 44 ms restricted, the unfiltered scan 11-23).
@@ -388,20 +392,23 @@ def _search_masked(catalog, index, queries, k, mask, factory, plan, rerank=None)
     if count == 0:
         plan.chosen = "none"
         return _empty(len(queries), 0)
-    exact_max = plan.mask_exact_max
-    if exact_max is None:
-        exact_max = plan.mask_exact_max_ivf if faiss_index.inverted(index) else plan.mask_exact_max_flat
+    share = count / max(index.ntotal, 1)
+    lists = faiss_index.probed_lists(index, share)
+    if plan.mask_exact_max is not None:
+        exact = count <= plan.mask_exact_max
+    elif lists is None:
+        exact = count <= plan.mask_exact_max_flat
+    else:
+        exact = count * plan.exact_us_per_vector <= lists * plan.restrict_us_per_list
     lookup = catalog.image_vectors_by_id
-    if count <= exact_max:
+    if exact:
         plan.chosen = "exact"
         ids = np.flatnonzero(mask).astype(np.int64)
         vectors = None if faiss_index.reranks(factory) else faiss_index.stored_vectors(index, ids)
         if vectors is None:  # 8-bit codes: the exact vectors are the catalog's
             return _exact(lookup(ids.tolist()), queries, k)
         return top_k(ids, inner_products(queries, vectors), k)
-    share = count / max(index.ntotal, 1)
-    inverted = faiss_index.inverted(index)
-    if share >= (plan.mask_overfetch_share_ivf if inverted else plan.mask_overfetch_share):
+    if share >= (plan.mask_overfetch_share if lists is None else plan.mask_overfetch_share_ivf):
         plan.chosen = "overfetch"
         return _overfetch_masked(index, queries, k, mask, share, factory, lookup, rerank)
     plan.chosen = "restrict"

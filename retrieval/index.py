@@ -354,7 +354,7 @@ def _params(index: faiss.Index, selector, keep, share: float) -> faiss.SearchPar
         ivf = None
     if ivf is not None:
         params = faiss.SearchParametersIVF()
-        params.nprobe = min(ivf.nlist, max(ivf.nprobe, math.ceil(ivf.nprobe / max(share, 1e-9))))
+        params.nprobe = probed_lists(index, share)
     elif selector is None:
         return None
     else:
@@ -398,6 +398,16 @@ def stored_vectors(index: faiss.Index, ids: np.ndarray) -> np.ndarray | None:
         return index.reconstruct_batch(ids)
     finally:
         faiss.omp_set_num_threads(threads)
+
+
+def probed_lists(index: faiss.Index, share: float) -> int | None:
+    """Lists a search restricted to `share` of an inverted file probes (as :func:`subset_params`
+    sets them); None when `index` is not an inverted file."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+    return min(ivf.nlist, max(ivf.nprobe, math.ceil(ivf.nprobe / max(share, 1e-9))))
 
 
 def inverted(index: faiss.Index) -> bool:
