@@ -366,6 +366,8 @@ def _params(index: faiss.Index, selector, keep, share: float) -> faiss.SearchPar
 
 
 _direct_map_lock = threading.Lock()
+#: Vectors above which an inverted file gets no id-to-list table (see :func:`stored_vectors`).
+DIRECT_MAP_LIMIT = 4_000_000
 
 
 def stored_vectors(index: faiss.Index, ids: np.ndarray) -> np.ndarray | None:
@@ -373,7 +375,8 @@ def stored_vectors(index: faiss.Index, ids: np.ndarray) -> np.ndarray | None:
     or an ``IVF...,Flat``), in the order given; None for other index types (8-bit codes).
 
     An inverted file gets an id-to-list hash table the first time (about 40 bytes an id),
-    kept with the index object.
+    kept with the index object; above ``DIRECT_MAP_LIMIT`` vectors it would take hundreds of
+    MB, and None is returned (the caller reads the catalog's vectors).
     """
     ids = np.ascontiguousarray(ids, np.int64)
     if isinstance(index, faiss.IndexIDMap2):
@@ -384,7 +387,7 @@ def stored_vectors(index: faiss.Index, ids: np.ndarray) -> np.ndarray | None:
             ivf = faiss.extract_index_ivf(index)
         except RuntimeError:
             return None
-        if not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat):
+        if not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat) or ivf.ntotal > DIRECT_MAP_LIMIT:
             return None
         with _direct_map_lock:
             if ivf.direct_map.type == faiss.DirectMap.NoMap:
