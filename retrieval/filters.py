@@ -301,6 +301,9 @@ class Plan:
     #: 4,000 16 ms (scripts/bench_filters.py, docs/photo-library.md).
     exact_us_per_vector: float = 2.5
     restrict_us_per_list: float = 4.0
+    #: A vector read from the catalog instead (8-bit codes, or an inverted file too large for
+    #: the id-to-list table): a B-tree lookup, about 40 microseconds here.
+    catalog_us_per_vector: float = 40.0
     #: Over the exact index, from this share on the search over-fetches candidates and keeps
     #: those the mask passes: a plain scan, where a restricted one mispredicts a branch on
     #: every other vector (50% at 100,000: 44 ms restricted, the unfiltered scan 11-23).
@@ -399,7 +402,9 @@ def _search_masked(catalog, index, queries, k, mask, factory, plan, rerank=None)
     elif lists is None:
         exact = count <= plan.mask_exact_max_flat
     else:
-        exact = count * plan.exact_us_per_vector <= lists * plan.restrict_us_per_list
+        from_index = faiss_index.holds_vectors(index) and not faiss_index.reranks(factory)
+        per_vector = plan.exact_us_per_vector if from_index else plan.catalog_us_per_vector
+        exact = count * per_vector <= lists * plan.restrict_us_per_list
     lookup = catalog.image_vectors_by_id
     if exact:
         plan.chosen = "exact"

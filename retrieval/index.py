@@ -370,6 +370,17 @@ _direct_map_lock = threading.Lock()
 DIRECT_MAP_LIMIT = 4_000_000
 
 
+def holds_vectors(index: faiss.Index) -> bool:
+    """Whether :func:`stored_vectors` reads vectors from this index (not None)."""
+    if isinstance(index, faiss.IndexIDMap2):
+        return isinstance(faiss.downcast_index(index.index), faiss.IndexFlat)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return False
+    return isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat) and ivf.ntotal <= DIRECT_MAP_LIMIT
+
+
 def stored_vectors(index: faiss.Index, ids: np.ndarray) -> np.ndarray | None:
     """The exact vectors of `ids` from the index's own float32 codes (an exact ``IDMap2,Flat``
     or an ``IVF...,Flat``), in the order given; None for other index types (8-bit codes).
@@ -379,16 +390,10 @@ def stored_vectors(index: faiss.Index, ids: np.ndarray) -> np.ndarray | None:
     MB, and None is returned (the caller reads the catalog's vectors).
     """
     ids = np.ascontiguousarray(ids, np.int64)
-    if isinstance(index, faiss.IndexIDMap2):
-        if not isinstance(faiss.downcast_index(index.index), faiss.IndexFlat):
-            return None
-    else:
-        try:
-            ivf = faiss.extract_index_ivf(index)
-        except RuntimeError:
-            return None
-        if not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat) or ivf.ntotal > DIRECT_MAP_LIMIT:
-            return None
+    if not holds_vectors(index):
+        return None
+    if not isinstance(index, faiss.IndexIDMap2):
+        ivf = faiss.extract_index_ivf(index)
         with _direct_map_lock:
             if ivf.direct_map.type == faiss.DirectMap.NoMap:
                 ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
