@@ -97,15 +97,17 @@ def main() -> int:
     rows = []
 
     previous, shipped = ConseAligner(device="cpu", config=conse.RECIPE_2026_11), ConseAligner(device="cpu")
+    first_experts = ConseAligner(device="cpu", config=conse.RECIPE_2026_12)
     batch = pixels(shipped, args.batch)
     uint8 = to_uint8(batch, shipped.transform.mean, shipped.transform.std)
-    fns = [lambda: previous.encode_images(batch), lambda: shipped.encode_images(batch)]
+    fns = [lambda: previous.encode_images(batch), lambda: first_experts.encode_images(batch), lambda: shipped.encode_images(batch)]
     fns += [lambda e=e: e.weights(uint8) for e in shipped.experts]
     measured = rates(fns, len(batch), rounds)
     text = rate(lambda: shipped.encode_texts(texts), len(texts), rounds)
     rows.append(("previous `default` recipe (Lite0 + MiniLM-L6, ConSE alone)", measured[0], f"{text:.0f}"))
-    rows.append(("**`default`** (ConSE + colour, people and scene experts)", measured[1], f"{text:.0f}"))
-    for expert, speed in zip(shipped.experts, measured[2:]):
+    rows.append(("`default` of 2026-12-01 (first experts)", measured[1], f"{text:.0f}"))
+    rows.append(("**`default`** (ConSE top-50 + colour, people and scene experts)", measured[2], f"{text:.0f}"))
+    for expert, speed in zip(shipped.experts, measured[3:]):
         rows.append((f"{expert.name} expert alone", speed, "-"))
     # default+ocr reads every picture: one round over 8 photos is enough to see its cost.
     with_ocr = ConseAligner(device="cpu", config=conse.OCR_CONFIG, spec="default+ocr")

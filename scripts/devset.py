@@ -16,7 +16,8 @@ package.
     python scripts/devset.py --out devset_pairs.csv --pip-root /tmp/wheels-unpacked
 
 `--pip-root` adds folders where `pip:` paths are looked up besides this Python's
-site-packages (an unpacked wheel, or `pip install --no-deps --target DIR imgaug`).
+site-packages and `.venv/share/devset-pip` (where `bash scripts/setup.sh --devset` unpacks
+them; or an unpacked wheel, or `pip install --no-deps --target DIR imgaug`).
 """
 
 from __future__ import annotations
@@ -54,8 +55,12 @@ def install_command(source: str) -> str:
     return f"apt-get install -y {package}" if kind == "apt" else f"pip install {package}"
 
 
+# Where `bash scripts/setup.sh --devset` unpacks the pip packages that ship photos.
+DEVSET_PIP = Path(__file__).resolve().parent.parent / ".venv" / "share" / "devset-pip"
+
+
 def site_roots(extra: list[str]) -> list[Path]:
-    roots = [Path(p) for p in extra]
+    roots = [Path(p) for p in extra] + [DEVSET_PIP]
     roots += [Path(p) for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
     roots += [Path(p) for p in site.getsitepackages()]
     return list(dict.fromkeys(r for r in roots if r.is_dir()))

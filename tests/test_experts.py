@@ -145,11 +145,25 @@ def test_previous_recipe_keeps_its_identity():
     assert conse.recipe_for("default/conse-000000000000") is None
 
 
+def test_first_expert_recipe_keeps_its_identity():
+    from retrieval.aligners import conse
+
+    # The recipe shipped on 2026-12-01 (and its default+ocr), retuned since: indexes built with
+    # them record these identities, and searching them rebuilds exactly that recipe.
+    assert conse.config_hash(conse.RECIPE_2026_12) == "9b5f21837d05"
+    assert conse.config_hash(conse.OCR_RECIPE_2026_12) == "131b0ef858f9"
+    assert conse.recipe_for("default/conse-9b5f21837d05") is conse.RECIPE_2026_12
+    assert conse.recipe_for("default/conse-131b0ef858f9") is conse.OCR_RECIPE_2026_12
+    assert conse.ConseAligner(config=conse.RECIPE_2026_12).identity == "default/conse-9b5f21837d05"
+    assert conse.config_hash(conse.CONFIG) not in ("9b5f21837d05", "885cacb3d584")
+
+
 @pytest.mark.slow
-def test_index_of_the_previous_recipe_is_searchable_but_refuses_new_vectors(tmp_path, photo_dir):
+@pytest.mark.parametrize("recipe", ["RECIPE_2026_11", "RECIPE_2026_12"])
+def test_index_of_the_previous_recipe_is_searchable_but_refuses_new_vectors(tmp_path, photo_dir, recipe):
     from retrieval import indexer
-    from retrieval.aligners import load_aligner
-    from retrieval.aligners.conse import RECIPE_2026_11, ConseAligner
+    from retrieval.aligners import conse, load_aligner
+    from retrieval.aligners.conse import ConseAligner
     from retrieval.api import Index
     from retrieval.errors import ModelMismatch
     from retrieval.indexer import IndexSettings
@@ -158,7 +172,7 @@ def test_index_of_the_previous_recipe_is_searchable_but_refuses_new_vectors(tmp_
     settings = IndexSettings(workers=0, batch_size=8)
     folder = tmp_path / "old"
     store = IndexStore.open(folder, create=True)
-    old = ConseAligner(config=RECIPE_2026_11)
+    old = ConseAligner(config=getattr(conse, recipe))
     indexer.run(store, old, [photo_dir], settings=settings)
     store.close()
 
