@@ -8,15 +8,21 @@ filled into a real catalog and FAISS index with that script's helpers, bound to 
    each step on top of the previous one, interleaved query by query so machine load hits
    every step alike: the plain path (numpy BLAS on its default threads, the FAISS file read
    on every search, no text cache, exact search); one BLAS thread for the text encoder; the
-   FAISS index kept loaded; an IVF index instead of exact search; a repeated query answered
-   from the text-vector cache. The IVF's nprobe is the smallest power of two whose recall@10
-   against exact search reaches 0.99 on 200 text queries; its recall is measured again on the
-   timed queries, and the engine's own tuning (on queries near the data) is reported beside it.
+   FAISS index kept loaded; its 8-bit copy scanned first (retrieval/quickscan.py); a repeated
+   query answered from the text-vector cache; and, as the alternative to the 8-bit copy, an
+   IVF index. The IVF's nprobe is the smallest power of two whose recall@10 against exact
+   search reaches 0.99 on 200 text queries; its recall and the 8-bit copy's are measured
+   again on the timed queries (real text queries of the `default` aligner), and the engine's
+   own IVF tuning (on queries near the data) is reported beside them. Then where a query's
+   time goes: the encoder alone, and each way of searching its vector.
 2. Over HTTP: a real `retrieval serve` process on 127.0.0.1 (started here, stopped at the
    end), one client: p50 / p99 of a warm text query (new texts, and repeated ones) on the
    exact and the IVF index, against the same queries in process.
-3. Throughput with 1, 8 and 64 concurrent clients (httpx, asyncio), every request a new text
-   (no cache hits), with micro-batching (the server's default window) and without (window 0).
+3. Throughput with 1, 8 and 64 concurrent clients, every request a new text (no cache hits),
+   with micro-batching (the server's default window) and without (window 0).
+Clients (2 and 3) are scripts/loadgen.py, raw asyncio HTTP in a process of its own, the same
+code for 1, 8 and 64 clients; its CPU per request is reported, since it shares the cores
+with the server. One latency row repeats the earlier runs' httpx client for comparison.
 4. Thumbnails: cold (made on the first request) and cached, over a small real index of
    generated full-size JPEGs (or an existing index: --thumb-index).
 Every response is checked: errors are counted per phase (the target is none). The 1-minute
@@ -28,7 +34,6 @@ load average is recorded before and after each phase, since other jobs share the
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -50,6 +55,7 @@ from retrieval import index as faiss_index
 from retrieval import resident
 from retrieval.aligners import minilm
 from retrieval.api import build_index, open_index
+from retrieval.query import search_vectors
 
 ADJECTIVES = ["red", "old", "small", "wet", "bright", "wooden", "busy", "quiet", "snowy", "striped", "broken", "tall"]
 NOUNS = ["dog", "bicycle", "boat", "house", "bird", "car", "tree", "bridge", "horse", "train", "kitchen", "clock"]
@@ -181,28 +187,38 @@ def make_photo_index(work: Path, count: int) -> Path:
 
 # -- in process ------------------------------------------------------------------------------
 STEPS = ["plain path", "+ one BLAS thread (text encoder)", "+ FAISS index kept loaded",
-         "+ IVF index (nprobe for recall@10 0.99 on text queries) instead of exact", "+ text-vector cache (repeated query)"]
+         "+ 8-bit copy of the exact index scanned first, 10 x k candidates re-scored exactly",
+         "+ text-vector cache (repeated query)",
+         "instead of the 8-bit copy: IVF index (nprobe for recall@10 0.99 on text queries; not the engine's choice)"]
+#: Step -> (index searched, one BLAS thread, index kept loaded, 8-bit copy, text cache).
+STEP_SETTINGS = {0: ("exact", False, False, False, False), 1: ("exact", True, False, False, False),
+                 2: ("exact", True, True, False, False), 3: ("exact", True, True, True, False),
+                 4: ("exact", True, True, True, True), 5: ("ivf", True, True, False, False)}
 
 
-def set_step(step: int) -> None:
-    minilm.ONE_BLAS_THREAD = step >= 1
-    resident.KEEP_LOADED = step >= 2
+def set_step(step: int) -> tuple[str, bool]:
+    name, one_thread, kept, quick, cache = STEP_SETTINGS[step]
+    minilm.ONE_BLAS_THREAD, resident.KEEP_LOADED, resident.QUICK_SCAN = one_thread, kept, quick
+    return name, cache
 
 
 def in_process(work: Path, texts: list[str]) -> dict:
-    exact, ivf = open_index(str(work / "exact")), open_index(str(work / "ivf"))
-    for idx in (exact, ivf):
-        idx.search("warm up", k=10)
+    indexes = {"exact": open_index(str(work / "exact")), "ivf": open_index(str(work / "ivf"))}
+    set_step(3)
+    for idx in indexes.values():
+        for _ in range(2):  # the second search makes the 8-bit copy
+            idx.search("warm up", k=10)
         idx.text_cache.size = 0
     times: dict[int, list[float]] = {s: [] for s in range(len(STEPS))}
     cpu = dict.fromkeys(range(len(STEPS)), 0.0)
-    hits: dict[str, list[list[int]]] = {"exact": [], "ivf": []}
+    hits: dict[int, list[list[int]]] = {2: [], 3: [], 5: []}
+    parts: dict[str, list[float]] = {"encode": [], "exact scan": [], "8-bit scan + re-score": [], "IVF scan": []}
     before = load()
     for text in texts:
         for step in range(len(STEPS)):
-            set_step(step)
-            idx = ivf if step >= 3 else exact
-            if step == 4:
+            name, cache = set_step(step)
+            idx = indexes[name]
+            if cache:
                 idx.text_cache.size = 1024
                 idx.search(text, k=10)  # seen once before: the timed search below is a cache hit
             t, c = time.perf_counter(), time.process_time()
@@ -210,22 +226,37 @@ def in_process(work: Path, texts: list[str]) -> dict:
             times[step].append((time.perf_counter() - t) * 1000)
             cpu[step] += time.process_time() - c
             idx.text_cache.size = 0
-            if step in (2, 3):
-                hits["exact" if step == 2 else "ivf"].append([h.id for h in found])
-    set_step(len(STEPS))
-    for idx in (exact, ivf):
+            if step in hits:
+                hits[step].append([h.id for h in found])
+        # Where the time goes: the encoder alone, then each way of searching its vector.
+        set_step(3)
+        t = time.perf_counter()
+        vector = indexes["exact"].aligner.encode_texts([text])
+        parts["encode"].append((time.perf_counter() - t) * 1000)
+        for part, name, quick in (("exact scan", "exact", False), ("8-bit scan + re-score", "exact", True),
+                                  ("IVF scan", "ivf", False)):
+            resident.QUICK_SCAN = quick
+            t = time.perf_counter()
+            search_vectors(indexes[name].store, vector, 10)
+            parts[part].append((time.perf_counter() - t) * 1000)
+    set_step(4)
+    for idx in indexes.values():
         idx.text_cache.size = 1024
         idx.close()
-    recall = faiss_index.recall_at_k(np.array(hits["exact"]), np.array(hits["ivf"]))
+    truth = np.array(hits[2])
     return {"steps": [{"step": STEPS[s], **pct(times[s]), "cpu_ms": round(cpu[s] * 1000 / len(texts), 2)}
                       for s in range(len(STEPS))],
-            "recall_at_10_text_queries": recall, "load": [before, load()]}
+            "parts": {k: pct(v) for k, v in parts.items()},
+            "recall_at_10_text_queries": faiss_index.recall_at_k(truth, np.array(hits[5])),
+            "recall_at_10_text_queries_8bit": faiss_index.recall_at_k(truth, np.array(hits[3])),
+            "load": [before, load()]}
 
 
 def in_process_plain(work: Path, name: str, texts: list[str], repeat: bool) -> dict:
     """The engine's path as it now is (every fast path on), for comparison with HTTP."""
     idx = open_index(str(work / name))
-    idx.search("warm up", k=10)
+    for _ in range(2):  # the second search makes the 8-bit copy of an exact index, as the server's warm-up does
+        idx.search("warm up", k=10)
     times, cpu = [], 0.0
     for text in texts:
         if repeat:
@@ -285,6 +316,7 @@ class Server:
 
 
 def http_sequential(server: Server, index: str, texts: list[str], repeat: bool) -> dict:
+    """One httpx client, one request at a time (the client of the runs before 2026-12-01 23:50)."""
     errors, times, cpu = 0, [], 0.0
     with httpx.Client(base_url=server.base, timeout=30) as client:
         client.get("/api/search", params={"q": "warm up", "index": index, "k": 10})
@@ -301,43 +333,31 @@ def http_sequential(server: Server, index: str, texts: list[str], repeat: bool) 
     return {**pct(times), "cpu_ms": round(cpu * 1000 / len(texts), 2), "errors": errors}
 
 
-async def _load_test(base: str, index: str, texts: list[str], clients: int) -> dict:
-    queue = list(reversed(texts))
-    latencies, errors = [], 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
-        await client.get("/api/search", params={"q": "warm up", "index": index, "k": 10})
-
-        async def worker():
-            nonlocal errors
-            while queue:
-                text = queue.pop()
-                t = time.perf_counter()
-                try:
-                    r = await client.get("/api/search", params={"q": text, "index": index, "k": 10})
-                    errors += failed(r, 10)
-                except httpx.HTTPError as exc:
-                    errors += 1
-                    if len(ERRORS) < 5:
-                        ERRORS.append(f"{type(exc).__name__}: {exc}")
-                latencies.append((time.perf_counter() - t) * 1000)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        wall = time.perf_counter() - start
-    return {"clients": clients, "requests": len(texts), "qps": round(len(texts) / wall, 1), **pct(latencies),
-            "errors": errors}
+def loadgen(server: Server, index: str, texts: list[str], clients: int, repeat: bool = False) -> dict:
+    """Run scripts/loadgen.py (raw asyncio HTTP, its own process) against the server; its figures
+    plus the server's CPU per request, summed over the run."""
+    spec = json.dumps({"port": server.port, "index": index, "texts": texts, "clients": clients, "repeat": repeat})
+    before, cpu = load(), server.cpu_seconds()
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("loadgen.py"))], input=spec,
+                          capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"the load generator failed: {done.stderr[-2000:]}")
+    out = json.loads(done.stdout)
+    requests = len(texts) * (2 if repeat else 1)
+    ERRORS.extend(out["first_errors"][: max(0, 5 - len(ERRORS))])
+    latencies = [x for x in out["latencies_ms"] if x is not None]
+    return {"clients": clients, "requests": len(texts), "qps": round(len(texts) / out["wall_s"], 1), **pct(latencies),
+            "errors": out["errors"], "server_cpu_ms_per_query": round((server.cpu_seconds() - cpu) * 1000 / requests, 2),
+            "client_cpu_ms_per_request": round(out["cpu_s"] * 1000 / requests, 2), "load": [before, load()]}
 
 
 def throughput(server: Server, index: str, texts: Texts, per_clients: dict[int, int]) -> list[dict]:
+    """Queries per second at each number of clients, every request a new text; the same client code for all."""
     rows = []
+    loadgen(server, index, texts.take(8), 1)  # warm: connections, the first batch
     for clients, n in per_clients.items():
-        before, cpu = load(), server.cpu_seconds()
-        row = asyncio.run(_load_test(server.base, index, texts.take(n), clients))
-        # CPU per query hardly depends on how busy the machine is, unlike queries per second:
-        # it says what batching saves, and what two free cores would serve.
-        row["server_cpu_ms_per_query"] = round((server.cpu_seconds() - cpu) * 1000 / n, 2)
-        rows.append({**row, "load": [before, load()]})
+        row = loadgen(server, index, texts.take(n), clients)
+        rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
 
@@ -401,14 +421,21 @@ def main() -> None:
             try:
                 if window:  # latency and thumbnails once, with the server's default settings
                     rows = {}
+                    loadgen(server, "exact", texts.take(4), 1)  # warm
                     for name in ("exact", "ivf"):
                         for repeat in (False, True):
                             qs = texts.take(args.queries // 2)
                             key = f"{name}, {'repeated' if repeat else 'new'} texts"
                             before = load()
                             rows[key] = {"in_process": in_process_plain(work, name, qs, repeat),
-                                         "http": http_sequential(server, name, qs, repeat), "load": [before, load()]}
+                                         "http": loadgen(server, name, qs, 1, repeat), "load": [before, load()]}
                             print(key, json.dumps(rows[key]), file=sys.stderr, flush=True)
+                    # The earlier runs' client (httpx, in this process), for comparison with them.
+                    qs = texts.take(args.queries // 2)
+                    before = load()
+                    rows["exact, new texts, httpx client"] = {
+                        "in_process": in_process_plain(work, "exact", qs, False),
+                        "http": http_sequential(server, "exact", qs, False), "load": [before, load()]}
                     result["http"] = rows
                     with httpx.Client(base_url=server.base) as client:
                         found = client.get("/api/search", params={"q": "a photo", "index": photos.name, "k": 200}).json()
@@ -442,10 +469,15 @@ def report(r: dict) -> None:
           f"{r['in_process_steps']['recall_at_10_text_queries']:.3f} on the (other) measured text queries. "
           f"The engine builds {ix['engine_factory_at_n']} at this size.\n")
     steps = r["in_process_steps"]
-    print(f"Warm text query in process, step by step (load {steps['load'][0]} -> {steps['load'][1]})\n")
+    print(f"Warm text query in process, step by step (load {steps['load'][0]} -> {steps['load'][1]}); "
+          f"recall@10 against exact on these text queries: 8-bit copy {steps['recall_at_10_text_queries_8bit']:.3f}, "
+          f"IVF {steps['recall_at_10_text_queries']:.3f}\n")
     print("| step | p50 ms | p99 ms | CPU ms per query |\n|---|---|---|---|")
     for s in steps["steps"]:
         print(f"| {s['step']} | {s['p50']} | {s['p99']} | {s.get('cpu_ms', '')} |")
+    print("\nWhere a new text's time goes (same queries)\n\n| part | p50 ms | p99 ms |\n|---|---|---|")
+    for part, v in steps.get("parts", {}).items():
+        print(f"| {part} | {v['p50']} | {v['p99']} |")
     print("\nHTTP (one client, keep-alive) against the same queries in process\n")
     print("| index, queries | in process p50 / p99 ms | HTTP p50 / p99 ms | HTTP adds (p50) ms "
           "| CPU ms per query in process / server | errors | load |")
@@ -453,17 +485,18 @@ def report(r: dict) -> None:
     for key, row in r["http"].items():
         a, b = row["in_process"], row["http"]
         print(f"| {key} | {a['p50']} / {a['p99']} | {b['p50']} / {b['p99']} | {b['p50'] - a['p50']:.2f} "
-              f"| {a.get('cpu_ms', '')} / {b.get('cpu_ms', '')} | {b['errors']} | {row['load'][0]} -> {row['load'][1]} |")
+              f"| {a.get('cpu_ms', '')} / {b.get('cpu_ms', b.get('server_cpu_ms_per_query', ''))} | {b['errors']} | {row['load'][0]} -> {row['load'][1]} |")
     print("\nThroughput, every request a new text (no cache hits)\n")
     print("| batching | index | clients | requests | queries/s | x one client | p50 / p99 ms | server CPU ms per query "
-          "| errors | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| client CPU ms per request | errors | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for label, by_index in r["throughput"].items():
         for name, rows in by_index.items():
             one = rows[0]["qps"]
             for row in rows:
                 print(f"| {label} | {name} | {row['clients']} | {row['requests']} | {row['qps']} | {row['qps'] / one:.1f} "
-                      f"| {row['p50']} / {row['p99']} | {row.get('server_cpu_ms_per_query', '')} | {row['errors']} "
+                      f"| {row['p50']} / {row['p99']} | {row.get('server_cpu_ms_per_query', '')} "
+                      f"| {row.get('client_cpu_ms_per_request', '')} | {row['errors']} "
                       f"| {row['load'][0]} -> {row['load'][1]} |")
     t = r.get("thumbnails")
     if t:

@@ -2,7 +2,7 @@
 
 - on real text queries of the packaged `default` aligner, its top 10 are exact search's
   (recall@10 >= 0.99) with the exact index's own scores;
-- large batches and deep pages are answered by the exact index itself;
+- batches are searched exactly (by matrix product), deep pages by the exact index itself;
 - through search_vectors: built on the second search with a kept index, never on the first,
   answers as the exact index does, and is dropped with the index.
 Its speed is measured by scripts/bench_server.py.
@@ -68,10 +68,14 @@ def test_top_10_of_real_text_queries_match_exact_search(exact):
     assert (np.diff(scores, axis=1) <= 0).all()  # ranked best first
 
 
-def test_large_batches_and_deep_pages_are_answered_exactly(exact):
+@pytest.mark.parametrize("size", [quickscan.EXACT_BATCH, 64])
+def test_batches_and_deep_pages_are_answered_exactly(exact, size):
     quick = quickscan.QuickScan(exact)
-    queries = clustered(quickscan.EXACT_BATCH, seed=2)
-    np.testing.assert_array_equal(quick.search(queries, 10)[1], faiss_index.search(exact, queries, 10)[1])
+    queries = clustered(size, seed=2)
+    scores, ids = quick.search(queries, 10)  # one matrix product per block of vectors
+    truth_scores, truth = faiss_index.search(exact, queries, 10)
+    assert faiss_index.recall_at_k(truth, ids) == 1.0
+    np.testing.assert_allclose(scores, truth_scores, atol=1e-5)
     deep = quickscan.MAX_FETCH // quickscan.RERANK + 1
     np.testing.assert_array_equal(quick.search(queries[:1], deep)[1], faiss_index.search(exact, queries[:1], deep)[1])
 
@@ -120,3 +124,18 @@ def test_search_vectors_builds_the_copy_on_the_second_search_and_answers_alike(t
         resident.forget(reader)
         reader.close()
         writer.close()
+
+
+@pytest.mark.slow
+def test_a_text_encoded_in_a_server_batch_has_the_vector_it_has_alone():
+    """The server encodes up to 64 queued texts in one call (padded to the longest): each must
+    get the vector it gets alone, so a query's results do not depend on the load."""
+    from retrieval.aligners import load_aligner
+    from retrieval.server.batcher import MAX_BATCH
+
+    subjects = ["dog", "red bicycle", "wooden boat by the sea", "kitchen", "snowy mountain road at dawn", "clock"]
+    captions = [f"a photo of a {subjects[i % 6]}" + " seen from far away" * (i % 4) + f", number {i}" for i in range(256)]
+    aligner = load_aligner("default")
+    alone = np.concatenate([aligner.encode_texts([c]) for c in captions])
+    batched = np.concatenate([aligner.encode_texts(captions[i : i + MAX_BATCH]) for i in range(0, 256, MAX_BATCH)])
+    assert (alone * batched).sum(axis=1).min() >= 0.9999

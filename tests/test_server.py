@@ -279,6 +279,115 @@ def test_engine_thread_batches_under_load_and_never_delays_a_lone_query():
         engine.close()
 
 
+def test_batches_grow_with_the_queue_and_wait_for_no_window():
+    """Whatever queues while a batch runs is the next batch, taken at once (the window is 3 s here)."""
+    import time
+
+    from retrieval.server.batcher import EngineThread
+
+    engine = EngineThread(window_ms=3000)
+    running, release = threading.Event(), threading.Event()
+
+    def slow(key, payloads):
+        running.set()
+        release.wait(10)
+        return [p * 2 for p in payloads]
+
+    try:
+        gate = engine.call(lambda: time.sleep(0.2))  # busy: the first five queue behind it
+        first = [engine.batched("k", i, slow) for i in range(5)]
+        gate.result(5)
+        assert running.wait(5)
+        started = time.monotonic()
+        later = [engine.batched("k", 100 + i, slow) for i in range(40)]  # queue while the batch runs
+        release.set()
+        assert [f.result(10) for f in first + later] == [2 * i for i in range(5)] + [2 * (100 + i) for i in range(40)]
+        assert time.monotonic() - started < 1.5  # no window waited: everything queued was taken
+        assert engine.batch_sizes == [5, 40]
+    finally:
+        release.set()
+        engine.close()
+
+
+@pytest.mark.parametrize("window", [3000.0, 0.0])
+def test_prepare_step_runs_on_the_encoder_thread_while_the_engine_finishes(window):
+    """With batching on, the next batch is prepared (encoded) while the engine thread finishes the last."""
+    from retrieval.server.batcher import EngineThread
+
+    engine = EngineThread(window_ms=window)
+    steps, finishing, holding, hold, release = [], *(threading.Event() for _ in range(4))
+
+    def prepare(key, payloads):
+        steps.append(("prepare", threading.current_thread().name, len(payloads), release.is_set()))
+        if payloads == [-1] and window:
+            holding.set()
+            hold.wait(10)  # the encoder is busy: what comes next queues up behind it
+        return [p * 10 for p in payloads]
+
+    def finish(key, payloads, prepared):
+        steps.append(("finish", threading.current_thread().name, len(payloads), release.is_set()))
+        if payloads == [0]:
+            finishing.set()
+            release.wait(10)
+        return [p + q for p, q in zip(payloads, prepared)]
+
+    try:
+        first = engine.batched("k", 0, finish, prepare)
+        assert finishing.wait(5)  # the engine thread is finishing the first query
+        gate = engine.batched("k", -1, finish, prepare)
+        if window:
+            assert holding.wait(5)
+        later = [engine.batched("k", i, finish, prepare) for i in range(1, 31)]
+        hold.set()
+        if window:  # the thirty are encoded as one batch while the engine thread is still busy
+            for _ in range(500):
+                if len(steps) >= 4:
+                    break
+                threading.Event().wait(0.01)
+            assert steps[3] == ("prepare", "retrieval-engine-encoder", 30, False)
+        release.set()
+        assert gate.result(10) == -11
+        assert [f.result(10) for f in [first, *later]] == [11 * i for i in range(31)]
+        if window:
+            assert engine.batch_sizes == [1, 1, 30]
+            assert {t for step, t, *_ in steps if step == "finish"} == {"retrieval-engine"}
+        else:  # batching off: one at a time, all on the engine thread
+            assert engine.batch_sizes == [1] * 32 and {t for _, t, *_ in steps} == {"retrieval-engine"}
+        failing = engine.batched("k", 1, finish, lambda key, payloads: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            failing.result(5)
+        assert engine.batched("k", 2, finish, prepare).result(5) == 22  # still running
+    finally:
+        hold.set()
+        release.set()
+        engine.close()
+
+
+def test_info_checksums_off_the_query_thread_once_per_generation(tmp_path, monkeypatch):
+    from retrieval import indexer, integrity
+    from retrieval.indexer import IndexSettings
+    from retrieval.store import IndexStore
+
+    index, photos = color_index(tmp_path)
+    api = client(ServerSettings(indexes=[str(index)]), aligner=ColorAligner())
+    reads = []
+    real = integrity.crc32_of
+    monkeypatch.setattr(integrity, "crc32_of", lambda path: reads.append(threading.current_thread().name) or real(path))
+    first = api.get("/api/info").json()
+    assert first["index_files"] == "ok" and first["generation"] == 1 and reads
+    assert "retrieval-engine" not in reads  # never on the thread that answers queries
+    seen = len(reads)
+    assert api.get("/api/info").json() == first and len(reads) == seen  # kept for the same files
+    make_image(photos / "late.jpg", seed=77)
+    store = IndexStore.open(str(index))
+    try:
+        indexer.run(store, ColorAligner(), [photos], settings=IndexSettings(workers=0))
+    finally:
+        store.close()
+    after = api.get("/api/info").json()
+    assert after["generation"] == 2 and after["images"] == first["images"] + 1 and len(reads) > seen
+
+
 def test_folder_filter_takes_folders_as_paths_are_shown(api):
     _, photos = photo_index()
     body = api.get("/api/search", params={"q": "a cat", "folder": "generated", "k": 50}).json()

@@ -15,17 +15,15 @@ Needs only ``tokenizers`` and ``safetensors``, which come with transformers.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import math
-import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from retrieval.aligners.base import normalize
+from retrieval.blas import OneBlasThread
 
 #: Batches up to this size run in numpy (no torch import); larger ones in torch. 64 is the
 #: server's largest micro-batch (retrieval/server/batcher.py): on a busy 2-core machine torch's
@@ -80,7 +78,7 @@ class SentenceEncoder:
         if len(ids) <= NUMPY_MAX_BATCH and self.device in (None, "cpu"):
             if self._numpy_layers is None:
                 self._numpy_layers = pack_layers(self.weights, self.cfg)
-            with _OneBlasThread() if ONE_BLAS_THREAD else contextlib.nullcontext():
+            with OneBlasThread() if ONE_BLAS_THREAD else contextlib.nullcontext():
                 return numpy_forward(self.weights, self.cfg, ids, mask, self._numpy_layers)
         return self.torch_forward(ids, mask)
 
@@ -205,52 +203,5 @@ def _numpy_layer(
     return _layer_norm(out, w["ln2"], w["ln2_b"], eps)
 
 
-class _OneBlasThread:
-    """numpy's BLAS on one thread while any `with _OneBlasThread():` block runs, in any thread.
-
-    The setting is process-wide, so blocks are counted: the first one in sets it, the last one
-    out restores it, and overlapping blocks in several threads cannot leave it changed. With
-    numpy's OpenBLAS it is set through ``openblas_set_num_threads_local``: the plain
-    ``openblas_set_num_threads`` called from a worker thread (the server encodes on one)
-    after the main thread had changed it was ignored here, and two threads still ran. FAISS
-    and torch bring their own BLAS and keep their settings.
-    """
-
-    _lock = threading.Lock()
-    _loaded = False
-    _setters: list = []  # (read the current count, set a count) per numpy BLAS library
-    _active = 0
-    _saved: list = []
-
-    @classmethod
-    def _load(cls) -> None:
-        from threadpoolctl import ThreadpoolController
-
-        for lib in ThreadpoolController().lib_controllers:
-            if lib.user_api != "blas" or f"{os.sep}numpy" not in lib.filepath:
-                continue
-            local = getattr(lib.dynlib, "openblas_set_num_threads_local", None) if lib.internal_api == "openblas" else None
-            if local is not None:
-                local.argtypes, local.restype = [ctypes.c_int], ctypes.c_int
-            cls._setters.append((lambda lib=lib: lib.num_threads, local or lib.set_num_threads))
-        cls._loaded = True
-
-    def __enter__(self):
-        cls = _OneBlasThread
-        with cls._lock:
-            if not cls._loaded:
-                cls._load()
-            if cls._active == 0:
-                cls._saved = [(setter, read()) for read, setter in cls._setters]
-                for setter, _ in cls._saved:
-                    setter(1)
-            cls._active += 1
-        return self
-
-    def __exit__(self, *exc) -> None:
-        cls = _OneBlasThread
-        with cls._lock:
-            cls._active -= 1
-            if cls._active == 0:
-                for setter, threads in cls._saved:
-                    setter(threads)
+# Kept under its old name: the limiter now lives in retrieval/blas.py (the quick scan uses it too).
+_OneBlasThread = OneBlasThread

@@ -22,7 +22,8 @@ from retrieval.cli.engine import INDEX_HELP
 @click.option("--absolute-paths", is_flag=True, help="Show absolute file paths instead of paths relative to the indexed folder.")
 @click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(0.01, 1024), help="Largest query image accepted.")
 @click.option("--batch-window-ms", default=2.0, show_default=True, type=click.FloatRange(0, 1000),
-              help="Under load, text queries this close together are encoded and searched as one batch; 0 turns it off.")
+              help="Text queries queued while the engine is busy are encoded and searched as one batch; after a "
+                   "shared batch a lone query waits up to this long for company. 0 turns batching off.")
 def serve(indexes, host, port, token, cors_origins, absolute_paths, max_upload_mb, batch_window_ms):
     """Serve indexes over HTTP: a search page at / and a JSON API (see docs/server.md).
 

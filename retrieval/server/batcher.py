@@ -4,12 +4,20 @@ Why one thread: a catalog's SQLite connection belongs to the thread that opened 
 the model and FAISS already use every core for one call; requests from the event loop
 hand work over as jobs and await a future.
 
-Micro-batching: plain text queries that arrive within ``window`` seconds of each other
-(up to ``max_batch``) are answered together, with one aligner call that encodes all
-their texts and one FAISS call that searches all their vectors. Under load this turns a
-queue of single queries into a few batched ones. The window is waited only under load
-(queries already queued, or the previous batch shared), so a lone client's query is not
-delayed; with the window at 0 every job runs alone (scripts/bench_server.py compares both).
+Micro-batching: whenever the thread becomes free it takes every job queued by then (up
+to ``max_batch``) and answers the plain text queries among them together, with one aligner
+call that encodes all their texts and one FAISS call that searches all their vectors. So a
+batch grows with the load: while one batch runs, the next one queues. There is no fixed
+wait: only when the thread finds a single query just after a shared batch (a burst may
+still be arriving) does it wait up to ``window`` seconds for company; a lone client's
+query never waits. With the window at 0 batching is off and every job runs alone
+(scripts/bench_server.py compares both).
+
+Two stages: a batchable job may come with a `prepare` step that needs no catalog (the
+text encoder). With batching on, batches are then gathered and prepared by a second
+thread, the encoder thread, and handed to the engine thread to finish (search, rows,
+responses), so the next batch is being encoded while the last one is searched: the two
+run on two cores, each with one BLAS thread (numpy's BLAS releases the GIL).
 """
 
 from __future__ import annotations
@@ -17,10 +25,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -31,28 +39,36 @@ MAX_BATCH = 64
 
 @dataclass
 class Job:
-    future: Future
+    future: Future | None
     #: Runs alone: fn() -> result.
     fn: Callable[[], Any] | None = None
-    #: Batchable: jobs with equal keys are answered by one call of `batch_fn(key, payloads)`.
+    #: Batchable: jobs with equal keys are answered by one call of `batch_fn(key, payloads)`,
+    #: or `batch_fn(key, payloads, prepare(key, payloads))` when `prepare` is given.
     key: Hashable | None = None
     payload: Any = None
-    batch_fn: Callable[[Hashable, list], list] | None = None
+    batch_fn: Callable[..., list] | None = None
+    prepare: Callable[[Hashable, list], Any] | None = None
 
 
 class EngineThread:
     """A worker thread that runs jobs in arrival order and batches the batchable ones."""
 
-    def __init__(self, window_ms: float = 2.0, max_batch: int = MAX_BATCH):
+    def __init__(self, window_ms: float = 2.0, max_batch: int = MAX_BATCH, name: str = "retrieval-engine"):
         self.window = max(0.0, window_ms) / 1000.0
         self.max_batch = max_batch
         self._jobs: queue.Queue[Job | None] = queue.Queue()
-        #: Whether the last batch answered more than one query (then the next one waits for company).
-        self._shared = False
-        self._thread = threading.Thread(target=self._loop, name="retrieval-engine", daemon=True)
-        self._thread.start()
+        #: Batchable jobs with a prepare step wait here for the encoder thread (batching on only).
+        self._staged: queue.Queue[Job | None] = queue.Queue()
+        #: Whether the last batch answered more than one query (then a lone next one may wait for company).
+        self._shared = {id(self._jobs): False, id(self._staged): False}
         #: Sizes of the batches run so far (for tests and the benchmark).
         self.batch_sizes: list[int] = []
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+        self._encoder = None
+        if self.window > 0:
+            self._encoder = threading.Thread(target=self._encode_loop, name=f"{name}-encoder", daemon=True)
+            self._encoder.start()
 
     def call(self, fn: Callable[[], Any]) -> Future:
         """Run `fn` on the engine thread; its result (or exception) arrives in the future."""
@@ -60,72 +76,138 @@ class EngineThread:
         self._jobs.put(Job(future, fn=fn))
         return future
 
-    def batched(self, key: Hashable, payload: Any, batch_fn: Callable[[Hashable, list], list]) -> Future:
-        """Queue a batchable job; `batch_fn(key, payloads)` returns one result per payload."""
+    def batched(
+        self, key: Hashable, payload: Any, batch_fn: Callable[..., list],
+        prepare: Callable[[Hashable, list], Any] | None = None,
+    ) -> Future:
+        """Queue a batchable job; `batch_fn(key, payloads)` returns one result per payload.
+
+        With `prepare`, `batch_fn(key, payloads, prepare(key, payloads))`: `prepare` runs on the
+        encoder thread when batching is on (it must not touch a catalog), on the engine thread otherwise.
+        """
         future: Future = Future()
-        self._jobs.put(Job(future, key=key, payload=payload, batch_fn=batch_fn))
+        job = Job(future, key=key, payload=payload, batch_fn=batch_fn, prepare=prepare)
+        (self._staged if prepare is not None and self._encoder is not None else self._jobs).put(job)
         return future
 
     def close(self, timeout: float = 5.0) -> None:
+        if self._encoder is not None:
+            self._staged.put(None)
+            self._encoder.join(timeout)
         self._jobs.put(None)
         self._thread.join(timeout)
 
-    # -- the loop --------------------------------------------------------------------
+    # -- the loops -------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            if job.batch_fn is None or self.window == 0:
-                self._run([job])
-                continue
-            # Wait for company only under load (jobs queued now, or the last batch was shared): a
-            # lone client never pays the window.
-            window = self.window if (self._shared or not self._jobs.empty()) else 0.0
-            jobs, stop = self._gather(job, window)
-            self._shared = len(jobs) > 1
+            jobs, stop = self._next_batch(self._jobs)
             self._run(jobs)
             if stop:
                 return
 
-    def _gather(self, first: Job, window: float) -> tuple[list[Job], bool]:
-        """The first job plus whatever arrives within `window` seconds (or until the batch is full)."""
-        jobs, deadline = [first], time.monotonic() + window
-        while len(jobs) < self.max_batch:
-            left = deadline - time.monotonic()
+    def _encode_loop(self) -> None:
+        while True:
+            jobs, stop = self._next_batch(self._staged)
+            for key, members in _groups(jobs).items():
+                self.batch_sizes.append(len(members))
+                payloads = [m.payload for m in members]
+                try:
+                    prepared = members[0].prepare(key, payloads)
+                except BaseException as exc:  # noqa: BLE001  (handed to every waiting request)
+                    _fail(members, exc)
+                    continue
+                self._jobs.put(Job(None, fn=partial(_answer, members, key, payloads, (prepared,))))
+            if stop:
+                return
+
+    def _next_batch(self, jobs: queue.Queue) -> tuple[list[Job], bool]:
+        """The next job, plus every batchable job queued by now when batching is on. True: stop after these."""
+        job = jobs.get()
+        if job is None:
+            return [], True
+        if job.batch_fn is None or self.window == 0:
+            return [job], False
+        batch, stop = self._take_queued(jobs, [job])
+        if len(batch) == 1 and self._shared[id(jobs)] and not stop:
+            # Alone just after a shared batch: more of the burst is likely on its way.
+            batch, stop = self._take_queued(jobs, batch, wait=self.window)
+        self._shared[id(jobs)] = len(batch) > 1
+        return batch, stop
+
+    def _take_queued(self, jobs: queue.Queue, batch: list[Job], wait: float = 0.0) -> tuple[list[Job], bool]:
+        """`batch` plus every job queued now (until it is full); with `wait`, first up to
+        `wait` seconds for one more. True when the stop signal was among them."""
+        if wait > 0:
             try:
-                job = self._jobs.get(timeout=left) if left > 0 else self._jobs.get_nowait()
+                job = jobs.get(timeout=wait)
+            except queue.Empty:
+                return batch, False
+            if job is None:
+                return batch, True
+            batch.append(job)
+        while len(batch) < self.max_batch:
+            try:
+                job = jobs.get_nowait()
             except queue.Empty:
                 break
             if job is None:
-                return jobs, True
-            jobs.append(job)
-        return jobs, False
+                return batch, True
+            batch.append(job)
+        return batch, False
 
     def _run(self, jobs: list[Job]) -> None:
-        groups: dict[Hashable, list[Job]] = {}
         for job in jobs:
             if job.batch_fn is None:
                 _settle(job.future, job.fn)
-            else:
-                groups.setdefault(job.key, []).append(job)
-        for key, members in groups.items():
+        for key, members in _groups(jobs).items():
             self.batch_sizes.append(len(members))
-            try:
-                results = members[0].batch_fn(key, [m.payload for m in members])
-            except BaseException as exc:  # noqa: BLE001  (handed to every waiting request)
-                for m in members:
-                    m.future.set_exception(exc)
-                continue
-            for m, result in zip(members, results):
-                if isinstance(result, BaseException):
-                    m.future.set_exception(result)
-                else:
-                    m.future.set_result(result)
+            _answer(members, key, [m.payload for m in members])
 
 
-def _settle(future: Future, fn: Callable[[], Any]) -> None:
+def _groups(jobs: list[Job]) -> dict[Hashable, list[Job]]:
+    """Batchable jobs by key, in arrival order."""
+    groups: dict[Hashable, list[Job]] = {}
+    for job in jobs:
+        if job.batch_fn is not None:
+            groups.setdefault(job.key, []).append(job)
+    return groups
+
+
+def _answer(members: list[Job], key: Hashable, payloads: list, prepared: tuple | None = None) -> None:
+    """Run one batch call and hand each member its result (or the call's exception).
+
+    `prepared`: the prepare step's result in a 1-tuple, when the encoder thread has run it.
+    """
+    first = members[0]
     try:
-        future.set_result(fn())
+        if first.prepare is None:
+            results = first.batch_fn(key, payloads)
+        else:
+            (ready,) = prepared if prepared is not None else (first.prepare(key, payloads),)
+            results = first.batch_fn(key, payloads, ready)
+    except BaseException as exc:  # noqa: BLE001  (handed to every waiting request)
+        _fail(members, exc)
+        return
+    for m, result in zip(members, results):
+        if isinstance(result, BaseException):
+            m.future.set_exception(result)
+        else:
+            m.future.set_result(result)
+
+
+def _fail(members: list[Job], exc: BaseException) -> None:
+    for m in members:
+        m.future.set_exception(exc)
+
+
+def _settle(future: Future | None, fn: Callable[[], Any]) -> None:
+    try:
+        result = fn()
     except BaseException as exc:  # noqa: BLE001  (the request that asked gets it)
+        if future is None:  # nobody waits on it: say so, and keep the thread running
+            log.exception("engine job failed")
+            return
         future.set_exception(exc)
+        return
+    if future is not None:
+        future.set_result(result)

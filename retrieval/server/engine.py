@@ -97,6 +97,8 @@ class Served:
         self.index: Index = open_index(spec)
         self.store = self.index.store
         self.folder = self.store.folder
+        #: The aligner is loaded (by the engine thread): the encoder thread may encode texts.
+        self.aligner_ready = False
 
     @property
     def catalog(self):
@@ -123,6 +125,8 @@ class Library:
     def __init__(self, specs: list[str], absolute_paths: bool = False):
         self.absolute_paths = absolute_paths
         self.indexes: dict[str, Served] = {}
+        #: name -> (generation and FAISS file keys, info): see :meth:`info`.
+        self._info: dict[str, tuple[tuple, dict]] = {}
         for spec in specs:
             name = served_name(spec)
             if name in self.indexes:
@@ -148,12 +152,18 @@ class Library:
             served.index.close()
 
     def warm(self) -> None:
-        """Load each index's aligner now, so the first query does not wait for it."""
+        """Load each index's aligner and FAISS index now, so the first queries do not wait for them.
+
+        Two searches: the second makes the 8-bit copy of an exact index (retrieval/quickscan.py).
+        """
         for served in self.indexes.values():
             if served.empty():
                 continue
             try:
-                served.index.aligner.encode_texts(["warm up"])
+                vector = served.index.encode_texts(["warm up"])
+                served.aligner_ready = True
+                for _ in range(2):
+                    engine.search_vectors(served.store, vector, 1)
             except RetrievalError as exc:  # each search will say it again, to the client that asks
                 log.warning("index %s: %s", served.name, exc)
 
@@ -191,12 +201,25 @@ class Library:
             places += [os.path.join(root, folder) for root in roots]
         return replace(spec.filters or Filters(), folders=Filters.parse(folders=places).folders)
 
-    def search_texts(self, key: tuple[str, str], specs: list[SearchSpec]) -> list[dict]:
+    def encode_texts(self, key: tuple[str, str], specs: list[SearchSpec]) -> np.ndarray | None:
+        """The query vectors of a batch of plain text queries, or None to leave it to :meth:`search_texts`.
+
+        Runs on the encoder thread (retrieval/server/batcher.py), so it reads no catalog: it
+        encodes only once the engine thread has loaded the index's aligner (which reads one).
+        """
+        served = self.indexes.get(key[0])
+        if served is None or not served.aligner_ready:
+            return None
+        return served.index.encode_texts([s.q for s in specs])
+
+    def search_texts(self, key: tuple[str, str], specs: list[SearchSpec], vectors: np.ndarray | None = None) -> list[dict]:
         """Plain text queries against one index and target: one encoder call, one FAISS call."""
         served = self.get(key[0])
         if served.empty():
             return [self._response(served, s, [], None) for s in specs]
-        vectors = served.index.encode_texts([s.q for s in specs])
+        if vectors is None:
+            vectors = served.index.encode_texts([s.q for s in specs])
+            served.aligner_ready = True
         fetch = max(s.offset + s.k + 1 for s in specs)
         out = []
         for s, hits in zip(specs, engine.search_vectors(served.store, vectors, fetch, key[1])):
@@ -275,9 +298,21 @@ class Library:
         return served, row
 
     def info(self, index: str | None) -> dict:
+        """What `retrieval info --json` says, computed once per published file set.
+
+        It reads every FAISS file in full to check it against its published checksum (150 MB at
+        100,000 vectors, gigabytes at millions), so the server asks for it on a thread of its own,
+        never the query thread, and keeps the answer until the generation or a file changes.
+        """
         served = self.get(index)
+        key = (served.catalog.generation, _file_keys(served))
+        cached = self._info.get(served.name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         data = served.index.info()
-        return {k: self.scrub(v) if isinstance(v, str) else v for k, v in data.items()}
+        data = {k: self.scrub(v) if isinstance(v, str) else v for k, v in data.items()}
+        self._info[served.name] = (key, data)
+        return data
 
     def scrub(self, text: str) -> str:
         """An engine message (error or note) as a client may see it: each served index's folder
@@ -298,6 +333,18 @@ class Library:
 
     def summaries(self) -> list[dict]:
         return [s.summary() for s in self.indexes.values()]
+
+
+def _file_keys(served: Served) -> tuple:
+    """Name, inode, size and modification time of each FAISS file of the index (a rebuilt file differs)."""
+    keys = []
+    for path in sorted(served.folder.glob("*.faiss")):
+        try:
+            st = path.stat()
+        except FileNotFoundError:  # pruned meanwhile
+            continue
+        keys.append((path.name, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(keys)
 
 
 def relative_to_roots(path: str, roots: list[str] | None) -> str:
