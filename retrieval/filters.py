@@ -336,7 +336,7 @@ class Plan:
 
 def search(
     catalog: Catalog, index, queries: np.ndarray, k: int, filters: Filters, *,
-    factory: str | None = None, plan: Plan | None = None, rerank: int | None = None,
+    factory: str | None = None, plan: Plan | None = None, rerank: int | None = None, quick=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids) of the best k passing images per query; ids -1 pad short rows.
 
@@ -349,7 +349,7 @@ def search(
     mask = columns.mask(filters) if columns is not None else None
     if mask is not None:
         plan.evaluated = "columns"
-        return _search_masked(catalog, index, queries, k, mask, factory, plan, rerank)
+        return _search_masked(catalog, index, queries, k, mask, factory, plan, rerank, quick)
     plan.evaluated = "sql"
     sql, args = where(clauses)
     n = index.ntotal
@@ -388,7 +388,7 @@ def search(
     return scores, out
 
 
-def _search_masked(catalog, index, queries, k, mask, factory, plan, rerank=None) -> tuple[np.ndarray, np.ndarray]:
+def _search_masked(catalog, index, queries, k, mask, factory, plan, rerank=None, quick=None) -> tuple[np.ndarray, np.ndarray]:
     """The filtered search once the passing ids are a mask indexed by id."""
     queries = np.ascontiguousarray(queries, np.float32)
     count = int(np.count_nonzero(mask))
@@ -415,7 +415,7 @@ def _search_masked(catalog, index, queries, k, mask, factory, plan, rerank=None)
         return top_k(ids, inner_products(queries, vectors), k)
     if share >= (plan.mask_overfetch_share if lists is None else plan.mask_overfetch_share_ivf):
         plan.chosen = "overfetch"
-        return _overfetch_masked(index, queries, k, mask, share, factory, lookup, rerank)
+        return _overfetch_masked(index, queries, k, mask, share, factory, lookup, rerank, quick)
     plan.chosen = "restrict"
     params = faiss_index.mask_params(index, mask, share)
     return faiss_index.search_ranked(
@@ -423,17 +423,23 @@ def _search_masked(catalog, index, queries, k, mask, factory, plan, rerank=None)
     )
 
 
-def _overfetch_masked(index, queries, k, mask, share, factory, lookup, rerank) -> tuple[np.ndarray, np.ndarray]:
-    """The best candidates of the whole index that the mask passes, widened until k pass."""
+def _overfetch_masked(index, queries, k, mask, share, factory, lookup, rerank, quick) -> tuple[np.ndarray, np.ndarray]:
+    """The best candidates of the whole index that the mask passes, widened until k pass.
+
+    `quick`: the 8-bit copy a long-lived caller keeps of an exact index (retrieval/quickscan.py),
+    searched as an unfiltered query is, so a broad filter costs what no filter costs."""
     n = index.ntotal
     scores, out = _empty(len(queries), min(k, int(np.count_nonzero(mask))))
     for row, query in enumerate(queries):
         fetch = min(n, math.ceil(k / share * 1.5) + 16)
         while True:
-            params = faiss_index.subset_params(index, None, min(1.0, k / fetch))  # an IVF probes wider
-            s, ids = faiss_index.search_ranked(
-                index, query[None], fetch, factory=factory, lookup=lookup, params=params, rerank=rerank
-            )
+            if quick is not None:
+                s, ids = quick.search(query[None], fetch)
+            else:
+                params = faiss_index.subset_params(index, None, min(1.0, k / fetch))  # an IVF probes wider
+                s, ids = faiss_index.search_ranked(
+                    index, query[None], fetch, factory=factory, lookup=lookup, params=params, rerank=rerank
+                )
             s, ids = s[0], ids[0]
             keep = np.flatnonzero((ids >= 0) & mask[np.clip(ids, 0, len(mask) - 1)])[: out.shape[1]]
             if len(keep) >= out.shape[1] or fetch >= n:

@@ -122,11 +122,11 @@ def search_vectors(
         factory = catalog.get_meta("index_factory") if kind == "images" else None
         # Candidates re-scored per result, as the build tuned it (None: an index from before).
         rerank = catalog.get_meta("index_rerank") if kind == "images" else None
-        quick = resident.quick_scan(store, kind, index) if filters is None else None
-        if quick is not None:  # a long-lived caller's exact index: its 8-bit copy first (retrieval/quickscan.py)
+        quick = resident.quick_scan(store, kind, index)
+        if filters is not None:  # a broad filter over-fetches from the 8-bit copy, where there is one
+            scores, ids = filtered.search(catalog, index, vectors, k, filters, factory=factory, rerank=rerank, quick=quick)
+        elif quick is not None:  # a long-lived caller's exact index: its 8-bit copy first (retrieval/quickscan.py)
             scores, ids = quick.search(vectors, k)
-        elif filters is not None:
-            scores, ids = filtered.search(catalog, index, vectors, k, filters, factory=factory, rerank=rerank)
         else:
             scores, ids = faiss_index.search_ranked(
                 index, vectors, k, factory=factory, lookup=catalog.image_vectors_by_id, rerank=rerank

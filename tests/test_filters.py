@@ -448,3 +448,27 @@ def test_eight_bit_codes_score_the_catalogs_vectors(library):
         assert plan.chosen == "exact" and [int(i) for i in got[0]] == brute_force(store, query, 5, _reference_args(case))
         exact = {int(i): float(v @ query) for i, v in zip(ids, vectors)}
         assert np.allclose(scores[0], [exact[int(i)] for i in got[0]], atol=1e-6)
+
+
+def test_broad_filter_over_fetches_from_the_8_bit_copy():
+    """A long-lived caller's exact index has an 8-bit copy (retrieval/quickscan.py); a broad
+    filter over-fetches from it and keeps the passing ids: the passing best k, exact cosines."""
+    from retrieval.quickscan import QUICK_MIN, QuickScan
+
+    rng = np.random.default_rng(11)
+    n = QUICK_MIN + 1_000
+    vectors = rng.normal(size=(n, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(1, n + 1)
+    exact, _ = faiss_index.build(ids, vectors, factory="IDMap2,Flat")
+    quick = QuickScan(exact)
+    mask = np.zeros(n + 1, bool)
+    mask[1:] = rng.random(n) < 0.4
+    queries = vectors[:5] + rng.normal(0, 0.3, (5, 32)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    scores, got = filtered._overfetch_masked(exact, queries, 10, mask, 0.4, "IDMap2,Flat", None, None, quick)
+    for q, s, row in zip(queries, scores, got):
+        passing = np.flatnonzero(mask)
+        truth = passing[np.argsort(-(vectors[passing - 1] @ q), kind="stable")[:10]]
+        assert row.tolist() == truth.tolist()
+        assert np.allclose(s, vectors[row - 1] @ q, atol=1e-6)
