@@ -153,7 +153,10 @@ def forced(store: IndexStore, queries: np.ndarray, filters: Filters, plan: filte
         t = time.perf_counter()
         with catalog.snapshot():
             index = resident.faiss_for(store, "images", store.faiss_path("images", catalog.generation))
-            _, ids = filtered.search(catalog, index, q[None], 10, filters, factory=catalog.get_meta("index_factory"), plan=plan)
+            quick = resident.quick_scan(store, "images", index)  # as query.search_vectors passes it
+            _, ids = filtered.search(
+                catalog, index, q[None], 10, filters, factory=catalog.get_meta("index_factory"), plan=plan, quick=quick
+            )
         times.append(time.perf_counter() - t)
         found.append([int(i) for i in ids[0] if i >= 0])
     return round(float(np.median(np.array(times) * 1000)), 2), found
