@@ -16,6 +16,9 @@
 (d) per-stage CPU cost for the scaling model in docs/scaling.md: read+decode+preprocess per
     photo and FAISS IVF-SQ8 training and adding, in CPU seconds on one thread.
 (e) the fixed cost of one small job on Ray core tasks and on Ray Data (why the pipeline uses core).
+(f) an on-disk index's shards added in one process against as Ray tasks (ray_shards), on the
+    same synthetic vectors: seconds in the adding step and in the whole build, and whether
+    the two lists files are identical.
 
 Every figure is written with the 1-minute load average next to it: the machine is shared.
 
@@ -539,6 +542,13 @@ def markdown(res: dict) -> str:
         e = res["engines"]
         lines += ["", f"(e) one small job, {e['items']} items in chunks of 8, Ray running: core tasks "
                   f"{e['core_seconds']} s, Ray Data {e['data_seconds']} s (3 rounds; load {e['load_before']} / {e['load_after']})."]
+    if "shards" in res:
+        f = res["shards"]
+        lines += ["", f"(f) on-disk index of {f['vectors']:,} {f['dim']}-d vectors in {f['shards']} shards, "
+                  f"{f['cpus']} CPUs; identical lists files: {f['identical_lists']}:", "",
+                  "| shards added by | adding (s) | whole build (s) | load before / after |", "|---|---|---|---|"]
+        for way, r in f["runs"].items():
+            lines.append(f"| {way} | {r['adding_s']} | {r['build_s']} | {r['load_before']} / {r['load_after']} |")
     if "node_loss" in res:
         c = res["node_loss"]
         rm = c["removed"]
@@ -558,6 +568,54 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- (f) on-disk shards: one process against Ray tasks ---------------------------------------
+def shard_builds(args) -> dict:
+    import tempfile
+
+    import numpy as np
+    import ray
+
+    from retrieval import ondisk
+    from retrieval.cluster.ray_shards import add_shards
+
+    n, dim = args.shard_vectors, 384
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((200, dim), dtype=np.float32)
+    x = centers[rng.integers(0, 200, n)] + 0.5 * rng.standard_normal((n, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+
+    def chunks():
+        for start in range(0, n, 8192):
+            yield ids[start:start + 8192], x[start:start + 8192]
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    runs, lists = {}, {}
+    try:
+        with tempfile.TemporaryDirectory(dir=".") as tmp:
+            for way, adder in (("one process", ondisk.add_shards_here), ("Ray tasks", add_shards)):
+                timed = {}
+
+                def adding(*a, _adder=adder, _timed=timed):
+                    t0 = time.perf_counter()
+                    try:
+                        return _adder(*a)
+                    finally:
+                        _timed["s"] = time.perf_counter() - t0
+
+                out = Path(tmp) / f"{way.replace(' ', '-')}.faiss"
+                load_before, t0 = load(), time.perf_counter()
+                ondisk.build(chunks, n, dim, out, shard_rows=n // args.shard_count, add_shards=adding)
+                runs[way] = {"build_s": round(time.perf_counter() - t0, 1), "adding_s": round(timed["s"], 1),
+                             "load_before": load_before, "load_after": load()}
+                lists[way] = ondisk.lists_path(out).read_bytes()
+                log(f"(f) {way}: adding {runs[way]['adding_s']} s, build {runs[way]['build_s']} s, load {load()}")
+    finally:
+        ray.shutdown()
+    return {"vectors": n, "dim": dim, "shards": args.shard_count, "cpus": os.cpu_count(), "runs": runs,
+            "identical_lists": lists["one process"] == lists["Ray tasks"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=300)
@@ -572,8 +630,10 @@ def main() -> int:
     parser.add_argument("--stage-photos", type=int, default=100, help="(d) photos decoded for the per-core rate")
     parser.add_argument("--faiss-vectors", type=int, default=200_000)
     parser.add_argument("--faiss-lists", type=int, default=1024)
-    parser.add_argument("--only", nargs="+", choices=["a", "b", "c", "d", "e"],
-                        default=["a", "b", "c", "d", "e"])
+    parser.add_argument("--shard-vectors", type=int, default=400_000, help="(f) synthetic 384-d vectors")
+    parser.add_argument("--shard-count", type=int, default=4, help="(f) shards they are added in")
+    parser.add_argument("--only", nargs="+", choices=["a", "b", "c", "d", "e", "f"],
+                        default=["a", "b", "c", "d", "e", "f"])
     parser.add_argument("--work", default="bench-out/ray-work")
     parser.add_argument("--out", default="bench-out/ray")
     args = parser.parse_args()
@@ -593,6 +653,8 @@ def main() -> int:
         res["stages"] = stage_rates(args, work, args.model)
     if "e" in args.only:
         res["engines"] = engine_overhead(args)
+    if "f" in args.only:
+        res["shards"] = shard_builds(args)
     table = markdown(res)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(table)

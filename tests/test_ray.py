@@ -282,7 +282,9 @@ def test_index_on_disk_with_ray_adds_the_shards_on_ray(ray_address, tmp_path, mi
         raise AssertionError("the shards were built in the driver's process")
 
     monkeypatch.setattr(ondisk, "add_shards_here", not_here)
-    _run(tmp_path / "ray", [mixed_dir], _ray_source(), settings=settings)
+    # The test's Ray is one node, where shards stay in the driver's process unless asked.
+    _run(tmp_path / "ray", [mixed_dir], source(RaySettings(aligner_factory=ColorAligner, shards_on_ray=True)),
+         settings=settings)
     assert _catalog(tmp_path / "ray") == _catalog(tmp_path / "local")
     stores = [IndexStore.open(str(tmp_path / way)) for way in ("local", "ray")]
     try:
@@ -372,7 +374,7 @@ from retrieval.store import IndexStore
 
 ray.cloudpickle.register_pickle_by_value(conftest)
 settings = indexer.IndexSettings(on_disk=True)
-ray_source = source(RaySettings(address={address!r}, aligner_factory=ColorAligner))
+ray_source = source(RaySettings(address={address!r}, aligner_factory=ColorAligner, shards_on_ray=True))
 try:
     indexer.run(IndexStore.open({index!r}, create=True), ColorAligner(), [{folder!r}], settings=settings, source=ray_source)
     print("nodes", len(ray.nodes()) if ray.is_initialized() else "closed")

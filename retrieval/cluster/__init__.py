@@ -32,6 +32,10 @@ class RaySettings:
     #: A zero-argument callable that returns the aligner, run once in each encoder actor.
     #: None: ``load_aligner(spec)`` with the driver's spec. (Tests pass a plumbing aligner's class.)
     aligner_factory: Any = None
+    #: Build an on-disk index's shards as Ray tasks (retrieval.cluster.ray_shards). None: when
+    #: the cluster has more than one node. On one machine the tasks share the cores FAISS's own
+    #: threads already use, and cost copies: 2.4x slower than one process here (bench_ray (f)).
+    shards_on_ray: bool | None = None
 
 
 def require_ray() -> None:

@@ -280,9 +280,7 @@ def connected(address: str | None) -> Iterator[None]:
         return
     _probe(address)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Ray's client warns before it raises; the error below says it once
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        _init(address)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         hint = ""
@@ -291,11 +289,36 @@ def connected(address: str | None) -> Iterator[None]:
             # sends its token only when told to (measured with a local head, docs/scaling.md).
             hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token "
                     "(the token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
-        raise RetrievalError(f"could not start or join {where}: {str(exc).splitlines()[0]}{hint}") from None
+        raise RetrievalError(f"could not start or join {where}: {_reason(exc)}{hint}") from None
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _init(address: str | None, attempts: int = 3) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Ray's client warns before it raises; the error says it once
+                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+            return
+        except ConnectionAbortedError as exc:
+            # Ray's client server starts a process per driver; on a busy head that start can
+            # fail ("Starting Ray client server failed"), and a second try has succeeded here.
+            if attempt == attempts or not str(address).startswith("ray://"):
+                raise
+            log.warning("the Ray client server could not start a session (%s); trying again", _reason(exc))
+            ray.shutdown()  # whatever the failed attempt set up in this process
+            time.sleep(2.0 * attempt)
+
+
+def _reason(exc: Exception) -> str:
+    """The line of a (possibly multi-line, traceback-carrying) Ray error that says what went wrong."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} {lines[-1]}"
 
 
 #: Seconds to wait for the cluster's port to answer before giving up on an address.
@@ -402,9 +425,16 @@ class RaySource:
 
     def add_shards(self, trained: Path, parts, work: Path, n: int) -> list[Path]:
         """:data:`retrieval.ondisk.AddShards`: an on-disk index's shards, built as Ray tasks (ray_shards)."""
+        from retrieval import ondisk
         from retrieval.cluster.ray_shards import add_shards
 
         self._connect()
+        on_ray = self.settings.shards_on_ray
+        if on_ray is None:
+            on_ray = sum(1 for node in ray.nodes() if node.get("Alive")) > 1
+        if not on_ray:
+            log.info("one-node Ray cluster: the shards are added in this process (RaySettings.shards_on_ray)")
+            return ondisk.add_shards_here(trained, parts, work, n)
         try:
             return add_shards(trained, parts, work, n)
         except ray.exceptions.RayError as exc:
