@@ -14,13 +14,12 @@ Recall of the top 10 against exact search is measured on real text queries of th
 candidates; docs/serving-speed.md). Nothing on disk changes: an index built before this
 is served the same way, and the copy is rebuilt whenever the exact file is read again.
 
-A batch of queries (the server's micro-batches) is searched exactly instead, as one
-matrix product over the float32 vectors in blocks, on numpy's BLAS with one thread, the
-best k kept by FAISS's heaps: the vectors are read once for the whole batch, so from eight
-queries on this costs less per query than scanning codes (about 2.5 against 3.2 ms of CPU
-here at load 11; 1.1 ms for 64). It is also cheaper than FAISS's
-own batched exact search here (64 queries at 100,000 vectors, load average 11: 1.7 against
-7.0 ms of CPU per query, FAISS on one OpenMP thread, 9.6 on two).
+A batch of queries (the server's micro-batches) scans the codes on one OpenMP thread: the
+server encodes the next batch on the other core meanwhile. Searching a batch exactly by one
+matrix product over the float32 vectors was tried and dropped: a memory-mapped FAISS file
+holds its vectors at an unaligned address, where numpy's product skips BLAS (7x the CPU),
+and copying blocks to an aligned buffer first cost about what the codes' scan costs (3-5
+against 3-4 ms of CPU per query, 8 to 64 queries, load average 17).
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ import faiss
 import numpy as np
 
 from retrieval import index as faiss_index
-from retrieval.blas import OneBlasThread
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +40,7 @@ QUICK_MIN = 20_000
 RERANK = 10
 #: Past this many candidates per query (deep pages) the exact scan is used instead.
 MAX_FETCH = 2_000
-#: From this many queries at once the batch is searched exactly, by matrix product.
-EXACT_BATCH = 8
-#: Vectors per step, building and in a batch's matrix product (bounds temporary memory).
+#: Vectors encoded per step while building (bounds the temporary memory).
 _CHUNK = 32_768
 
 
@@ -88,9 +84,12 @@ class QuickScan:
         fetch = min(k * RERANK, n)
         if k == 0 or fetch > MAX_FETCH:
             return faiss_index.search(self.exact, queries, k)
-        if len(queries) >= EXACT_BATCH:
-            return self.search_batch(queries, k)
-        _, found = faiss_index.search(self.codes, queries, fetch)
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            _, found = self.codes.search(queries, fetch)
+        finally:
+            faiss.omp_set_num_threads(threads)
         scores = np.full((len(queries), k), -np.inf, np.float32)
         ids = np.full((len(queries), k), -1, np.int64)
         for row, (query, positions) in enumerate(zip(queries, found)):
@@ -100,18 +99,3 @@ class QuickScan:
             scores[row, : len(order)] = exact[order]
             ids[row, : len(order)] = self.ids[positions[order]]
         return scores, ids
-
-    def search_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top k of several queries: one matrix product per block of vectors, FAISS heaps keep the best."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        n = self.codes.ntotal
-        k = min(k, n)
-        heap = faiss.ResultHeap(len(queries), k, keep_max=True)
-        with OneBlasThread():
-            for start in range(0, n, _CHUNK):
-                scores = np.ascontiguousarray(queries @ self.vectors[start : start + _CHUNK].T)
-                heap.heaps.addn(scores.shape[1], faiss.swig_ptr(scores), start, 0, len(queries))
-        heap.finalize()
-        positions = heap.I
-        ids = np.where(positions >= 0, self.ids[np.clip(positions, 0, None)], -1)
-        return heap.D, ids
