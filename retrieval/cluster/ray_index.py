@@ -231,9 +231,10 @@ class Encoder:
 
 # -- the driver --------------------------------------------------------------------------
 #: The driver commits what has arrived once this many vectors wait, or COMMIT_SECONDS after
-#: the first of them arrived, whichever comes first. A commit costs about as much as a
-#: thousand vector rows here (scripts/bench_ray.py (b)): committing each encoder batch of 32
-#: on its own spent half the driver's time on commits. A killed driver loses at most these.
+#: the first of them arrived, whichever comes first: a bound on the number of commits when
+#: many small results arrive at once, and on what a killed driver loses. (With
+#: synchronous=NORMAL a commit is cheap: in scripts/bench_ray.py (b) coalescing alone changed
+#: the rate little; one transaction per commit and fewer checkpoints did the most.)
 COMMIT_VECTORS = 2_048
 COMMIT_SECONDS = 0.5
 #: WAL pages (4 KB) between SQLite's copies of the log into the database while vectors
