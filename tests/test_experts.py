@@ -135,6 +135,22 @@ def test_demo_person_query_finds_the_portrait(default):
     assert SKIMAGE_PHOTOS[int(np.argmax(images @ query[0]))] == "astronaut.png"
 
 
+@pytest.mark.slow
+def test_demo_colour_query_finds_the_red_bowl(default):
+    # The demo's "a red bowl": the fig's bowl in lomiri-wallpapers-16.04 (installed by setup.sh).
+    from pathlib import Path
+
+    from retrieval.demo import DEMO_QUERIES, demo_sources
+
+    assert "a red bowl" in DEMO_QUERIES
+    sources = demo_sources()
+    if not any(p.name == "Picture_0B_by_freespace.jpg" for p in sources):
+        pytest.skip("lomiri-wallpapers-16.04 is not installed")
+    images = default.encode_pil([Image.open(p) for p in sources])
+    query = default.encode_texts(["a red bowl"])
+    assert Path(sources[int(np.argmax(images @ query[0]))]).name == "Picture_0B_by_freespace.jpg"
+
+
 def test_previous_recipe_keeps_its_identity():
     from retrieval.aligners import conse
 
