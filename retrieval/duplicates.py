@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 #: Cosine similarity above which two images are called copies, for the `default` aligner
 #: (scripts/dupes_eval.py: see docs/photo-library.md for the precision and recall behind it).
-DEFAULT_THRESHOLD = 0.97
+DEFAULT_THRESHOLD = 0.99
 #: Range searches of 8-bit codes take pairs this much below the threshold, then re-score them exactly.
 CODE_MARGIN = 0.03
 
