@@ -207,14 +207,25 @@ async def _concurrent(app, queries: list[str]) -> list[dict]:
     return [r.json() for r in responses]
 
 
+class SlowTextAligner(ColorAligner):
+    """ColorAligner whose text encoder takes 20 ms a call, as a real one does: queries queue behind it."""
+
+    def encode_texts(self, texts):
+        import time
+
+        time.sleep(0.02)
+        return super().encode_texts(texts)
+
+
 @pytest.mark.parametrize("window", [50.0, 0.0])
 def test_concurrent_text_queries_are_batched_and_answer_alike(tmp_path, window):
     index, _ = color_index(tmp_path)
-    api = client(ServerSettings(indexes=[str(index)], batch_window_ms=window), aligner=ColorAligner())
+    api = client(ServerSettings(indexes=[str(index)], batch_window_ms=window), aligner=SlowTextAligner())
     queries = [f"query {i}" for i in range(16)]
     alone = [api.get("/api/search", params={"q": q, "k": 3}).json() for q in queries]
     engine = api.app.state.engine
     engine.batch_sizes.clear()
+    served(api.app).index.text_cache.clear()  # encoded again, not found in the cache
     together = asyncio.run(_concurrent(api.app, queries))
     assert together == alone
     if window:
@@ -350,6 +361,7 @@ def test_prepare_step_runs_on_the_encoder_thread_while_the_engine_finishes(windo
         assert [f.result(10) for f in [first, *later]] == [11 * i for i in range(31)]
         if window:
             assert engine.batch_sizes == [1, 1, 30]
+            assert steps[0][:2] == ("prepare", "retrieval-engine")  # alone in flight: no hand-over
             assert {t for step, t, *_ in steps if step == "finish"} == {"retrieval-engine"}
         else:  # batching off: one at a time, all on the engine thread
             assert engine.batch_sizes == [1] * 32 and {t for _, t, *_ in steps} == {"retrieval-engine"}

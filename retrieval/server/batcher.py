@@ -14,10 +14,12 @@ query never waits. With the window at 0 batching is off and every job runs alone
 (scripts/bench_server.py compares both).
 
 Two stages: a batchable job may come with a `prepare` step that needs no catalog (the
-text encoder). With batching on, batches are then gathered and prepared by a second
-thread, the encoder thread, and handed to the engine thread to finish (search, rows,
-responses), so the next batch is being encoded while the last one is searched: the two
-run on two cores, each with one BLAS thread (numpy's BLAS releases the GIL).
+text encoder). With batching on and other queries in flight, batches are gathered and
+prepared by a second thread, the encoder thread, and handed to the engine thread to finish
+(search, rows, responses), so the next batch is being encoded while the last one is
+searched: the two run on two cores, each with one BLAS thread (numpy's BLAS releases the
+GIL). A query with nothing else in flight goes straight to the engine thread, which
+prepares and finishes it: each hand-over between threads can wait for a core.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class EngineThread:
         self._shared = {id(self._jobs): False, id(self._staged): False}
         #: Sizes of the batches run so far (for tests and the benchmark).
         self.batch_sizes: list[int] = []
+        #: Queries with a prepare step not answered yet: under load they go through the encoder thread.
+        self._in_flight = 0
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
         self._encoder = None
@@ -87,8 +92,20 @@ class EngineThread:
         """
         future: Future = Future()
         job = Job(future, key=key, payload=payload, batch_fn=batch_fn, prepare=prepare)
-        (self._staged if prepare is not None and self._encoder is not None else self._jobs).put(job)
+        staged = False
+        if prepare is not None and self._encoder is not None:
+            # A query with none other in flight skips the encoder thread: one hand-over between
+            # threads fewer (measured: 18 against 12 ms p50 for a lone client, load 11).
+            with self._lock:
+                staged = self._in_flight > 0
+                self._in_flight += 1
+            future.add_done_callback(self._landed)
+        (self._staged if staged else self._jobs).put(job)
         return future
+
+    def _landed(self, _future: Future) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def close(self, timeout: float = 5.0) -> None:
         if self._encoder is not None:
