@@ -145,3 +145,26 @@ def test_codes_that_need_more_candidates_get_a_wider_rescoring():
     assert recall(info.rerank) >= faiss_index.TARGET_RECALL - 0.01
     assert recall(info.rerank) > recall(faiss_index.RERANK_FACTOR)
     assert isinstance(faiss.extract_index_ivf(index), faiss.IndexIVF)
+
+
+def test_an_inverted_file_tuned_the_old_way_is_retuned_at_its_next_publish(tmp_path, color_aligner, monkeypatch):
+    """Indexes built before far queries were tuned on kept an nprobe for near queries only: the next run rebuilds them."""
+    from conftest import make_image
+
+    monkeypatch.setattr(faiss_index, "EXACT_LIMIT", 20)
+    folder = tmp_path / "images"
+    for i in range(64):  # 64 and 65 images both make IVF32: the index type stays, so only its tuning can change
+        make_image(folder / f"{i:02d}.png", seed=i)
+    store = IndexStore.open(tmp_path / "idx", create=True)
+    settings = IndexSettings(workers=0)
+    indexer.run(store, color_aligner, [folder], settings=settings)
+    assert store.catalog.get_meta("index_factory") == "IVF32,Flat"
+    # What an index published by the old code looks like: no record of what recall was measured on.
+    with store.catalog.transaction() as conn:
+        conn.execute("DELETE FROM meta WHERE key IN ('index_recall_measured_on', 'index_recall_by_queries')")
+    make_image(folder / "new.png", seed=99)
+    indexer.run(store, color_aligner, [folder], settings=settings)
+    assert store.catalog.get_meta("index_factory") == "IVF32,Flat"
+    assert "text prompts encoded by" in store.catalog.get_meta("index_recall_measured_on")
+    assert set(store.catalog.get_meta("index_recall_by_queries")) == {"near", "far"}
+    store.close()
