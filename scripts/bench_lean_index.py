@@ -47,14 +47,15 @@ def fill_catalog(folder: Path, vectors: np.ndarray) -> IndexStore:
 def variant(store: IndexStore, data: np.ndarray, ids: np.ndarray, factory: str, factor: int,
             queries: np.ndarray, truth: np.ndarray, generation: int) -> dict:
     """Build `factory`, publish it as `generation`, time 200 single queries through the engine."""
-    faiss_index.RERANK_FACTOR = factor  # candidates per result, for tuning and for search
+    # Candidates per result, fixed for this row: the tuning tries only this width, searches use it.
+    faiss_index.RERANK_FACTOR, faiss_index.RERANK_CHOICES = factor, (factor,)
     t = time.perf_counter()
     index, info = faiss_index.build(ids, data, factory=factory)
     build_s = time.perf_counter() - t
     path = store.faiss_path("images", generation)
     faiss_index.write(index, path)
     del index
-    store.catalog.set_meta(generation=generation, index_factory=factory)
+    store.catalog.set_meta(generation=generation, index_factory=factory, index_rerank=info.rerank)
     search_vectors(store, queries[:1], k=10)  # warm the page cache
     times, got = [], []
     for q in queries:
@@ -93,7 +94,7 @@ def main() -> None:
         t = time.perf_counter()
         store = fill_catalog(Path(tmp) / "idx", data)
         print(f"catalog of {n:,} rows in {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
-        engine_factor = faiss_index.RERANK_FACTOR
+        engine_factor, engine_choices = faiss_index.RERANK_FACTOR, faiss_index.RERANK_CHOICES
         plan = [
             (f"IVF{nlist},Flat", 1),  # the vectors fit: what the engine builds
             (f"IVF{nlist},SQ8", engine_factor),  # they do not: what it builds instead
@@ -103,7 +104,7 @@ def main() -> None:
         for generation, (factory, factor) in enumerate(plan, 1):
             rows.append(variant(store, data, ids, factory, factor, queries, truth, generation))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-        faiss_index.RERANK_FACTOR = engine_factor
+        faiss_index.RERANK_FACTOR, faiss_index.RERANK_CHOICES = engine_factor, engine_choices
         store.close()
     meta = {"date": str(date.today()), "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
             "faiss": faiss.__version__, "n": n, "dim": DIM, "rerank_factor": faiss_index.RERANK_FACTOR,
