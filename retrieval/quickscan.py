@@ -14,12 +14,15 @@ Recall of the top 10 against exact search is measured on real text queries of th
 candidates; docs/serving-speed.md). Nothing on disk changes: an index built before this
 is served the same way, and the copy is rebuilt whenever the exact file is read again.
 
-A batch of queries (the server's micro-batches) scans the codes on one OpenMP thread: the
-server encodes the next batch on the other core meanwhile. Searching a batch exactly by one
-matrix product over the float32 vectors was tried and dropped: a memory-mapped FAISS file
-holds its vectors at an unaligned address, where numpy's product skips BLAS (7x the CPU),
-and copying blocks to an aligned buffer first cost about what the codes' scan costs (3-5
-against 3-4 ms of CPU per query, 8 to 64 queries, load average 17).
+A small batch of queries scans the codes on one OpenMP thread: the server encodes the next
+batch on the other core meanwhile. The codes' scan costs the same per query in any batch,
+so a batch of ``BATCH_EXACT`` queries or more (the server's micro-batches under load) is
+searched exactly instead, by FAISS's own matrix product (BLAS ``sgemm``) over the float32
+vectors, which reads them once for the whole batch: exact results, and less CPU per query
+from that size on (``scripts/bench_batch_scan.py`` compares the ways by batch size).
+FAISS only takes the product past its ``distance_compute_blas_threshold``, so the search
+lowers it for that call. (numpy's own product over the same memory was no way: a
+memory-mapped FAISS file holds its vectors at an unaligned address, where numpy skips BLAS.)
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ QUICK_MIN = 20_000
 RERANK = 10
 #: Past this many candidates per query (deep pages) the exact scan is used instead.
 MAX_FETCH = 2_000
+#: From this many queries in one call, the batch is searched exactly by one BLAS product.
+BATCH_EXACT = 16
+#: OpenMP threads (so BLAS threads) for that product: the server's encoder thread has the other core.
+BATCH_THREADS = 1
 #: Vectors encoded per step while building (bounds the temporary memory).
 _CHUNK = 32_768
 
@@ -84,6 +91,8 @@ class QuickScan:
         fetch = min(k * RERANK, n)
         if k == 0 or fetch > MAX_FETCH:
             return faiss_index.search(self.exact, queries, k)
+        if len(queries) >= BATCH_EXACT:
+            return self.search_exact_batch(queries, k)
         threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
         try:
@@ -99,3 +108,14 @@ class QuickScan:
             scores[row, : len(order)] = exact[order]
             ids[row, : len(order)] = self.ids[positions[order]]
         return scores, ids
+
+    def search_exact_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search of a batch by FAISS's matrix product: the float32 vectors read once for all queries."""
+        threads, threshold = faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold
+        faiss.omp_set_num_threads(BATCH_THREADS)
+        faiss.cvar.distance_compute_blas_threshold = 1  # process-wide; both of FAISS's ways are exact
+        try:
+            return self.exact.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.exact.ntotal))
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = threshold
+            faiss.omp_set_num_threads(threads)

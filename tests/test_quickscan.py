@@ -3,6 +3,8 @@
 - on real text queries of the packaged `default` aligner, its top 10 are exact search's
   (recall@10 >= 0.99) with the exact index's own scores;
 - batches rank as exact search does; deep pages are answered by the exact index itself;
+- a batch of BATCH_EXACT queries or more (the server's batches under load) is searched
+  exactly by FAISS's matrix product: exact search's ids and scores, FAISS settings restored;
 - through search_vectors: built on the second search with a kept index, never on the first,
   answers as the exact index does, and is dropped with the index.
 Its speed is measured by scripts/bench_server.py.
@@ -77,6 +79,43 @@ def test_batches_rank_alike_and_deep_pages_are_answered_exactly(exact):
     np.testing.assert_allclose(scores, truth_scores, atol=1e-5)
     deep = quickscan.MAX_FETCH // quickscan.RERANK + 1
     np.testing.assert_array_equal(quick.search(queries[:1], deep)[1], faiss_index.search(exact, queries[:1], deep)[1])
+
+
+class SpyCodes:
+    """The 8-bit codes index, counting the queries it is asked to scan."""
+
+    def __init__(self, codes):
+        self.codes, self.scanned = codes, []
+
+    def __getattr__(self, name):
+        return getattr(self.codes, name)
+
+    def search(self, queries, k):
+        self.scanned.append(len(queries))
+        return self.codes.search(queries, k)
+
+
+def test_large_batches_are_searched_exactly_by_one_product(exact):
+    quick = quickscan.QuickScan(exact)
+    quick.codes = spy = SpyCodes(quick.codes)
+    rng = np.random.default_rng(5)
+    # Random directions, far from every cluster: near-tied scores, where 8-bit candidates could miss.
+    queries = rng.normal(0, 1, (64, DIM)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    threads, threshold = faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold
+    for size, k in ((quickscan.BATCH_EXACT, 10), (64, 10), (64, 100)):
+        scores, ids = quick.search(queries[:size], k)
+        truth_scores, truth = faiss_index.search(exact, queries[:size], k)
+        # Exact search's score at every rank, and each id's own cosine: the exact top k, where
+        # only vectors tied to 1e-6 may swap places (BLAS and the plain scan round differently).
+        np.testing.assert_allclose(scores, truth_scores, atol=1e-5)
+        own = np.einsum("qkd,qd->qk", quick.vectors[(ids - 7) // 3], queries[:size])
+        np.testing.assert_allclose(scores, own, atol=1e-5)
+        assert faiss_index.recall_at_k(truth, ids) >= 0.999
+    assert spy.scanned == []  # no 8-bit scan for these
+    assert (faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold) == (threads, threshold)
+    quick.search(queries[: quickscan.BATCH_EXACT - 1], 10)  # a smaller batch: the codes first
+    assert spy.scanned == [quickscan.BATCH_EXACT - 1]
 
 
 def test_near_queries_find_their_own_vector_first(exact):

@@ -1,0 +1,144 @@
+"""CPU per query of one batch of queries against an exact index of 100,000 vectors, by way of searching.
+
+The server hands the engine micro-batches of up to 64 text queries (retrieval/server/batcher.py).
+This measures, per batch size, what each way of answering a batch exactly costs per query:
+
+- the 8-bit copy's scan then exact re-scoring (retrieval/quickscan.py), one OpenMP thread;
+- FAISS's own exact search on the memory-mapped float32 index, one and two OpenMP threads,
+  with its default choice between a plain scan and a BLAS product (``blas threshold``) and
+  with the product forced for every batch;
+- what QuickScan.search does now (the codes below ``BATCH_EXACT`` queries, the product from it);
+- numpy's product over an aligned float32 copy of the vectors (one BLAS thread) and a top-k.
+
+Every way's results are compared with FAISS's exact search (its plain scan): recall@10, and
+the largest difference between the score at a rank and exact search's score at that rank
+(near-tied vectors may swap places between two exact ways; their scores may not differ).
+The 1-minute load average is recorded before and after.
+
+    .venv/bin/python scripts/bench_batch_scan.py [--n 100000] [--out bench-out/batch-scan.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+from bench_search import DIM, clustered
+
+from retrieval import index as faiss_index
+from retrieval import quickscan
+from retrieval.blas import OneBlasThread
+
+K = 10
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def faiss_exact(exact, threads: int, force_blas: bool):
+    def run(queries):
+        saved_threads, saved_threshold = faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold
+        faiss.omp_set_num_threads(threads)
+        if force_blas:
+            faiss.cvar.distance_compute_blas_threshold = 1
+        try:
+            return exact.search(queries, K)
+        finally:
+            faiss.omp_set_num_threads(saved_threads)
+            faiss.cvar.distance_compute_blas_threshold = saved_threshold
+    return run
+
+
+def codes_only(quick):
+    def run(queries):
+        saved, quickscan.BATCH_EXACT = quickscan.BATCH_EXACT, 1 << 30  # never the product
+        try:
+            return quick.search(queries, K)
+        finally:
+            quickscan.BATCH_EXACT = saved
+    return run
+
+
+def numpy_aligned(vectors: np.ndarray, ids: np.ndarray):
+    copy = np.array(vectors, order="C")  # numpy's own allocation: aligned, so the product uses BLAS
+
+    def run(queries):
+        with OneBlasThread():
+            sims = queries @ copy.T
+        top = np.argpartition(-sims, K, axis=1)[:, :K]
+        scores = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return np.take_along_axis(scores, order, axis=1), ids[np.take_along_axis(top, order, axis=1)]
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 16, 32, 64])
+    parser.add_argument("--queries", type=int, default=256, help="queries timed per way and batch size")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/batch-scan.json"))
+    args = parser.parse_args()
+    centers = np.random.default_rng(0).normal(0, 1, (300, DIM)).astype(np.float32)
+    vectors = clustered(args.n, DIM, 1, centers)
+    queries = clustered(args.queries, DIM, 2, centers * 0.6)  # near the data, not on it
+    with tempfile.TemporaryDirectory() as tmp:
+        built, _ = faiss_index.build(np.arange(args.n, dtype=np.int64) * 3 + 7, vectors, factory="IDMap2,Flat")
+        path = Path(tmp) / "images-1.faiss"
+        faiss_index.write(built, path)
+        del built
+        exact = faiss_index.read(path, mmap=True)  # as the server holds it
+        quick = quickscan.QuickScan(exact)
+        ways = {
+            "8-bit scan + re-score, 1 thread": codes_only(quick),
+            "QuickScan.search as committed (product from BATCH_EXACT)": lambda q: quick.search(q, K),
+            "FAISS exact, 1 thread": faiss_exact(exact, 1, False),
+            "FAISS exact, 2 threads": faiss_exact(exact, 2, False),
+            "FAISS exact BLAS, 1 thread": faiss_exact(exact, 1, True),
+            "FAISS exact BLAS, 2 threads": faiss_exact(exact, 2, True),
+            "numpy aligned float32 copy, 1 thread": numpy_aligned(quick.vectors, quick.ids),
+        }
+        truth_scores, truth = faiss_exact(exact, 1, False)(queries)
+        result = {"n": args.n, "dim": DIM, "k": K, "faiss": faiss.__version__,
+                  "blas_threshold": faiss.cvar.distance_compute_blas_threshold, "load_start": load(), "rows": []}
+        for size in args.sizes:
+            for way, run in ways.items():
+                run(queries[:size])  # warm
+                wall, cpu, found, worst = 0.0, 0.0, [], 0.0
+                for start in range(0, args.queries - size + 1, size):
+                    batch = queries[start : start + size]
+                    t, c = time.perf_counter(), time.process_time()
+                    scores, ids = run(batch)
+                    wall += time.perf_counter() - t
+                    cpu += time.process_time() - c
+                    found.append(ids)
+                    worst = max(worst, float(np.abs(scores - truth_scores[start : start + size]).max()))
+                done = (args.queries // size) * size
+                row = {"batch": size, "way": way, "wall_ms_per_query": round(wall * 1000 / done, 3),
+                       "cpu_ms_per_query": round(cpu * 1000 / done, 3), "queries": done,
+                       "recall_at_10": faiss_index.recall_at_k(truth[:done], np.concatenate(found)),
+                       "max_score_error": float(f"{worst:.2g}")}
+                result["rows"].append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+        result["load_end"] = load()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"{args.n:,} x {DIM} exact index (memory-mapped), k={K}, faiss {result['faiss']}; "
+          f"load average {result['load_start']} -> {result['load_end']}\n")
+    print("| batch | way | wall ms per query | CPU ms per query | recall@10 | largest score error |")
+    print("|---|---|---|---|---|---|")
+    for r in result["rows"]:
+        print(f"| {r['batch']} | {r['way']} | {r['wall_ms_per_query']} | {r['cpu_ms_per_query']} "
+              f"| {r['recall_at_10']:.4f} | {r['max_score_error']:g} |")
+
+
+if __name__ == "__main__":
+    main()
