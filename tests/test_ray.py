@@ -298,6 +298,34 @@ def test_index_on_disk_with_ray_adds_the_shards_on_ray(ray_address, tmp_path, mi
             st.close()
 
 
+def _slow_loading_aligner(seconds: float):
+    """ColorAligner whose model takes `seconds` to load (defined here: Ray ships it by value)."""
+
+    class SlowLoading(ColorAligner):
+        def __init__(self):
+            time.sleep(seconds)
+            super().__init__()
+
+    return SlowLoading
+
+
+def test_files_are_decoded_ahead_while_the_encoder_loads_its_model(ray_address, tmp_path, caplog):
+    # Without decoding ahead the driver stops reading once two groups wait for the encoder:
+    # with batches of 4 and chunks of 2, about 25 of these 60 files before the model is up.
+    folder = tmp_path / "pics"
+    for i in range(60):
+        make_image(folder / f"{i:02d}.png", seed=i, size=(32, 24))
+    caplog.set_level(logging.INFO, logger="retrieval.cluster.ray_index")
+    settings = indexer.IndexSettings(batch_size=4)
+    ray_source = source(RaySettings(aligner_factory=_slow_loading_aligner(8.0), chunk=2))
+    summary = _run(tmp_path / "ray", [folder], ray_source, settings=settings)
+    assert summary.added == 60 and summary.encoded == 60
+    ready = [r for r in caplog.records if r.getMessage().startswith("encoders ready")]
+    assert len(ready) == 1 and ready[0].args[1] == 60, [r.getMessage() for r in ready]
+    _run(tmp_path / "local", [folder], settings=settings)
+    assert _catalog(tmp_path / "ray") == _catalog(tmp_path / "local")
+
+
 # -- the per-file decode limit inside Ray tasks --------------------------------------------------
 def _slow_on_magic_size(block_alarm: bool):
     """A transform that is pathologically slow on 77-pixel-wide images (as tests/test_faults.py's).

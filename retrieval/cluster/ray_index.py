@@ -65,6 +65,12 @@ log = logging.getLogger(__name__)
 CRASH_ONCE_ENV = "RETRIEVAL_RAY_CRASH_ONCE"
 #: Protocols that name this machine's own files: indexed under plain paths, as the local path does.
 LOCAL_PROTOCOLS = ("file", "local")
+#: Decoded files that may wait for each encoder actor still loading its model, beyond the
+#: usual two groups per encoder: the cores the loading actor leaves free decode ahead instead
+#: of idling (in scripts/bench_ray.py (a) the model load took 7.5 s of a 32 s run on 2 cores,
+#: time enough to decode every one of the 300 photos). Bounded because decoded pixels wait in
+#: the object store: 512 files at 224 x 224 float32 are about 300 MB.
+DECODE_AHEAD_FILES = 512
 #: Seconds a decode task may run beyond its files' own limits (IndexSettings.decode_seconds
 #: each, plus one) before the driver cancels it, killing its worker. More than the local
 #: path's 10 s: on a busy cluster a task may wait in Ray's queue before it starts.
@@ -496,10 +502,12 @@ class _Pipeline:
         self.settings, self.ray_settings = settings, ray_settings
         self.started = encoders.started
         self.encoders, self.identities = encoders.actors, encoders.identities
+        self.loading = set(self.identities)  # identity calls of actors still loading their model
         self.checked = False
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.read_limit = max(2, 2 * cpus)
         self.encoded = 0
+        self.decoded = 0  # files decoded so far
         self.decoding: dict = {}  # decode ref -> _Decode
         # What has arrived and waits for the next commit (COMMIT_VECTORS, COMMIT_SECONDS).
         self.rows: list[Loaded] = []
@@ -533,7 +541,7 @@ class _Pipeline:
         group_files, first = 0, True
         more = True
         while True:
-            while more and len(reading) + len(self.decoding) < self.read_limit and len(groups) < 2 * len(self.encoders):
+            while more and len(reading) + len(self.decoding) < self.read_limit and len(groups) < self._ahead(batch):
                 chunk = next(chunks, None)
                 if chunk is None:
                     more = False
@@ -555,22 +563,35 @@ class _Pipeline:
                 return self.encoded
             if not in_flight:
                 continue
-            ready, _ = ray.wait([*reading, *self.decoding, *encoding], num_returns=1, timeout=self._wait_seconds())
+            # An actor's identity call returns once its model is loaded: the driver wakes then to
+            # stop decoding ahead (_ahead).
+            waited = [*reading, *self.decoding, *encoding, *self.loading]
+            ready, _ = ray.wait(waited, num_returns=1, timeout=self._wait_seconds())
             if ready:
-                ready, _ = ray.wait([*reading, *self.decoding, *encoding],
-                                    num_returns=len(reading) + len(self.decoding) + len(encoding), timeout=0)
+                ready, _ = ray.wait(waited, num_returns=len(waited), timeout=0)
             for ref in ready:
-                if ref in reading:
+                if ref in self.loading:
+                    self.loading.discard(ref)  # its result (or error) is read in _check_identity
+                    if not self.loading:
+                        log.info("encoders ready %.1fs after they were asked for; %d files decoded meanwhile",
+                                 time.monotonic() - self.started, self.decoded)
+                elif ref in reading:
                     self._after_read(ray.get(ref), reading.pop(ref))
                 elif ref in self.decoding:
                     # Ready decodes only: an encoder call never waits on a decode that may hang.
                     group.append(ref)
-                    group_files += len(self.decoding.pop(ref).wanted)
+                    files = len(self.decoding.pop(ref).wanted)
+                    group_files += files
+                    self.decoded += files
                 else:
                     busy[encoding.pop(ref)] -= 1
                     got_rows, meta, vecs = ray.get(ref)
                     self._arrived(got_rows, [(h, v, w, ht) for (h, w, ht), v in zip(meta, vecs)])
             self._overdue()
+
+    def _ahead(self, batch: int) -> int:
+        """Decoded groups that may wait for an encoder: two per encoder, more while some still load their model."""
+        return 2 * len(self.encoders) + math.ceil(DECODE_AHEAD_FILES * len(self.loading) / max(1, batch))
 
     def _arrived(self, rows: list[Loaded], vectors: list[tuple] = ()) -> None:
         if self.since is None:
