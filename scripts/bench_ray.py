@@ -671,7 +671,9 @@ def markdown(res: dict) -> str:
         if firsts:
             lines += ["", "First vectors after the encoder actor was created (its model load and the first batch): "
                       + "; ".join(f"{way} {s} s" for way, s in firsts.items()) + "."]
-        lines += ["", f"Ray / local, whole job with the model load on both sides: **{a['ratio']['value']}** "
+        whole = ("whole job, the driver's model loaded before timing (the actor's load inside)" if a.get("in_process")
+                 else "whole job with the model load on both sides")
+        lines += ["", f"Ray / local, {whole}: **{a['ratio']['value']}** "
                   f"(target >= {a['ratio']['target']}; without decoding ahead {a['ratio_no_decode_ahead']}); "
                   f"steady state (best rounds): **{a['steady_ratio']['value']}**. Vectors: "
                   f"min cosine {a['agreement']['min_cosine']}, mean {a['agreement']['mean_cosine']} "

@@ -67,9 +67,11 @@ CRASH_ONCE_ENV = "RETRIEVAL_RAY_CRASH_ONCE"
 LOCAL_PROTOCOLS = ("file", "local")
 #: Decoded files that may wait for each encoder actor still loading its model, beyond the
 #: usual two groups per encoder: the cores the loading actor leaves free decode ahead instead
-#: of idling (in scripts/bench_ray.py (a) the model load took 7.5 s of a 32 s run on 2 cores,
-#: time enough to decode every one of the 300 photos). Bounded because decoded pixels wait in
-#: the object store: 512 files at 224 x 224 float32 are about 300 MB.
+#: of idling. In scripts/bench_ray.py (a) --in-process (a driver with its model loaded, 2
+#: cores, 300 photos) all 300 were decoded during the actor's load and the run took 29.9 s
+#: against 35.8 s with two groups only. (A fresh `retrieval index` driver loads its own model
+#: meanwhile and starts decoding only when the actor is about ready: no gain there.) Bounded
+#: because decoded pixels wait in the object store: 512 files at 224 x 224 float32 are about 300 MB.
 DECODE_AHEAD_FILES = 512
 #: Seconds a decode task may run beyond its files' own limits (IndexSettings.decode_seconds
 #: each, plus one) before the driver cancels it, killing its worker. More than the local
