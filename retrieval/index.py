@@ -20,7 +20,8 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -298,10 +299,17 @@ def search(
     # One query is a memory-bound scan: a second OpenMP thread adds little, and on a busy
     # machine its team waits for a core (100k vectors on 2 loaded cores: 80 ms with 2
     # threads, 19 ms with 1; scripts/bench_search.py compares both).
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
+    with omp_threads(1):
         return index.search(queries, k, params=params)
+
+
+@contextmanager
+def omp_threads(n: int) -> Iterator[None]:
+    """FAISS's OpenMP team limited to `n` threads inside the block, the previous size restored after."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
     finally:
         faiss.omp_set_num_threads(threads)
 
@@ -408,12 +416,8 @@ def stored_vectors(index: faiss.Index, ids: np.ndarray) -> np.ndarray | None:
     if not len(ids):
         return np.zeros((0, index.d), np.float32)
     # FAISS copies more than 1,000 vectors on an OpenMP team: on a busy machine it waits for cores.
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
+    with omp_threads(1):
         return index.reconstruct_batch(ids)
-    finally:
-        faiss.omp_set_num_threads(threads)
 
 
 def probed_lists(index: faiss.Index, share: float) -> int | None:

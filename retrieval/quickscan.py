@@ -93,12 +93,8 @@ class QuickScan:
             return faiss_index.search(self.exact, queries, k)
         if len(queries) >= BATCH_EXACT:
             return self.search_exact_batch(queries, k)
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-        try:
+        with faiss_index.omp_threads(1):
             _, found = self.codes.search(queries, fetch)
-        finally:
-            faiss.omp_set_num_threads(threads)
         scores = np.full((len(queries), k), -np.inf, np.float32)
         ids = np.full((len(queries), k), -1, np.int64)
         for row, (query, positions) in enumerate(zip(queries, found)):
@@ -111,11 +107,10 @@ class QuickScan:
 
     def search_exact_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact search of a batch by FAISS's matrix product: the float32 vectors read once for all queries."""
-        threads, threshold = faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold
-        faiss.omp_set_num_threads(BATCH_THREADS)
+        threshold = faiss.cvar.distance_compute_blas_threshold
         faiss.cvar.distance_compute_blas_threshold = 1  # process-wide; both of FAISS's ways are exact
         try:
-            return self.exact.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.exact.ntotal))
+            with faiss_index.omp_threads(BATCH_THREADS):
+                return self.exact.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.exact.ntotal))
         finally:
             faiss.cvar.distance_compute_blas_threshold = threshold
-            faiss.omp_set_num_threads(threads)

@@ -45,14 +45,13 @@ def load() -> float:
 
 def faiss_exact(exact, threads: int, force_blas: bool):
     def run(queries):
-        saved_threads, saved_threshold = faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold
-        faiss.omp_set_num_threads(threads)
+        saved_threshold = faiss.cvar.distance_compute_blas_threshold
         if force_blas:
             faiss.cvar.distance_compute_blas_threshold = 1
         try:
-            return exact.search(queries, K)
+            with faiss_index.omp_threads(threads):
+                return exact.search(queries, K)
         finally:
-            faiss.omp_set_num_threads(saved_threads)
             faiss.cvar.distance_compute_blas_threshold = saved_threshold
     return run
 

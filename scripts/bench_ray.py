@@ -340,19 +340,6 @@ def overhead(args, work: Path, spec: str) -> dict:
 
 
 # -- (b) driver ingest ----------------------------------------------------------------------
-def commit_two_transactions(store, staging, rows, encoded) -> int:
-    """The driver's commit before 2026-12-02, kept for comparison: vectors, then file rows, each its own transaction."""
-    fresh = {}
-    if encoded:
-        missing = store.catalog.missing_hashes(h for h, *_ in encoded)
-        fresh = {h: (h, v, w, ht) for h, v, w, ht in encoded if h in missing}
-        if fresh:
-            store.catalog.put_vectors(list(fresh.values()))
-    if rows:
-        staging.record(rows)
-    return len(fresh)
-
-
 #: (b)'s variants: name, results per commit, one transaction per commit, WAL pages between checkpoints.
 #: "driver" is what ray_index does now: results coalesced up to COMMIT_VECTORS, one transaction,
 #: the WAL copied every STREAMING_CHECKPOINT_PAGES; "before" is the previous driver, a commit of
@@ -369,7 +356,7 @@ def ingest(args, work: Path) -> dict:
     """The driver's commit step fed with ready results as fast as it can take them."""
     import numpy as np
 
-    from retrieval.cluster.ray_index import commit
+    from retrieval.cluster.ray_index import commit, store_and_record
     from retrieval.loader import FileStat, Loaded
     from retrieval.staging import Staging
     from retrieval.store import IndexStore
@@ -393,7 +380,8 @@ def ingest(args, work: Path) -> dict:
         load_before = load()
         t0, cpu0 = time.perf_counter(), time.process_time()
         store.catalog.db.conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
-        step = commit if one_transaction else commit_two_transactions
+        # The driver before 2026-12-02 wrote vectors, then file rows, each in its own transaction.
+        step = commit if one_transaction else store_and_record
         with store.catalog.quick_commits():  # as during any run
             for start in range(0, n, per_commit):
                 ids = range(start, min(n, start + per_commit))

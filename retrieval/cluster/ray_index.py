@@ -257,15 +257,25 @@ def commit(store: IndexStore, staging: Staging, rows: list[Loaded], encoded: lis
     The staging rows live in a temporary table, which a killed driver loses anyway; the
     vectors are what a killed driver keeps.
     """
-    fresh: dict[str, tuple] = {}
     with store.catalog.transaction():
-        if encoded:
-            missing = store.catalog.missing_hashes(h for h, *_ in encoded)
-            fresh = {h: (h, v, w, ht) for h, v, w, ht in encoded if h in missing}
-            if fresh:
-                store.catalog.put_vectors(list(fresh.values()))
-        if rows:
-            staging.record(rows)
+        return store_and_record(store, staging, rows, encoded)
+
+
+def store_and_record(store: IndexStore, staging: Staging, rows: list[Loaded],
+                     encoded: list[tuple[str, np.ndarray, int, int]]) -> int:
+    """Vectors of contents not yet stored, then the rows; each write in its own transaction unless one is open.
+
+    :func:`commit` wraps it in one; on its own it is the driver before 2026-12-02, which
+    scripts/bench_ray.py (b) measures against it.
+    """
+    fresh: dict[str, tuple] = {}
+    if encoded:
+        missing = store.catalog.missing_hashes(h for h, *_ in encoded)
+        fresh = {h: (h, v, w, ht) for h, v, w, ht in encoded if h in missing}
+        if fresh:
+            store.catalog.put_vectors(list(fresh.values()))
+    if rows:
+        staging.record(rows)
     return len(fresh)
 
 
