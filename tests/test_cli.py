@@ -11,6 +11,7 @@ import sys
 import time
 
 import click
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import make_image, skimage_photo
@@ -166,8 +167,12 @@ def test_sigkill_mid_run_resumes_to_the_same_catalog_as_a_clean_run(tmp_path):
     assert files == [] and 8 <= len(vectors) < 48  # nothing published, encoded work kept
     assert _cli("index", folder, "--index", killed, "--quiet").wait() == 0
     assert _cli("index", folder, "--index", clean, "--quiet").wait() == 0
-    assert _catalog(killed) == _catalog(clean)
-    assert len(_catalog(clean)[0]) == 48
+    (files, vectors), (clean_files, clean_vectors) = _catalog(killed), _catalog(clean)
+    assert files == clean_files and len(files) == 48 and vectors.keys() == clean_vectors.keys()
+    # The resumed run encoded in other batches than the clean one; the classifier's convolutions
+    # may then round differently in the last bits (seen on CI's CPU), so vectors match to float noise.
+    for digest, blob in clean_vectors.items():
+        np.testing.assert_allclose(np.frombuffer(vectors[digest], "<f4"), np.frombuffer(blob, "<f4"), atol=1e-5)
 
 
 def _children(pid: int) -> list[int]:
