@@ -2,8 +2,9 @@
 
 scikit-image's sample photos (public domain / CC0, a dependency of this project) are
 always there; the Debian package lomiri-wallpapers-16.04 (CC-BY / CC-BY-SA / CC0 per
-file) adds 13 landscape and nature photos when installed (scripts/setup.sh installs it
-where apt-get is available).
+file) adds 13 landscape and nature photos, and opencv-doc (Apache-2.0 and BSD-3-Clause) two
+street signs with words on them, when installed (scripts/setup.sh installs both where
+apt-get is available).
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ SKIMAGE_PHOTOS = [
     "motorcycle_left.png", "rocket.jpg", "hubble_deep_field.jpg", "moon.png", "retina.jpg",
 ]
 WALLPAPER_GLOB = ("/usr/share/backgrounds", "*_by_*.jpg")
+# Two street signs: "no parking" tells them apart only by the words on them (OCR).
+SIGNS = [Path("/usr/share/doc/opencv-doc/examples/text") / name for name in ("scenetext01.jpg", "scenetext02.jpg")]
 
-# "a woman" and "a red bowl" need the experts: ImageNet has no person class and no colours.
-DEMO_QUERIES = ["a cat", "a cup of coffee", "a rocket launch", "mountains and a lake", "an astronaut", "a woman", "a red bowl"]
+# "a woman", "a red bowl" and "a sign that says no parking" need the experts: ImageNet has no
+# person class, no colours and no words.
+DEMO_QUERIES = ["a cat", "a cup of coffee", "a rocket launch", "mountains and a lake", "an astronaut", "a woman",
+                "a red bowl", "a sign that says no parking"]
 
 
 def demo_sources() -> list[Path]:
@@ -29,6 +34,7 @@ def demo_sources() -> list[Path]:
     sources = [data / name for name in SKIMAGE_PHOTOS if (data / name).exists()]
     folder, pattern = WALLPAPER_GLOB
     sources += sorted(Path(folder).glob(pattern))
+    sources += [sign for sign in SIGNS if sign.exists()]
     return sources
 
 

@@ -38,13 +38,6 @@ if .venv/bin/pip show -q opencv-python >/dev/null 2>&1; then
   .venv/bin/pip uninstall -q -y opencv-python
   .venv/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps "opencv-python-headless>=4.8,<5"
 fi
-# `--model default+ocr`: RapidOCR's own dependencies (the `ocr` extra), then RapidOCR itself
-# without its `opencv-python` requirement, which would overwrite the headless cv2 above.
-if ! .venv/bin/python -c "import rapidocr_onnxruntime" 2>/dev/null; then
-  echo "installing RapidOCR for default+ocr" >&2
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[ocr]"
-  .venv/bin/pip install -q --disable-pip-version-check --no-deps "rapidocr-onnxruntime>=1.3,<2"
-fi
 # The tests compare our recall with CLIP_benchmark's own function. Its package pulls in
 # webdataset, pycocoevalcap and more, none of which that one module needs: no deps.
 if [ -n "$testing" ] && ! .venv/bin/python -c "import clip_benchmark" 2>/dev/null; then
@@ -74,6 +67,8 @@ fi
 # and Fashion-MNIST for `retrieval eval fashion-mnist`. Installed where we are root with apt.
 want=()
 ls /usr/share/backgrounds/*_by_*.jpg >/dev/null 2>&1 || want+=(lomiri-wallpapers-16.04)
+# Two street signs with words on them for the demo's OCR query (opencv-doc, 96 MB; Apache-2.0/BSD-3).
+[ -f /usr/share/doc/opencv-doc/examples/text/scenetext01.jpg ] || want+=(opencv-doc)
 [ -d /usr/share/datasets/fashion-mnist ] || want+=(dataset-fashion-mnist)
 # The page's browser test (tests/test_page.py) drives Debian's Chromium with playwright, whose
 # own browser download is not reachable.

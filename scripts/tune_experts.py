@@ -17,7 +17,8 @@ cached per setting, so a rerun takes seconds.
     python scripts/tune_experts.py --pip-root /tmp/devset-pip            # tune, then report
     python scripts/tune_experts.py --pip-root /tmp/devset-pip --report   # report CONFIG as shipped
 
-The OCR weight of ``default+ocr`` is tuned the same way, after the experts.
+The weight of the words read in the photo (OCR) is tuned the same way, as one more coordinate
+(since 2026-12-02 words are part of ``default``; what they add is the "without ocr" row).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from retrieval.loader import load  # noqa: E402
 from retrieval.metrics import best_positive_ranks, retrieval_metrics  # noqa: E402
 
 PREVIOUS = conse.RECIPE_2026_11
+# `default` as shipped on the morning of 2026-12-02 (experts, no words): what reading words adds.
+MORNING = conse.RECIPE_2026_12_02
 # The first recipe with experts (2026-12-01), tuned on the 165-photo dev set; the reference
 # for what today's tuning adds.
 FIRST_EXPERTS = getattr(conse, "RECIPE_2026_12", conse.CONFIG)
@@ -91,11 +94,13 @@ class Features:
 
     def ocr_sentences(self) -> list[str]:
         """What RapidOCR reads in each photo, as the sentence `default+ocr` embeds (cached)."""
-        path = self.cache.with_suffix(".ocr.json")
+        settings = conse.CONFIG["ocr"]["settings"]
+        reader = hashlib.sha256((json.dumps(settings, sort_keys=True) + inspect.getsource(ocr)).encode()).hexdigest()[:8]
+        path = self.cache.with_suffix(f".ocr-{reader}.json")
         if path.exists():
             return json.loads(path.read_text())
         print(f"reading the words in {len(self.paths)} photos (cached in {path})", file=sys.stderr)
-        sentences = ocr.OcrExpert().sentences(self.images)
+        sentences = ocr.OcrExpert(**settings).sentences(self.images)
         path.write_text(json.dumps(sentences))
         return sentences
 
@@ -119,9 +124,10 @@ class Features:
         if config.get("ocr"):
             sentences = [self.ocr_sentences()[r] for r in rows]
             read = [i for i, s in enumerate(sentences) if s]
-            vectors = vectors.copy()
-            vectors[read] += config["ocr"]["weight"] * self.encode([sentences[i] for i in read])
-            vectors = conse.normalize(vectors)
+            words = np.zeros_like(vectors)
+            if read:
+                words[read] = config["ocr"]["weight"] * self.encode([sentences[i] for i in read])
+            vectors = conse.add_word_vectors(vectors, words)
         return vectors
 
 
@@ -158,15 +164,15 @@ def tune(features: Features, half: Half, start: dict, rounds: int = 2) -> dict:
                     score = objective(evaluate(features, half, trial))
                     if score > best_score + 1e-9:
                         best, best_score = trial, score
+        if "ocr" in best:
+            for weight in WEIGHTS[1:] + (2.0,):
+                trial = {**best, "ocr": {**best["ocr"], "weight": weight}}
+                score = objective(evaluate(features, half, trial))
+                if score > best_score + 1e-9:
+                    best, best_score = json.loads(json.dumps(trial)), score
         print(f"  round: T={best['temperature']:g}, top-{best['top_k']}, {json.dumps(best['experts'])} -> {best_score:.3f}",
               file=sys.stderr)
     return best
-
-
-def tune_ocr(features: Features, half: Half, config: dict) -> dict:
-    """The OCR weight for `default+ocr`, on `half` only, with the experts as tuned."""
-    trials = [{**config, "ocr": {"weight": w}} for w in WEIGHTS[1:]]
-    return max(trials, key=lambda c: objective(evaluate(features, half, c)))
 
 
 def ranks(features: Features, half: Half, config: dict) -> dict[str, np.ndarray]:
@@ -208,11 +214,20 @@ def row(label: str, scores: dict[str, float]) -> str:
 
 
 def without(config: dict, name: str) -> dict:
+    if name == "ocr":
+        return {k: v for k, v in config.items() if k != "ocr"}
     return {**config, "experts": {n: s for n, s in config["experts"].items() if n != name}}
 
 
 def only(config: dict, name: str) -> dict:
-    return {**config, "experts": {name: config["experts"][name]}}
+    bare = {**without(config, "ocr"), "experts": {}}
+    if name == "ocr":
+        return {**bare, "ocr": config["ocr"]}
+    return {**bare, "experts": {name: config["experts"][name]}}
+
+
+def parts(config: dict) -> list[str]:
+    return [*config["experts"], *(["ocr"] if config.get("ocr") else [])]
 
 
 def failures(features: Features, half: Half, config: dict) -> list[str]:
@@ -254,33 +269,31 @@ def main() -> int:
         print("\n".join(failures(features, halves["tune"], conse.CONFIG)))
         return 0
     config = conse.CONFIG if args.report else tune(features, halves["tune"], conse.CONFIG)
-    with_ocr = conse.OCR_CONFIG if args.report else tune_ocr(features, halves["tune"], config)
     if not args.report:
-        chosen = {k: config[k] for k in ("temperature", "top_k", "experts")}
+        chosen = {k: config[k] for k in ("temperature", "top_k", "experts", "ocr") if k in config}
         print("tuned on the tuning half:\n" + json.dumps(chosen, indent=2))
-        print(f"default+ocr: ocr weight {with_ocr['ocr']['weight']}\n")
 
     header = "| recipe | t2i R@1 | R@5 | R@10 | i2t R@1 | R@5 | R@10 | mean |\n|---|---|---|---|---|---|---|---|"
     for split, half in halves.items():
         print(f"\n{split} half: {len(half.paths)} photos, {len(half.captions)} captions\n\n{header}")
         print(row("ConSE alone (`default` of 2026-11)", evaluate(features, half, PREVIOUS)))
         print(row("`default` of 2026-12-01 (first experts)", evaluate(features, half, FIRST_EXPERTS)))
-        print(row("**new `default`** (ConSE + experts)", evaluate(features, half, config)))
-        for name in config["experts"]:
+        print(row("`default` of 2026-12-02 morning (experts, no words)", evaluate(features, half, MORNING)))
+        print(row("**new `default`** (ConSE + experts + words)", evaluate(features, half, config)))
+        for name in parts(config):
             print(row(f"new without {name}", evaluate(features, half, without(config, name))))
-        print(row("new ConSE settings, no experts", evaluate(features, half, {**config, "experts": {}})))
-        for name in config["experts"]:
+        print(row("new ConSE settings, no experts", evaluate(features, half, {**without(config, "ocr"), "experts": {}})))
+        for name in parts(config):
             print(row(f"new ConSE settings + {name} only", evaluate(features, half, only(config, name))))
-        print(row("`default+ocr` (new + words read by OCR)", evaluate(features, half, with_ocr)))
     print("\nTest half, new minus previous, 95% paired-bootstrap interval over photos\n")
     print("| direction | R@1 | R@5 | R@10 |\n|---|---|---|---|")
     print("\n".join(paired_bootstrap(features, halves["test"], config, PREVIOUS)))
     print("\nTest half, new minus the `default` of 2026-12-01 (first experts)\n")
     print("| direction | R@1 | R@5 | R@10 |\n|---|---|---|---|")
     print("\n".join(paired_bootstrap(features, halves["test"], config, FIRST_EXPERTS)))
-    print("\nTest half, `default+ocr` minus previous\n")
+    print("\nTest half, new minus the `default` of 2026-12-02 morning (what reading words adds)\n")
     print("| direction | R@1 | R@5 | R@10 |\n|---|---|---|---|")
-    print("\n".join(paired_bootstrap(features, halves["test"], with_ocr, PREVIOUS)))
+    print("\n".join(paired_bootstrap(features, halves["test"], config, MORNING)))
     read = sum(bool(s) for s in features.ocr_sentences())
     print(f"\nOCR read words in {read} of {len(features.paths)} photos")
     return 0

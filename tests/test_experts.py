@@ -13,7 +13,7 @@ import pytest
 from conftest import skimage_photo
 from PIL import Image
 
-from retrieval.aligners.experts import colour, people, scene, to_uint8
+from retrieval.aligners.experts import colour, ocr, people, scene, to_uint8
 
 
 def solid(rgb, size=224) -> np.ndarray:
@@ -151,6 +151,24 @@ def test_demo_colour_query_finds_the_red_bowl(default):
     assert Path(sources[int(np.argmax(images @ query[0]))]).name == "Picture_0B_by_freespace.jpg"
 
 
+@pytest.mark.slow
+def test_demo_word_query_finds_the_sign_by_its_words(default):
+    # The demo's "a sign that says no parking": of its two street signs (opencv-doc, installed by
+    # setup.sh) only the words tell which one; the recipe without OCR picks the other sign.
+    from retrieval.aligners import conse
+    from retrieval.aligners.conse import ConseAligner
+    from retrieval.demo import DEMO_QUERIES, SIGNS, demo_sources
+
+    query = "a sign that says no parking"
+    assert query in DEMO_QUERIES
+    if not all(sign.exists() for sign in SIGNS):
+        pytest.skip("opencv-doc is not installed")
+    sources = demo_sources()
+    for aligner, expected in ((default, "scenetext01.jpg"), (ConseAligner(config=conse.RECIPE_2026_12_02), "scenetext02.jpg")):
+        images = aligner.encode_pil([Image.open(p) for p in sources])
+        assert sources[int(np.argmax(images @ aligner.encode_texts([query])[0]))].name == expected
+
+
 def test_previous_recipe_keeps_its_identity():
     from retrieval.aligners import conse
 
@@ -174,8 +192,21 @@ def test_first_expert_recipe_keeps_its_identity():
     assert conse.config_hash(conse.CONFIG) not in ("9b5f21837d05", "885cacb3d584")
 
 
+def test_morning_recipe_of_2026_12_02_keeps_its_identity():
+    from retrieval.aligners import conse
+
+    # `default` and `default+ocr` as shipped on the morning of 2026-12-02, before words joined
+    # `default`: indexes built with them record these identities.
+    assert conse.config_hash(conse.RECIPE_2026_12_02) == "524474c7fa4e"
+    assert conse.config_hash(conse.OCR_RECIPE_2026_12_02) == "781184540fd0"
+    assert conse.recipe_for("default/conse-524474c7fa4e") is conse.RECIPE_2026_12_02
+    assert conse.recipe_for("default/conse-781184540fd0") is conse.OCR_RECIPE_2026_12_02
+    assert conse.config_hash(conse.CONFIG) not in ("524474c7fa4e", "781184540fd0")
+    assert conse.CONFIG["ocr"]["settings"]["reader"] == ocr.READER
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["RECIPE_2026_11", "RECIPE_2026_12"])
+@pytest.mark.parametrize("recipe", ["RECIPE_2026_11", "RECIPE_2026_12", "RECIPE_2026_12_02"])
 def test_index_of_the_previous_recipe_is_searchable_but_refuses_new_vectors(tmp_path, photo_dir, recipe):
     from retrieval import indexer
     from retrieval.aligners import conse, load_aligner
@@ -203,7 +234,7 @@ def test_index_of_the_previous_recipe_is_searchable_but_refuses_new_vectors(tmp_
         store.close()
 
 
-# -- default+ocr ---------------------------------------------------------------------------
+# -- words in the photo (OCR) -------------------------------------------------------------
 def printed(word: str, size=(224, 224)) -> np.ndarray:
     from PIL import ImageDraw, ImageFont
 
@@ -222,13 +253,26 @@ def test_ocr_reads_a_printed_word():
     assert ocr.split_joined("SportsCentre CarParks") == "Sports Centre Car Parks"
 
 
-@pytest.mark.slow
-def test_default_ocr_finds_the_sign_by_its_word():
+def test_ocr_model_files_missing_or_another_reader_is_a_clear_error(monkeypatch):
+    from retrieval.errors import ModelError
+
+    monkeypatch.setattr(ocr, "_MODEL_FILES", {"Det": "PP-OCRv6_det_small.onnx", "Rec": "no-such-model.onnx"})
+    with pytest.raises(ModelError, match=r"lacks no-such-model.onnx.*rapidocr>=3.10"):
+        ocr.OcrExpert().words(solid((40, 120, 200)))
+    with pytest.raises(ModelError, match="reads words with 'rapidocr-9'"):
+        ocr.OcrExpert(reader="rapidocr-9")
+
+
+def test_default_ocr_is_now_another_name_for_default():
     from retrieval.aligners import list_aligners, load_aligner
 
-    assert "default+ocr" in [row["spec"] for row in list_aligners()]
-    aligner = load_aligner("default+ocr")
-    assert aligner.spec == "default+ocr" and aligner.identity != load_aligner("default").identity
+    assert "default+ocr" not in [row["spec"] for row in list_aligners()]
+    assert load_aligner("default+ocr") is load_aligner("default")
+
+
+@pytest.mark.slow
+def test_default_finds_the_sign_by_its_word(default):
+    aligner = default
     words = ["BAKERY", "PHARMACY", "GARAGE"]
     images = aligner.encode_pil([Image.fromarray(printed(w)) for w in words])
     queries = aligner.encode_texts(["the bakery sign", "a pharmacy", "a garage"])

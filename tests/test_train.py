@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import ColorAligner
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 import retrieval.aligners as aligners
 from retrieval.datasets import Dataset
@@ -246,9 +246,13 @@ def test_default_towers_reproduce_the_base_and_unlock_splits_exactly(tmp_path):
     from retrieval.datasets import load_dataset
 
     base = aligners.load_aligner("default")
-    images = load_dataset("easy-vqa").images[:4] + [str(tmp_path / "x.png")]
-    Image.new("RGB", (300, 200), (200, 40, 40)).save(images[-1])
+    images = load_dataset("easy-vqa").images[:4] + [str(tmp_path / "x.png"), str(tmp_path / "word.png")]
+    Image.new("RGB", (300, 200), (200, 40, 40)).save(images[-2])
+    sign = Image.new("RGB", (224, 224), (250, 250, 245))  # a word the OCR expert reads
+    ImageDraw.Draw(sign).text((16, 80), "BAKERY", fill=(20, 20, 20), font=ImageFont.load_default(size=44))
+    sign.save(images[-1])
     pixels = np.stack([base.transform(Image.open(p)) for p in images])
+    assert np.any(base.word_vectors(pixels[-1:]))  # so the readout must carry the words too
 
     locked = image_tower(base, 0)
     heads = Heads(locked.feature_dim, base.dim, base.dim, 0, locked.base_columns)

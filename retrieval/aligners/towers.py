@@ -123,10 +123,11 @@ class ConseImageTower(ImageTower):
     def cache_identity(self) -> str:
         # The pooled features depend on the classifier and the preprocessing only, not on
         # the ConSE recipe: retuning `default` keeps the (expensive) cache valid. The experts'
-        # phrase weights ride along in the cache, so their settings are part of it.
+        # phrase weights and the words' vectors ride along in the cache, so their settings are part of it.
         experts = json.dumps({n: e.get("settings", {}) for n, e in (self.base.config.get("experts") or {}).items()})
+        words = json.dumps(self.base.config.get("ocr"), sort_keys=True) if self.base.config.get("ocr") else ""
         return (f"efficientnet-{self.base.config['image_model']}|{self.kind}-v{TOWER_VERSION}|unlock{self.unlock}|"
-                f"{self.transform!r}|experts{experts}")
+                f"{self.transform!r}|experts{experts}" + (f"|words{words}" if words else ""))
 
     def run_all(self, pixels):
         clf = self.base.classifier
@@ -134,22 +135,25 @@ class ConseImageTower(ImageTower):
 
     @torch.no_grad()
     def frozen(self, pixels: np.ndarray) -> torch.Tensor:
-        """The frozen output with the experts' phrase weights appended as extra channels.
+        """The frozen output with the experts' phrase weights (and the words' vectors) appended as extra channels.
 
-        The experts read pixels, which later training steps no longer see; carrying their
-        (small) answers in the cache lets the readout reproduce the base's fused vector.
+        The experts and the OCR reader read pixels, which later training steps no longer see;
+        carrying their (small) answers in the cache lets the readout reproduce the base's vector.
         """
         out = super().frozen(pixels)
         weights = self.base.expert_weights(pixels)
-        if not weights:
+        extra = [weights[e.name] for e in self.base.experts] if weights else []
+        if self.base.config.get("ocr"):
+            extra.append(self.base.word_vectors(pixels))
+        if not extra:
             return out
-        w = torch.from_numpy(np.concatenate([weights[e.name] for e in self.base.experts], axis=1)).to(out)
+        w = torch.from_numpy(np.concatenate(extra, axis=1)).to(out)
         if out.dim() == 2:
             return torch.cat([out, w], dim=1)
         return torch.cat([out, w[:, :, None, None].expand(-1, -1, *out.shape[2:])], dim=1)
 
     def trunk_forward(self, cached: torch.Tensor) -> torch.Tensor:
-        n_weights = sum(len(e.vocabulary) for e in self.base.experts)
+        n_weights = sum(len(e.vocabulary) for e in self.base.experts) + (self.conse_dim if self.base.config.get("ocr") else 0)
         if not n_weights:
             return super().trunk_forward(cached)
         x, w = cached[:, :-n_weights], cached[:, -n_weights:]
@@ -160,15 +164,19 @@ class ConseImageTower(ImageTower):
         return self.readout(x, w)
 
     def readout(self, pooled: torch.Tensor, expert_weights: torch.Tensor | None = None) -> torch.Tensor:
-        from retrieval.aligners.conse import conse_combine, fuse
+        from retrieval.aligners.conse import add_word_vectors, conse_combine, fuse
 
         with torch.no_grad():
             logits = self.classifier(pooled).cpu().numpy()
         conse = conse_combine(logits, self.base.class_embeddings, self.base.config)
         if expert_weights is not None:
-            columns = np.split(expert_weights.cpu().numpy(), np.cumsum([len(e.vocabulary) for e in self.base.experts])[:-1], axis=1)
-            weights = {e.name: c for e, c in zip(self.base.experts, columns)}
-            conse = fuse(conse, weights, self.base.phrases, self.base.config)
+            # Columns: each expert's phrase weights in order, then (with OCR) the words' vector.
+            sizes = [len(e.vocabulary) for e in self.base.experts]
+            columns = np.split(expert_weights.cpu().numpy(), np.cumsum(sizes), axis=1)
+            if self.base.experts:
+                conse = fuse(conse, dict(zip((e.name for e in self.base.experts), columns)), self.base.phrases, self.base.config)
+            if self.base.config.get("ocr"):
+                conse = add_word_vectors(conse, columns[len(sizes)])
         conse = torch.from_numpy(np.asarray(conse, np.float32)).to(pooled.device)
         return torch.cat([conse, nn.functional.normalize(pooled, dim=-1)], dim=-1)
 
