@@ -231,7 +231,7 @@ def test_concurrent_text_queries_are_batched_and_answer_alike(tmp_path, window):
     if window:
         assert max(engine.batch_sizes) > 1 and sum(engine.batch_sizes) == len(queries)
     else:
-        assert engine.batch_sizes == [1] * len(queries)  # one encoder call and one search each
+        assert list(engine.batch_sizes) == [1] * len(queries)  # one encoder call and one search each
 
 
 # -- generations ----------------------------------------------------------------------------
@@ -314,7 +314,7 @@ def test_batches_grow_with_the_queue_and_wait_for_no_window():
         release.set()
         assert [f.result(10) for f in first + later] == [2 * i for i in range(5)] + [2 * (100 + i) for i in range(40)]
         assert time.monotonic() - started < 1.5  # no window waited: everything queued was taken
-        assert engine.batch_sizes == [5, 40]
+        assert list(engine.batch_sizes) == [5, 40]
     finally:
         release.set()
         engine.close()
@@ -360,11 +360,11 @@ def test_prepare_step_runs_on_the_encoder_thread_while_the_engine_finishes(windo
         assert gate.result(10) == -11
         assert [f.result(10) for f in [first, *later]] == [11 * i for i in range(31)]
         if window:
-            assert engine.batch_sizes == [1, 1, 30]
+            assert list(engine.batch_sizes) == [1, 1, 30]
             assert steps[0][:2] == ("prepare", "retrieval-engine")  # alone in flight: no hand-over
             assert {t for step, t, *_ in steps if step == "finish"} == {"retrieval-engine"}
         else:  # batching off: one at a time, all on the engine thread
-            assert engine.batch_sizes == [1] * 32 and {t for _, t, *_ in steps} == {"retrieval-engine"}
+            assert list(engine.batch_sizes) == [1] * 32 and {t for _, t, *_ in steps} == {"retrieval-engine"}
         failing = engine.batched("k", 1, finish, lambda key, payloads: 1 / 0)
         with pytest.raises(ZeroDivisionError):
             failing.result(5)

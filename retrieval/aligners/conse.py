@@ -382,9 +382,8 @@ class ConseAligner(Aligner):
             if self.device.type == "cpu":
                 variant = self.config["image_model"]
                 weights = Path(classifier_weights(variant))
-                stamp = f"{weights.name}-{weights.stat().st_size}"  # another packaged file: another export
-                found = onnx_classifier.load(f"efficientnet-{variant}-{stamp}", _IMAGE_MODELS[variant][3], cache_dir(),
-                                             lambda: load_classifier(variant))
+                found = onnx_classifier.load(f"efficientnet-{variant}", _IMAGE_MODELS[variant][3], cache_dir(),
+                                             lambda: load_classifier(variant), stamp=f"{weights}:{weights.stat().st_size}")
             self._onnx = found or False
         return self._onnx or None
 

@@ -33,14 +33,17 @@ class OnnxClassifier:
         return self.session.run([_OUTPUT], {_INPUT: np.ascontiguousarray(pixels, np.float32)})[0]
 
 
-def load(name: str, size: int, cache: Path, torch_model: Callable[[], object]) -> OnnxClassifier | None:
-    """The classifier `name` as an ONNX Runtime session, exported from `torch_model()` once; None if impossible."""
+def load(name: str, size: int, cache: Path, torch_model: Callable[[], object], stamp: str = "") -> OnnxClassifier | None:
+    """The classifier `name` as an ONNX Runtime session, exported from `torch_model()` once; None if impossible.
+
+    `stamp` names the weights it was exported from: other weights, another file.
+    """
     try:
         import onnxruntime
         import torch
     except ImportError:
         return None
-    key = hashlib.sha256(f"{name}|{size}|torch {torch.__version__}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{name}|{stamp}|{size}|torch {torch.__version__}".encode()).hexdigest()[:12]
     path = cache / f"classifier-{name}-{key}.onnx"
     try:
         if not path.exists():

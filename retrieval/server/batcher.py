@@ -24,6 +24,7 @@ prepares and finishes it: each hand-over between threads can wait for a core.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -63,8 +64,8 @@ class EngineThread:
         self._staged: queue.Queue[Job | None] = queue.Queue()
         #: Whether the last batch answered more than one query (then a lone next one may wait for company).
         self._shared = {id(self._jobs): False, id(self._staged): False}
-        #: Sizes of the batches run so far (for tests and the benchmark).
-        self.batch_sizes: list[int] = []
+        #: Sizes of the latest batches (for tests and the benchmark); bounded, as a server runs for weeks.
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=4096)
         #: Queries with a prepare step not answered yet: under load they go through the encoder thread.
         self._in_flight = 0
         self._lock = threading.Lock()
