@@ -93,8 +93,11 @@ class IndexStore:
         )
 
     def check_model(self, aligner) -> None:
+        from retrieval.aligners import canonical_spec
+
         identity = self.catalog.get_meta("model_identity")
-        if identity is not None and identity != aligner.identity and self.model_spec == aligner.spec:
+        # `default+ocr` (retired 2026-12-02) is an earlier version of `default`, not another model.
+        if identity is not None and identity != aligner.identity and canonical_spec(self.model_spec) == aligner.spec:
             raise ModelMismatch(
                 f"index {self.folder} was built with another version of {aligner.spec!r} "
                 f"({identity}; this one is {aligner.identity}): its vectors cannot be mixed with new ones. "

@@ -206,7 +206,7 @@ def test_morning_recipe_of_2026_12_02_keeps_its_identity():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["RECIPE_2026_11", "RECIPE_2026_12", "RECIPE_2026_12_02"])
+@pytest.mark.parametrize("recipe", ["RECIPE_2026_11", "RECIPE_2026_12", "RECIPE_2026_12_02", "OCR_RECIPE_2026_12_02"])
 def test_index_of_the_previous_recipe_is_searchable_but_refuses_new_vectors(tmp_path, photo_dir, recipe):
     from retrieval import indexer
     from retrieval.aligners import conse, load_aligner
@@ -219,7 +219,8 @@ def test_index_of_the_previous_recipe_is_searchable_but_refuses_new_vectors(tmp_
     settings = IndexSettings(workers=0, batch_size=8)
     folder = tmp_path / "old"
     store = IndexStore.open(folder, create=True)
-    old = ConseAligner(config=getattr(conse, recipe))
+    # The morning's opt-in `default+ocr` recorded that spec; it now names `default` itself.
+    old = ConseAligner(config=getattr(conse, recipe), spec="default+ocr" if recipe.startswith("OCR") else "default")
     indexer.run(store, old, [photo_dir], settings=settings)
     store.close()
 

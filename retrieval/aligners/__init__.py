@@ -21,11 +21,17 @@ from pathlib import Path
 from retrieval.aligners.base import Aligner, normalize
 from retrieval.errors import ModelError
 
-__all__ = ["Aligner", "load_aligner", "load_aligner_for", "list_aligners", "normalize", "surely_other"]
+__all__ = ["Aligner", "canonical_spec", "load_aligner", "load_aligner_for", "list_aligners", "normalize", "surely_other"]
 
 _LOADED: dict[tuple, Aligner] = {}
 # Retired spec names of the default, and what they mean now.
 _DEFAULT_ALIASES = {"default+ocr": "default"}
+
+
+def canonical_spec(spec: str | None) -> str:
+    """The spec as the loader reads it: retired names of the default resolved."""
+    spec = (spec or "default").strip()
+    return _DEFAULT_ALIASES.get(spec, spec)
 
 
 def load_aligner(spec: str = "default", device: str | None = None) -> Aligner:
@@ -35,7 +41,7 @@ def load_aligner(spec: str = "default", device: str | None = None) -> Aligner:
     >>> aligner.encode_texts(["a red bicycle"]).shape  # doctest: +SKIP
     (1, 384)
     """
-    spec = _DEFAULT_ALIASES.get((spec or "default").strip(), (spec or "default").strip())
+    spec = canonical_spec(spec)
     key = (spec, device, _file_stamp(spec))
     if key not in _LOADED:
         _LOADED[key] = _load(spec, device)
