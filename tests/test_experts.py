@@ -264,6 +264,18 @@ def test_ocr_model_files_missing_or_another_reader_is_a_clear_error(monkeypatch)
         ocr.OcrExpert(reader="rapidocr-9")
 
 
+def test_a_picture_the_reader_chokes_on_is_read_as_no_words(monkeypatch, caplog):
+    expert = ocr.OcrExpert()
+
+    def choke(*args, **kwargs):
+        raise ValueError("degenerate box")
+
+    expert._engine = choke  # the models are never loaded: the engine is this function
+    with caplog.at_level("WARNING", logger="retrieval.aligners.experts.ocr"):
+        assert expert.sentences(np.stack([solid((40, 120, 200))])) == [""]
+    assert "ValueError: degenerate box" in caplog.text and "indexed without them" in caplog.text
+
+
 def test_default_ocr_is_now_another_name_for_default():
     from retrieval.aligners import list_aligners, load_aligner
 

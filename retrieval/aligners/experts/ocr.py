@@ -22,6 +22,8 @@ import numpy as np
 
 from retrieval.errors import ModelError
 
+log = logging.getLogger(__name__)
+
 TEMPLATE = "a sign that says {words}"
 # The reader a recipe names; another reader (or another model file) is another recipe.
 READER = "rapidocr-3/PP-OCRv6-small"
@@ -58,6 +60,14 @@ class OcrExpert:
     def words(self, image: np.ndarray) -> str:
         """The words read in one (H, W, 3) uint8 RGB image, in reading order; "" when none."""
         engine, bgr = self.engine, np.ascontiguousarray(image[..., ::-1])  # it expects OpenCV's BGR
+        try:
+            return self._read(engine, bgr)
+        except Exception as exc:  # noqa: BLE001 - a picture the reader chokes on has no words it can give
+            log.warning("could not read the words in a picture (%s: %s); it is indexed without them",
+                        type(exc).__name__, exc)
+            return ""
+
+    def _read(self, engine, bgr: np.ndarray) -> str:
         # The steps are called one by one (RapidOCR's own pipeline would read every line found).
         found = engine(bgr, use_det=True, use_cls=False, use_rec=False)
         if found.boxes is None or not len(found.boxes):
