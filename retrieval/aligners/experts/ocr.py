@@ -100,14 +100,14 @@ class OcrExpert:
 def _load_engine(side: int, line_width: int):
     spec = importlib.util.find_spec("rapidocr")
     if spec is None or importlib.util.find_spec("onnxruntime") is None:
-        raise ModelError("the default aligner reads words with RapidOCR: pip install 'rapidocr>=3.10,<4' onnxruntime "
+        raise ModelError("the default aligner reads words with RapidOCR: pip install 'rapidocr>=3.10,<3.11' onnxruntime "
                          "(bash scripts/setup.sh installs both)")
     models = Path(spec.origin).parent / "models"
     paths = {part: models / name for part, name in _MODEL_FILES.items()}
     missing = [p.name for p in paths.values() if not p.is_file()]
     if missing:
         raise ModelError(f"RapidOCR's wheel lacks {', '.join(missing)} (the default aligner needs rapidocr 3.10's "
-                         "packaged PP-OCRv6 models): pip install 'rapidocr>=3.10,<4'")
+                         "packaged PP-OCRv6 models): pip install 'rapidocr>=3.10,<3.11'")
     from rapidocr import RapidOCR
 
     engine = RapidOCR(params={
