@@ -102,8 +102,7 @@ def main() -> int:
 
     previous, shipped = ConseAligner(device="cpu", config=conse.RECIPE_2026_11), ConseAligner(device="cpu")
     # The baseline: ConSE alone as it ran before, with the classifier on torch.
-    baseline = ConseAligner(device="cpu", config=conse.RECIPE_2026_11)
-    baseline._onnx = False
+    baseline = ConseAligner(device="cpu", config=conse.RECIPE_2026_11, onnx=False)
     morning = ConseAligner(device="cpu", config=conse.RECIPE_2026_12_02)
     batch = pixels(shipped, args.batch)
     uint8 = to_uint8(batch, shipped.transform.mean, shipped.transform.std)

@@ -25,10 +25,15 @@ def _check(index_dir):
     return CliRunner().invoke(main, ["check", "--index", str(index_dir)])
 
 
-def test_check_finds_a_damaged_lists_file_and_the_next_run_rebuilds_it(tmp_path, color_aligner):
+def _photos(tmp_path, first_seed: int):
     folder = tmp_path / "photos"
     for i in range(40):
-        make_image(folder / f"{i:02d}.png", seed=500 + i)
+        make_image(folder / f"{i:02d}.png", seed=first_seed + i)
+    return folder
+
+
+def test_check_finds_a_damaged_lists_file_and_the_next_run_rebuilds_it(tmp_path, color_aligner):
+    folder = _photos(tmp_path, 500)
     index_dir = tmp_path / "idx"
     _index(folder, index_dir, color_aligner, on_disk=True)
     lists = index_dir / "images-1.ivfdata"
@@ -57,9 +62,7 @@ def test_check_finds_a_damaged_lists_file_and_the_next_run_rebuilds_it(tmp_path,
 
 
 def test_on_disk_is_remembered_by_the_index_until_no_on_disk(tmp_path, color_aligner):
-    folder = tmp_path / "photos"
-    for i in range(40):
-        make_image(folder / f"{i:02d}.png", seed=600 + i)
+    folder = _photos(tmp_path, 600)
     index_dir = tmp_path / "idx"
     _index(folder, index_dir, color_aligner, on_disk=True)
     make_image(folder / "40.png", seed=640)

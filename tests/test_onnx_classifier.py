@@ -14,8 +14,7 @@ from retrieval.aligners.conse import ConseAligner
 @pytest.mark.slow
 def test_exported_classifier_matches_torch_and_is_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("RETRIEVAL_CACHE", str(tmp_path))
-    fast, torch_only = ConseAligner(device="cpu"), ConseAligner(device="cpu")
-    torch_only._onnx = False  # what a GPU or a failed export uses
+    fast, torch_only = ConseAligner(device="cpu"), ConseAligner(device="cpu", onnx=False)  # torch: as on a GPU
     pixels = np.stack([fast.transform(Image.open(skimage_photo(n))) for n in ("chelsea.png", "rocket.jpg", "coffee.png")])
     assert fast.onnx is not None and list(tmp_path.glob("classifier-efficientnet-lite0-*.onnx"))
     np.testing.assert_allclose(fast.logits(pixels), torch_only.logits(pixels), atol=1e-4)

@@ -291,7 +291,7 @@ def add_word_vectors(vectors: np.ndarray, words: np.ndarray) -> np.ndarray:
 class ConseAligner(Aligner):
     spec = "default"
 
-    def __init__(self, device: str | None = None, config: dict | None = None, spec: str = "default"):
+    def __init__(self, device: str | None = None, config: dict | None = None, spec: str = "default", onnx: bool = True):
         self.spec = spec
         # A given config is a recipe over the ConSE base: experts only where it names them,
         # so a recorded earlier recipe (no "experts" key) rebuilds exactly.
@@ -302,7 +302,7 @@ class ConseAligner(Aligner):
         self.dim = text_dim()
         self.transform = image_transform(self.config)
         self._classifier = None
-        self._onnx = None
+        self._onnx = None if onnx else False  # False: classify with torch even on a CPU
         self._text: SentenceEncoder | None = None
         self._class_embeddings: np.ndarray | None = None
         self._experts = None
@@ -435,14 +435,11 @@ class ConseAligner(Aligner):
         # see experts/ocr.py) and torch both release the GIL, so on two cores most of the
         # reader's time hides behind the classifier's (docs/default-aligner.md has the figures).
         reading = _reader().submit(self.read_words, pixels) if self.config.get("ocr") else None
-        try:
-            vectors = conse_combine(self.logits(pixels), self.class_embeddings, self.config)
-            if self.config.get("experts"):
-                vectors = fuse(vectors, self.expert_weights(pixels), self.phrases, self.config)
-        finally:
-            sentences = reading.result() if reading is not None else None
-        if sentences is not None:
-            vectors = add_word_vectors(vectors, self.word_vectors(pixels, sentences))
+        vectors = conse_combine(self.logits(pixels), self.class_embeddings, self.config)
+        if self.config.get("experts"):
+            vectors = fuse(vectors, self.expert_weights(pixels), self.phrases, self.config)
+        if reading is not None:
+            vectors = add_word_vectors(vectors, self.word_vectors(pixels, reading.result()))
         return vectors
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -49,9 +49,8 @@ def load(name: str, size: int, cache: Path, torch_model: Callable[[], object], s
         if not path.exists():
             _export(torch_model(), size, path)
         options = onnxruntime.SessionOptions()
-        # As many threads as torch would use; one inter-op thread (the graph is a chain).
-        threads = int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
-        options.intra_op_num_threads, options.inter_op_num_threads = max(1, threads), 1
+        # As many threads as torch uses (runtime.pick_device sets them); one inter-op thread (the graph is a chain).
+        options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - any failure here only costs speed
         log.info("classifying with torch: the ONNX copy of %s is unavailable (%s)", name, exc)

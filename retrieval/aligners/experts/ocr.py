@@ -123,7 +123,6 @@ def _load_engine(side: int, line_width: int):
         "EngineConfig.onnxruntime.intra_op_num_threads": 1,
         "EngineConfig.onnxruntime.inter_op_num_threads": 1,
     })
-    logging.getLogger("RapidOCR").setLevel(logging.ERROR)
     return engine
 
 
