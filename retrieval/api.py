@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval import resident
-from retrieval.catalog import CATALOG_FILE
 from retrieval.errors import RetrievalError
-from retrieval.faults import explained
-from retrieval.filters import Filters, photo_counts
-from retrieval.indexer import IndexSettings, RunSummary
+from retrieval.ingest.pipeline import IndexSettings, RunSummary
 from retrieval.progress import Progress
-from retrieval.query import Hit, Query, query_vector, search_vectors
-from retrieval.store import IndexStore, resolve
-from retrieval.textcache import TextVectorCache
+from retrieval.search import resident
+from retrieval.search.filters import Filters, photo_counts
+from retrieval.search.query import Hit, Query, query_vector, search_vectors
+from retrieval.search.textcache import TextVectorCache
+from retrieval.storage.catalog import CATALOG_FILE
+from retrieval.storage.faults import explained
+from retrieval.storage.store import IndexStore, resolve
 
 
 def build_index(
@@ -39,8 +39,8 @@ def build_index(
     `ray` (a :class:`retrieval.cluster.RaySettings`) runs reading, decoding and encoding on a
     Ray cluster; folders may then be fsspec URLs the workers can read.
     """
-    from retrieval import indexer
     from retrieval.aligners import load_aligner
+    from retrieval.ingest import pipeline as indexer
 
     source = None
     if ray is not None:
@@ -82,7 +82,7 @@ class Index:
             self.store = IndexStore.open(name_or_path)
         self._model = model
         self._aligner = None
-        #: Vectors of recent query texts (retrieval/textcache.py); size 0 turns it off.
+        #: Vectors of recent query texts (retrieval/search/textcache.py); size 0 turns it off.
         self.text_cache = TextVectorCache()
 
     @property
@@ -106,7 +106,7 @@ class Index:
     ) -> list[Hit]:
         """Rank images (or captions, with target="texts") for a text, an image, or both.
 
-        `filters` (:class:`retrieval.filters.Filters`) keeps only images taken in a date range,
+        `filters` (:class:`retrieval.search.filters.Filters`) keeps only images taken in a date range,
         under folders, by a camera, near a place or above a size: the result is the best k
         among those. When nothing passes the list is empty and :meth:`why_empty` says why.
 
@@ -124,7 +124,7 @@ class Index:
 
     def why_empty(self, filters: Filters) -> str:
         """One line saying which filter excluded every image."""
-        from retrieval.filters import why_empty
+        from retrieval.search.filters import why_empty
 
         return why_empty(self.store.catalog, filters)
 
@@ -133,7 +133,7 @@ class Index:
             return self._info()
 
     def _info(self) -> dict:
-        from retrieval.indexer import damaged_kinds
+        from retrieval.ingest.pipeline import damaged_kinds
 
         catalog = self.store.catalog
         usage = self.store.disk_usage()
@@ -157,7 +157,7 @@ class Index:
             "recall_at_10_by_queries": catalog.get_meta("index_recall_by_queries"),
             # 8-bit codes pick candidates; this many per result are re-scored with exact vectors.
             "rescored_per_result": _rerank_factor(catalog.get_meta("index_factory"), catalog.get_meta("index_rerank")),
-            # An index larger than memory: its inverted lists, memory-mapped from this file (retrieval.ondisk).
+            # An index larger than memory: its inverted lists, memory-mapped from this file (retrieval.ann.ondisk).
             "lists_on_disk": _lists_file(self.store),
             "bytes_on_disk": sum(usage.values()),
             "files": usage,
@@ -183,7 +183,7 @@ def _lists_file(store: IndexStore) -> str | None:
 
 
 def _rerank_factor(factory: str | None, tuned: int | None) -> int | None:
-    from retrieval import index as faiss_index
+    from retrieval.ann import index as faiss_index
 
     return (tuned or faiss_index.RERANK_FACTOR) if faiss_index.reranks(factory) else None
 

@@ -3,7 +3,7 @@
 The server hands the engine micro-batches of up to 64 text queries (retrieval/server/batcher.py).
 This measures, per batch size, what each way of answering a batch exactly costs per query:
 
-- the 8-bit copy's scan then exact re-scoring (retrieval/quickscan.py), one OpenMP thread;
+- the 8-bit copy's scan then exact re-scoring (retrieval/ann/quickscan.py), one OpenMP thread;
 - FAISS's own exact search on the memory-mapped float32 index, one and two OpenMP threads,
   with its default choice between a plain scan and a BLAS product (``blas threshold``) and
   with the product forced for every batch;
@@ -32,8 +32,8 @@ import faiss
 import numpy as np
 from bench_search import DIM, clustered
 
-from retrieval import index as faiss_index
-from retrieval import quickscan
+from retrieval.ann import index as faiss_index
+from retrieval.ann import quickscan
 from retrieval.blas import OneBlasThread
 
 K = 10

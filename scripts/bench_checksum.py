@@ -1,6 +1,6 @@
 """What checking a FAISS file costs: checksums over the same bytes, and a stat, in one run.
 
-retrieval.integrity records a CRC-32 of every published FAISS file; searches compare size
+retrieval.storage.integrity records a CRC-32 of every published FAISS file; searches compare size
 and mtime always and the checksum on first open of files up to 64 MB. This measures the
 candidates on one buffer (hashlib and zlib only: xxhash is not installed here) and the
 per-query cost of the stat, with the load average beside the figures.
@@ -43,7 +43,7 @@ def main() -> None:
         ("hashlib.md5", lambda b: hashlib.md5(b).digest()),
     ]:
         print(f"  {name:<22} {rate(fn, data):6.2f} GB/s")
-    from retrieval.integrity import crc32_of
+    from retrieval.storage.integrity import crc32_of
 
     with tempfile.NamedTemporaryFile() as fh:
         fh.write(data)

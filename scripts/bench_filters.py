@@ -42,14 +42,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_search import DIM, clustered, fill_catalog  # noqa: E402
 
-from retrieval import filter_columns, resident  # noqa: E402
-from retrieval import filters as filtered  # noqa: E402
-from retrieval import index as faiss_index  # noqa: E402
+from retrieval.ann import index as faiss_index  # noqa: E402
 from retrieval.api import open_index  # noqa: E402
-from retrieval.filters import Filters  # noqa: E402
-from retrieval.query import search_vectors  # noqa: E402
-from retrieval.store import IndexStore  # noqa: E402
-from retrieval.textcache import TextVectorCache  # noqa: E402
+from retrieval.search import (
+    filter_columns,  # noqa: E402
+    resident,  # noqa: E402
+)
+from retrieval.search import filters as filtered  # noqa: E402
+from retrieval.search.filters import Filters  # noqa: E402
+from retrieval.search.query import search_vectors  # noqa: E402
+from retrieval.search.textcache import TextVectorCache  # noqa: E402
+from retrieval.storage.store import IndexStore  # noqa: E402
 
 SHARES = [0.001, 0.01, 0.1, 0.5]
 START = datetime(2015, 1, 1)

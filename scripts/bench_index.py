@@ -124,7 +124,7 @@ def predecode(aligner, paths: list[str]):
     """Every photo preprocessed to the model's input, untimed: the encoder-only input."""
     import numpy as np
 
-    from retrieval.loader import load
+    from retrieval.media.loader import load
 
     return np.stack([load(p, aligner.transform).pixels for p in paths])
 
@@ -156,7 +156,7 @@ def sequential(aligner, paths: list[str], batch_size: int) -> tuple[dict, dict]:
 def retrieval_index(spec: str, folder: Path, index_dir: Path, batch_size: int) -> tuple[dict, dict]:
     """build_index into a fresh index; the aligner is already loaded (load_aligner caches it)."""
     from retrieval.api import build_index, open_index
-    from retrieval.indexer import IndexSettings
+    from retrieval.ingest.pipeline import IndexSettings
 
     shutil.rmtree(index_dir, ignore_errors=True)
     with Meter() as meter:
@@ -307,7 +307,7 @@ def main() -> int:
     spec = f"open_clip:{args.arch}/{ckpt}"
 
     from retrieval.aligners import load_aligner
-    from retrieval.indexer import IndexSettings
+    from retrieval.ingest.pipeline import IndexSettings
 
     log(f"loading {spec}")
     aligner = load_aligner(spec)

@@ -32,9 +32,9 @@ import faiss
 import numpy as np
 from bench_search import DIM, clustered, insert_rows
 
-from retrieval import index as faiss_index
-from retrieval.query import search_vectors
-from retrieval.store import IndexStore
+from retrieval.ann import index as faiss_index
+from retrieval.search.query import search_vectors
+from retrieval.storage.store import IndexStore
 
 
 def fill_catalog(folder: Path, vectors: np.ndarray) -> IndexStore:

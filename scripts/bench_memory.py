@@ -1,6 +1,6 @@
 """Peak memory of `retrieval index` against folder size: 1,000 files vs 10x and 100x more.
 
-The pipeline keeps its per-file bookkeeping in SQLite (retrieval/staging.py) and holds at
+The pipeline keeps its per-file bookkeeping in SQLite (retrieval/storage/staging.py) and holds at
 most a few chunks of decoded pixels, so the walk, reading, encoding and planning should not
 grow with the number of files. Publishing builds the FAISS index, which is n x dim x 4 bytes
 by nature, so the table shows the index file's size beside the peaks. Each size is indexed
@@ -37,11 +37,11 @@ def make_folder(folder: Path, n: int) -> None:
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np
-from retrieval import indexer
+from retrieval.ingest import pipeline as indexer
 from retrieval.aligners.base import Aligner, normalize
-from retrieval.indexer import IndexSettings
-from retrieval.store import IndexStore
-from retrieval.transform import ImageTransform
+from retrieval.ingest.pipeline import IndexSettings
+from retrieval.storage.store import IndexStore
+from retrieval.media.transform import ImageTransform
 
 class Grid(Aligner):
     spec = identity = "bench/grid"

@@ -4,7 +4,7 @@ Fills a real catalog with N synthetic clustered 384-d vectors (bench_search.py's
 so 10M take 15 GB of float32 blobs in SQLite), computing the exact top 10 of the queries by a
 streamed brute-force pass while it writes. Then, each step in a child process of its own so
 that its peak memory is its own:
-- builds the on-disk index from the catalog with the engine's function (retrieval.ondisk.build):
+- builds the on-disk index from the catalog with the engine's function (retrieval.ann.ondisk.build):
   sample, training, shards, FAISS's merge_ondisk, nprobe tuning; time, peak anonymous memory
   (what must fit in RAM) and peak resident set (which also counts mapped file pages);
 - at sizes up to --memory-max, builds the engine's in-memory 8-bit index (IVF,SQ8, flat
@@ -17,7 +17,7 @@ that its peak memory is its own:
   once; for the on-disk index, and for the same index with its lists copied into memory (what
   an in-memory 8-bit index of the same lists costs); recall@10 against the exact top 10.
 The catalog's model is "bench", so the build has no aligner: it tunes on near queries and on
-the model-free stand-in for text queries (retrieval/probes.py); the text queries measure
+the model-free stand-in for text queries (retrieval/ann/probes.py); the text queries measure
 how well that stand-in did.
 Searches run with a warm page cache (the machine is shared; dropping caches would hit others).
 
@@ -54,10 +54,10 @@ import faiss
 import numpy as np
 from bench_search import DIM, clustered, insert_rows
 
-from retrieval import index as faiss_index
-from retrieval import ondisk
-from retrieval.query import search_vectors
-from retrieval.store import IndexStore
+from retrieval.ann import index as faiss_index
+from retrieval.ann import ondisk
+from retrieval.search.query import search_vectors
+from retrieval.storage.store import IndexStore
 
 log = logging.getLogger("bench_ondisk")
 FILL_CHUNK = 250_000

@@ -1,14 +1,14 @@
 """Where recall@10 of the on-disk index type is lost: list assignment, lists probed, or re-scoring width.
 
 Builds, in memory and in one run, the engine's on-disk index type (``IVF{4 sqrt n}_HNSW32,SQ8``,
-trained by ``retrieval.ondisk.train``) over N of bench_search.py's clustered 384-d vectors,
+trained by ``retrieval.ann.ondisk.train``) over N of bench_search.py's clustered 384-d vectors,
 twice: vectors assigned to lists with the HNSW graph's search width 16 (FAISS's default, the
 first 10M build) and 64 (the engine's HNSW_EF). For each it reports:
 - the share of vectors that sit in a list other than their nearest centroid's;
 - recall@10 against exact search, by nprobe and by candidates re-scored per result (4, 8, 16,
   32 x k), for three query sets: near queries (the benchmark's clustered queries), real text
   queries (the dev set's captions through `default`) and the model-free stand-in for text
-  queries (retrieval/probes.py);
+  queries (retrieval/ann/probes.py);
 - the same at "every list" with the graph's search width left at 64, which is what the first
   10M build searched when its nprobe was every list.
 
@@ -31,8 +31,8 @@ import faiss
 import numpy as np
 from bench_search import DIM, clustered
 
-from retrieval import index as faiss_index
-from retrieval import ondisk, probes
+from retrieval.ann import index as faiss_index
+from retrieval.ann import ondisk, probes
 
 WIDTHS = (4, 8, 16, 32)
 K = 10

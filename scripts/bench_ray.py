@@ -192,7 +192,7 @@ def one_run(spec: str, folder: Path, index_dir: Path, batch_size: int, ray_setti
     timeline, loaded = Timeline(), {}
     with bi.Meter() as meter, TreeCPU() as cpu, (fresh_model_load(loaded) if fresh else nullcontext()):
         from retrieval.api import build_index  # inside the timing: a CLI run pays these imports too
-        from retrieval.indexer import IndexSettings
+        from retrieval.ingest.pipeline import IndexSettings
 
         if ahead is not None:
             from retrieval.cluster import ray_index
@@ -357,9 +357,9 @@ def ingest(args, work: Path) -> dict:
     import numpy as np
 
     from retrieval.cluster.ray_index import commit, store_and_record
-    from retrieval.loader import FileStat, Loaded
-    from retrieval.staging import Staging
-    from retrieval.store import IndexStore
+    from retrieval.media.loader import FileStat, Loaded
+    from retrieval.storage.staging import Staging
+    from retrieval.storage.store import IndexStore
 
     n, dim = args.ingest_vectors, args.dim
     rng = np.random.default_rng(0)
@@ -507,7 +507,7 @@ def stage_rates(args, work: Path, spec: str) -> dict:
     import numpy as np
 
     from retrieval.aligners import load_aligner
-    from retrieval.loader import load as load_file
+    from retrieval.media.loader import load as load_file
 
     paths = crb.make_photo_folder(work / "photos", n=args.photos, seed=args.seed)[: args.stage_photos]
     transform = load_aligner(spec).transform
@@ -721,7 +721,7 @@ def shard_builds(args) -> dict:
     import numpy as np
     import ray
 
-    from retrieval import ondisk
+    from retrieval.ann import ondisk
     from retrieval.cluster.ray_shards import add_shards
 
     n, dim = args.shard_vectors, 384

@@ -31,9 +31,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retrieval import index as faiss_index
-from retrieval.catalog import to_blob
-from retrieval.store import IndexStore
+from retrieval.ann import index as faiss_index
+from retrieval.storage.catalog import to_blob
+from retrieval.storage.store import IndexStore
 
 DIM = 384  # the default aligner's dimension
 

@@ -8,7 +8,7 @@ filled into a real catalog and FAISS index with that script's helpers, bound to 
    each step on top of the previous one, interleaved query by query so machine load hits
    every step alike: the plain path (numpy BLAS on its default threads, the FAISS file read
    on every search, no text cache, exact search); one BLAS thread for the text encoder; the
-   FAISS index kept loaded; its 8-bit copy scanned first (retrieval/quickscan.py); a repeated
+   FAISS index kept loaded; its 8-bit copy scanned first (retrieval/ann/quickscan.py); a repeated
    query answered from the text-vector cache; and, as the alternative to the 8-bit copy, an
    IVF index. The IVF's nprobe is the smallest power of two whose recall@10 against exact
    search reaches 0.99 on 200 text queries; its recall and the 8-bit copy's are measured
@@ -51,11 +51,11 @@ import httpx
 import numpy as np
 from bench_search import DIM, clustered, fill_catalog
 
-from retrieval import index as faiss_index
-from retrieval import resident
 from retrieval.aligners import minilm
+from retrieval.ann import index as faiss_index
 from retrieval.api import build_index, open_index
-from retrieval.query import search_vectors
+from retrieval.search import resident
+from retrieval.search.query import search_vectors
 
 ADJECTIVES = ["red", "old", "small", "wet", "bright", "wooden", "busy", "quiet", "snowy", "striped", "broken", "tall"]
 NOUNS = ["dog", "bicycle", "boat", "house", "bird", "car", "tree", "bridge", "horse", "train", "kitchen", "clock"]

@@ -3,7 +3,7 @@
 For each size, one ``IVF{4 sqrt n},Flat`` index over bench_search.py's clustered 384-d vectors
 (and, with --sq8, the same with 8-bit codes and exact re-scoring), tuned by the engine's
 ``index.tune`` on:
-- near queries only (stored vectors plus noise): what the engine did before retrieval/probes.py;
+- near queries only (stored vectors plus noise): what the engine did before retrieval/ann/probes.py;
 - near queries and random directions: the model-free stand-in for text queries (a build with
   no aligner at hand: a rebuild, an import, this benchmark's catalog);
 - near queries and the packaged prompts encoded by ``default`` (a build by ``retrieval index``).
@@ -35,8 +35,8 @@ import faiss
 import numpy as np
 from bench_search import DIM, clustered
 
-from retrieval import index as faiss_index
-from retrieval import probes
+from retrieval.ann import index as faiss_index
+from retrieval.ann import probes
 
 K = 10
 
@@ -161,7 +161,7 @@ def main() -> None:
     texts = text_queries(encode)
     rows, checks = [], {}
     if args.real:
-        from retrieval.store import IndexStore
+        from retrieval.storage.store import IndexStore
 
         store = IndexStore.open(args.real)
         real = np.concatenate([c[1] for c in store.catalog.image_vectors()])

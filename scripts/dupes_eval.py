@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from devset import CAPTIONS, resolve, site_roots  # noqa: E402
 
 from retrieval.api import build_index  # noqa: E402
-from retrieval.duplicates import DEFAULT_THRESHOLD, find_duplicates  # noqa: E402
-from retrieval.store import IndexStore  # noqa: E402
+from retrieval.search.duplicates import DEFAULT_THRESHOLD, find_duplicates  # noqa: E402
+from retrieval.storage.store import IndexStore  # noqa: E402
 
 THRESHOLDS = [0.80, 0.85, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99]
 LONG_SIDE = 1600  # pictures are shrunk to this first: the loader would decode them smaller anyway
@@ -119,7 +119,7 @@ def pair_counts(same: np.ndarray, linked: np.ndarray) -> tuple[int, int, int]:
 
 
 def components(linked: np.ndarray) -> np.ndarray:
-    """Component label of each node of a boolean adjacency matrix (union-find, as retrieval.duplicates)."""
+    """Component label of each node of a boolean adjacency matrix (union-find, as retrieval.search.duplicates)."""
     parent = list(range(len(linked)))
 
     def root(x):
@@ -184,7 +184,7 @@ def speed(n: int) -> dict:
     """find_duplicates on n synthetic vectors, 1% of them planted copies."""
     from bench_search import DIM, clustered, fill_catalog
 
-    from retrieval import index as faiss_index
+    from retrieval.ann import index as faiss_index
 
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 1, (1000, DIM)).astype(np.float32)

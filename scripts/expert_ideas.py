@@ -35,7 +35,7 @@ import tune_experts as te  # noqa: E402
 
 from retrieval.aligners import conse  # noqa: E402
 from retrieval.aligners.experts.colour import srgb_to_lab  # noqa: E402
-from retrieval.metrics import retrieval_metrics  # noqa: E402
+from retrieval.evaluation.metrics import retrieval_metrics  # noqa: E402
 
 SURFACE_PHRASES = ("white clouds in a blue sky", "green leaves and grass", "a foggy, hazy view", "a close-up of a rough texture")
 QUADRANTS = ((slice(0, 5), slice(0, 5)), (slice(0, 5), slice(2, 7)), (slice(2, 7), slice(0, 5)), (slice(2, 7), slice(2, 7)))

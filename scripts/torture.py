@@ -65,7 +65,7 @@ FORMATS = {".jpg": "JPEG", ".png": "PNG", ".gif": "GIF", ".webp": "WEBP", ".bmp"
 # -- the aligner used where the model does not matter ---------------------------------------------
 def plumbing_aligner():
     from retrieval.aligners.base import Aligner, normalize
-    from retrieval.transform import ImageTransform
+    from retrieval.media.transform import ImageTransform
 
     class Plumbing(Aligner):
         spec = identity = "torture/color"
@@ -98,11 +98,11 @@ def aligner_for(name: str):
 # -- child: one index run that reports its phases ----------------------------------------------------
 def child_index(args, mark) -> int:
     """Index `args.folder` into `args.index`, calling `mark(phase)` as each phase starts."""
-    from retrieval import index as faiss_index
-    from retrieval import indexer
-    from retrieval.catalog import Catalog
-    from retrieval.staging import Staging
-    from retrieval.store import IndexStore
+    from retrieval.ann import index as faiss_index
+    from retrieval.ingest import pipeline as indexer
+    from retrieval.storage.catalog import Catalog
+    from retrieval.storage.staging import Staging
+    from retrieval.storage.store import IndexStore
 
     def wrap(owner, name, phase):
         real = getattr(owner, name)
@@ -146,8 +146,8 @@ def child_index(args, mark) -> int:
 # kill loop starts two runs per kill point. The server never runs FAISS's OpenMP threads,
 # so forking from it is safe.
 _CONTEXT = None
-PRELOAD = ["numpy", "faiss", "PIL.Image", "sqlite_utils", "retrieval.indexer", "retrieval.store",
-           "retrieval.health", "retrieval.query", "retrieval.transform", "retrieval.aligners.base"]
+PRELOAD = ["numpy", "faiss", "PIL.Image", "sqlite_utils", "retrieval.ingest.pipeline", "retrieval.storage.store",
+           "retrieval.storage.health", "retrieval.search.query", "retrieval.media.transform", "retrieval.aligners.base"]
 
 
 def context():
@@ -177,9 +177,9 @@ def _forked_reader(argv: list[str]) -> None:
 # -- readers ---------------------------------------------------------------------------------------------
 def child_reader(args) -> int:
     """Search without pause until `args.stop` exists; write counts to `args.report`."""
-    from retrieval import index as faiss_index
-    from retrieval.query import search_vectors
-    from retrieval.store import IndexStore
+    from retrieval.ann import index as faiss_index
+    from retrieval.search.query import search_vectors
+    from retrieval.storage.store import IndexStore
 
     rng = np.random.default_rng(os.getpid())
     searches, errors, inconsistent, generations = 0, [], 0, set()
@@ -290,7 +290,7 @@ class Folder:
                 shutil.copyfile(path, path.with_name("c" + path.name))
 
     def expected(self) -> dict[str, tuple[int, str]]:
-        from retrieval.loader import content_hash
+        from retrieval.media.loader import content_hash
 
         return {str(p): (p.stat().st_size, content_hash(p.read_bytes())) for p in self.images()}
 
@@ -303,9 +303,9 @@ def catalog_state(index: Path) -> dict[str, tuple[int, str]]:
 
 def check_invariants(index: Path, aligner_dim: int | None, allowed: list[dict]) -> list[str]:
     """Violations of the invariants for the index at `index`; `allowed` lists the catalog states it may be in."""
-    from retrieval import health
-    from retrieval.query import search_vectors
-    from retrieval.store import IndexStore
+    from retrieval.search.query import search_vectors
+    from retrieval.storage import health
+    from retrieval.storage.store import IndexStore
 
     if not (index / "catalog.db").exists():
         return []
@@ -605,8 +605,8 @@ def child_mutants(args) -> int:
     from PIL import Image as PILImage
 
     from retrieval import indexer, integrity, readonly  # noqa: F401  (imported while the files are readable)
-    from retrieval.loader import load, walk
-    from retrieval.store import IndexStore
+    from retrieval.media.loader import load, walk
+    from retrieval.storage.store import IndexStore
 
     PILImage.init()  # every decoder plugin, now
     kinds = json.loads(Path(args.kinds).read_text())

@@ -30,12 +30,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import devset  # noqa: E402
 
-import retrieval.loader  # noqa: E402
-import retrieval.transform  # noqa: E402
+import retrieval.media.loader  # noqa: E402
+import retrieval.media.transform  # noqa: E402
 from retrieval.aligners import conse  # noqa: E402
 from retrieval.aligners.base import normalize  # noqa: E402
-from retrieval.loader import load  # noqa: E402
-from retrieval.metrics import best_positive_ranks, retrieval_metrics  # noqa: E402
+from retrieval.evaluation.metrics import best_positive_ranks, retrieval_metrics  # noqa: E402
+from retrieval.media.loader import load  # noqa: E402
 
 CHOSEN = conse.RECIPE_2026_11
 # The plain ConSE of the issue: Lite0, top-10, "a photo of a {name}".
@@ -134,7 +134,7 @@ class Sweep:
         self.logits: dict[tuple, np.ndarray] = {}
         self.aligners: dict = {}
         # Logits depend on how photos are decoded and preprocessed: a change there is a new cache.
-        code = "".join(inspect.getsource(m) for m in (retrieval.loader, retrieval.transform))
+        code = "".join(inspect.getsource(m) for m in (retrieval.media.loader, retrieval.media.transform))
         self.cache = conse.cache_dir() / f"tune-default-cache-{hashlib.sha256(code.encode()).hexdigest()[:12]}.npz"
         if self.cache.exists():
             stored = np.load(self.cache, allow_pickle=True)["data"].item()

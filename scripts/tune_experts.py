@@ -36,12 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import devset  # noqa: E402
 from tune_default import classify  # noqa: E402
 
-import retrieval.loader  # noqa: E402
-import retrieval.transform  # noqa: E402
+import retrieval.media.loader  # noqa: E402
+import retrieval.media.transform  # noqa: E402
 from retrieval.aligners import conse  # noqa: E402
 from retrieval.aligners.experts import colour, ocr, people, scene, to_uint8  # noqa: E402
-from retrieval.loader import load  # noqa: E402
-from retrieval.metrics import best_positive_ranks, retrieval_metrics  # noqa: E402
+from retrieval.evaluation.metrics import best_positive_ranks, retrieval_metrics  # noqa: E402
+from retrieval.media.loader import load  # noqa: E402
 
 PREVIOUS = conse.RECIPE_2026_11
 # `default` as shipped on the morning of 2026-12-02 (experts, no words): what reading words adds.
@@ -70,7 +70,7 @@ class Features:
     """Logits, uint8 crops and caption vectors of every photo, cached on disk."""
 
     def __init__(self, paths: list[str]):
-        code = "".join(inspect.getsource(m) for m in (retrieval.loader, retrieval.transform))
+        code = "".join(inspect.getsource(m) for m in (retrieval.media.loader, retrieval.media.transform))
         key = hashlib.sha256((code + json.dumps(paths)).encode()).hexdigest()[:12]
         self.cache = conse.cache_dir() / f"tune-experts-{key}.npz"
         self.paths = paths

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from retrieval.aligners.base import Aligner, normalize
-from retrieval.transform import ImageTransform
+from retrieval.media.transform import ImageTransform
 
 REAL_PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "camera.png"]
 

@@ -46,7 +46,7 @@ def photo_index() -> tuple[Path, Path]:
     """(index folder, photo folder): 6 real photos and 14 generated pictures, plus a caption corpus,
     indexed with the real packaged `default` aligner."""
     from retrieval.api import build_index
-    from retrieval.indexer import IndexSettings
+    from retrieval.ingest.pipeline import IndexSettings
 
     root = _scratch("photos")
     photos = root / "photos"
@@ -62,9 +62,9 @@ def photo_index() -> tuple[Path, Path]:
 
 def color_index(root: Path, count: int = 8) -> tuple[Path, Path]:
     """A small index built with the plumbing-only ColorAligner (for file and security tests)."""
-    from retrieval import indexer
-    from retrieval.indexer import IndexSettings
-    from retrieval.store import IndexStore
+    from retrieval.ingest import pipeline as indexer
+    from retrieval.ingest.pipeline import IndexSettings
+    from retrieval.storage.store import IndexStore
 
     photos = root / "pics"
     for i in range(count):

@@ -347,11 +347,12 @@ def test_models_that_surely_differ_are_known_without_loading(spec, identity, oth
 def test_an_index_refuses_another_model_before_loading_it(tmp_path, monkeypatch):
     from conftest import ColorAligner, make_image
 
-    from retrieval import aligners, indexer
+    from retrieval import aligners
     from retrieval.api import build_index, open_index
     from retrieval.errors import ModelMismatch
-    from retrieval.indexer import IndexSettings
-    from retrieval.store import IndexStore
+    from retrieval.ingest import pipeline as indexer
+    from retrieval.ingest.pipeline import IndexSettings
+    from retrieval.storage.store import IndexStore
 
     make_image(tmp_path / "photos" / "a.png", seed=1)
     store = IndexStore.open(tmp_path / "idx", create=True)

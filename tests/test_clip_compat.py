@@ -96,7 +96,7 @@ def test_deduplicate_drops_identical_pictures(tmp_path):
     shutil.copyfile(skimage_photo("chelsea.png"), photos / "b.png")
     make_image(photos / "other.png", seed=3)
     from retrieval.api import build_index
-    from retrieval.indexer import IndexSettings
+    from retrieval.ingest.pipeline import IndexSettings
 
     build_index([photos], index=str(tmp_path / "dedup"), settings=IndexSettings(workers=0))
     api = client(ServerSettings(indexes=[str(tmp_path / "dedup")]))

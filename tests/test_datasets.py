@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.datasets import (
+from retrieval.errors import DatasetError
+from retrieval.evaluation.datasets import (
     FASHION_MNIST_DIR,
     easy_vqa_facts,
     easy_vqa_pixels,
     load_dataset,
 )
-from retrieval.errors import DatasetError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 IMAGES = FIXTURES / "images"

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from conftest import skimage_photo
 from PIL import Image
 
-from retrieval import index as faiss_index
+from retrieval.ann import index as faiss_index
 from retrieval.cli import main
-from retrieval.duplicates import DEFAULT_THRESHOLD, _union_find, find_duplicates
-from retrieval.store import IndexStore
+from retrieval.search.duplicates import DEFAULT_THRESHOLD, _union_find, find_duplicates
+from retrieval.storage.store import IndexStore
 
 FAMILIES = ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "camera.png"]
 DISTINCT = ["rocket.jpg", "coins.png", "hubble_deep_field.jpg", "retina.jpg", "moon.png"]

@@ -13,9 +13,9 @@ from conftest import REAL_PHOTOS, ColorAligner, make_image, skimage_photo
 from PIL import Image
 
 from retrieval.cli import main
-from retrieval.datasets import load_dataset
 from retrieval.errors import DatasetError, RetrievalError
-from retrieval.evaluate import evaluate, short_names
+from retrieval.evaluation.datasets import load_dataset
+from retrieval.evaluation.evaluate import evaluate, short_names
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 
@@ -190,12 +190,12 @@ def test_cli_limit_and_skip_missing_are_reported(pairs, color_model):
 
 
 def test_ctrl_c_says_nothing_is_kept(pairs, monkeypatch):
-    import retrieval.evaluate
+    import retrieval.evaluation.evaluate
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(retrieval.evaluate, "evaluate", interrupted)
+    monkeypatch.setattr(retrieval.evaluation.evaluate, "evaluate", interrupted)
     result = invoke(pairs, "--quiet", ok=False)
     assert result.exit_code == 130 and "interrupted: no figures" in result.output and "resume" not in result.output
 
@@ -246,7 +246,7 @@ def test_pairs_with_the_default_model_match_a_recomputation_from_the_dump(tmp_pa
 @pytest.mark.parametrize("name", ["easy-vqa", "fashion-mnist"])
 def test_each_builtin_set_runs_with_the_default_model(name):
     if name == "fashion-mnist":
-        from retrieval.datasets import FASHION_MNIST_DIR
+        from retrieval.evaluation.datasets import FASHION_MNIST_DIR
 
         if not FASHION_MNIST_DIR.is_dir():
             pytest.skip("needs: apt-get install dataset-fashion-mnist")

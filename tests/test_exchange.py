@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import ColorAligner
 
-from retrieval import indexer
 from retrieval.cli import main
-from retrieval.exchange import LayoutError, export_index, import_embeddings
-from retrieval.indexer import IndexSettings
-from retrieval.query import search_vectors
-from retrieval.store import IndexStore
+from retrieval.ingest import pipeline as indexer
+from retrieval.ingest.pipeline import IndexSettings
+from retrieval.search.query import search_vectors
+from retrieval.storage.exchange import LayoutError, export_index, import_embeddings
+from retrieval.storage.store import IndexStore
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -215,7 +215,7 @@ def test_autofaiss_builds_an_index_from_an_export(indexed, tmp_path):
 
 
 def test_without_pyarrow_the_commands_say_how_to_install_it(indexed, tmp_path, monkeypatch):
-    from retrieval import exchange
+    from retrieval.storage import exchange
 
     monkeypatch.setattr(exchange, "pq", None)
     result = CliRunner().invoke(main, ["export", str(indexed), str(tmp_path / "emb")])

@@ -11,8 +11,8 @@ import pytest
 from conftest import skimage_photo
 from PIL import ExifTags, Image
 
-from retrieval.exif import EMPTY, gps_position, parse_exif_date, read_meta
-from retrieval.loader import decode, load
+from retrieval.media.exif import EMPTY, gps_position, parse_exif_date, read_meta
+from retrieval.media.loader import decode, load
 
 
 def tagged(pixels: Image.Image, *, make=None, model=None, taken=None, offset=None, lat=None, lon=None,
@@ -120,8 +120,8 @@ def test_real_camera_files():
 
 def test_real_photos_without_exif_fall_back_to_mtime(tmp_path, color_aligner):
     """End to end through an index run: EXIF where present, the file time otherwise, and the source recorded."""
-    from retrieval import indexer
-    from retrieval.store import IndexStore
+    from retrieval.ingest import pipeline as indexer
+    from retrieval.storage.store import IndexStore
 
     folder = tmp_path / "photos"
     folder.mkdir()

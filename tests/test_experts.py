@@ -127,7 +127,7 @@ def test_default_puts_a_red_picture_nearer_red_than_blue(default):
 @pytest.mark.slow
 def test_demo_person_query_finds_the_portrait(default):
     # The demo's "a woman": ImageNet has no person class, so only the people expert can find her.
-    from retrieval.demo import DEMO_QUERIES, SKIMAGE_PHOTOS
+    from retrieval.evaluation.demo import DEMO_QUERIES, SKIMAGE_PHOTOS
 
     assert "a woman" in DEMO_QUERIES
     images = default.encode_pil([Image.open(skimage_photo(n)) for n in SKIMAGE_PHOTOS])
@@ -140,7 +140,7 @@ def test_demo_colour_query_finds_the_red_bowl(default):
     # The demo's "a red bowl": the fig's bowl in lomiri-wallpapers-16.04 (installed by setup.sh).
     from pathlib import Path
 
-    from retrieval.demo import DEMO_QUERIES, demo_sources
+    from retrieval.evaluation.demo import DEMO_QUERIES, demo_sources
 
     assert "a red bowl" in DEMO_QUERIES
     sources = demo_sources()
@@ -157,7 +157,7 @@ def test_demo_word_query_finds_the_sign_by_its_words(default):
     # setup.sh) only the words tell which one; the recipe without OCR picks the other sign.
     from retrieval.aligners import conse
     from retrieval.aligners.conse import ConseAligner
-    from retrieval.demo import DEMO_QUERIES, SIGNS, demo_sources
+    from retrieval.evaluation.demo import DEMO_QUERIES, SIGNS, demo_sources
 
     query = "a sign that says no parking"
     assert query in DEMO_QUERIES
@@ -208,13 +208,13 @@ def test_morning_recipe_of_2026_12_02_keeps_its_identity():
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["RECIPE_2026_11", "RECIPE_2026_12", "RECIPE_2026_12_02", "OCR_RECIPE_2026_12_02"])
 def test_index_of_the_previous_recipe_is_searchable_but_refuses_new_vectors(tmp_path, photo_dir, recipe):
-    from retrieval import indexer
     from retrieval.aligners import conse, load_aligner
     from retrieval.aligners.conse import ConseAligner
     from retrieval.api import Index
     from retrieval.errors import ModelMismatch
-    from retrieval.indexer import IndexSettings
-    from retrieval.store import IndexStore
+    from retrieval.ingest import pipeline as indexer
+    from retrieval.ingest.pipeline import IndexSettings
+    from retrieval.storage.store import IndexStore
 
     settings = IndexSettings(workers=0, batch_size=8)
     folder = tmp_path / "old"

@@ -20,14 +20,15 @@ import pytest
 from click.testing import CliRunner
 from conftest import ColorAligner, make_image
 
-from retrieval import aligners, health, integrity
+from retrieval import aligners
 from retrieval.api import open_index
 from retrieval.cli import main
 from retrieval.errors import DamagedIndex, RetrievalError, StorageError
-from retrieval.faults import explained
-from retrieval.indexer import IndexSettings, run
-from retrieval.store import IndexStore
-from retrieval.transform import ImageTransform
+from retrieval.ingest.pipeline import IndexSettings, run
+from retrieval.media.transform import ImageTransform
+from retrieval.storage import health, integrity
+from retrieval.storage.faults import explained
+from retrieval.storage.store import IndexStore
 
 IS_ROOT = os.geteuid() == 0
 
@@ -115,7 +116,7 @@ class SlowOnMagicSize(ImageTransform):
 
 @pytest.mark.parametrize("block_alarm", [False, True], ids=["slow-decode", "stuck-worker"])
 def test_a_pathological_image_is_skipped_within_its_limit_and_the_run_goes_on(tmp_path, monkeypatch, block_alarm):
-    from retrieval import workers
+    from retrieval.media import workers
 
     monkeypatch.setattr(workers, "SLACK_S", 1.0)
     folder = tmp_path / "pics"
@@ -135,8 +136,8 @@ def test_a_pathological_image_is_skipped_within_its_limit_and_the_run_goes_on(tm
 
 
 def test_a_file_that_changes_after_the_walk_is_stored_under_what_was_read(tmp_path, monkeypatch):
-    from retrieval import loader
-    from retrieval.loader import content_hash, walk
+    from retrieval.media import loader
+    from retrieval.media.loader import content_hash, walk
 
     folder = tmp_path / "pics"
     for i in range(3):
@@ -148,7 +149,7 @@ def test_a_file_that_changes_after_the_walk_is_stored_under_what_was_read(tmp_pa
         make_image(target, seed=50, size=(70, 30))  # rewritten between the walk and the read
         return iter(stats)
 
-    import retrieval.indexer as indexer_module
+    import retrieval.ingest.pipeline as indexer_module
 
     monkeypatch.setattr(indexer_module, "walk", walk_then_edit)
     index_folder(folder, tmp_path / "idx")
@@ -332,8 +333,8 @@ def _fill(mount: Path) -> Path:
 
 @pytest.mark.parametrize("moment", ["vectors", "publishing"])
 def test_a_full_disk_is_one_line_and_loses_nothing_published(tmpfs, tmp_path, image_dir, monkeypatch, moment, cli_aligner):
-    from retrieval import index as faiss_index
-    from retrieval.catalog import Catalog
+    from retrieval.ann import index as faiss_index
+    from retrieval.storage.catalog import Catalog
 
     index = tmpfs / "idx"
     assert cli("index", image_dir, "--index", index, "--quiet").exit_code == 0

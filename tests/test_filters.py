@@ -14,12 +14,13 @@ from conftest import make_image
 from PIL import Image
 from test_exif import tagged
 
-from retrieval import filter_columns, indexer
-from retrieval import filters as filtered
-from retrieval import index as faiss_index
+from retrieval.ann import index as faiss_index
 from retrieval.cli import main
-from retrieval.filters import FilterError, Filters
-from retrieval.store import IndexStore
+from retrieval.ingest import pipeline as indexer
+from retrieval.search import filter_columns
+from retrieval.search import filters as filtered
+from retrieval.search.filters import FilterError, Filters
+from retrieval.storage.store import IndexStore
 
 CAMERAS = [("Canon", "Canon EOS R5"), ("NIKON CORPORATION", "NIKON D750"), ("Apple", "iPhone 12"), (None, None)]
 PLACES = [(48.8584, 2.2945), (48.8606, 2.3376), (35.6586, 139.7454), None]  # Eiffel tower, Louvre, Tokyo tower
@@ -227,7 +228,7 @@ def test_cli_bad_filter_and_empty_result(library, monkeypatch):
 
 def _downgrade_to_schema_1(store: IndexStore) -> None:
     """Turn a catalog into what the code before photo metadata wrote (schema 1)."""
-    from retrieval.catalog import PHOTO_COLUMNS
+    from retrieval.storage.catalog import PHOTO_COLUMNS
 
     conn = store.catalog.db.conn
     for index in ("images_taken", "images_lat", "images_make", "images_model"):
@@ -251,13 +252,13 @@ def test_old_index_gains_metadata_without_encoding(tmp_path, color_aligner):
     generation = store.catalog.generation
     query = np.ones(48, np.float32) / math.sqrt(48)
     # A reader of the old catalog: plain searches work, a metadata filter says what to do.
-    from retrieval.query import search_vectors
+    from retrieval.search.query import search_vectors
 
     assert len(search_vectors(store, query[None], 5)[0]) == 5
     assert engine(store, query, 5, Filters.parse(min_width=90))  # sizes predate the metadata
     with pytest.raises(FilterError, match="run `retrieval index"):
         engine(store, query, 5, Filters.parse(camera="canon"))
-    from retrieval.filters import photo_counts
+    from retrieval.search.filters import photo_counts
 
     assert photo_counts(store.catalog) == {"with_date": None, "with_place": None, "with_camera": None}
 
@@ -329,7 +330,7 @@ def test_inverted_file_paths_match_brute_force(library):
             assert path == "default" or (plan.chosen, plan.evaluated[0]) == (path.split()[-1], path[0].replace("m", "c"))
 
 
-# -- the in-memory columns (retrieval/filter_columns.py) --------------------------------------
+# -- the in-memory columns (retrieval/search/filter_columns.py) --------------------------------------
 def _sql_ids(store: IndexStore, filters: Filters) -> list[int]:
     sql, args = filtered.where(filters.clauses(store.catalog))
     return sorted(r[0] for r in store.catalog.db.execute(f"SELECT id FROM images WHERE {sql}", args))
@@ -451,9 +452,9 @@ def test_eight_bit_codes_score_the_catalogs_vectors(library):
 
 
 def test_broad_filter_over_fetches_from_the_8_bit_copy():
-    """A long-lived caller's exact index has an 8-bit copy (retrieval/quickscan.py); a broad
+    """A long-lived caller's exact index has an 8-bit copy (retrieval/ann/quickscan.py); a broad
     filter over-fetches from it and keeps the passing ids: the passing best k, exact cosines."""
-    from retrieval.quickscan import QUICK_MIN, QuickScan
+    from retrieval.ann.quickscan import QUICK_MIN, QuickScan
 
     rng = np.random.default_rng(11)
     n = QUICK_MIN + 1_000

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from conftest import ColorAligner, make_image
 
-from retrieval import indexer
-from retrieval.catalog import from_blobs
 from retrieval.errors import ModelMismatch, RetrievalError
-from retrieval.indexer import IndexSettings
-from retrieval.query import search_vectors
-from retrieval.store import IndexStore
+from retrieval.ingest import pipeline as indexer
+from retrieval.ingest.pipeline import IndexSettings
+from retrieval.search.query import search_vectors
+from retrieval.storage.catalog import from_blobs
+from retrieval.storage.store import IndexStore
 
 SEQUENTIAL = IndexSettings(workers=0, batch_size=4)
 
@@ -140,8 +140,8 @@ def test_worker_processes_give_the_same_vectors_as_in_process(tmp_path, color_al
 
 
 def test_draft_decoding_shrinks_large_jpegs_but_never_below_the_model_input(tmp_path):
-    from retrieval.loader import decode, draft_size
-    from retrieval.transform import ImageTransform
+    from retrieval.media.loader import decode, draft_size
+    from retrieval.media.transform import ImageTransform
 
     jpeg = make_image(tmp_path / "big.jpg", seed=5, size=(3000, 2000)).read_bytes()
     image, size = decode(jpeg, draft_to=224)
@@ -156,7 +156,7 @@ def test_draft_decoding_shrinks_large_jpegs_but_never_below_the_model_input(tmp_
 
 
 def test_draft_decoding_of_large_jpegs_barely_moves_vectors(tmp_path):
-    from retrieval.loader import load
+    from retrieval.media.loader import load
 
     path = make_image(tmp_path / "big.jpg", seed=5, size=(3000, 2000))
     transform = ColorAligner().transform
@@ -307,7 +307,7 @@ def test_vectors_are_stored_as_float32_blobs(store, color_aligner, image_dir):
 def test_single_queries_search_on_one_thread_with_the_same_results():
     import faiss
 
-    from retrieval import index as faiss_index
+    from retrieval.ann import index as faiss_index
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(2000, 32)).astype(np.float32)
@@ -390,7 +390,7 @@ def test_a_run_holds_no_python_objects_per_file(tmp_path, color_aligner, monkeyp
     """
     import tracemalloc
 
-    from retrieval import catalog, staging
+    from retrieval.storage import catalog, staging
 
     # Paths and vectors move between SQLite and Python in pages; keep the pages well below n here.
     monkeypatch.setattr(catalog, "CHUNK_ROWS", 64)
@@ -419,7 +419,7 @@ def test_a_run_holds_no_python_objects_per_file(tmp_path, color_aligner, monkeyp
 
 def test_an_index_built_from_chunks_matches_one_built_at_once():
     """The engine streams vectors from the catalog in chunks; IVF training, adding and tuning must not notice."""
-    from retrieval import index as faiss_index
+    from retrieval.ann import index as faiss_index
 
     rng = np.random.default_rng(4)
     centres = rng.normal(size=(40, 16))
@@ -448,8 +448,8 @@ def test_an_index_built_from_chunks_matches_one_built_at_once():
 def test_a_growing_collection_moves_from_exact_to_ivf_built_from_the_catalog(
     store, color_aligner, tmp_path, monkeypatch, codes, limit
 ):
-    from retrieval import catalog
-    from retrieval import index as faiss_index
+    from retrieval.ann import index as faiss_index
+    from retrieval.storage import catalog
 
     monkeypatch.setattr(faiss_index, "EXACT_LIMIT", 20)
     monkeypatch.setattr(catalog, "CHUNK_ROWS", 7)  # the rebuild reads the catalog in several chunks
@@ -474,7 +474,7 @@ def test_a_growing_collection_moves_from_exact_to_ivf_built_from_the_catalog(
 
 
 def test_index_type_follows_size_and_memory():
-    from retrieval import index as faiss_index
+    from retrieval.ann import index as faiss_index
 
     assert faiss_index.factory_for(1000) == "IDMap2,Flat"
     assert faiss_index.factory_for(1000, 512, memory_limit=10**9) == "IDMap2,Flat"
@@ -485,7 +485,7 @@ def test_index_type_follows_size_and_memory():
 
 
 def test_an_index_over_its_memory_limit_keeps_8_bit_codes_and_ranks_exactly(store, color_aligner, tmp_path, caplog):
-    from retrieval import index as faiss_index
+    from retrieval.ann import index as faiss_index
     from retrieval.api import open_index
 
     folder = tmp_path / "many"
@@ -510,7 +510,7 @@ def test_an_index_over_its_memory_limit_keeps_8_bit_codes_and_ranks_exactly(stor
         want = np.argsort(-row, kind="stable")[:5]
         assert [h.id for h in hits] == ids[want].tolist()
         np.testing.assert_allclose([h.score for h in hits], row[want], atol=1e-5)
-    # When even the codes do not fit, their inverted lists go on disk (retrieval.ondisk; tests/test_ondisk.py).
+    # When even the codes do not fit, their inverted lists go on disk (retrieval.ann.ondisk; tests/test_ondisk.py).
     make_image(folder / "one-more.png", seed=999)
     indexer.run(store, color_aligner, [folder], settings=IndexSettings(workers=0, max_index_memory=1000))
     assert store.catalog.count("images") == 81 and "_HNSW" in store.catalog.get_meta("index_factory")
@@ -518,7 +518,7 @@ def test_an_index_over_its_memory_limit_keeps_8_bit_codes_and_ranks_exactly(stor
 
 
 def test_search_ranked_rescores_candidates_with_exact_vectors():
-    from retrieval import index as faiss_index
+    from retrieval.ann import index as faiss_index
 
     rng = np.random.default_rng(2)
     vectors = rng.normal(size=(500, 32)).astype(np.float32)

@@ -2,7 +2,7 @@
 
 The real test builds an inverted file over real images with the real `default` aligner and
 checks held-out text queries against exact search at the tuned settings. Tuning on near
-queries alone (the code before retrieval/probes.py) left them well below the target.
+queries alone (the code before retrieval/ann/probes.py) left them well below the target.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from conftest import skimage_photo
 
-from retrieval import index as faiss_index
-from retrieval import indexer, probes
-from retrieval.indexer import IndexSettings
-from retrieval.query import search_vectors
-from retrieval.store import IndexStore
+from retrieval.ann import index as faiss_index
+from retrieval.ann import probes
+from retrieval.ingest import pipeline as indexer
+from retrieval.ingest.pipeline import IndexSettings
+from retrieval.search.query import search_vectors
+from retrieval.storage.store import IndexStore
 
 #: Text queries of the kinds people type, none of them among probes.PROMPTS (checked below).
 HELD_OUT = [
@@ -39,7 +40,7 @@ HELD_OUT = [
 
 def real_images(folder: Path) -> Path:
     """About 430 real images of three kinds: clothes (Fashion-MNIST), shapes (easy-vqa), photos."""
-    from retrieval.datasets import load_dataset
+    from retrieval.evaluation.datasets import load_dataset
 
     folder.mkdir()
     picked = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.metrics import (
+from retrieval.evaluation.metrics import (
     average_precisions,
     best_positive_ranks,
     metrics_for,

@@ -1,4 +1,4 @@
-"""Indexes larger than memory: IVF with its inverted lists on disk (retrieval.ondisk)."""
+"""Indexes larger than memory: IVF with its inverted lists on disk (retrieval.ann.ondisk)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_image
 
-from retrieval import index as faiss_index
-from retrieval import indexer, ondisk, probes
-from retrieval.catalog import to_blob
+from retrieval.ann import index as faiss_index
+from retrieval.ann import ondisk, probes
 from retrieval.cli import main
-from retrieval.indexer import IndexSettings
-from retrieval.query import search_vectors
-from retrieval.store import IndexStore
+from retrieval.ingest import pipeline as indexer
+from retrieval.ingest.pipeline import IndexSettings
+from retrieval.search.query import search_vectors
+from retrieval.storage.catalog import to_blob
+from retrieval.storage.store import IndexStore
 
 DIM = 48
 

@@ -7,10 +7,10 @@ import os
 from click.testing import CliRunner
 from conftest import make_image
 
-from retrieval import indexer
 from retrieval.cli import main
-from retrieval.indexer import IndexSettings
-from retrieval.store import IndexStore
+from retrieval.ingest import pipeline as indexer
+from retrieval.ingest.pipeline import IndexSettings
+from retrieval.storage.store import IndexStore
 
 
 def _index(folder, index_dir, aligner, **settings):

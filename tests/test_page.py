@@ -46,7 +46,7 @@ def browser():
 @pytest.fixture(scope="module")
 def servers():
     """One server with three indexes (the photos, an empty one, one without captions), one with a token."""
-    from retrieval.store import IndexStore
+    from retrieval.storage.store import IndexStore
 
     index, photos = photo_index()
     scratch = Path(tempfile.mkdtemp(prefix="retrieval-page-"))

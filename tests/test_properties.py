@@ -13,10 +13,10 @@ from conftest import ColorAligner, make_image
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from retrieval.captions import read_captions
-from retrieval.datasets import Dataset, load_dataset
 from retrieval.errors import RetrievalError
-from retrieval.query import Query, query_vector
+from retrieval.evaluation.datasets import Dataset, load_dataset
+from retrieval.ingest.captions import read_captions
+from retrieval.search.query import Query, query_vector
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -125,8 +125,8 @@ def test_json_that_is_not_json_fails_clearly(content):
 # -- the query layer -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_index(tmp_path_factory):
-    from retrieval.indexer import IndexSettings, run
-    from retrieval.store import IndexStore
+    from retrieval.ingest.pipeline import IndexSettings, run
+    from retrieval.storage.store import IndexStore
 
     root = tmp_path_factory.mktemp("props")
     for i in range(6):

@@ -1,8 +1,8 @@
 """The fast paths of a warm query give the same answers as the plain ones.
 
-- FAISS indexes kept loaded between searches (retrieval/resident.py): read once per file,
+- FAISS indexes kept loaded between searches (retrieval/search/resident.py): read once per file,
   a newly published generation is picked up, an unpublished one never, damage still seen;
-- the cache of recent query-text vectors (retrieval/textcache.py);
+- the cache of recent query-text vectors (retrieval/search/textcache.py);
 - MiniLM's packed numpy forward on one BLAS thread agrees with the torch form.
 Their speed is measured by scripts/bench_server.py, not here.
 """
@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 from conftest import ColorAligner, make_image
 
-from retrieval import index as faiss_index
-from retrieval import indexer, resident
+from retrieval.ann import index as faiss_index
 from retrieval.errors import DamagedIndex
-from retrieval.indexer import IndexSettings
-from retrieval.query import Query, query_vector, search_vectors
-from retrieval.store import IndexStore
-from retrieval.textcache import TextVectorCache
+from retrieval.ingest import pipeline as indexer
+from retrieval.ingest.pipeline import IndexSettings
+from retrieval.search import resident
+from retrieval.search.query import Query, query_vector, search_vectors
+from retrieval.search.textcache import TextVectorCache
+from retrieval.storage.store import IndexStore
 
 SEQUENTIAL = IndexSettings(workers=0, batch_size=4)
 

@@ -1,4 +1,4 @@
-"""The 8-bit copy a long-lived searcher keeps beside an exact index (retrieval/quickscan.py).
+"""The 8-bit copy a long-lived searcher keeps beside an exact index (retrieval/ann/quickscan.py).
 
 - on real text queries of the packaged `default` aligner, its top 10 are exact search's
   (recall@10 >= 0.99) with the exact index's own scores;
@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 from conftest import ColorAligner
 
-from retrieval import index as faiss_index
-from retrieval import indexer, quickscan, resident
-from retrieval.indexer import IndexSettings
-from retrieval.query import search_vectors
-from retrieval.store import IndexStore
+from retrieval.ann import index as faiss_index
+from retrieval.ann import quickscan
+from retrieval.ingest import pipeline as indexer
+from retrieval.ingest.pipeline import IndexSettings
+from retrieval.search import resident
+from retrieval.search.query import search_vectors
+from retrieval.storage.store import IndexStore
 
 DIM = 384
 

@@ -27,11 +27,11 @@ import pytest
 import ray
 from conftest import ColorAligner, make_image
 
-from retrieval import indexer
 from retrieval.cluster import INSTALL_HINT, RaySettings, source
 from retrieval.cluster.ray_index import CRASH_ONCE_ENV, walk_url
-from retrieval.loader import walk
-from retrieval.store import IndexStore
+from retrieval.ingest import pipeline as indexer
+from retrieval.media.loader import walk
+from retrieval.storage.store import IndexStore
 
 TESTS = Path(__file__).resolve().parent
 
@@ -128,9 +128,9 @@ import sys, time
 sys.path.insert(0, {tests!r})
 import conftest, ray
 from conftest import ColorAligner
-from retrieval import indexer
+from retrieval.ingest import pipeline as indexer
 from retrieval.cluster import RaySettings, source
-from retrieval.store import IndexStore
+from retrieval.storage.store import IndexStore
 
 class SlowColorAligner(ColorAligner):
     # Defined in __main__, so Ray ships it to the actors by value.
@@ -245,7 +245,7 @@ def test_on_disk_shards_built_as_ray_tasks_match_the_one_process_build(ray_addre
     import faiss
     from test_ondisk import DIM, clustered, fill
 
-    from retrieval import ondisk
+    from retrieval.ann import ondisk
     from retrieval.cluster.ray_shards import add_shards
 
     store = IndexStore.open(tmp_path / "idx", create=True)
@@ -272,8 +272,8 @@ def test_on_disk_shards_built_as_ray_tasks_match_the_one_process_build(ray_addre
 
 
 def test_index_on_disk_with_ray_adds_the_shards_on_ray(ray_address, tmp_path, mixed_dir, monkeypatch):
-    from retrieval import ondisk
-    from retrieval.query import search_vectors
+    from retrieval.ann import ondisk
+    from retrieval.search.query import search_vectors
 
     settings = indexer.IndexSettings(on_disk=True)
     _run(tmp_path / "local", [mixed_dir], settings=settings)
@@ -333,7 +333,7 @@ def _slow_on_magic_size(block_alarm: bool):
     `block_alarm` also blocks SIGALRM, as a decoder stuck inside one C call would be deaf to
     it: then only the driver's deadline, which cancels the task and its worker, saves the run.
     """
-    from retrieval.transform import ImageTransform
+    from retrieval.media.transform import ImageTransform
 
     class SlowOnMagicSize(ImageTransform):
         def __call__(self, image):
@@ -396,9 +396,9 @@ import sys
 sys.path.insert(0, {tests!r})
 import conftest, ray
 from conftest import ColorAligner
-from retrieval import indexer
+from retrieval.ingest import pipeline as indexer
 from retrieval.cluster import RaySettings, source
-from retrieval.store import IndexStore
+from retrieval.storage.store import IndexStore
 
 ray.cloudpickle.register_pickle_by_value(conftest)
 settings = indexer.IndexSettings(on_disk=True)

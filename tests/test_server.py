@@ -376,9 +376,10 @@ def test_prepare_step_runs_on_the_encoder_thread_while_the_engine_finishes(windo
 
 
 def test_info_checksums_off_the_query_thread_once_per_generation(tmp_path, monkeypatch):
-    from retrieval import indexer, integrity
-    from retrieval.indexer import IndexSettings
-    from retrieval.store import IndexStore
+    from retrieval.ingest import pipeline as indexer
+    from retrieval.ingest.pipeline import IndexSettings
+    from retrieval.storage import integrity
+    from retrieval.storage.store import IndexStore
 
     index, photos = color_index(tmp_path)
     api = client(ServerSettings(indexes=[str(index)]), aligner=ColorAligner())

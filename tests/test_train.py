@@ -15,9 +15,9 @@ from conftest import ColorAligner
 from PIL import Image, ImageDraw, ImageFont
 
 import retrieval.aligners as aligners
-from retrieval.datasets import Dataset
 from retrieval.errors import TrainingError
-from retrieval.train import EpochReport, TrainSettings, contrastive_loss, hold_out, train
+from retrieval.evaluation.datasets import Dataset
+from retrieval.training.train import EpochReport, TrainSettings, contrastive_loss, hold_out, train
 
 COLORS = {
     "red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
@@ -91,7 +91,7 @@ def test_heads_start_as_the_base_aligner(tmp_path):
     reports = []
     with pytest.raises(KeyboardInterrupt):
         train(pairs, tmp_path / "x.pt", start="test/color", settings=fast(batch_size=8), on_epoch=_stop_after(0, reports))
-    from retrieval.evaluate import evaluate
+    from retrieval.evaluation.evaluate import evaluate
 
     expected = evaluate(hold_out(pairs, 0.1, seed=0)[1], [ColorAligner()], workers=0).models[0].exact
     assert reports[0].metrics["image_to_text"]["R@1"] == pytest.approx(expected["image_to_text"]["R@1"])
@@ -204,7 +204,7 @@ def test_default_learns_easy_vqa_and_the_file_indexes_and_searches(tmp_path, mon
     from collections import Counter
 
     from retrieval.api import build_index, open_index
-    from retrieval.datasets import load_dataset
+    from retrieval.evaluation.datasets import load_dataset
 
     pairs = load_dataset("easy-vqa", split="train").head(200)
     val = load_dataset("easy-vqa", split="test").head(64)
@@ -243,7 +243,7 @@ def test_default_learns_easy_vqa_and_the_file_indexes_and_searches(tmp_path, mon
 def test_default_towers_reproduce_the_base_and_unlock_splits_exactly(tmp_path):
     from retrieval.aligners.towers import image_tower
     from retrieval.aligners.trained import Heads
-    from retrieval.datasets import load_dataset
+    from retrieval.evaluation.datasets import load_dataset
 
     base = aligners.load_aligner("default")
     images = load_dataset("easy-vqa").images[:4] + [str(tmp_path / "x.png"), str(tmp_path / "word.png")]
@@ -270,7 +270,7 @@ def test_default_towers_reproduce_the_base_and_unlock_splits_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_unlocked_training_runs_and_reloads(tmp_path):
-    from retrieval.datasets import load_dataset
+    from retrieval.evaluation.datasets import load_dataset
 
     pairs = load_dataset("easy-vqa", split="train").head(40)
     out = tmp_path / "unlocked.pt"

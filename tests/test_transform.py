@@ -9,7 +9,7 @@ import pytest
 from conftest import skimage_photo
 from PIL import Image
 
-from retrieval.transform import ImageTransform
+from retrieval.media.transform import ImageTransform
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 # (width, height): landscape, portrait, square, extreme strips, and smaller than the output (upscaled).
@@ -78,7 +78,7 @@ def test_draft_decoded_jpeg_stays_within_a_grey_level_of_open_clip_on_the_full_i
 
     from open_clip.transform import image_transform
 
-    from retrieval.loader import decode
+    from retrieval.media.loader import decode
 
     buffer = io.BytesIO()
     photo(size).save(buffer, "JPEG", quality=90)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from retrieval.transform import ImageTransform
+from retrieval.media.transform import ImageTransform
 
 
 class Aligner(ABC):

@@ -33,7 +33,7 @@ import numpy as np
 from retrieval.aligners.base import Aligner, normalize
 from retrieval.aligners.minilm import SentenceEncoder
 from retrieval.errors import ModelError
-from retrieval.transform import ImageTransform
+from retrieval.media.transform import ImageTransform
 
 log = logging.getLogger(__name__)
 

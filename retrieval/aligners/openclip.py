@@ -26,7 +26,7 @@ from retrieval.aligners import looks_like_path
 from retrieval.aligners.base import Aligner
 from retrieval.aligners.runtime import pick_device, precision, to_numpy
 from retrieval.errors import ModelError
-from retrieval.transform import RESIZE_MODES, ImageTransform
+from retrieval.media.transform import RESIZE_MODES, ImageTransform
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ class Group(click.Group):
             raise click.ClickException(str(exc)) from None
         except (OSError, sqlite3.Error) as exc:
             # Last resort: the library explains the faults it knows where they happen
-            # (retrieval.faults); anything else from the environment still gets one line.
-            from retrieval.faults import explain
+            # (retrieval.storage.faults); anything else from the environment still gets one line.
+            from retrieval.storage.faults import explain
 
             better = explain(exc)
             raise click.ClickException(str(better) if better else f"{type(exc).__name__}: {exc}") from None

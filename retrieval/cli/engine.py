@@ -100,7 +100,7 @@ def index(folders, index_name, model, captions, batch_size, workers, max_index_m
         retrieval index /data/photos --index big --on-disk
     """
     from retrieval.api import build_index
-    from retrieval.indexer import IndexSettings
+    from retrieval.ingest.pipeline import IndexSettings
 
     settings = IndexSettings(batch_size=batch_size, workers=workers, max_index_memory=max_index_memory, on_disk=on_disk)
     summary = build_index(
@@ -145,7 +145,7 @@ def search(text, image, texts, k, weight, negatives, index_name, model, as_json,
         retrieval search "a beach" --after 2023-06-01 --before 2023-09-01 --folder ~/Pictures/Trips
     """
     from retrieval.api import open_index
-    from retrieval.query import Query
+    from retrieval.search.query import Query
 
     if not text and not image:
         raise click.UsageError("give a TEXT, an --image, or both")
@@ -161,7 +161,7 @@ def search(text, image, texts, k, weight, negatives, index_name, model, as_json,
     finally:
         idx.close()
     if sheet and not texts:
-        from retrieval.sheet import contact_sheet
+        from retrieval.search.sheet import contact_sheet
 
         contact_sheet([(_title(text, image), hits)], sheet)
     if as_json:
@@ -254,8 +254,8 @@ def demo(index_name, k, sheet):
         retrieval demo
     """
     from retrieval.api import build_index, open_index
-    from retrieval.demo import DEMO_QUERIES, demo_folder
     from retrieval.errors import ModelMismatch
+    from retrieval.evaluation.demo import DEMO_QUERIES, demo_folder
 
     folder = demo_folder()
     note(f"indexing the demo photos in {folder}")
@@ -266,7 +266,7 @@ def demo(index_name, k, sheet):
             raise
         # The demo's own index, built by an earlier recipe of `default`: it holds only the
         # demo's copies of packaged photos, so rebuilding it loses nothing.
-        from retrieval.demo import remove_demo_index
+        from retrieval.evaluation.demo import remove_demo_index
 
         note("the demo index was built by an earlier version of the default aligner; rebuilding it")
         remove_demo_index(index_name)
@@ -283,6 +283,6 @@ def demo(index_name, k, sheet):
                 click.echo(f"{hit.rank:>3}  {hit.score:.3f}  {hit.path}")
     finally:
         idx.close()
-    from retrieval.sheet import contact_sheet
+    from retrieval.search.sheet import contact_sheet
 
     click.echo(f"\ncontact sheet of these results: {contact_sheet(rows, sheet)}")

@@ -43,8 +43,8 @@ def evaluate_command(dataset, images, split, models, ks, through_index, index_fa
         retrieval eval pairs.csv --model default --plot recall.png --dump embeddings/
         retrieval eval dataset_flickr30k.json --images flickr30k-images -k 1 -k 5 -k 10 --through-index
     """
-    from retrieval.datasets import load_dataset
-    from retrieval.evaluate import evaluate
+    from retrieval.evaluation.datasets import load_dataset
+    from retrieval.evaluation.evaluate import evaluate
     from retrieval.progress import NullProgress, TqdmProgress
 
     if index_factory and not through_index:
@@ -67,7 +67,7 @@ def evaluate_command(dataset, images, split, models, ks, through_index, index_fa
     # The split the data really came from: None for a pairs file without a split column.
     out["settings"].update(dataset=dataset, split=data.split, limit=limit, seconds=round(time.monotonic() - started, 1))
     if plot:
-        from retrieval.plot import plot_recall
+        from retrieval.evaluation.plot import plot_recall
 
         out["plot"] = str(plot_recall(out, plot))
     if as_json:
@@ -79,7 +79,7 @@ def evaluate_command(dataset, images, split, models, ks, through_index, index_fa
 
 def table(report: dict) -> list[str]:
     """The terminal report: dataset line, recall definition, one row per model and search."""
-    from retrieval.evaluate import short_names
+    from retrieval.evaluation.evaluate import short_names
 
     data, ks = report["dataset"], report["settings"]["ks"]
     lines = [

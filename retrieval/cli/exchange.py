@@ -26,7 +26,7 @@ def export(index_name, out, shard_size, as_json):
     Example:
         retrieval export photos photos-emb --shard-size 500000
     """
-    from retrieval.exchange import export_index
+    from retrieval.storage.exchange import export_index
 
     summary = export_index(index_name, out, shard_size, progress=_progress(not as_json))
     click.echo(json.dumps(summary.__dict__, indent=2) if as_json else summary.line())
@@ -51,7 +51,7 @@ def import_(folder, index_name, model, on_disk, max_index_memory, as_json):
     Example:
         retrieval import laion-emb --index laion --model open_clip:ViT-B-32/laion2b_s34b_b79k
     """
-    from retrieval.exchange import import_embeddings
+    from retrieval.storage.exchange import import_embeddings
 
     summary = import_embeddings(folder, index_name, model, on_disk=on_disk, memory_limit=max_index_memory,
                                 progress=_progress(not as_json))

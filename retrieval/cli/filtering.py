@@ -26,6 +26,6 @@ def filter_options(command):
 
 def filters_from(kwargs: dict):
     """Take the filter options out of a command's keyword arguments, parsed (FilterError on bad values)."""
-    from retrieval.filters import Filters
+    from retrieval.search.filters import Filters
 
     return Filters.parse(**{name: kwargs.pop(name, None) for name in NAMES})

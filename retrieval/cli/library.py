@@ -30,9 +30,9 @@ def duplicates(index_name, threshold, as_json, sheet, max_groups):
         retrieval duplicates --sheet dupes.png
         retrieval duplicates --threshold 0.95 --json > dupes.json
     """
-    from retrieval.duplicates import DEFAULT_THRESHOLD, find_duplicates, sheet_rows
-    from retrieval.duplicates import as_json as groups_json
-    from retrieval.store import IndexStore
+    from retrieval.search.duplicates import DEFAULT_THRESHOLD, find_duplicates, sheet_rows
+    from retrieval.search.duplicates import as_json as groups_json
+    from retrieval.storage.store import IndexStore
 
     store = IndexStore.open(index_name)
     try:
@@ -41,7 +41,7 @@ def duplicates(index_name, threshold, as_json, sheet, max_groups):
     finally:
         store.close()
     if sheet:
-        from retrieval.sheet import contact_sheet
+        from retrieval.search.sheet import contact_sheet
 
         click.echo(f"contact sheet: {contact_sheet(sheet_rows(groups[:max_groups]), sheet)}", err=True)
     if as_json:

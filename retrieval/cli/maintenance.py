@@ -24,9 +24,9 @@ def check(index_name, as_json):
     Example:
         retrieval check --index photos
     """
-    from retrieval.faults import explained
-    from retrieval.health import check as run_check
-    from retrieval.store import resolve
+    from retrieval.storage.faults import explained
+    from retrieval.storage.health import check as run_check
+    from retrieval.storage.store import resolve
 
     folder = resolve(index_name)
     with explained(folder, "checking"):
@@ -58,9 +58,9 @@ def backup(index_name, out):
     """
     from pathlib import Path
 
-    from retrieval.faults import explained
-    from retrieval.health import backup as run_backup
-    from retrieval.store import resolve
+    from retrieval.storage.faults import explained
+    from retrieval.storage.health import backup as run_backup
+    from retrieval.storage.store import resolve
 
     folder = resolve(index_name)
     with explained(Path(out), "writing the backup"):

@@ -22,7 +22,7 @@ class BarWithLoss(TqdmProgress):
 
 
 def _val_split(source: str, split: str | None) -> str:
-    from retrieval.datasets import BUILTINS
+    from retrieval.evaluation.datasets import BUILTINS
 
     if split:
         return split
@@ -76,8 +76,8 @@ def train_command(pairs, out, start, val, images, split, val_split, epochs, batc
         retrieval index ~/shapes --model shapes.pt --index shapes
         retrieval train pairs.csv --out mine.pt --from open_clip:ViT-B-32/laion2b_s34b_b79k --epochs 10
     """
-    from retrieval.datasets import load_dataset
-    from retrieval.train import TrainSettings, train
+    from retrieval.evaluation.datasets import load_dataset
+    from retrieval.training.train import TrainSettings, train
 
     data = load_dataset(pairs, images=images, split=split, skip_missing=skip_missing)
     if limit is not None:

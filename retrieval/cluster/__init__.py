@@ -50,7 +50,7 @@ def require_ray() -> None:
 
 
 def source(settings: RaySettings):
-    """The :class:`retrieval.indexer.LocalSource` counterpart that runs on Ray."""
+    """The :class:`retrieval.ingest.pipeline.LocalSource` counterpart that runs on Ray."""
     require_ray()
     from retrieval.cluster.ray_index import RaySource
 

@@ -50,13 +50,13 @@ import numpy as np
 import ray
 
 from retrieval.cluster import RaySettings
-from retrieval.deadline import DecodeTimeout, time_limit
 from retrieval.errors import RetrievalError
-from retrieval.indexer import IndexSettings, batched
-from retrieval.loader import IMAGE_EXTENSIONS, FileStat, Loaded, SkipFile, load_bytes, read_regular, walk
+from retrieval.ingest.pipeline import IndexSettings, batched
+from retrieval.media.deadline import DecodeTimeout, time_limit
+from retrieval.media.loader import IMAGE_EXTENSIONS, FileStat, Loaded, SkipFile, load_bytes, read_regular, walk
 from retrieval.progress import Progress
-from retrieval.staging import Staging
-from retrieval.store import IndexStore
+from retrieval.storage.staging import Staging
+from retrieval.storage.store import IndexStore
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _is_local(fs) -> bool:
 
 
 def walk_url(url: str) -> Iterator[FileStat]:
-    """:func:`retrieval.loader.walk` through fsspec: the same files, in the same order."""
+    """:func:`retrieval.media.loader.walk` through fsspec: the same files, in the same order."""
     fs, top = _filesystem(url)
     name = (lambda p: p) if _is_local(fs) else (lambda p: fs.unstrip_protocol(p))
     if not fs.exists(top):
@@ -387,7 +387,7 @@ def _host_port(target: str) -> tuple[str | None, int]:
 
 
 class RaySource:
-    """:class:`retrieval.indexer.LocalSource`'s three methods, with the work done on Ray."""
+    """:class:`retrieval.ingest.pipeline.LocalSource`'s three methods, with the work done on Ray."""
 
     def __init__(self, settings: RaySettings | None = None):
         self.settings = settings or RaySettings()
@@ -443,8 +443,8 @@ class RaySource:
             self._release_encoders()
 
     def add_shards(self, trained: Path, parts, work: Path, n: int) -> list[Path]:
-        """:data:`retrieval.ondisk.AddShards`: an on-disk index's shards, built as Ray tasks (ray_shards)."""
-        from retrieval import ondisk
+        """:data:`retrieval.ann.ondisk.AddShards`: an on-disk index's shards, built as Ray tasks (ray_shards)."""
+        from retrieval.ann import ondisk
         from retrieval.cluster.ray_shards import add_shards
 
         self._connect()
@@ -651,7 +651,7 @@ class _Pipeline:
     def _overdue(self) -> None:
         """Decode tasks past their deadline: a decoder stuck where the task's own limit cannot reach.
 
-        As the local path's worker pool does (retrieval.workers): the task is cancelled, which
+        As the local path's worker pool does (retrieval.media.workers): the task is cancelled, which
         kills its worker; each of its files is decoded again alone, and a file that overruns
         alone too becomes an error row.
         """

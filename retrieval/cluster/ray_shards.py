@@ -1,4 +1,4 @@
-"""An on-disk index's shards built as Ray tasks (the middle step of :func:`retrieval.ondisk.build`).
+"""An on-disk index's shards built as Ray tasks (the middle step of :func:`retrieval.ann.ondisk.build`).
 
 The driver trains the coarse quantizer, reads the vectors from its catalog in id order,
 and merges the shards with FAISS's own merge, exactly as a one-process build does. Only
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from retrieval import ondisk
+from retrieval.ann import ondisk
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ MAX_IN_FLIGHT = 4
 
 @ray.remote(num_cpus=1)
 def build_shard_task(trained: np.ndarray, chunk_refs: list) -> np.ndarray:
-    """:func:`retrieval.ondisk.build_shard` on a worker: the shard file's bytes, from the trained index's bytes."""
+    """:func:`retrieval.ann.ondisk.build_shard` on a worker: the shard file's bytes, from the trained index's bytes."""
     with tempfile.TemporaryDirectory(prefix="retrieval-shard-") as tmp:
         trained_path, out = Path(tmp) / "trained.faiss", Path(tmp) / "shard.faiss"
         trained.tofile(trained_path)
@@ -57,7 +57,7 @@ def build_shard_task(trained: np.ndarray, chunk_refs: list) -> np.ndarray:
 
 
 def add_shards(trained: Path, parts: Iterator[Iterator[tuple[np.ndarray, np.ndarray]]], work: Path, n: int) -> list[Path]:
-    """:data:`retrieval.ondisk.AddShards` on Ray: one task per shard, shard files written into `work`."""
+    """:data:`retrieval.ann.ondisk.AddShards` on Ray: one task per shard, shard files written into `work`."""
     trained_ref = ray.put(np.fromfile(trained, dtype=np.uint8))
     cpus = int(ray.cluster_resources().get("CPU", 1))
     limit = max(1, min(MAX_IN_FLIGHT, cpus))

@@ -78,7 +78,7 @@ class SearchParams(BaseModel):
     target: Literal["images", "texts"] = Field("images", description="Rank images, or the caption corpus.")
     k: int = Field(24, ge=1, le=MAX_K, description="Results per page.")
     offset: int = Field(0, ge=0, le=MAX_OFFSET, description="Results to skip (paging).")
-    # Filters (retrieval/filters.py, docs/photo-library.md); AND-combined.
+    # Filters (retrieval/search/filters.py, docs/photo-library.md); AND-combined.
     after: Text | None = Field(None, description="Taken on or after this date (YYYY-MM-DD or YYYY-MM-DDTHH:MM).")
     before: Text | None = Field(None, description="Taken before this date (excluded).")
     folder: list[Text] = Field([], max_length=20, description="Only images under one of these folders "
@@ -89,7 +89,7 @@ class SearchParams(BaseModel):
     min_height: int | None = Field(None, ge=1, le=10**6, description="At least this many pixels high.")
 
     def spec(self, image: bytes | None = None) -> SearchSpec:
-        from retrieval.filters import Filters
+        from retrieval.search.filters import Filters
 
         given = (self.after, self.before, self.camera, self.near, self.min_width, self.min_height)
         filters = Filters.parse(  # a bad value is a FilterError: a 400 with its one line

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from retrieval.errors import RetrievalError
-from retrieval.query import search_vectors
+from retrieval.search.query import search_vectors
 from retrieval.server.engine import MAX_ID, Library, SearchSpec
 
 MAX_RESULTS = 1000

@@ -5,7 +5,7 @@ catalogs' SQLite connections and makes every model and FAISS call. Routes build 
 :class:`SearchSpec`, hand it over, and get a JSON-ready dict back.
 
 Generations: each search reads the catalog's current generation inside one snapshot
-(:func:`retrieval.query.search_vectors`), so a generation that ``retrieval index`` has just
+(:func:`retrieval.search.query.search_vectors`), so a generation that ``retrieval index`` has just
 published is seen by the next query, and a half-published one never.
 """
 
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval import query as engine
 from retrieval.api import Index, open_index
 from retrieval.errors import IndexNotFound, RetrievalError
-from retrieval.filters import Filters
-from retrieval.store import resolve
+from retrieval.search import query as engine
+from retrieval.search.filters import Filters
+from retrieval.storage.store import resolve
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class SearchSpec:
     image: bytes | None = None
     #: A query vector given as is (clip-retrieval's embedding_input).
     vector: list[float] | None = None
-    #: Dates, camera, place, size (retrieval.filters.Filters); None: no filter.
+    #: Dates, camera, place, size (retrieval.search.filters.Filters); None: no filter.
     filters: Filters | None = None
     #: Folders as the client gave them (relative to the indexed folders, or absolute).
     folders: list[str] = field(default_factory=list)
@@ -154,7 +154,7 @@ class Library:
     def warm(self) -> None:
         """Load each index's aligner and FAISS index now, so the first queries do not wait for them.
 
-        Two searches: the second makes the 8-bit copy of an exact index (retrieval/quickscan.py).
+        Two searches: the second makes the 8-bit copy of an exact index (retrieval/ann/quickscan.py).
         """
         for served in self.indexes.values():
             if served.empty():
@@ -177,7 +177,7 @@ class Library:
         [(hits, next_offset)] = engine.search_page(served.store, vector, spec.k, spec.offset, spec.target, filters)
         response = self._response(served, spec, hits, next_offset)
         if filters is not None and not hits and spec.offset == 0:
-            from retrieval.filters import why_empty
+            from retrieval.search.filters import why_empty
 
             response["note"] = self.scrub(why_empty(served.store.catalog, filters))  # nothing passed: say which filter
         return response

@@ -365,10 +365,11 @@ def caption_rows(layout: Layout) -> Iterator[tuple[list[str], np.ndarray]]:
 def import_into(store, aligner, layout: Layout, *, on_disk: bool = False, memory_limit: int | None = None,
                 progress=None) -> ImportSummary:
     """Fill a new, empty index from `layout` and publish it as generation 1 (one transaction)."""
-    from retrieval import index as faiss_index
-    from retrieval import indexer, integrity
-    from retrieval.catalog import to_blob
-    from retrieval.staging import Plan
+    from retrieval.ann import index as faiss_index
+    from retrieval.ingest import pipeline as indexer
+    from retrieval.storage import integrity
+    from retrieval.storage.catalog import to_blob
+    from retrieval.storage.staging import Plan
 
     catalog = store.catalog
     with store.write_lock():
@@ -427,7 +428,7 @@ def import_embeddings(folder: str | Path, index: str, model: str, *, on_disk: bo
     Everything is checked before the index folder is created (layout, row counts, dimension
     against `model`, every vector finite); a failure after that removes the folder again.
     """
-    from retrieval.store import IndexStore, resolve
+    from retrieval.storage.store import IndexStore, resolve
 
     layout = read_layout(folder)
     target = resolve(index)
@@ -460,7 +461,7 @@ def import_embeddings(folder: str | Path, index: str, model: str, *, on_disk: bo
 
 def export_index(index: str, out: str | Path, shard_rows: int = SHARD_ROWS, progress=None) -> ExportSummary:
     """Export an index's published vectors (and caption corpus) to `out` in clip-retrieval's layout."""
-    from retrieval.store import IndexStore
+    from retrieval.storage.store import IndexStore
 
     store = IndexStore.open(index)
     try:

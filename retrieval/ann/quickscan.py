@@ -3,7 +3,7 @@
 An exact search over 100,000 vectors of 384 floats reads 150 MB, and on this class of
 machine that read is the whole cost (about 7 ms quiet, 10-30 ms on a busy machine). A
 long-lived caller (the server, an opened :class:`retrieval.api.Index`) keeps the exact
-index loaded (:mod:`retrieval.resident`) and, beside it, this copy: one byte per dimension
+index loaded (:mod:`retrieval.search.resident`) and, beside it, this copy: one byte per dimension
 (FAISS's ``SQ8``), built in memory from the exact vectors the first time a loaded index is
 searched again, so a one-shot ``retrieval search`` never pays for it. A query scans the
 codes for ``RERANK`` times k candidates and ranks them by their exact float32 cosines, read
@@ -33,7 +33,7 @@ import time
 import faiss
 import numpy as np
 
-from retrieval import index as faiss_index
+from retrieval.ann import index as faiss_index
 
 log = logging.getLogger(__name__)
 

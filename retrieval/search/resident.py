@@ -19,11 +19,11 @@ import threading
 import weakref
 from pathlib import Path
 
-from retrieval import index as faiss_index
+from retrieval.ann import index as faiss_index
 
 #: Off: every search reads its FAISS file again (the behaviour before; the benchmark compares).
 KEEP_LOADED = True
-#: Off: a kept exact index is always scanned in full (retrieval/quickscan.py; the benchmark compares).
+#: Off: a kept exact index is always scanned in full (retrieval/ann/quickscan.py; the benchmark compares).
 QUICK_SCAN = True
 
 _lock = threading.Lock()
@@ -56,7 +56,7 @@ def faiss_for(owner: object, kind: str, path: Path):
 
 
 def quick_scan(owner: object, kind: str, index):
-    """The 8-bit copy of `index` (retrieval/quickscan.py) when it is `owner`'s kept exact index, else None.
+    """The 8-bit copy of `index` (retrieval/ann/quickscan.py) when it is `owner`'s kept exact index, else None.
 
     Made the second time it is asked for with the same kept index, not the first: a one-shot
     search never pays for it (0.2-0.4 s at 100,000 vectors), a long-lived caller pays once
@@ -64,7 +64,7 @@ def quick_scan(owner: object, kind: str, index):
     """
     if not (KEEP_LOADED and QUICK_SCAN):
         return None
-    from retrieval import quickscan
+    from retrieval.ann import quickscan
 
     with _lock:
         entry = _loaded.get(owner, {}).get(kind)

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.errors import DatasetError
-from retrieval.loader import IMAGE_EXTENSIONS
+from retrieval.media.loader import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ positions. Vectors are L2-normalized, so inner product is cosine similarity.
 The index type follows the collection size and the memory it may take: exact
 (``IDMap2,Flat``) up to ``EXACT_LIMIT`` vectors, an inverted file above it whose ``nprobe``
 is raised until recall@10 against exact search reaches ``TARGET_RECALL`` on the queries users
-send (:mod:`retrieval.probes`: image-like queries near the data and text queries far from
+send (:mod:`retrieval.ann.probes`: image-like queries near the data and text queries far from
 it, each set on its own). When float32 vectors would not fit the memory limit, the index
 keeps 8-bit codes instead (``SQ8``, a quarter of the memory), and searches re-score
 ``rerank`` times k candidates (at least ``RERANK_FACTOR``; tuned with ``nprobe``) with the
@@ -28,7 +28,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retrieval import probes as tuning_queries
+from retrieval.ann import probes as tuning_queries
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def build_streamed(
 
     Passes: a training sample (IVF only), adding, and tuning ``nprobe`` and the re-scoring
     width (IVF or 8-bit codes). `encode_texts`: the aligner's, so that the far tuning queries
-    are real text (:mod:`retrieval.probes`); without it a model-free stand-in takes their
+    are real text (:mod:`retrieval.ann.probes`); without it a model-free stand-in takes their
     place. Peak memory is the index itself plus one chunk and the samples.
     """
     factory = factory or factory_for(n)
@@ -158,7 +158,7 @@ def gather(chunks: Chunks, positions: np.ndarray, dim: int) -> tuple[np.ndarray,
 def probe_truth(
     chunks: Chunks, n: int, dim: int, encode_texts: TextEncoder | None = None
 ) -> tuple[tuning_queries.Probes, dict[str, np.ndarray]]:
-    """The tuning queries (:func:`retrieval.probes.make`) and their exact top 10: two passes."""
+    """The tuning queries (:func:`retrieval.ann.probes.make`) and their exact top 10: two passes."""
     picks = np.random.default_rng(1).choice(n, min(tuning_queries.NEAR_COUNT, n), replace=False)
     _, sample = gather(chunks, picks, dim)
     queries = tuning_queries.make(sample, encode_texts)
@@ -345,7 +345,7 @@ def search_ranked(
 
 
 def subset_params(index: faiss.Index, allowed: np.ndarray | None, share: float = 1.0) -> faiss.SearchParameters | None:
-    """Search parameters for a filtered search (see retrieval/filters.py).
+    """Search parameters for a filtered search (see retrieval/search/filters.py).
 
     `allowed`: the only ids a search may return (None: any). `share`: the part of the
     collection that passes the filter; an IVF index probes 1/share times more lists, since
@@ -472,10 +472,10 @@ def read(path: Path, mmap: bool = False) -> faiss.Index:
 
     IO_FLAG_MMAP_IFC maps flat code arrays, IO_FLAG_MMAP maps inverted lists; FAISS refuses
     the first for IVF files, so an IVF file is retried with the second alone. An index whose
-    lists live on disk (:mod:`retrieval.ondisk`) is always mapped, by FAISS itself.
+    lists live on disk (:mod:`retrieval.ann.ondisk`) is always mapped, by FAISS itself.
     """
     if Path(path).with_suffix(".ivfdata").exists():
-        from retrieval import ondisk
+        from retrieval.ann import ondisk
 
         return ondisk.read(Path(path))
     if not mmap:
@@ -492,7 +492,7 @@ def _no_prefetch(index: faiss.Index) -> faiss.Index:
     # search (which skips most vectors of each list) pays it for all it probes: at 1,000,000,
     # 400 lists took 11.8 ms with it and 3.8 without, and an unfiltered nprobe of 64 5.5 against
     # 1.8 (scripts/bench_filters.py, docs/photo-library.md). Indexes larger than memory
-    # (retrieval.ondisk) keep it.
+    # (retrieval.ann.ondisk) keep it.
     try:
         lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
     except RuntimeError:
@@ -521,7 +521,7 @@ def ids_of(index: faiss.Index) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
-# -- near-duplicate pairs (retrieval/duplicates.py) ------------------------------------------
+# -- near-duplicate pairs (retrieval/search/duplicates.py) ------------------------------------------
 #: Up to this many vectors the index itself answers the range search: an exhaustive scan, a
 #: few seconds at most. Above it a coarse IVF built for the purpose keeps it in seconds.
 PAIRS_EXACT_LIMIT = 4_000

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from retrieval.deadline import DecodeTimeout, time_limit
-from retrieval.exif import PhotoMeta, read_meta
+from retrieval.media.deadline import DecodeTimeout, time_limit
+from retrieval.media.exif import PhotoMeta, read_meta
 
 #: prctl(2) option: the signal a process gets when its parent dies.
 PR_SET_PDEATHSIG = 1

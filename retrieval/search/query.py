@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval import filters as filtered
-from retrieval import index as faiss_index
-from retrieval import integrity, resident
 from retrieval.aligners.base import normalize
+from retrieval.ann import index as faiss_index
 from retrieval.errors import RetrievalError
-from retrieval.filters import Filters
-from retrieval.store import IndexStore
+from retrieval.search import filters as filtered
+from retrieval.search import resident
+from retrieval.search.filters import Filters
+from retrieval.storage import integrity
+from retrieval.storage.store import IndexStore
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def query_vector(aligner, query: Query, encode_texts=None) -> np.ndarray:
 
 
 def encode_image_file(aligner, path: str) -> np.ndarray:
-    from retrieval.loader import load
+    from retrieval.media.loader import load
 
     item = load(str(Path(path).expanduser()), aligner.transform, draft=True)
     if item.error:
@@ -93,7 +94,7 @@ def search_vectors(
 ) -> list[list[Hit]]:
     """Top-k hits for each query vector, from one consistent generation of the index.
 
-    With `filters`, the best k among the images that pass them (retrieval/filters.py).
+    With `filters`, the best k among the images that pass them (retrieval/search/filters.py).
     """
     if target not in ("images", "texts"):
         raise RetrievalError(f"unknown search target {target!r}")
@@ -114,7 +115,7 @@ def search_vectors(
                 return [[] for _ in vectors]
         integrity.check_or_raise(catalog.db.conn, path)
         try:
-            # Kept loaded while the file is the same one (retrieval/resident.py).
+            # Kept loaded while the file is the same one (retrieval/search/resident.py).
             index = resident.faiss_for(store, kind, path)
         except RuntimeError as exc:  # FAISS cannot parse it: damaged in a way size and mtime did not show
             log.debug("FAISS cannot read %s: %s", path, exc)
@@ -125,7 +126,7 @@ def search_vectors(
         quick = resident.quick_scan(store, kind, index)
         if filters is not None:  # a broad filter over-fetches from the 8-bit copy, where there is one
             scores, ids = filtered.search(catalog, index, vectors, k, filters, factory=factory, rerank=rerank, quick=quick)
-        elif quick is not None:  # a long-lived caller's exact index: its 8-bit copy first (retrieval/quickscan.py)
+        elif quick is not None:  # a long-lived caller's exact index: its 8-bit copy first (retrieval/ann/quickscan.py)
             scores, ids = quick.search(vectors, k)
         else:
             scores, ids = faiss_index.search_ranked(
@@ -164,7 +165,7 @@ def image_vector_from_bytes(aligner, data: bytes) -> np.ndarray:
     """
     from PIL import Image, UnidentifiedImageError
 
-    from retrieval.loader import decode, draft_size
+    from retrieval.media.loader import decode, draft_size
 
     try:
         with warnings.catch_warnings():  # the size is checked here, more strictly than Pillow's warning

@@ -1,6 +1,6 @@
 """Image indexes larger than memory: IVF with 8-bit codes whose inverted lists live on disk.
 
-Index code (this module imports faiss, beside :mod:`retrieval.index`). The build has three
+Index code (this module imports faiss, beside :mod:`retrieval.ann.index`). The build has three
 steps, each a plain function so that a cluster can run the middle one as parallel tasks:
 
 1. :func:`train` the coarse quantizer once, on a sample: FAISS's two-level k-means
@@ -12,7 +12,7 @@ steps, each a plain function so that a cluster can run the middle one as paralle
    index and writes it as a shard file; only that shard's codes are in memory.
 3. :func:`merge` joins the shards into one inverted-lists file with FAISS's own
    ``faiss.contrib.ondisk.merge_ondisk``; the ``.faiss`` file then holds the quantizer and
-   the list offsets only, and searches memory-map the lists (:func:`retrieval.index.read`).
+   the list offsets only, and searches memory-map the lists (:func:`retrieval.ann.index.read`).
 
 Searches re-score the tuned number of candidates per result (``IndexInfo.rerank``, at least
 ``RERANK_FACTOR``) with the exact vectors from the catalog, as for the in-memory 8-bit index
@@ -41,8 +41,8 @@ import numpy as np
 from faiss.contrib.clustering import two_level_clustering
 from faiss.contrib.ondisk import merge_ondisk
 
-from retrieval import index as faiss_index
-from retrieval import probes as tuning_queries
+from retrieval.ann import index as faiss_index
+from retrieval.ann import probes as tuning_queries
 from retrieval.errors import RetrievalError
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def add_shards_here(trained: Path, parts: Iterator[Iterator[tuple[np.ndarray, np
 def merge(trained: Path, shards: list[Path], lists: Path) -> faiss.Index:
     """The trained index with `shards` joined into one inverted-lists file at `lists` (mapped, not loaded).
 
-    The caller writes the returned index next to `lists` (:func:`retrieval.index.write`).
+    The caller writes the returned index next to `lists` (:func:`retrieval.ann.index.write`).
     """
     # A file left by a run killed before publishing: never referenced, so it can go.
     lists.unlink(missing_ok=True)
@@ -182,7 +182,7 @@ def build(
     """Build the on-disk index of `n` vectors from `chunks` into `out` and its ``.ivfdata`` file.
 
     One pass over the chunks adds them, shard by shard, and finds the exact top 10 of the
-    queries that tune ``nprobe`` and the re-scoring width (:mod:`retrieval.probes`: near
+    queries that tune ``nprobe`` and the re-scoring width (:mod:`retrieval.ann.probes`: near
     ones, and far ones from `encode_texts`, the aligner's, or a stand-in without it). The
     training sample comes from `sample` (a count -> that
     many vectors drawn at random, see :func:`catalog_sample`), else from a pass of its own.

@@ -1,7 +1,7 @@
 """Near-duplicate groups: the same photo resized, re-encoded, lightly cropped or re-saved, and bursts.
 
 Pairs come from a range search of the index over its own vectors (see
-:func:`retrieval.index.near_pairs`), never from an all-pairs loop in Python; union-find
+:func:`retrieval.ann.index.near_pairs`), never from an all-pairs loop in Python; union-find
 joins the pairs into groups. A group's first member is its largest image (the copy worth
 keeping); every member's score is its cosine similarity to that one.
 
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval import index as faiss_index
+from retrieval.ann import index as faiss_index
 from retrieval.errors import RetrievalError
 from retrieval.progress import NullProgress, Progress
-from retrieval.store import IndexStore
+from retrieval.storage.store import IndexStore
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,6 @@ def as_json(groups: list[list[Member]]) -> dict:
 
 
 def sheet_rows(groups: list[list[Member]]) -> list[tuple[str, list]]:
-    """Rows for :func:`retrieval.sheet.contact_sheet`: one group per row."""
+    """Rows for :func:`retrieval.search.sheet.contact_sheet`: one group per row."""
     return [(f"group {n}: {len(g)} images", g) for n, g in enumerate(groups, 1)]
 

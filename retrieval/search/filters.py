@@ -5,7 +5,7 @@ exactly the best k among the images that pass (not the best k overall with the f
 dropped, which returns too few). How they are found depends on how many pass, as vector
 databases do it (thresholds measured by scripts/bench_filters.py, see docs/photo-library.md).
 
-The filter is evaluated on the generation's columns kept in memory (retrieval/filter_columns.py):
+The filter is evaluated on the generation's columns kept in memory (retrieval/search/filter_columns.py):
 a boolean mask over the ids in a few milliseconds, which counts exactly how many pass. Then:
 
 - few (at most ``Plan.exact_max``, by index type): their vectors are read from the index's
@@ -41,10 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval import filter_columns
-from retrieval import index as faiss_index
-from retrieval.catalog import Catalog
+from retrieval.ann import index as faiss_index
 from retrieval.errors import RetrievalError
+from retrieval.search import filter_columns
+from retrieval.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ class Plan:
     mask_overfetch_share: float = 0.25
     #: Over an inverted file never (above 1): the restricted search probes few lists when many pass.
     mask_overfetch_share_ivf: float = 2.0
-    #: Evaluate the filter on the in-memory columns (retrieval/filter_columns.py) when they can.
+    #: Evaluate the filter on the in-memory columns (retrieval/search/filter_columns.py) when they can.
     columns: bool = True
     #: Read missing columns now instead of on a thread of their own while this search runs in SQL.
     wait_for_columns: bool = False
@@ -426,7 +426,7 @@ def _search_masked(catalog, index, queries, k, mask, factory, plan, rerank=None,
 def _overfetch_masked(index, queries, k, mask, share, factory, lookup, rerank, quick) -> tuple[np.ndarray, np.ndarray]:
     """The best candidates of the whole index that the mask passes, widened until k pass.
 
-    `quick`: the 8-bit copy a long-lived caller keeps of an exact index (retrieval/quickscan.py),
+    `quick`: the 8-bit copy a long-lived caller keeps of an exact index (retrieval/ann/quickscan.py),
     searched as an unfiltered query is, so a broad filter costs what no filter costs."""
     n = index.ntotal
     scores, out = _empty(len(queries), min(k, int(np.count_nonzero(mask))))

@@ -20,9 +20,9 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retrieval import integrity
-from retrieval.catalog import CATALOG_FILE
 from retrieval.errors import IndexNotFound, RetrievalError
+from retrieval.storage import integrity
+from retrieval.storage.catalog import CATALOG_FILE
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Report:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    from retrieval.readonly import connect_readonly
+    from retrieval.storage.readonly import connect_readonly
 
     if not os.access(path.parent, os.W_OK):
         return connect_readonly(path)
@@ -98,7 +98,7 @@ def _check_catalog(conn: sqlite3.Connection, report: Report) -> None:
 
 
 def _check_faiss(conn: sqlite3.Connection, folder: Path, report: Report) -> None:
-    from retrieval import index as faiss_index
+    from retrieval.ann import index as faiss_index
 
     gen = int(_meta(conn, "generation", 0))
     if gen == 0:
@@ -110,7 +110,7 @@ def _check_faiss(conn: sqlite3.Connection, folder: Path, report: Report) -> None
         if kind == "captions" and not rows and not path.exists():
             continue
         what = integrity.problem(conn, path, full=True)
-        lists = path.with_suffix(".ivfdata")  # an on-disk index's inverted lists (retrieval.ondisk)
+        lists = path.with_suffix(".ivfdata")  # an on-disk index's inverted lists (retrieval.ann.ondisk)
         if not what and kind == "images" and integrity.lookup(conn, lists.name) is not None:
             what = integrity.problem(conn, lists, full=True)
             path = lists if what else path
@@ -185,7 +185,7 @@ def backup(folder: Path, out: Path, attempts: int = 5) -> dict:
 
 def _open_generation(folder: Path, gen: int) -> dict:
     handles = {}
-    # An index too large for memory keeps its inverted lists beside the .faiss file (retrieval.ondisk).
+    # An index too large for memory keeps its inverted lists beside the .faiss file (retrieval.ann.ondisk).
     for name in (f"{kind}-{gen}{suffix}" for kind in ("images", "captions") for suffix in (".faiss", ".ivfdata")):
         try:
             handles[name] = open(folder / name, "rb")

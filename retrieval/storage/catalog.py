@@ -31,12 +31,12 @@ import numpy as np
 import sqlite_utils
 
 from retrieval.errors import RetrievalError
-from retrieval.known import KnownHashes
+from retrieval.storage.known import KnownHashes
 
 SCHEMA_VERSION = 2
 
 #: Photo metadata on ``images`` (schema 2): EXIF date (or the file's mtime, see taken_source),
-#: camera, GPS position and orientation. Filled by the indexer (retrieval.exif, staging.py).
+#: camera, GPS position and orientation. Filled by the indexer (retrieval.media.exif, staging.py).
 PHOTO_COLUMNS = {
     "taken": "TEXT", "taken_offset": "TEXT", "taken_source": "TEXT", "camera_make": "TEXT",
     "camera_model": "TEXT", "lat": "REAL", "lon": "REAL", "orientation": "INTEGER",
@@ -106,7 +106,7 @@ class Catalog:
         #: True when the folder cannot be written (a read-only mount): searches only.
         self.readonly = self.path.exists() and not os.access(self.path.parent, os.W_OK)
         if self.readonly:
-            from retrieval.readonly import connect_readonly
+            from retrieval.storage.readonly import connect_readonly
 
             self.db = sqlite_utils.Database(connect_readonly(self.path))
             return

@@ -1,6 +1,6 @@
 """Decoding worker processes that cannot stall a run: a stuck or crashed worker is replaced.
 
-Each worker stops its own slow decodes (``retrieval.deadline``). A decoder that hangs inside
+Each worker stops its own slow decodes (``retrieval.media.deadline``). A decoder that hangs inside
 one C call, or crashes its process, is caught here instead: a task that has not come back
 within a generous limit (the per-file limit for each of its files, plus slack) makes the
 pool be killed and started afresh, the other outstanding tasks are sent again, and the
@@ -16,7 +16,7 @@ import os
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-from retrieval.loader import Loaded, init_worker, load_chunk
+from retrieval.media.loader import Loaded, init_worker, load_chunk
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ largest id stays close to the number of images). Rows change only when an index 
 publishes a new generation, so the arrays of a generation stay true until the next one:
 :func:`columns_for` reads them again when the catalog's generation is another one.
 
-Every condition reproduces the SQL of :meth:`retrieval.filters.Filters.clauses` exactly:
+Every condition reproduces the SQL of :meth:`retrieval.search.filters.Filters.clauses` exactly:
 string order of canonical dates is time order, a folder is a path prefix, a camera is matched
-by :func:`retrieval.filters.camera_matches`, a place by the same great-circle distance.
+by :func:`retrieval.search.filters.camera_matches`, a place by the same great-circle distance.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.catalog import Catalog
+from retrieval.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 ENABLED = True
 
 _NO_DATE = np.iinfo(np.int64).min
-#: What the indexer writes (retrieval/exif.py, staging.py): in this form string order is time order.
+#: What the indexer writes (retrieval/media/exif.py, staging.py): in this form string order is time order.
 _CANONICAL_DATE = "[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-6][0-9]"
 
 _lock = threading.Lock()
@@ -96,7 +96,7 @@ class Columns:
             prefixes = tuple(f.rstrip(os.sep) + os.sep for f in filters.folders)
             keep &= _lookup([folder.startswith(prefixes) for folder in self.folders], self.folder_of)
         if filters.camera:
-            from retrieval.filters import camera_matches
+            from retrieval.search.filters import camera_matches
 
             keep &= _lookup([camera_matches(make, model, filters.camera) for make, model in self.cameras], self.camera_of)
         if filters.near:
@@ -108,7 +108,7 @@ class Columns:
         return keep
 
     def _near(self, lat: float, lon: float, km: float) -> np.ndarray:
-        from retrieval.filters import EARTH_RADIUS_KM, haversine_km, near_box
+        from retrieval.search.filters import EARTH_RADIUS_KM, haversine_km, near_box
 
         (south, north), lon_test = near_box(lat, lon, km)
         inside = (self.lat >= south) & (self.lat <= north)
@@ -175,7 +175,7 @@ def columns_for(catalog: Catalog, wait: bool = False) -> Columns | None:
 
 def _read_behind(owner: weakref.ref, path: Path, generation: int, photo_meta: bool) -> None:
     """Read the columns of `generation` on this thread with a connection of its own."""
-    from retrieval.readonly import connect_readonly
+    from retrieval.storage.readonly import connect_readonly
 
     started = time.perf_counter()
     try:

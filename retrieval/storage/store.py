@@ -22,8 +22,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from retrieval.catalog import CATALOG_FILE, Catalog
 from retrieval.errors import IndexNotFound, ModelMismatch, RetrievalError, StorageError
+from retrieval.storage.catalog import CATALOG_FILE, Catalog
 
 log = logging.getLogger(__name__)
 

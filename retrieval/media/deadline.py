@@ -4,7 +4,7 @@ Inside a process's main thread :func:`time_limit` arms a one-shot SIGALRM timer;
 raises :class:`DecodeTimeout` at the next Python instruction. Pillow decodes in slices and
 returns to Python between them, so this stops slow decodes without losing the process.
 A decoder stuck inside one C call never returns to Python; for that the parent process
-keeps a second, looser limit per task and replaces the worker (``retrieval.workers``).
+keeps a second, looser limit per task and replaces the worker (``retrieval.media.workers``).
 """
 
 from __future__ import annotations

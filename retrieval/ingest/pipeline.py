@@ -3,7 +3,7 @@
 Stages are plain functions over batches. Decoding runs in worker processes while the
 main process encodes the previous batch; at most a few chunks are in flight. What the run
 knows about each file (its path, whether it changed, its hash) is staged in SQLite
-(:mod:`retrieval.staging`) rather than kept in Python, so memory stays flat whatever the
+(:mod:`retrieval.storage.staging`) rather than kept in Python, so memory stays flat whatever the
 folder size. Encoded vectors are committed to the catalog as they come (keyed by content
 hash), so a killed run keeps its work; nothing becomes visible to searches until
 :func:`publish` switches generations in one transaction.
@@ -21,15 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval import index as faiss_index
-from retrieval import integrity, ondisk
-from retrieval.captions import read_captions
-from retrieval.catalog import from_blobs, to_blob
-from retrieval.loader import FileStat, Loaded, load_many, walk
+from retrieval.ann import index as faiss_index
+from retrieval.ann import ondisk
+from retrieval.ingest.captions import read_captions
+from retrieval.media.loader import FileStat, Loaded, load_many, walk
+from retrieval.media.workers import DecodePool, Task
 from retrieval.progress import NullProgress, Progress
-from retrieval.staging import Plan, Staging
-from retrieval.store import IndexStore
-from retrieval.workers import DecodePool, Task
+from retrieval.storage import integrity
+from retrieval.storage.catalog import from_blobs, to_blob
+from retrieval.storage.staging import Plan, Staging
+from retrieval.storage.store import IndexStore
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class IndexSettings:
     #: Seconds one file may take to decode before it is skipped as pathological (a 100-megapixel
     #: JPEG decodes in well under a second here); a worker stuck past it is replaced.
     decode_seconds: float | None = 30.0
-    #: Keep the image index's inverted lists on disk (retrieval.ondisk) whatever its size; with
+    #: Keep the image index's inverted lists on disk (retrieval.ann.ondisk) whatever its size; with
     #: False they go on disk only when even 8-bit codes exceed max_index_memory. The choice is
     #: remembered by the index: None keeps the one its last publish was given.
     on_disk: bool | None = None
@@ -113,7 +114,7 @@ def load_stream(
         for chunk in chunks:
             yield from load_many(chunk, transform, known, settings.draft, limit)
         return
-    # A stuck or crashed worker is replaced and only the file at fault is skipped (retrieval.workers).
+    # A stuck or crashed worker is replaced and only the file at fault is skipped (retrieval.media.workers).
     with DecodePool(workers, transform, known, settings.draft, limit) as pool:
         pending: deque[Task] = deque()
         first = next(chunks, None)
@@ -239,7 +240,7 @@ def run(
 ) -> RunSummary:
     """Bring the index up to date with `roots` (and a caption corpus, if given).
 
-    Per-file bookkeeping lives in SQLite (:mod:`retrieval.staging`), never in Python lists,
+    Per-file bookkeeping lives in SQLite (:mod:`retrieval.storage.staging`), never in Python lists,
     so memory stays flat whatever the number of files. `source` says who walks, decodes and
     encodes (this machine by default; :mod:`retrieval.cluster` runs them on Ray); staging,
     planning and publishing are the same either way.
@@ -321,7 +322,7 @@ def publish(
     """Switch the catalog to the next generation, with its FAISS files, atomically.
 
     `encode_texts`: the aligner's, so that an approximate index is tuned on real text
-    queries (retrieval.probes); a run with no model (a repair) tunes on a stand-in.
+    queries (retrieval.ann.probes); a run with no model (a repair) tunes on a stand-in.
 
     Inside one catalog transaction: apply the plan, write generation g+1's FAISS files
     from the rows as they now stand, then commit. Searches keep reading generation g

@@ -142,7 +142,7 @@ def retrieval_metrics(
 
     `caption_image[i]` is the index (into `image_vectors`) of caption i's image; every
     caption row is a query of its own. For shared captions group equal texts first
-    and call :func:`metrics_for` (``retrieval.evaluate`` does).
+    and call :func:`metrics_for` (``retrieval.evaluation.evaluate`` does).
 
     >>> rng = np.random.default_rng(0)
     >>> images = rng.normal(size=(4, 8)).astype(np.float32)

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.catalog import Catalog
-from retrieval.exif import COLUMNS as EXIF_COLUMNS
-from retrieval.exif import EMPTY
-from retrieval.loader import FileStat, Loaded
+from retrieval.media.exif import COLUMNS as EXIF_COLUMNS
+from retrieval.media.exif import EMPTY
+from retrieval.media.loader import FileStat, Loaded
+from retrieval.storage.catalog import Catalog
 
 _META_SET = ", ".join(f"{c} = ?" for c in EXIF_COLUMNS)
 # Photo metadata for the catalog: a file without an EXIF date is dated by its modification

@@ -15,7 +15,7 @@ Captions shared by several images (class names) would be false negatives for eac
 other in a batch; pairs with the same image or the same text count as positives of
 each other (soft targets), which for one-caption-per-image data is plain InfoNCE.
 
-    >>> from retrieval.datasets import load_dataset
+    >>> from retrieval.evaluation.datasets import load_dataset
     >>> result = train(load_dataset("easy-vqa", split="train"), "shapes.pt")  # doctest: +SKIP
     >>> result.best_metrics["text_to_image"]["R@1"]                           # doctest: +SKIP
 """
@@ -48,11 +48,11 @@ from retrieval.aligners.trained import (
     save_checkpoint,
     weights_digest,
 )
-from retrieval.datasets import Dataset
 from retrieval.errors import ModelError, TrainingError
-from retrieval.evaluate import Queries, queries_for
-from retrieval.indexer import IndexSettings, batched, load_stream
-from retrieval.metrics import metrics_for
+from retrieval.evaluation.datasets import Dataset
+from retrieval.evaluation.evaluate import Queries, queries_for
+from retrieval.evaluation.metrics import metrics_for
+from retrieval.ingest.pipeline import IndexSettings, batched, load_stream
 from retrieval.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)

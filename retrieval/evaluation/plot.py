@@ -23,7 +23,7 @@ def plot_recall(report: dict, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from retrieval.evaluate import short_names
+    from retrieval.evaluation.evaluate import short_names
 
     path = Path(path).expanduser()
     ks = report["settings"]["ks"]

@@ -1,10 +1,10 @@
 """Recall@k of aligners on a captioned image set: CLIP_benchmark's protocol, exact and through the index.
 
 Each image and each distinct caption text is encoded once per model, streaming: images
-decode in worker processes (:func:`retrieval.indexer.load_stream`) and only their
+decode in worker processes (:func:`retrieval.ingest.pipeline.load_stream`) and only their
 vectors are kept, so memory holds vectors, never decoded images. Scores are exact
-(:mod:`retrieval.metrics`); with ``through_index`` the engine's own index is also built
-(:func:`retrieval.index.build`, with the type the engine would pick for that many
+(:mod:`retrieval.evaluation.metrics`); with ``through_index`` the engine's own index is also built
+(:func:`retrieval.ann.index.build`, with the type the engine would pick for that many
 vectors, or a forced factory such as ``"IVF64,Flat"``) and recall is computed from its
 search results, so the cost of approximate search shows beside the exact figure.
 
@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval import metrics
-from retrieval.datasets import Dataset
 from retrieval.errors import DatasetError, RetrievalError
+from retrieval.evaluation import metrics
+from retrieval.evaluation.datasets import Dataset
 from retrieval.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def encode_images(
     aligner, dataset: Dataset, batch_size: int, progress: Progress, workers: int | None = None
 ) -> tuple[np.ndarray, dict[int, str]]:
     """(n_images, dim) vectors (zero rows for unreadable images) and {image index: reason}."""
-    from retrieval.indexer import IndexSettings, batched, load_stream
+    from retrieval.ingest.pipeline import IndexSettings, batched, load_stream
 
     settings = IndexSettings(batch_size=batch_size, workers=workers)
     vectors = np.zeros((len(dataset.images), aligner.dim), np.float32)
@@ -270,7 +270,7 @@ def score_through_index(
     the cost of approximate search); texts go in an exact index, as the engine's caption
     corpus does.
     """
-    from retrieval import index as faiss_index
+    from retrieval.ann import index as faiss_index
 
     out: dict = {}
     k = max(ks)

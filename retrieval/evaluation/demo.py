@@ -54,8 +54,8 @@ def demo_folder() -> Path:
 
 def remove_demo_index(name: str = "demo") -> None:
     """Delete the demo's own index folder (only a folder that holds a catalog)."""
-    from retrieval.catalog import CATALOG_FILE
-    from retrieval.store import resolve
+    from retrieval.storage.catalog import CATALOG_FILE
+    from retrieval.storage.store import resolve
 
     folder = resolve(name)
     if (folder / CATALOG_FILE).exists():

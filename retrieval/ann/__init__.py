@@ -1,0 +1,1 @@
+"""FAISS: the only code that imports faiss."""

@@ -1,0 +1,1 @@
+"""Recall@k on captioned image sets, and the photo sets with known answers."""

@@ -1,0 +1,1 @@
+"""The indexing pipeline: sources, load, encode, store, publish."""

@@ -1,0 +1,1 @@
+"""Files in, pixels out: walking folders, reading files safely, decoding with deadlines, EXIF."""

@@ -1,0 +1,1 @@
+"""Ranking matches: queries, filters, duplicates."""

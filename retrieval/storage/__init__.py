@@ -1,0 +1,1 @@
+"""An index folder on disk: the SQLite catalog (the truth), staging, integrity, backup, exchange."""

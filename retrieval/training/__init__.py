@@ -1,0 +1,1 @@
+"""Contrastive training of the aligner's heads."""
