@@ -2,7 +2,7 @@
 
     >>> from retrieval.api import build_index, open_index
     >>> build_index(["~/Pictures"], index="photos").line()       # doctest: +SKIP
-    'added 812, updated 0, removed 0, skipped 3, unchanged 0, encoded 809 in 61.2s'
+    'added 812, updated 0, moved 0, removed 0, skipped 3, unchanged 0, encoded 809 in 61.2s'
     >>> [h.path for h in open_index("photos").search("a dog on a beach", k=3)]  # doctest: +SKIP
 """
 
@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.aligners.base import Aligner
 from retrieval.errors import RetrievalError
 from retrieval.ingest.pipeline import IndexSettings, RunSummary
 from retrieval.progress import Progress
-from retrieval.search import resident
 from retrieval.search.filters import Filters, photo_counts
 from retrieval.search.query import Hit, Query, query_vector, search_vectors
+from retrieval.search.searcher import Searcher
+from retrieval.search.settings import SearchSettings
 from retrieval.search.textcache import TextVectorCache
 from retrieval.storage.catalog import CATALOG_FILE
 from retrieval.storage.faults import explained
@@ -75,18 +77,22 @@ def build_index(
 
 
 class Index:
-    """An opened index: search it any number of times."""
+    """An opened index: search it any number of times.
 
-    def __init__(self, name_or_path: str = "default", model: str | None = None):
+    `settings` (:class:`retrieval.search.settings.SearchSettings`) say what its searcher keeps
+    between searches: FAISS indexes, filter columns, recent text vectors (by default all).
+    """
+
+    def __init__(self, name_or_path: str = "default", model: str | None = None, settings: SearchSettings | None = None):
         with explained(resolve(name_or_path), "opening the index"):
             self.store = IndexStore.open(name_or_path)
         self._model = model
-        self._aligner = None
-        #: Vectors of recent query texts (retrieval/search/textcache.py); size 0 turns it off.
-        self.text_cache = TextVectorCache()
+        self._aligner: Aligner | None = None
+        #: What this index keeps between its searches (retrieval/search/searcher.py).
+        self.searcher = Searcher(settings)
 
     @property
-    def aligner(self):
+    def aligner(self) -> Aligner:
         if self._aligner is None:
             from retrieval.aligners import load_aligner_for
 
@@ -120,7 +126,7 @@ class Index:
                 filters.clauses(self.store.catalog)  # a filter this index cannot answer fails before the model loads
         vector = query_vector(self.aligner, query, self.encode_texts)
         with explained(self.store.folder, "searching"):
-            return search_vectors(self.store, vector, k, target, filters)[0]
+            return search_vectors(self.store, vector, k, target, filters, self.searcher)[0]
 
     def why_empty(self, filters: Filters) -> str:
         """One line saying which filter excluded every image."""
@@ -133,7 +139,7 @@ class Index:
             return self._info()
 
     def _info(self) -> dict:
-        from retrieval.ingest.pipeline import damaged_kinds
+        from retrieval.ingest.publish import damaged_kinds
 
         catalog = self.store.catalog
         usage = self.store.disk_usage()
@@ -168,12 +174,17 @@ class Index:
             ),
         }
 
+    @property
+    def text_cache(self) -> TextVectorCache:
+        """Vectors of recent query texts (retrieval/search/textcache.py); SearchSettings.text_cache_size 0 turns it off."""
+        return self.searcher.text_cache
+
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Texts -> normalized vectors with this index's aligner, recent ones from a cache."""
         return self.text_cache.encode(self.aligner, texts)
 
     def close(self) -> None:
-        resident.forget(self.store)
+        self.searcher.forget(self.store)
         self.store.close()
 
 
@@ -183,10 +194,10 @@ def _lists_file(store: IndexStore) -> str | None:
 
 
 def _rerank_factor(factory: str | None, tuned: int | None) -> int | None:
-    from retrieval.ann import index as faiss_index
+    from retrieval import ann
 
-    return (tuned or faiss_index.RERANK_FACTOR) if faiss_index.reranks(factory) else None
+    return (tuned or ann.DEFAULT.rerank_factor) if ann.reranks(factory) else None
 
 
-def open_index(name_or_path: str = "default", model: str | None = None) -> Index:
-    return Index(name_or_path, model=model)
+def open_index(name_or_path: str = "default", model: str | None = None, settings: SearchSettings | None = None) -> Index:
+    return Index(name_or_path, model=model, settings=settings)

@@ -2,9 +2,10 @@
 
 Small matrix products (a text query's encoder layers, a batch of queries against 100,000
 vectors) gain little from a second BLAS thread and, on a busy 2-core machine, lose a lot:
-OpenBLAS's second thread waits for a core that other jobs hold (a 12-token query took
-1,661 ms of wall time with two threads and 94 ms with one, load average 18). FAISS and torch
-bring their own thread pools and keep their settings.
+OpenBLAS's second thread waits for a core that other jobs hold, so a query can take many
+times longer with two threads than with one (figures in
+docs/serving-speed.md#what-a-warm-query-does-now). FAISS and torch bring their own thread
+pools and keep their settings.
 """
 
 from __future__ import annotations

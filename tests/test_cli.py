@@ -236,7 +236,7 @@ def test_user_mistakes_never_show_a_traceback(tmp_path):
 
 
 def test_memory_sizes_are_read_like_people_write_them():
-    from retrieval.cli.engine import ByteSize
+    from retrieval.cli.options import ByteSize
 
     size = ByteSize()
     assert [size.convert(v, None, None) for v in ("4G", "512M", "1.5GB", "2GiB", "1000", "64k")] == [

@@ -60,7 +60,7 @@ def test_client_image_query_sends_base64_and_finds_the_picture(clip_client, serv
 def test_client_embedding_query_and_text_modality(clip_client, server):
     index, _ = photo_index()
     api = client(ServerSettings(indexes=[str(index)]))
-    vector = api.app.state.engine.call(lambda: api.app.state.library.get(None).index.aligner.encode_texts(["a cup of coffee"])[0]).result()
+    vector = api.app.state.query_thread.call(lambda: api.app.state.library.get(None).index.aligner.encode_texts(["a cup of coffee"])[0]).result()
     knn = clip_client.ClipClient(url=server.url + "/knn-service", indice_name="idx", num_images=2)
     assert knn.query(embedding_input=vector.tolist())[0]["image_path"] == "coffee.png"
     texts = clip_client.ClipClient(

@@ -55,3 +55,17 @@ def test_the_slug_follows_github():
     assert slug("When the index must be smaller: 8-bit codes and exact re-scoring") == (
         "when-the-index-must-be-smaller-8-bit-codes-and-exact-re-scoring"
     )
+
+
+def test_docs_pages_named_in_the_code_exist_with_their_headings():
+    """Comments point to docs/PAGE.md#heading for the figures behind a choice: those must resolve."""
+    broken = []
+    for source in sorted([*(ROOT / "retrieval").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]):
+        for page_name, anchor in re.findall(r"docs/([\w\-]+\.md)(?:#([\w\-]+))?", source.read_text()):
+            page = ROOT / "docs" / page_name
+            where = f"{source.relative_to(ROOT)}: docs/{page_name}"
+            if not page.exists():
+                broken.append(f"{where}: no such file")
+            elif anchor and anchor not in anchors(page):
+                broken.append(f"{where}#{anchor}: no such heading")
+    assert not broken, "; ".join(broken)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import skimage_photo
 from PIL import Image
 
-from retrieval.ann import index as faiss_index
+from retrieval import ann
 from retrieval.cli import main
 from retrieval.search.duplicates import DEFAULT_THRESHOLD, _union_find, find_duplicates
 from retrieval.storage.store import IndexStore
@@ -73,14 +73,13 @@ def test_copies_grouped_and_distinct_photos_alone(library):
 
 
 @pytest.mark.slow
-def test_coarse_inverted_file_finds_the_same_groups(library, monkeypatch):
+def test_coarse_inverted_file_finds_the_same_groups(library):
     """Above PAIRS_EXACT_LIMIT vectors the pairs come from a coarse IVF built for the purpose."""
     store = IndexStore.open(library)
     try:
         exact = [[m.id for m in g] for g in find_duplicates(store)]
-        monkeypatch.setattr(faiss_index, "PAIRS_EXACT_LIMIT", 4)
-        monkeypatch.setattr(faiss_index, "PAIRS_NPROBE", 4)
-        coarse = [[m.id for m in g] for g in find_duplicates(store)]
+        coarse_settings = ann.AnnSettings(pairs_exact_limit=4, pairs_nprobe=4)
+        coarse = [[m.id for m in g] for g in find_duplicates(store, ann_settings=coarse_settings)]
     finally:
         store.close()
     assert coarse == exact

@@ -12,9 +12,10 @@ from conftest import ColorAligner
 
 from retrieval.cli import main
 from retrieval.ingest import pipeline as indexer
+from retrieval.ingest.embeddings import import_embeddings
 from retrieval.ingest.pipeline import IndexSettings
 from retrieval.search.query import search_vectors
-from retrieval.storage.exchange import LayoutError, export_index, import_embeddings
+from retrieval.storage.exchange import LayoutError, export_index
 from retrieval.storage.store import IndexStore
 
 pa = pytest.importorskip("pyarrow")
@@ -188,7 +189,9 @@ def test_export_and_import_commands(indexed, tmp_path):
     result = runner.invoke(main, ["export", str(indexed), str(tmp_path / "emb"), "--shard-size", "4", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["image_shards"] == 3
-    # The folder's vectors are 48-d; the packaged default model makes 384-d ones: refused in one line.
+    # The folder's vectors are 48-d; the packaged default model makes 384-d ones: refused in one line
+    # (as another tool's folder, without the record of the model an export writes).
+    (tmp_path / "emb" / "retrieval.json").unlink()
     result = runner.invoke(main, ["import", str(tmp_path / "emb"), "--index", str(tmp_path / "x"), "--model", "default"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "holds 48-d vectors but 'default' makes 384-d vectors" in result.output

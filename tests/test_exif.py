@@ -11,8 +11,8 @@ import pytest
 from conftest import skimage_photo
 from PIL import ExifTags, Image
 
+from retrieval.media.decode import decode, load
 from retrieval.media.exif import EMPTY, gps_position, parse_exif_date, read_meta
-from retrieval.media.loader import decode, load
 
 
 def tagged(pixels: Image.Image, *, make=None, model=None, taken=None, offset=None, lat=None, lon=None,

@@ -26,7 +26,7 @@ from retrieval.cli import main
 from retrieval.errors import DamagedIndex, RetrievalError, StorageError
 from retrieval.ingest.pipeline import IndexSettings, run
 from retrieval.media.transform import ImageTransform
-from retrieval.storage import health, integrity
+from retrieval.storage import health
 from retrieval.storage.faults import explained
 from retrieval.storage.store import IndexStore
 
@@ -136,22 +136,22 @@ def test_a_pathological_image_is_skipped_within_its_limit_and_the_run_goes_on(tm
 
 
 def test_a_file_that_changes_after_the_walk_is_stored_under_what_was_read(tmp_path, monkeypatch):
-    from retrieval.media import loader
-    from retrieval.media.loader import content_hash, walk
+    from retrieval.media import files
+    from retrieval.media.files import content_hash, walk
 
     folder = tmp_path / "pics"
     for i in range(3):
         make_image(folder / f"{i}.png", seed=i)
     target = folder / "1.png"
 
-    def walk_then_edit(roots):
-        stats = list(walk(roots))
+    def walk_then_edit(roots, ignored=None):
+        stats = list(walk(roots, ignored))
         make_image(target, seed=50, size=(70, 30))  # rewritten between the walk and the read
         return iter(stats)
 
-    import retrieval.ingest.pipeline as indexer_module
+    import retrieval.ingest.source as local_source
 
-    monkeypatch.setattr(indexer_module, "walk", walk_then_edit)
+    monkeypatch.setattr(local_source, "walk", walk_then_edit)
     index_folder(folder, tmp_path / "idx")
     store = IndexStore.open(tmp_path / "idx")
     try:
@@ -159,7 +159,7 @@ def test_a_file_that_changes_after_the_walk_is_stored_under_what_was_read(tmp_pa
         assert row.hash == content_hash(target.read_bytes())  # the content read, never the old one
     finally:
         store.close()
-    monkeypatch.setattr(indexer_module, "walk", loader.walk)
+    monkeypatch.setattr(local_source, "walk", files.walk)
     # The row kept the walk's stale size and mtime, so the next run reads the file again and
     # records what is on disk now, without encoding it again.
     aligner = ColorAligner()
@@ -200,7 +200,6 @@ def test_a_damaged_faiss_file_is_reported_in_one_line_and_rebuilt_without_encodi
     index, folder = built
     before = search_ids(index)
     path = index / "images-1.faiss"
-    integrity._VERIFIED.clear()  # a fresh process: the first open reads the whole file
     damage(path)
     with pytest.raises(DamagedIndex) as err:
         search_ids(index)
@@ -333,7 +332,7 @@ def _fill(mount: Path) -> Path:
 
 @pytest.mark.parametrize("moment", ["vectors", "publishing"])
 def test_a_full_disk_is_one_line_and_loses_nothing_published(tmpfs, tmp_path, image_dir, monkeypatch, moment, cli_aligner):
-    from retrieval.ann import index as faiss_index
+    from retrieval import ann
     from retrieval.storage.catalog import Catalog
 
     index = tmpfs / "idx"
@@ -346,8 +345,8 @@ def test_a_full_disk_is_one_line_and_loses_nothing_published(tmpfs, tmp_path, im
         real = Catalog.put_vectors
         monkeypatch.setattr(Catalog, "put_vectors", lambda self, rows: (_fill(tmpfs), real(self, rows)))
     else:
-        real_write = faiss_index.write
-        monkeypatch.setattr(faiss_index, "write", lambda index_, path: (_fill(tmpfs), real_write(index_, path)))
+        real_write = ann.write
+        monkeypatch.setattr(ann, "write", lambda index_, path: (_fill(tmpfs), real_write(index_, path)))
     line = one_line(cli("index", more, "--index", index, "--quiet", "--workers", 0))
     assert "disk is full" in line and "nothing published is lost" in line, line
     monkeypatch.undo()

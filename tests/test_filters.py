@@ -14,12 +14,14 @@ from conftest import make_image
 from PIL import Image
 from test_exif import tagged
 
-from retrieval.ann import index as faiss_index
+from retrieval import ann
 from retrieval.cli import main
 from retrieval.ingest import pipeline as indexer
-from retrieval.search import filter_columns
 from retrieval.search import filters as filtered
-from retrieval.search.filters import FilterError, Filters
+from retrieval.search.filters import FilterError, Filters, FilterTuning
+from retrieval.search.filters import columns as filter_columns
+from retrieval.search.filters.columns import ColumnsCache
+from retrieval.search.searcher import Searcher
 from retrieval.storage.store import IndexStore
 
 CAMERAS = [("Canon", "Canon EOS R5"), ("NIKON CORPORATION", "NIKON D750"), ("Apple", "iPhone 12"), (None, None)]
@@ -70,6 +72,8 @@ def brute_force(store: IndexStore, query: np.ndarray, k: int, f: dict) -> list[i
             return False
         if "before" in f and not r["taken"] < f["before"]:
             return False
+        if f.get("date_source") == "exif" and ("after" in f or "before" in f) and r["taken_source"] != "exif":
+            return False
         if "folders" in f and not any(Path(r["path"]).is_relative_to(d) for d in f["folders"]):
             return False
         if "camera" in f and f["camera"].lower() not in f"{r['camera_make'] or ''}\n{r['camera_model'] or ''}".lower():
@@ -92,12 +96,25 @@ def _km(lat1, lon1, lat2, lon2) -> float:
     return 6371.0088 * math.acos(max(-1.0, min(1.0, cos)))
 
 
-def engine(store: IndexStore, query: np.ndarray, k: int, filters: Filters, plan=None) -> list[int]:
+def run(
+    store: IndexStore, query: np.ndarray, k: int, filters: Filters, tuning: FilterTuning | None = None,
+    searcher: Searcher | None = None,
+) -> filtered.FilterResult:
     catalog = store.catalog
     with catalog.snapshot():
-        index = faiss_index.read(store.faiss_path("images", catalog.generation))
-        _, ids = filtered.search(catalog, index, query[None], k, filters, factory=catalog.get_meta("index_factory"), plan=plan)
-    return [int(i) for i in ids[0] if i >= 0]
+        index = ann.read(store.faiss_path("images", catalog.generation))
+        return filtered.search(
+            catalog, index, query[None], k, filters, factory=catalog.get_meta("index_factory"), tuning=tuning,
+            searcher=searcher,
+        )
+
+
+def engine(store: IndexStore, query: np.ndarray, k: int, filters: Filters, searcher: Searcher | None = None) -> list[int]:
+    return _ids(run(store, query, k, filters, searcher=searcher))
+
+
+def _ids(found: filtered.FilterResult) -> list[int]:
+    return [int(i) for i in found.ids[0] if i >= 0]
 
 
 def _cases(photos: Path) -> dict[str, dict]:
@@ -105,6 +122,7 @@ def _cases(photos: Path) -> dict[str, dict]:
         "after": {"after": "2023-01-01"},
         "before": {"before": "2022-06-15T12:00"},
         "summer": {"after": "2022-06-01", "before": "2022-09-01"},
+        "after, exif dates": {"after": "2023-01-01", "date_source": "exif"},
         "folder": {"folders": [str(photos / "f1")]},
         "two folders": {"folders": [str(photos / "f0"), str(photos / "f2")]},
         "camera": {"camera": "nikon"},
@@ -125,7 +143,8 @@ def _filters(case: dict) -> Filters:
 def _reference_args(case: dict) -> dict:
     f = _filters(case)
     out = {k: v for k, v in {"after": f.after, "before": f.before, "camera": f.camera, "near": f.near,
-                             "min_width": f.min_width, "min_height": f.min_height}.items() if v is not None}
+                             "min_width": f.min_width, "min_height": f.min_height, "date_source": f.date_source}.items()
+           if v is not None}
     if f.folders:
         out["folders"] = [Path(p) for p in f.folders]
     return out
@@ -144,7 +163,7 @@ def test_each_filter_matches_brute_force(library, name):
         assert engine(store, query, 7, _filters(case)) == want
 
 
-@pytest.mark.parametrize("name", ["after", "folder", "camera", "near paris", "combined"])
+@pytest.mark.parametrize("name", ["after", "after, exif dates", "folder", "camera", "near paris", "combined"])
 def test_execution_paths_agree(library, name):
     """Scoring the passing images exactly, searching the index restricted to them, and over-fetching
     candidates then checking them give the same ranking."""
@@ -153,23 +172,24 @@ def test_execution_paths_agree(library, name):
     query = np.random.default_rng(7).normal(size=aligner.dim).astype(np.float32)
     query /= np.linalg.norm(query)
     want = brute_force(store, query, 5, _reference_args(_cases(photos)[name]))
-    for path, plan in _all_paths().items():
-        assert engine(store, query, 5, filters, plan) == want, path
-        assert plan.chosen == path.split()[-1]
-        assert plan.evaluated == ("columns" if path.startswith("mask") else "sql")
+    for path, tuning in _all_paths().items():
+        found = run(store, query, 5, filters, tuning)
+        assert _ids(found) == want, path
+        assert found.chosen == path.split()[-1]
+        assert found.evaluated == ("columns" if path.startswith("mask") else "sql")
 
 
-def _all_paths() -> dict[str, filtered.Plan]:
+def _all_paths() -> dict[str, FilterTuning]:
     """Every execution path, forced: on the in-memory columns (mask) and in SQL."""
     return {
-        "mask exact": filtered.Plan(mask_exact_max=10_000, wait_for_columns=True),
-        "mask restrict": filtered.Plan(mask_exact_max=0, mask_overfetch_share=2.0, wait_for_columns=True),
-        "mask overfetch": filtered.Plan(
+        "mask exact": FilterTuning(mask_exact_max=10_000, wait_for_columns=True),
+        "mask restrict": FilterTuning(mask_exact_max=0, mask_overfetch_share=2.0, wait_for_columns=True),
+        "mask overfetch": FilterTuning(
             mask_exact_max=0, mask_overfetch_share=0.0, mask_overfetch_share_ivf=0.0, wait_for_columns=True
         ),
-        "sql exact": filtered.Plan(columns=False, exact_max=10_000, restrict_max=10_000, sample=10),
-        "sql restrict": filtered.Plan(columns=False, exact_max=0, restrict_max=10_000, sample=10),
-        "sql overfetch": filtered.Plan(columns=False, exact_max=0, restrict_max=0, sample=10),
+        "sql exact": FilterTuning(columns=False, exact_max=10_000, restrict_max=10_000, sample=10),
+        "sql restrict": FilterTuning(columns=False, exact_max=0, restrict_max=10_000, sample=10),
+        "sql overfetch": FilterTuning(columns=False, exact_max=0, restrict_max=0, sample=10),
     }
 
 
@@ -210,8 +230,8 @@ def test_cli_bad_filter_and_empty_result(library, monkeypatch):
     store, photos, aligner = library
     runner = CliRunner()
     bad = runner.invoke(main, ["search", "x", "--index", str(store.folder), "--near", "nowhere"])
-    assert bad.exit_code != 0
-    assert "Error: --near 'nowhere'" in bad.output and "Traceback" not in bad.output
+    assert bad.exit_code == 2  # a usage error, as click reports a bad value of any option
+    assert "Invalid value for '--near': 'nowhere'" in bad.output and "Traceback" not in bad.output
     import retrieval.aligners as aligners
 
     monkeypatch.setattr(aligners, "load_aligner", lambda *args, **kwargs: aligner)
@@ -224,6 +244,54 @@ def test_cli_bad_filter_and_empty_result(library, monkeypatch):
 
     data = json.loads(found.output)
     assert data["query"]["camera"] == "nikon" and len(data["results"]) == 3
+
+
+def test_date_source_says_which_dates_pass_and_json_marks_file_dates(library, monkeypatch):
+    """--after with the default date source passes pictures dated by their file's time too, and --json marks
+    them; --date-source exif (CLI, Python API, HTTP) keeps only photos with an EXIF date."""
+    import json
+
+    from server_kit import client
+
+    import retrieval.aligners as aligners
+    from retrieval.server.app import ServerSettings
+
+    store, _, aligner = library
+    sources = dict(store.catalog.db.execute("SELECT id, taken_source FROM images").fetchall())
+    undated = {i for i, source in sources.items() if source != "exif"}
+    assert undated and len(undated) < len(sources)  # the test library has pictures without an EXIF date
+    runner = CliRunner()
+    help_text = " ".join(runner.invoke(main, ["search", "--help"]).output.split())
+    assert "--date-source [any|exif]" in help_text and "else the file's modification time" in help_text
+    monkeypatch.setattr(aligners, "load_aligner", lambda *args, **kwargs: aligner)
+    monkeypatch.setattr(IndexStore, "refuse_other_early", lambda *args, **kwargs: None)
+
+    def search(*args: str) -> dict:
+        found = runner.invoke(main, ["search", "x", "--index", str(store.folder), "--json", "-k", "60", *args])
+        assert found.exit_code == 0, found.output
+        return json.loads(found.output)
+
+    every = search("--after", "2000-01-01")
+    assert every["query"]["date_source"] == "any"
+    assert {r["id"]: r["date_source"] for r in every["results"]} == {
+        i: "file" if i in undated else "exif" for i in sources
+    }
+    assert all(r["taken"] >= "2000" for r in every["results"])
+    exif = search("--after", "2000-01-01", "--date-source", "exif")
+    assert exif["query"]["date_source"] == "exif"
+    assert {r["id"] for r in exif["results"]} == set(sources) - undated
+    assert all("date_source" not in r for r in search()["results"])  # no date filter: no dates in the hits
+    query = aligner.encode_texts(["x"])[0]
+    on_exif = Filters.parse(after="2000-01-01", date_source="exif")
+    assert set(engine(store, query, 60, on_exif)) == set(sources) - undated
+    with pytest.raises(FilterError, match="--date-source 'camera'"):
+        Filters.parse(after="2000", date_source="camera")
+    with client(ServerSettings(indexes=[str(store.folder)], batch_window_ms=0), aligner=aligner) as api:
+        got = api.get("/api/search", params={"q": "x", "after": "2000-01-01", "date_source": "exif", "k": 60})
+        assert got.status_code == 200, got.text
+        assert got.json()["query"]["date_source"] == "exif"
+        assert {r["id"] for r in got.json()["results"]} == set(sources) - undated
+        assert api.get("/api/search", params={"q": "x", "date_source": "camera"}).status_code in (400, 422)
 
 
 def _downgrade_to_schema_1(store: IndexStore) -> None:
@@ -315,22 +383,22 @@ def test_inverted_file_paths_match_brute_force(library):
     store, photos, aligner = library
     catalog = store.catalog
     ids, vectors = (np.concatenate(x) for x in zip(*catalog.image_vectors()))
-    ivf, _ = faiss_index.build(ids, vectors, factory="IVF4,Flat")
+    ivf, _ = ann.build(ids, vectors, factory="IVF4,Flat")
     ivf.nprobe = 1
-    assert faiss_index.inverted(ivf)
+    assert ann.inverted(ivf)
     query = np.random.default_rng(3).normal(size=aligner.dim).astype(np.float32)
     query /= np.linalg.norm(query)
     for name in ("after", "camera", "combined"):
         case = _cases(photos)[name]
         want = brute_force(store, query, 5, _reference_args(case))
-        for path, plan in {**_all_paths(), "default": filtered.Plan(sample=10)}.items():
+        for path, tuning in {**_all_paths(), "default": FilterTuning(sample=10)}.items():
             with catalog.snapshot():
-                _, got = filtered.search(catalog, ivf, query[None], 5, _filters(case), plan=plan)
-            assert [int(i) for i in got[0] if i >= 0] == want, (name, path, plan.chosen)
-            assert path == "default" or (plan.chosen, plan.evaluated[0]) == (path.split()[-1], path[0].replace("m", "c"))
+                found = filtered.search(catalog, ivf, query[None], 5, _filters(case), tuning=tuning)
+            assert _ids(found) == want, (name, path, found.chosen)
+            assert path == "default" or (found.chosen, found.evaluated[0]) == (path.split()[-1], path[0].replace("m", "c"))
 
 
-# -- the in-memory columns (retrieval/search/filter_columns.py) --------------------------------------
+# -- the in-memory columns (retrieval/search/filters/columns.py) -------------------------------------
 def _sql_ids(store: IndexStore, filters: Filters) -> list[int]:
     sql, args = filtered.where(filters.clauses(store.catalog))
     return sorted(r[0] for r in store.catalog.db.execute(f"SELECT id FROM images WHERE {sql}", args))
@@ -346,7 +414,7 @@ def test_column_mask_selects_what_sql_selects(library, case):
     store, photos, _ = library
     filters = _filters(_cases(photos)[case["name"]] if "name" in case else case)
     with store.catalog.snapshot():
-        mask = filter_columns.columns_for(store.catalog, wait=True).mask(filters)
+        mask = ColumnsCache().columns_for(store.catalog, wait=True).mask(filters)
     assert mask is not None
     assert np.flatnonzero(mask).tolist() == _sql_ids(store, filters)
 
@@ -360,32 +428,39 @@ def test_columns_are_read_once_per_generation(tmp_path, color_aligner):
     indexer.run(store, color_aligner, [photos])
     catalog = store.catalog
     query = np.ones(48, np.float32) / math.sqrt(48)
-    leica, plan = Filters.parse(camera="leica"), filtered.Plan()
-    assert engine(store, query, 5, leica, plan) == [] and plan.evaluated == "sql"
-    first = _columns_when_read(catalog)
-    assert engine(store, query, 5, leica, plan) == [] and plan.evaluated == "columns"
+    leica, searcher = Filters.parse(camera="leica"), Searcher()
+    found = run(store, query, 5, leica, searcher=searcher)
+    assert _ids(found) == [] and found.evaluated == "sql"
+    first = _columns_when_read(searcher, catalog)
+    found = run(store, query, 5, leica, searcher=searcher)
+    assert _ids(found) == [] and found.evaluated == "columns"
     with catalog.snapshot():
-        assert filter_columns.columns_for(catalog) is first
+        assert searcher.columns_for(catalog) is first
     added = make_image(photos / "f0" / "new.png", seed=999, size=(80, 60))
     with Image.open(added) as im:
         added.write_bytes(tagged(im.convert("RGB"), make="Leica Camera AG", model="Q2", taken="2024:05:01 10:00:00", fmt="PNG"))
     (photos / "f1" / "img01.png").unlink()
     indexer.run(store, color_aligner, [photos])
     new_id = catalog.db.execute("SELECT id FROM images WHERE path LIKE '%new.png'").fetchone()[0]
-    assert engine(store, query, 5, leica, plan) == [new_id] and plan.evaluated == "sql"  # the old columns are not used
-    second = _columns_when_read(catalog)
+    found = run(store, query, 5, leica, searcher=searcher)
+    assert _ids(found) == [new_id] and found.evaluated == "sql"  # the old columns are not used
+    second = _columns_when_read(searcher, catalog)
     assert second is not first and second.generation == first.generation + 1
-    assert engine(store, query, 5, leica, plan) == [new_id] and plan.evaluated == "columns"
+    found = run(store, query, 5, leica, searcher=searcher)
+    assert _ids(found) == [new_id] and found.evaluated == "columns"
     everything = Filters.parse(after="2000-01-01")
-    assert engine(store, query, 100, everything, plan) == brute_force(store, query, 100, {"after": everything.after})
+    want = brute_force(store, query, 100, {"after": everything.after})
+    assert engine(store, query, 100, everything, searcher) == want
+    # Without a searcher nothing is kept: the filter runs in SQL.
+    assert run(store, query, 5, leica).evaluated == "sql"
     store.close()
 
 
-def _columns_when_read(catalog, seconds: float = 30.0):
+def _columns_when_read(searcher: Searcher, catalog, seconds: float = 30.0):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         with catalog.snapshot():
-            columns = filter_columns.columns_for(catalog)
+            columns = searcher.columns_for(catalog)
         if columns is not None:
             return columns
         time.sleep(0.05)
@@ -418,10 +493,10 @@ def test_stored_vectors_are_the_catalogs(library):
     picks = ids[::7][::-1].copy()
     want = vectors[np.searchsorted(ids, picks)]
     for factory in ("IDMap2,Flat", "IVF4,Flat"):
-        index, _ = faiss_index.build(ids, vectors, factory=factory)
-        assert np.array_equal(faiss_index.stored_vectors(index, picks), want), factory
-    sq8, _ = faiss_index.build(ids, vectors, factory="IDMap2,SQ8")
-    assert faiss_index.stored_vectors(sq8, picks) is None  # 8-bit codes: the catalog's vectors are used
+        index, _ = ann.build(ids, vectors, factory=factory)
+        assert np.array_equal(ann.stored_vectors(index, picks), want), factory
+    sq8, _ = ann.build(ids, vectors, factory="IDMap2,SQ8")
+    assert ann.stored_vectors(sq8, picks) is None  # 8-bit codes: the catalog's vectors are used
 
 
 def test_lookup_by_comparisons_and_by_gather_agree():
@@ -438,15 +513,16 @@ def test_eight_bit_codes_score_the_catalogs_vectors(library):
     store, photos, aligner = library
     catalog = store.catalog
     ids, vectors = (np.concatenate(x) for x in zip(*catalog.image_vectors()))
-    sq8, _ = faiss_index.build(ids, vectors, factory="IDMap2,SQ8")
+    sq8, _ = ann.build(ids, vectors, factory="IDMap2,SQ8")
     query = np.random.default_rng(5).normal(size=aligner.dim).astype(np.float32)
     query /= np.linalg.norm(query)
     for name in ("after", "camera", "combined"):
         case = _cases(photos)[name]
-        plan = filtered.Plan(mask_exact_max=10_000, wait_for_columns=True)
+        tuning = FilterTuning(mask_exact_max=10_000, wait_for_columns=True)
         with catalog.snapshot():
-            scores, got = filtered.search(catalog, sq8, query[None], 5, _filters(case), factory="IDMap2,SQ8", plan=plan)
-        assert plan.chosen == "exact" and [int(i) for i in got[0]] == brute_force(store, query, 5, _reference_args(case))
+            found = filtered.search(catalog, sq8, query[None], 5, _filters(case), factory="IDMap2,SQ8", tuning=tuning)
+        scores, got = found.scores, found.ids
+        assert found.chosen == "exact" and [int(i) for i in got[0]] == brute_force(store, query, 5, _reference_args(case))
         exact = {int(i): float(v @ query) for i, v in zip(ids, vectors)}
         assert np.allclose(scores[0], [exact[int(i)] for i in got[0]], atol=1e-6)
 
@@ -454,20 +530,20 @@ def test_eight_bit_codes_score_the_catalogs_vectors(library):
 def test_broad_filter_over_fetches_from_the_8_bit_copy():
     """A long-lived caller's exact index has an 8-bit copy (retrieval/ann/quickscan.py); a broad
     filter over-fetches from it and keeps the passing ids: the passing best k, exact cosines."""
-    from retrieval.ann.quickscan import QUICK_MIN, QuickScan
+    from retrieval.ann.quickscan import QuickScan
 
     rng = np.random.default_rng(11)
-    n = QUICK_MIN + 1_000
+    n = ann.DEFAULT.quick_min + 1_000
     vectors = rng.normal(size=(n, 32)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = np.arange(1, n + 1)
-    exact, _ = faiss_index.build(ids, vectors, factory="IDMap2,Flat")
+    exact, _ = ann.build(ids, vectors, factory="IDMap2,Flat")
     quick = QuickScan(exact)
     mask = np.zeros(n + 1, bool)
     mask[1:] = rng.random(n) < 0.4
     queries = vectors[:5] + rng.normal(0, 0.3, (5, 32)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    scores, got = filtered._overfetch_masked(exact, queries, 10, mask, 0.4, "IDMap2,Flat", None, None, quick)
+    scores, got = filtered.execute._overfetch_masked(exact, queries, 10, mask, 0.4, "IDMap2,Flat", None, None, quick)
     for q, s, row in zip(queries, scores, got):
         passing = np.flatnonzero(mask)
         truth = passing[np.argsort(-(vectors[passing - 1] @ q), kind="stable")[:10]]

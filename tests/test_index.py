@@ -12,6 +12,7 @@ from conftest import ColorAligner, make_image
 from retrieval.errors import ModelMismatch, RetrievalError
 from retrieval.ingest import pipeline as indexer
 from retrieval.ingest.pipeline import IndexSettings
+from retrieval.ingest.stream import batched
 from retrieval.search.query import search_vectors
 from retrieval.storage.catalog import from_blobs
 from retrieval.storage.store import IndexStore
@@ -140,7 +141,7 @@ def test_worker_processes_give_the_same_vectors_as_in_process(tmp_path, color_al
 
 
 def test_draft_decoding_shrinks_large_jpegs_but_never_below_the_model_input(tmp_path):
-    from retrieval.media.loader import decode, draft_size
+    from retrieval.media.decode import decode, draft_size
     from retrieval.media.transform import ImageTransform
 
     jpeg = make_image(tmp_path / "big.jpg", seed=5, size=(3000, 2000)).read_bytes()
@@ -156,7 +157,7 @@ def test_draft_decoding_shrinks_large_jpegs_but_never_below_the_model_input(tmp_
 
 
 def test_draft_decoding_of_large_jpegs_barely_moves_vectors(tmp_path):
-    from retrieval.media.loader import load
+    from retrieval.media.decode import load
 
     path = make_image(tmp_path / "big.jpg", seed=5, size=(3000, 2000))
     transform = ColorAligner().transform
@@ -205,7 +206,7 @@ def test_fast_path_gives_the_same_results_as_the_plain_path(tmp_path):
         # yes/no phrases ("a person"), which a borderline detection at the draft size flips. The
         # face cascade finds the astronaut in the full-size decode only, and with the people
         # weight of the 2026-12-02 recipe (0.7) that moves her vector to 0.89 (0.96 with 0.4);
-        # the others stay above 0.99. open_clip's ViT-B-32 moves less, see bench_index.py.
+        # the others stay above 0.99. open_clip's ViT-B-32 moves less, see benchmarks/bench_index.py.
         assert float(cosines.min()) > 0.85 and float(cosines.mean()) > 0.97
         # Each caption finds its own photo first in both indexes...
         queries = aligner.encode_texts(list(PHOTO_CAPTIONS.values()))
@@ -307,18 +308,18 @@ def test_vectors_are_stored_as_float32_blobs(store, color_aligner, image_dir):
 def test_single_queries_search_on_one_thread_with_the_same_results():
     import faiss
 
-    from retrieval.ann import index as faiss_index
+    from retrieval import ann
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(2000, 32)).astype(np.float32)
     faiss.normalize_L2(vectors)
     ids = np.arange(10, 2010, dtype=np.int64)
-    built, _ = faiss_index.build(ids, vectors, factory="IDMap2,Flat")
-    queries = vectors[:faiss_index.SMALL_BATCH + 4]
+    built, _ = ann.build(ids, vectors, factory="IDMap2,Flat")
+    queries = vectors[:ann.SMALL_BATCH + 4]
     threads = faiss.omp_get_max_threads()
-    batch_scores, batch_ids = faiss_index.search(built, queries, 5)
+    batch_scores, batch_ids = ann.search(built, queries, 5)
     for i, query in enumerate(queries):
-        scores, got = faiss_index.search(built, query[None], 5)
+        scores, got = ann.search(built, query[None], 5)
         assert got[0].tolist() == batch_ids[i].tolist()
         np.testing.assert_allclose(scores[0], batch_scores[i], rtol=1e-5)
     assert batch_ids[:, 0].tolist() == ids[: len(queries)].tolist()
@@ -386,7 +387,7 @@ def test_a_run_holds_no_python_objects_per_file(tmp_path, color_aligner, monkeyp
     """Python-side memory of a run must not grow with the folder (bookkeeping lives in SQLite).
 
     tracemalloc sees Python objects and numpy arrays, not FAISS's own allocation of the index,
-    which grows with the collection by nature (scripts/bench_memory.py measures the whole process).
+    which grows with the collection by nature (benchmarks/bench_memory.py measures the whole process).
     """
     import tracemalloc
 
@@ -419,7 +420,7 @@ def test_a_run_holds_no_python_objects_per_file(tmp_path, color_aligner, monkeyp
 
 def test_an_index_built_from_chunks_matches_one_built_at_once():
     """The engine streams vectors from the catalog in chunks; IVF training, adding and tuning must not notice."""
-    from retrieval.ann import index as faiss_index
+    from retrieval import ann
 
     rng = np.random.default_rng(4)
     centres = rng.normal(size=(40, 16))
@@ -430,16 +431,16 @@ def test_an_index_built_from_chunks_matches_one_built_at_once():
     def chunks():
         return [(ids[i : i + 700], vectors[i : i + 700]) for i in range(0, 3000, 700)]
 
-    whole, info = faiss_index.build(ids, vectors, factory="IVF32,Flat")
-    parts, streamed = faiss_index.build_streamed(chunks, 3000, 16, factory="IVF32,Flat")
+    whole, info = ann.build(ids, vectors, factory="IVF32,Flat")
+    parts, streamed = ann.build_streamed(chunks, 3000, 16, factory="IVF32,Flat")
     assert (streamed.nprobe, streamed.recall_at_10) == (info.nprobe, info.recall_at_10)
-    assert info.recall_at_10 >= faiss_index.TARGET_RECALL and parts.ntotal == 3000
+    assert info.recall_at_10 >= ann.DEFAULT.target_recall and parts.ntotal == 3000
     queries = vectors[rng.choice(3000, 50, replace=False)]
-    np.testing.assert_array_equal(faiss_index.search(whole, queries, 10)[1], faiss_index.search(parts, queries, 10)[1])
+    np.testing.assert_array_equal(ann.search(whole, queries, 10)[1], ann.search(parts, queries, 10)[1])
     # the chunk-by-chunk exact top-k is the exact top-k
     truth = ids[np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :10]]
-    got = faiss_index.exact_top_k(chunks, queries, 10)
-    assert faiss_index.recall_at_k(truth, got) == 1.0
+    got = ann.exact_top_k(chunks, queries, 10)
+    assert ann.recall_at_k(truth, got) == 1.0
 
 
 # 2,000 bytes: 40 float32 48-d vectors (7,680 bytes) do not fit, their 8-bit codes (1,920) do
@@ -448,22 +449,21 @@ def test_an_index_built_from_chunks_matches_one_built_at_once():
 def test_a_growing_collection_moves_from_exact_to_ivf_built_from_the_catalog(
     store, color_aligner, tmp_path, monkeypatch, codes, limit
 ):
-    from retrieval.ann import index as faiss_index
+    from retrieval import ann
     from retrieval.storage import catalog
 
-    monkeypatch.setattr(faiss_index, "EXACT_LIMIT", 20)
     monkeypatch.setattr(catalog, "CHUNK_ROWS", 7)  # the rebuild reads the catalog in several chunks
     folder = tmp_path / "grow"
     for i in range(20):
         make_image(folder / f"{i:02d}.png", seed=i)
-    settings = IndexSettings(workers=0, max_index_memory=limit)
+    settings = IndexSettings(workers=0, max_index_memory=limit, ann=ann.AnnSettings(exact_limit=20))
     run(store, color_aligner, folder, settings=settings)
     assert store.catalog.get_meta("index_factory") == f"IDMap2,{codes}"
     for i in range(20, 40):
         make_image(folder / f"{i:02d}.png", seed=i)
     run(store, color_aligner, folder, settings=settings)
     assert store.catalog.get_meta("index_factory") == f"IVF{int(4 * 40 ** 0.5)},{codes}"
-    assert store.catalog.get_meta("index_recall_at_10") >= faiss_index.TARGET_RECALL
+    assert store.catalog.get_meta("index_recall_at_10") >= ann.DEFAULT.target_recall
     for gone in range(5):
         (folder / f"{gone:02d}.png").unlink()
     run(store, color_aligner, folder, settings=settings)  # still IVF: updated in place
@@ -474,18 +474,18 @@ def test_a_growing_collection_moves_from_exact_to_ivf_built_from_the_catalog(
 
 
 def test_index_type_follows_size_and_memory():
-    from retrieval.ann import index as faiss_index
+    from retrieval import ann
 
-    assert faiss_index.factory_for(1000) == "IDMap2,Flat"
-    assert faiss_index.factory_for(1000, 512, memory_limit=10**9) == "IDMap2,Flat"
-    assert faiss_index.factory_for(1000, 512, memory_limit=1000 * 512 * 4 - 1) == "IDMap2,SQ8"
-    assert faiss_index.factory_for(1_000_000, 512, memory_limit=2**32) == "IVF4000,Flat"
-    assert faiss_index.factory_for(1_000_000, 512, memory_limit=2**30) == "IVF4000,SQ8"
-    assert faiss_index.reranks("IVF4000,SQ8") and not faiss_index.reranks("IVF4000,Flat")
+    assert ann.factory_for(1000) == "IDMap2,Flat"
+    assert ann.factory_for(1000, 512, memory_limit=10**9) == "IDMap2,Flat"
+    assert ann.factory_for(1000, 512, memory_limit=1000 * 512 * 4 - 1) == "IDMap2,SQ8"
+    assert ann.factory_for(1_000_000, 512, memory_limit=2**32) == "IVF4000,Flat"
+    assert ann.factory_for(1_000_000, 512, memory_limit=2**30) == "IVF4000,SQ8"
+    assert ann.reranks("IVF4000,SQ8") and not ann.reranks("IVF4000,Flat")
 
 
 def test_an_index_over_its_memory_limit_keeps_8_bit_codes_and_ranks_exactly(store, color_aligner, tmp_path, caplog):
-    from retrieval.ann import index as faiss_index
+    from retrieval import ann
     from retrieval.api import open_index
 
     folder = tmp_path / "many"
@@ -495,11 +495,11 @@ def test_an_index_over_its_memory_limit_keeps_8_bit_codes_and_ranks_exactly(stor
     indexer.run(store, color_aligner, [folder], settings=IndexSettings(workers=0, max_index_memory=limit))
     assert store.catalog.get_meta("index_factory") == "IDMap2,SQ8"
     assert "even with 8-bit codes" not in caplog.text  # 3,840 bytes of codes fit
-    index = faiss_index.read(store.faiss_path("images", store.catalog.generation))
-    assert faiss_index.describe(index) == "IndexScalarQuantizer"
+    index = ann.read(store.faiss_path("images", store.catalog.generation))
+    assert ann.describe(index) == "IndexScalarQuantizer"
     info = open_index(str(store.folder)).info()
-    assert info["index_type"] == "IDMap2,SQ8" and info["rescored_per_result"] == faiss_index.RERANK_FACTOR
-    assert info["recall_at_10_vs_exact"] >= faiss_index.TARGET_RECALL
+    assert info["index_type"] == "IDMap2,SQ8" and info["rescored_per_result"] == ann.DEFAULT.rerank_factor
+    assert info["recall_at_10_vs_exact"] >= ann.DEFAULT.target_recall
     # Results and scores equal exact search over the float32 vectors the catalog keeps.
     ids, vectors = next(store.catalog.image_vectors())
     queries = vectors[:10] + np.random.default_rng(0).normal(0, 0.2, (10, vectors.shape[1])).astype(np.float32)
@@ -518,13 +518,13 @@ def test_an_index_over_its_memory_limit_keeps_8_bit_codes_and_ranks_exactly(stor
 
 
 def test_search_ranked_rescores_candidates_with_exact_vectors():
-    from retrieval.ann import index as faiss_index
+    from retrieval import ann
 
     rng = np.random.default_rng(2)
     vectors = rng.normal(size=(500, 32)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = np.arange(500, dtype=np.int64) + 1000
-    sq, _ = faiss_index.build(ids, vectors, factory="IDMap2,SQ8")
+    sq, _ = ann.build(ids, vectors, factory="IDMap2,SQ8")
     queries = vectors[:20]
     looked_up = []
 
@@ -532,19 +532,19 @@ def test_search_ranked_rescores_candidates_with_exact_vectors():
         looked_up.append(len(wanted))
         return {i: vectors[i - 1000] for i in wanted}
 
-    scores, got = faiss_index.search_ranked(sq, queries, 5, factory="IDMap2,SQ8", lookup=lookup)
+    scores, got = ann.search_ranked(sq, queries, 5, factory="IDMap2,SQ8", lookup=lookup)
     truth = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :5] + 1000
     np.testing.assert_array_equal(got, truth)
     np.testing.assert_allclose(scores, np.sort(queries @ vectors.T, axis=1)[:, ::-1][:, :5], atol=1e-6)
-    assert looked_up and looked_up[0] <= 20 * 5 * faiss_index.RERANK_FACTOR
-    plain = faiss_index.search_ranked(sq, queries, 5, factory="IDMap2,Flat", lookup=lookup)  # no re-ranking
+    assert looked_up and looked_up[0] <= 20 * 5 * ann.DEFAULT.rerank_factor
+    plain = ann.search_ranked(sq, queries, 5, factory="IDMap2,Flat", lookup=lookup)  # no re-ranking
     assert len(looked_up) == 1 and plain[1].shape == (20, 5)
 
 
 def test_the_first_batch_can_be_short_so_the_model_starts_sooner():
-    assert list(indexer.batched(range(10), 4, first=2)) == [[0, 1], [2, 3, 4, 5], [6, 7, 8, 9]]
-    assert list(indexer.batched(range(5), 4)) == [[0, 1, 2, 3], [4]]
-    assert list(indexer.batched([], 4, first=2)) == []
+    assert list(batched(range(10), 4, first=2)) == [[0, 1], [2, 3, 4, 5], [6, 7, 8, 9]]
+    assert list(batched(range(5), 4)) == [[0, 1, 2, 3], [4]]
+    assert list(batched([], 4, first=2)) == []
 
 
 def test_a_file_name_that_is_not_utf8_is_reported_not_fatal(store, color_aligner, tmp_path):

@@ -2,7 +2,7 @@
 
 The real test builds an inverted file over real images with the real `default` aligner and
 checks held-out text queries against exact search at the tuned settings. Tuning on near
-queries alone (the code before retrieval/ann/probes.py) left them well below the target.
+queries alone (the code before retrieval/ann/tuning_queries.py) left them well below the target.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from conftest import skimage_photo
 
-from retrieval.ann import index as faiss_index
-from retrieval.ann import probes
+from retrieval import ann
+from retrieval.ann import tuning_queries
 from retrieval.ingest import pipeline as indexer
 from retrieval.ingest.pipeline import IndexSettings
 from retrieval.search.query import search_vectors
 from retrieval.storage.store import IndexStore
 
-#: Text queries of the kinds people type, none of them among probes.PROMPTS (checked below).
+#: Text queries of the kinds people type, none of them among tuning_queries.PROMPTS (checked below).
 HELD_OUT = [
     "a photo of a coat", "a pair of trousers", "a sneaker", "a leather handbag", "a summer dress",
     "an ankle boot", "a shirt with buttons", "a sandal", "a red circle", "a blue square",
@@ -70,17 +70,15 @@ def real_ivf(tmp_path_factory, default_aligner):
     """A real index over real images, as `retrieval index` builds it, made an inverted file by a low exact limit."""
     root = tmp_path_factory.mktemp("tuning")
     folder = real_images(root / "images")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(faiss_index, "EXACT_LIMIT", 50)
-        store = IndexStore.open(root / "idx", create=True)
-        indexer.run(store, default_aligner, [folder], settings=IndexSettings(workers=0))
+    store = IndexStore.open(root / "idx", create=True)
+    indexer.run(store, default_aligner, [folder], settings=IndexSettings(workers=0, ann=ann.AnnSettings(exact_limit=50)))
     yield store
     store.close()
 
 
 def test_held_out_queries_are_not_tuning_prompts():
-    assert not set(HELD_OUT) & set(probes.PROMPTS)
-    assert len(probes.PROMPTS) >= 300 and len(set(probes.PROMPTS)) == len(probes.PROMPTS)
+    assert not set(HELD_OUT) & set(tuning_queries.PROMPTS)
+    assert len(tuning_queries.PROMPTS) >= 300 and len(set(tuning_queries.PROMPTS)) == len(tuning_queries.PROMPTS)
 
 
 @pytest.mark.slow
@@ -94,12 +92,12 @@ def test_text_queries_reach_the_target_recall_at_the_tuned_nprobe(real_ivf, defa
     queries = default_aligner.encode_texts(HELD_OUT)
     truth = ids[np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :10]]
     got = np.array([[h.id for h in hits] for hits in search_vectors(store, queries, 10)])
-    assert faiss_index.recall_at_k(truth, got) >= faiss_index.TARGET_RECALL
+    assert ann.recall_at_k(truth, got) >= ann.DEFAULT.target_recall
     # Not every list: then the index would be exact search at a higher cost.
     assert store.catalog.get_meta("index_nprobe") < int(factory[3:].split(",")[0])
     assert "text prompts encoded by" in store.catalog.get_meta("index_recall_measured_on")
     by_queries = store.catalog.get_meta("index_recall_by_queries")
-    assert set(by_queries) == {"near", "far"} and min(by_queries.values()) >= faiss_index.TARGET_RECALL
+    assert set(by_queries) == {"near", "far"} and min(by_queries.values()) >= ann.DEFAULT.target_recall
 
 
 def clustered(n: int, dim: int, seed: int) -> np.ndarray:
@@ -113,51 +111,50 @@ def test_without_an_aligner_random_directions_stand_in_for_text_queries():
     """No aligner (a rebuild, an import): far queries are random directions, and held-out ones reach the target."""
     vectors = clustered(20_000, 32, seed=1)
     ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
-    index, info = faiss_index.build(ids, vectors, factory="IVF128,Flat")
+    index, info = ann.build(ids, vectors, factory="IVF128,Flat")
     assert info.tuned_on.startswith("500 image-like queries") and "random directions" in info.tuned_on
-    far = probes.stand_in(32, 200, seed=99)  # not the tuning draws
+    far = tuning_queries.stand_in(32, 200, seed=99)  # not the tuning draws
     truth = ids[np.argsort(-(far @ vectors.T), axis=1)[:, :10]]
-    assert faiss_index.recall_at_k(truth, index.search(far, 10)[1]) >= faiss_index.TARGET_RECALL - 0.01
+    assert ann.recall_at_k(truth, index.search(far, 10)[1]) >= ann.DEFAULT.target_recall - 0.01
     # Near queries alone would have settled for fewer lists, where far queries fall short.
-    near_only = probes.Probes({"near": probes.near(vectors)}, "near only")
+    near_only = tuning_queries.Probes({"near": tuning_queries.near(vectors)}, "near only")
     chunks = lambda: [(ids, vectors)]  # noqa: E731
-    truths = faiss_index.split_truth(near_only, faiss_index.exact_top_k(chunks, near_only.sets["near"], 10))
-    fewer = faiss_index.tune(index, near_only, truths, faiss_index.IndexInfo("IVF128,Flat", len(ids))).nprobe
+    truths = ann.split_truth(near_only, ann.exact_top_k(chunks, near_only.sets["near"], 10))
+    fewer = ann.tune(index, near_only, truths, ann.IndexInfo("IVF128,Flat", len(ids))).nprobe
     assert fewer < info.nprobe
-    assert faiss_index.recall_at_k(truth, index.search(far, 10)[1]) < faiss_index.TARGET_RECALL
+    assert ann.recall_at_k(truth, index.search(far, 10)[1]) < ann.DEFAULT.target_recall
 
 
 def test_codes_that_need_more_candidates_get_a_wider_rescoring():
     """Product-quantized codes reorder near-ties too much for 4 x k candidates: the tuning widens re-scoring, searches use it."""
     vectors = clustered(3_000, 32, seed=2)
     ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
-    index, info = faiss_index.build(ids, vectors, factory="IVF8,PQ16x4")
-    assert info.rerank > faiss_index.RERANK_FACTOR and info.recall_at_10 >= faiss_index.TARGET_RECALL
-    queries = np.concatenate([probes.near(vectors, 100, seed=5), probes.stand_in(32, 100, seed=6)])
+    index, info = ann.build(ids, vectors, factory="IVF8,PQ16x4")
+    assert info.rerank > ann.DEFAULT.rerank_factor and info.recall_at_10 >= ann.DEFAULT.target_recall
+    queries = np.concatenate([tuning_queries.near(vectors, 100, seed=5), tuning_queries.stand_in(32, 100, seed=6)])
     truth = ids[np.argsort(-(queries @ vectors.T), axis=1)[:, :10]]
 
     def lookup(wanted):
         return {i: vectors[i - 1] for i in wanted}
 
     def recall(rerank):
-        got = faiss_index.search_ranked(index, queries, 10, factory="IVF8,PQ16x4", lookup=lookup, rerank=rerank)[1]
-        return faiss_index.recall_at_k(truth, got)
+        got = ann.search_ranked(index, queries, 10, factory="IVF8,PQ16x4", lookup=lookup, rerank=rerank)[1]
+        return ann.recall_at_k(truth, got)
 
-    assert recall(info.rerank) >= faiss_index.TARGET_RECALL - 0.01
-    assert recall(info.rerank) > recall(faiss_index.RERANK_FACTOR)
+    assert recall(info.rerank) >= ann.DEFAULT.target_recall - 0.01
+    assert recall(info.rerank) > recall(ann.DEFAULT.rerank_factor)
     assert isinstance(faiss.extract_index_ivf(index), faiss.IndexIVF)
 
 
-def test_an_inverted_file_tuned_the_old_way_is_retuned_at_its_next_publish(tmp_path, color_aligner, monkeypatch):
+def test_an_inverted_file_tuned_the_old_way_is_retuned_at_its_next_publish(tmp_path, color_aligner):
     """Indexes built before far queries were tuned on kept an nprobe for near queries only: the next run rebuilds them."""
     from conftest import make_image
 
-    monkeypatch.setattr(faiss_index, "EXACT_LIMIT", 20)
     folder = tmp_path / "images"
     for i in range(64):  # 64 and 65 images both make IVF32: the index type stays, so only its tuning can change
         make_image(folder / f"{i:02d}.png", seed=i)
     store = IndexStore.open(tmp_path / "idx", create=True)
-    settings = IndexSettings(workers=0)
+    settings = IndexSettings(workers=0, ann=ann.AnnSettings(exact_limit=20))
     indexer.run(store, color_aligner, [folder], settings=settings)
     assert store.catalog.get_meta("index_factory") == "IVF32,Flat"
     # What an index published by the old code looks like: no record of what recall was measured on.

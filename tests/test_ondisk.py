@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_image
 
-from retrieval.ann import index as faiss_index
-from retrieval.ann import ondisk, probes
+from retrieval import ann
+from retrieval.ann import ondisk, tuning_queries
 from retrieval.cli import main
 from retrieval.ingest import pipeline as indexer
 from retrieval.ingest.pipeline import IndexSettings
@@ -51,8 +51,8 @@ def collection(tmp_path_factory):
     vectors = clustered(3000, seed=1)
     fill(store, vectors)
     _, info = ondisk.build(store.catalog.image_vectors, 3000, DIM, store.faiss_path("images", 1), shard_rows=1000)
-    exact, _ = faiss_index.build(np.arange(1, 3001), vectors, factory="IDMap2,Flat")
-    faiss_index.write(exact, store.faiss_path("images", 2))
+    exact, _ = ann.build(np.arange(1, 3001), vectors, factory="IDMap2,Flat")
+    ann.write(exact, store.faiss_path("images", 2))
     yield store, vectors, info
     store.close()
 
@@ -60,14 +60,14 @@ def collection(tmp_path_factory):
 def test_on_disk_index_returns_the_top_k_of_the_in_memory_one(collection):
     store, vectors, info = collection
     assert info.factory == "IVF219_HNSW32,SQ8" and info.ntotal == 3000  # about 4 sqrt(n) lists
-    assert info.recall_at_10 >= faiss_index.TARGET_RECALL
+    assert info.recall_at_10 >= ann.DEFAULT.target_recall
     queries = clustered(100, seed=2)
     results = {}
     for gen, factory in ((1, info.factory), (2, "IDMap2,Flat")):
         store.catalog.set_meta(generation=gen, index_factory=factory)
         results[gen] = search_vectors(store, queries, k=10)
     same = sum(len({h.id for h in a} & {h.id for h in b}) for a, b in zip(results[1], results[2]))
-    assert same / 1000 >= faiss_index.TARGET_RECALL
+    assert same / 1000 >= ann.DEFAULT.target_recall
     # Candidates are re-scored exactly: a result found by both carries the same (exact) score.
     for disk, memory in zip(results[1], results[2]):
         exact = {h.id: h.score for h in memory}
@@ -75,7 +75,7 @@ def test_on_disk_index_returns_the_top_k_of_the_in_memory_one(collection):
             if hit.id in exact:
                 assert hit.score == pytest.approx(exact[hit.id], abs=1e-5)
     # And on its own the FAISS structure holds every vector once, in the lists file.
-    index = faiss_index.read(store.faiss_path("images", 1))
+    index = ann.read(store.faiss_path("images", 1))
     assert index.ntotal == 3000
     lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
     assert isinstance(lists, faiss.OnDiskInvertedLists)
@@ -93,7 +93,7 @@ def test_a_moved_index_folder_finds_its_lists_and_keeps_stdout_clean(collection,
     store, vectors, info = collection
     moved = tmp_path / "moved"
     shutil.copytree(store.folder, moved)
-    index = faiss_index.read(moved / "images-1.faiss", mmap=True)
+    index = ann.read(moved / "images-1.faiss", mmap=True)
     lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
     assert lists.filename == str(moved / "images-1.ivfdata")
     index.nprobe = info.nprobe
@@ -112,7 +112,7 @@ def test_split_makes_consecutive_runs_of_whole_chunks():
 def test_build_shard_is_a_plain_function_over_files(tmp_path):
     vectors = clustered(400, seed=3)
     trained = tmp_path / "trained.faiss"
-    faiss_index.write(ondisk.train(vectors, ondisk.nlist_for(400)), trained)
+    ann.write(ondisk.train(vectors, ondisk.nlist_for(400)), trained)
     parts = [(np.arange(1, 201), vectors[:200]), (np.arange(201, 401), vectors[200:])]
     shards = [tmp_path / "s0.faiss", tmp_path / "s1.faiss"]
     assert [ondisk.build_shard(trained, [p], s) for p, s in zip(parts, shards)] == [200, 200]
@@ -147,7 +147,7 @@ def test_index_on_disk_publishes_atomically_and_prunes_old_lists(tmp_path, color
     # A reader holding generation 1 keeps searching it while generation 2 is built and published.
     reader = IndexStore(store.folder)
     with reader.catalog.snapshot():
-        old = faiss_index.read(reader.faiss_path("images", reader.catalog.generation), mmap=True)
+        old = ann.read(reader.faiss_path("images", reader.catalog.generation), mmap=True)
         for i in range(60, 70):
             make_image(folder / f"{i:02d}.png", seed=300 + i)
         indexer.run(store, color_aligner, [folder], settings=settings)
@@ -165,7 +165,7 @@ def test_index_on_disk_publishes_atomically_and_prunes_old_lists(tmp_path, color
     assert "images-1.ivfdata" not in names and "images-1.faiss" not in names
     info = open_index(str(store.folder)).info()
     assert info["lists_on_disk"].startswith("images-3.ivfdata") and info["index_files"] == "ok"
-    assert info["rescored_per_result"] == faiss_index.RERANK_FACTOR
+    assert info["rescored_per_result"] == ann.DEFAULT.rerank_factor
     store.close()
 
     result = CliRunner().invoke(main, ["info", "--index", str(tmp_path / "idx"), "--json"])
@@ -208,10 +208,10 @@ def test_nprobe_tuning_widens_an_hnsw_quantizer_with_nprobe():
     def chunks():
         yield ids, vectors
 
-    queries = probes.Probes({"near": probes.near(vectors, 200)}, "near queries only")
-    truths = faiss_index.split_truth(queries, faiss_index.exact_top_k(chunks, queries.sets["near"], 10))
-    info = faiss_index.tune(ivf, queries, truths, faiss_index.IndexInfo("IVF256_HNSW32,Flat", len(vectors)))
+    queries = tuning_queries.Probes({"near": tuning_queries.near(vectors, 200)}, "near queries only")
+    truths = ann.split_truth(queries, ann.exact_top_k(chunks, queries.sets["near"], 10))
+    info = ann.tune(ivf, queries, truths, ann.IndexInfo("IVF256_HNSW32,Flat", len(vectors)))
     nprobe = info.nprobe
-    assert info.recall_at_10 >= faiss_index.TARGET_RECALL
+    assert info.recall_at_10 >= ann.DEFAULT.target_recall
     assert 4 < nprobe < ivf.nlist
     assert faiss.downcast_index(ivf.quantizer).hnsw.efSearch >= nprobe

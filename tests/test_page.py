@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from conftest import REAL_PHOTOS, skimage_photo
+from conftest import REAL_PHOTOS, make_image, skimage_photo
 from server_kit import GENERATED, ServerProcess, color_index, photo_index
 
 pytestmark = pytest.mark.slow  # the real default aligner, a browser and server processes
@@ -43,9 +43,32 @@ def browser():
         browser.close()
 
 
+#: Photos for an index with no cat and no captions: scikit-image's real photos but chelsea.png.
+NO_CATS = [name for name in REAL_PHOTOS if name != "chelsea.png"] + [
+    "brick.png", "coins.png", "grass.png", "gravel.png", "moon.png", "page.png", "horse.png",
+    "hubble_deep_field.jpg", "retina.jpg", "clock_motion.png", "color.png", "ihc.png", "text.png",
+]
+
+
+def no_cats_index(root: Path) -> Path:
+    """The `default` aligner over NO_CATS and a dozen generated pictures: no cat, no captions."""
+    from retrieval.api import build_index
+    from retrieval.ingest.pipeline import IndexSettings
+
+    photos = root / "nocats-photos"
+    photos.mkdir()
+    for name in NO_CATS:
+        shutil.copyfile(skimage_photo(name), photos / name)
+    for i in range(12):
+        make_image(photos / "generated" / f"gen{i:02d}.jpg", seed=300 + i, size=(96, 64))
+    build_index([photos], index=str(root / "nocats"), settings=IndexSettings(workers=0))
+    return root / "nocats"
+
+
 @pytest.fixture(scope="module")
 def servers():
-    """One server with three indexes (the photos, an empty one, one without captions), one with a token."""
+    """One server with four indexes (the photos, an empty one, one without captions, one with
+    no cat), one with a token."""
     from retrieval.storage.store import IndexStore
 
     index, photos = photo_index()
@@ -54,7 +77,8 @@ def servers():
     IndexStore.open(str(empty), create=True).close()
     # No captions, and never searched here (its plumbing-only aligner is not loadable by the server).
     uncaptioned, _ = color_index(scratch)
-    main = ServerProcess("--index", str(index), "--index", str(empty), "--index", str(uncaptioned))
+    nocats = no_cats_index(scratch)
+    main = ServerProcess("--index", str(index), "--index", str(empty), "--index", str(uncaptioned), "--index", str(nocats))
     locked = ServerProcess("--index", str(index), "--token", TOKEN)
     yield {"main": main, "locked": locked, "index": index.name, "photos": photos}
     main.stop()
@@ -141,6 +165,25 @@ def test_scrolling_loads_every_result_once_in_order(page, servers):
     assert len(seen) == len(set(seen)) == TOTAL
     assert seen[: len(first)] == first
     assert seen == [r["id"] for r in api(servers, q="a photo", k=TOTAL)["results"]]
+
+
+def test_a_query_with_no_close_match_says_so(page, servers):
+    page.goto("/?index=nocats&q=a+cat")
+    wait_loaded(page, 1)
+    settle(page)
+    hint = page.locator("#weak")
+    assert hint.is_visible() and "No close matches" in hint.text_content()
+    # The hint follows the served index's own threshold, and its best score is under it.
+    weak_below = next(i for i in httpx.get(servers["main"].url + "/api/indexes").json()["indexes"]
+                      if i["name"] == "nocats")["weak_below"]
+    assert api(servers, index="nocats", q="a cat", k=1)["results"][0]["score"] < weak_below
+
+    page.goto("/?index=nocats&q=a+red+motorcycle")
+    wait_loaded(page, 1)
+    settle(page)
+    assert card_names(page)[0] == "motorcycle_left.png"
+    assert page.locator("#weak").is_hidden()
+    assert "a red motorcycle" in page.locator("#status").text_content()
 
 
 # -- searching by example ------------------------------------------------------------------
@@ -240,6 +283,28 @@ def test_captions_switch_says_when_the_index_has_none(page):
     assert query_of(page)["target"] == ["texts"]
 
 
+def test_captions_tab_after_a_query_shows_what_a_fresh_load_shows(page):
+    searches: list[str] = []
+    page.on("request", lambda r: "/api/search" in r.url and searches.append(r.url))
+    page.goto("/?index=nocats&q=a+red+motorcycle&target=texts")
+    page.locator("#message", has_text="has no captions").wait_for()
+    fresh = page.locator("#message").text_content()
+
+    page.set_viewport_size({"width": 800, "height": 400})  # the results reach far below the screen
+    page.goto("/?index=nocats&q=a+red+motorcycle")
+    wait_loaded(page, 1)
+    settle(page)
+    assert page.evaluate("document.getElementById('more').getBoundingClientRect().top") > 400 + 600
+    searches.clear()
+    page.locator("label", has_text="Captions").click()
+    page.locator("#message").wait_for()
+    page.wait_for_timeout(1000)  # time for a stray search to replace the message
+    settle(page)
+    assert page.locator("#message").text_content() == fresh
+    assert page.locator("#message.error").count() == 0
+    assert searches == []  # the page knows the index has no captions: nothing to ask
+
+
 # -- fused queries and shareable URLs --------------------------------------------------------
 def test_a_fused_query_in_the_url_reloads_to_the_same_results(page, servers, browser):
     page.goto("/?q=a+red+motorcycle")
@@ -300,12 +365,53 @@ def test_filters_are_sent_only_when_filled(page, servers):
     assert len(card_ids(page)) == TOTAL
 
 
+# -- a phone, and what a load asks the server ------------------------------------------------
+def overlaps(a: dict, b: dict) -> bool:
+    across = a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"]
+    return across and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"]
+
+
+def test_a_phone_with_several_indexes_keeps_the_query_in_view(page):
+    width = 390
+    page.set_viewport_size({"width": width, "height": 844})
+    page.goto("/?q=a+red+motorcycle")
+    wait_loaded(page, 1)
+    settle(page)
+    assert page.locator("#index-picker").is_visible()
+    field, form = page.locator("#q").bounding_box(), page.locator("#search").bounding_box()
+    button, picker = page.locator("#search .go").bounding_box(), page.locator("#index").bounding_box()
+    assert field["width"] >= 0.6 * width, field
+    assert not overlaps(picker, form) and not overlaps(picker, button), (picker, form, button)
+    for box in (field, form, button, picker):
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width, box
+    assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing pushed off the side
+    # The query can be read: it fits in the field, and nothing lies on top of the field.
+    assert page.input_value("#q") == "a red motorcycle"
+    assert page.locator("#q").evaluate("q => q.scrollWidth <= q.clientWidth")
+    centre = [field["x"] + field["width"] / 2, field["y"] + field["height"] / 2]
+    assert page.evaluate("([x, y]) => document.elementFromPoint(x, y).id", centre) == "q"
+    on_top = "b => { const r = b.getBoundingClientRect(); return b.contains(document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2)); }"
+    assert page.locator("#search .go").evaluate(on_top)  # the Search button can be pressed
+    assert page.get_by_role("button", name="Search", exact=True).is_visible()  # and is still called Search
+
+
+def test_a_query_in_the_url_is_searched_once(page):
+    searches: list[str] = []
+    page.on("request", lambda r: "/api/search" in r.url and searches.append(r.url))
+    page.goto("/?q=a+cat")
+    wait_loaded(page, 1)
+    settle(page)
+    page.wait_for_timeout(1500)  # a second search would have been sent by now
+    assert len(searches) == 1, searches
+
+
 # -- indexes, empty index, errors, login -----------------------------------------------------
 def test_index_picker_and_the_empty_index_message(page, servers):
     page.goto("/")
     picker = page.locator("#index")
     picker.wait_for()
-    assert [o.strip().split(" ·")[0] for o in picker.locator("option").all_text_contents()] == [servers["index"], "empty", "cidx"]
+    names = [o.strip().split(" ·")[0] for o in picker.locator("option").all_text_contents()]
+    assert names == [servers["index"], "empty", "cidx", "nocats"]
     picker.select_option("empty")
     page.locator("#message", has_text="is empty").wait_for()
     assert query_of(page)["index"] == ["empty"]

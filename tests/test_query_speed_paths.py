@@ -1,10 +1,10 @@
 """The fast paths of a warm query give the same answers as the plain ones.
 
-- FAISS indexes kept loaded between searches (retrieval/search/resident.py): read once per file,
+- FAISS indexes a searcher keeps loaded between searches (retrieval/search/resident.py): read once per file,
   a newly published generation is picked up, an unpublished one never, damage still seen;
 - the cache of recent query-text vectors (retrieval/search/textcache.py);
 - MiniLM's packed numpy forward on one BLAS thread agrees with the torch form.
-Their speed is measured by scripts/bench_server.py, not here.
+Their speed is measured by benchmarks/bench_server.py, not here.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from conftest import ColorAligner, make_image
 
-from retrieval.ann import index as faiss_index
+from retrieval import ann
 from retrieval.errors import DamagedIndex
 from retrieval.ingest import pipeline as indexer
 from retrieval.ingest.pipeline import IndexSettings
-from retrieval.search import resident
 from retrieval.search.query import Query, query_vector, search_vectors
+from retrieval.search.searcher import Searcher
+from retrieval.search.settings import SearchSettings
 from retrieval.search.textcache import TextVectorCache
 from retrieval.storage.store import IndexStore
 
@@ -27,12 +28,13 @@ SEQUENTIAL = IndexSettings(workers=0, batch_size=4)
 
 @pytest.fixture
 def indexed(tmp_path, image_dir, color_aligner):
-    """A published index of the 12 generated images, its writer store, and a separate reader."""
+    """A published index of the 12 generated images, its writer store, a separate reader, and its searcher."""
     writer = IndexStore.open(tmp_path / "idx", create=True)
     indexer.run(writer, color_aligner, [image_dir], settings=SEQUENTIAL)
     reader = IndexStore.open(writer.folder)
-    yield writer, reader
-    resident.forget(reader)
+    searcher = Searcher()
+    yield writer, reader, searcher
+    searcher.forget(reader)
     reader.close()
     writer.close()
 
@@ -41,67 +43,85 @@ def indexed(tmp_path, image_dir, color_aligner):
 def reads(monkeypatch):
     """Names of the FAISS files searches read (mapped; an index run reads its previous file whole)."""
     calls = []
-    real = faiss_index.read
+    real = ann.read
 
     def counting(path, mmap=False):
         if mmap:
             calls.append(path.name)
         return real(path, mmap=mmap)
 
-    monkeypatch.setattr(faiss_index, "read", counting)
+    monkeypatch.setattr(ann, "read", counting)
     return calls
 
 
-def ranked(store, vector, k=50) -> list[tuple[int, float]]:
-    return [(h.id, h.score) for h in search_vectors(store, vector, k)[0]]
+def ranked(store, vector, searcher, k=50) -> list[tuple[int, float]]:
+    return [(h.id, h.score) for h in search_vectors(store, vector, k, searcher=searcher)[0]]
 
 
-def test_kept_index_is_read_once_and_answers_as_a_fresh_read(indexed, color_aligner, reads, monkeypatch):
-    writer, reader = indexed
+def test_kept_index_is_read_once_and_answers_as_a_fresh_read(indexed, color_aligner, reads):
+    writer, reader, searcher = indexed
     vector = color_aligner.encode_texts(["red"])
-    first = ranked(reader, vector)
-    assert ranked(reader, vector) == first and ranked(reader, vector, k=3) == first[:3]
+    first = ranked(reader, vector, searcher)
+    assert ranked(reader, vector, searcher) == first and ranked(reader, vector, searcher, k=3) == first[:3]
     assert reads == ["images-1.faiss"]
-    monkeypatch.setattr(resident, "KEEP_LOADED", False)
-    assert ranked(reader, vector) == first  # read again, same answer
-    assert len(reads) == 2 and len(first) == 12
+    unkept = Searcher(SearchSettings(keep_loaded=False))
+    assert ranked(reader, vector, unkept) == first  # read again, same answer
+    assert ranked(reader, vector, None) == first  # a one-shot search reads it too
+    assert len(reads) == 3 and len(first) == 12
 
 
 def test_new_generation_is_picked_up_by_the_next_search(indexed, color_aligner, image_dir, reads):
-    writer, reader = indexed
+    writer, reader, searcher = indexed
     vector = color_aligner.encode_texts(["blue"])
-    before = ranked(reader, vector)
+    before = ranked(reader, vector, searcher)
     make_image(image_dir / "late.png", seed=99)
     indexer.run(writer, color_aligner, [image_dir], settings=SEQUENTIAL)
-    after = ranked(reader, vector)
+    after = ranked(reader, vector, searcher)
     new_id = writer.catalog.files()[str((image_dir / "late.png").resolve())].id
     assert len(after) == len(before) + 1 and new_id in {i for i, _ in after}
     assert reads == ["images-1.faiss", "images-2.faiss"]
 
 
 def test_a_written_but_unpublished_generation_is_never_used(indexed, color_aligner, reads):
-    writer, reader = indexed
+    writer, reader, searcher = indexed
     vector = color_aligner.encode_texts(["green"])
-    before = ranked(reader, vector)
+    before = ranked(reader, vector, searcher)
     # A run has written generation 2's file but not yet committed the catalog: here, an index
     # holding one vector only, which a search must not see.
     ids, vectors = next(writer.catalog.image_vectors())
-    partial, _ = faiss_index.build(ids[:1], vectors[:1], factory="IDMap2,Flat")
-    faiss_index.write(partial, writer.faiss_path("images", 2))
-    assert ranked(reader, vector) == before
+    partial, _ = ann.build(ids[:1], vectors[:1], factory="IDMap2,Flat")
+    ann.write(partial, writer.faiss_path("images", 2))
+    assert ranked(reader, vector, searcher) == before
     assert reads == ["images-1.faiss"]
 
 
 def test_a_file_damaged_after_loading_is_still_reported(indexed, color_aligner):
-    writer, reader = indexed
+    writer, reader, searcher = indexed
     vector = color_aligner.encode_texts(["grey"])
-    assert ranked(reader, vector)
+    assert ranked(reader, vector, searcher)
     path = reader.faiss_path("images", 1)
     ids, vectors = next(writer.catalog.image_vectors())
-    other, _ = faiss_index.build(ids[:3], vectors[:3], factory="IDMap2,Flat")
-    faiss_index.write(other, path)  # replaced under the same name: another file than the one published
+    other, _ = ann.build(ids[:3], vectors[:3], factory="IDMap2,Flat")
+    ann.write(other, path)  # replaced under the same name: another file than the one published
     with pytest.raises(DamagedIndex):
-        search_vectors(reader, vector, 5)
+        search_vectors(reader, vector, 5, searcher=searcher)
+
+
+def test_an_opened_index_keeps_what_its_settings_say(indexed):
+    from retrieval.api import open_index
+
+    writer, _, _ = indexed
+    plain = open_index(str(writer.folder))
+    lean = open_index(str(writer.folder), settings=SearchSettings(text_cache_size=0, filter_columns=False))
+    try:
+        assert plain.searcher.settings == SearchSettings() and plain.text_cache.size == 1024
+        assert plain.searcher.columns is not None
+        assert lean.text_cache.size == 0 and lean.searcher.columns is None
+        with lean.store.catalog.snapshot():
+            assert lean.searcher.columns_for(lean.store.catalog, wait=True) is None  # filters run in SQL
+    finally:
+        plain.close()
+        lean.close()
 
 
 class CountingAligner(ColorAligner):

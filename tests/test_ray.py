@@ -1,4 +1,4 @@
-"""The Ray path (retrieval.cluster) against the local path, on one Ray instance shared by the session.
+"""The Ray path (retrieval.cluster) against the local path, on one Ray instance shared by this module.
 
 Ray starts in about 5 s and stops in about 5 s here, so every test joins the same local
 instance (2 CPUs). Encoder actors load the plumbing ColorAligner through a factory; Ray
@@ -29,21 +29,29 @@ from conftest import ColorAligner, make_image
 
 from retrieval.cluster import INSTALL_HINT, RaySettings, source
 from retrieval.cluster.ray_index import CRASH_ONCE_ENV, walk_url
+from retrieval.errors import RetrievalError
 from retrieval.ingest import pipeline as indexer
-from retrieval.media.loader import walk
+from retrieval.media.files import walk
 from retrieval.storage.store import IndexStore
 
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_address(tmp_path_factory):
-    """One local Ray instance for the whole session; yields its address for other processes."""
+    """One local Ray instance for this module's tests; yields its address for other processes.
+
+    Module-scoped: tests/test_ray_nodes.py runs its own multi-node cluster, and a process
+    joins one Ray at a time. "local": a private instance, never a cluster this machine runs.
+    """
     # Workers inherit this environment when the instance starts; the named file exists only
     # while the retry test wants a decode worker to die.
     os.environ[CRASH_ONCE_ENV] = str(tmp_path_factory.mktemp("ray-crash") / "crash-once")
     ray.cloudpickle.register_pickle_by_value(conftest)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -123,9 +131,13 @@ def test_a_decode_worker_that_dies_is_retried(ray_address, tmp_path, mixed_dir):
     assert _catalog(tmp_path / "ray") == _catalog(tmp_path / "local")
 
 
+def _driver_env(env) -> dict[str, str]:
+    """`env` with tests/ on PYTHONPATH: a driver script run in its own process imports conftest."""
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))}
+
+
 _DRIVER = """
-import sys, time
-sys.path.insert(0, {tests!r})
+import time
 import conftest, ray
 from conftest import ColorAligner
 from retrieval.ingest import pipeline as indexer
@@ -154,8 +166,8 @@ def test_a_sigkilled_driver_resumes_to_the_same_catalog(ray_address, tmp_path):
         make_image(folder / f"{i:03d}.jpg", seed=i, size=(160, 120))
     killed = tmp_path / "killed"
     script = tmp_path / "driver.py"
-    script.write_text(_DRIVER.format(tests=str(TESTS), address=ray_address, index=str(killed), folder=str(folder)))
-    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    script.write_text(_DRIVER.format(address=ray_address, index=str(killed), folder=str(folder)))
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True, env=_driver_env(os.environ))
     deadline, stored = time.time() + 120, 0
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
@@ -245,6 +257,7 @@ def test_on_disk_shards_built_as_ray_tasks_match_the_one_process_build(ray_addre
     import faiss
     from test_ondisk import DIM, clustered, fill
 
+    from retrieval import ann
     from retrieval.ann import ondisk
     from retrieval.cluster.ray_shards import add_shards
 
@@ -256,7 +269,7 @@ def test_on_disk_shards_built_as_ray_tasks_match_the_one_process_build(ray_addre
         path = store.faiss_path("images", gen)
         chunks = functools.partial(store.catalog.image_vectors, 500)
         _, info = ondisk.build(chunks, 3000, DIM, path, shard_rows=1000, add_shards=adder)
-        built[gen] = (ondisk.read(path), info)
+        built[gen] = (ann.read(path), info)
     assert sum("built on Ray" in r.getMessage() for r in caplog.records) == 3  # 3,000 rows in runs of 1,000
     assert built[1][1].nprobe == built[2][1].nprobe
     queries = clustered(100, seed=2)
@@ -392,8 +405,6 @@ def test_an_address_where_nothing_answers_ends_in_one_line(tmp_path, image_dir, 
 
 
 _JOIN_DRIVER = """
-import sys
-sys.path.insert(0, {tests!r})
 import conftest, ray
 from conftest import ColorAligner
 from retrieval.ingest import pipeline as indexer
@@ -438,10 +449,9 @@ def test_a_driver_joins_a_running_head_with_auto_and_with_ray_client(tmp_path, m
         for way, address, extra in (("auto", "auto", {"RAY_ADDRESS": f"127.0.0.1:{gcs}"}),
                                     ("client", f"ray://127.0.0.1:{client}", {})):
             script = tmp_path / f"{way}.py"
-            script.write_text(_JOIN_DRIVER.format(tests=str(TESTS), address=address, index=str(tmp_path / way),
-                                                  folder=str(mixed_dir)))
+            script.write_text(_JOIN_DRIVER.format(address=address, index=str(tmp_path / way), folder=str(mixed_dir)))
             out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                                 env={**env, **extra})
+                                 env={**_driver_env(env), **extra})
             assert out.returncode == 0, out.stderr[-3000:]
             assert _catalog(tmp_path / way) == _catalog(tmp_path / "local"), way
             assert (tmp_path / way / "images-1.ivfdata").exists()
@@ -463,3 +473,86 @@ def _stop_head(head: subprocess.Popen, temp: Path) -> None:
         except OSError:
             continue
     shutil.rmtree(temp, ignore_errors=True)
+
+
+# -- a cluster that stops moving, or prints (issue 24, items 25 and 26) ---------------------------
+@pytest.mark.parametrize(("requested", "gpus", "nodes", "planned"), [
+    (None, 0, [1.0], (1, 0.25)),            # `ray start --head --num-cpus=1`: the encoder leaves 0.75 to read
+    (2, 0, [1.0], (1, 0.25)),               # a second encoder would hold the last CPU
+    (None, 0, [0.0, 1.0, 1.0], (1, 0.25)),  # a 0-CPU head, two 1-CPU workers: room on either survivor
+    (2, 0, [2.0], (1, 1.0)),                # two whole-CPU encoders would hold every CPU
+    (4, 0, [4.0, 4.0], (4, 1.0)),
+    (None, 2, [8.0, 8.0], (2, 1.0)),        # one per GPU
+])
+def test_encoders_never_hold_the_cpus_that_reads_need(requested, gpus, nodes, planned):
+    from retrieval.cluster.ray_index import ROOM_CPUS, plan_encoders
+
+    count, share = plan_encoders(requested, gpus, nodes)
+    assert (count, share) == planned
+    assert sum(nodes) - count * share >= ROOM_CPUS and min(c for c in nodes if c) - share >= ROOM_CPUS
+
+
+def _hanging_aligner():
+    """ColorAligner whose encoder never returns, as one waiting for a CPU that never frees (shipped by value)."""
+
+    class Hangs(ColorAligner):
+        def encode_images(self, pixels):
+            time.sleep(600)
+            return super().encode_images(pixels)
+
+    return Hangs
+
+
+def test_a_run_that_stops_moving_ends_in_one_line_and_a_rerun_completes(ray_address, tmp_path, mixed_dir):
+    started = time.monotonic()
+    with pytest.raises(RetrievalError) as err:
+        _run(tmp_path / "ray", [mixed_dir], source(RaySettings(aligner_factory=_hanging_aligner(), stall_seconds=4)))
+    took = time.monotonic() - started
+    message = str(err.value)
+    assert "\n" not in message and "made no progress for 4s" in message, message
+    assert "vectors this run stored are kept: run the same command again" in message
+    assert took < 60, took
+    _run(tmp_path / "ray", [mixed_dir], _ray_source())
+    _run(tmp_path / "local", [mixed_dir])
+    assert _catalog(tmp_path / "ray") == _catalog(tmp_path / "local")
+
+
+_JSON_DRIVER = """
+import dataclasses, time
+import conftest, ray
+import retrieval.aligners, retrieval.cluster
+from conftest import ColorAligner
+from retrieval.cli import main
+from retrieval.cluster import ray_index
+
+class SlowColorAligner(ColorAligner):
+    # Defined in __main__, so Ray ships it to the actors by value.
+    def encode_images(self, pixels):
+        time.sleep(0.1)
+        return super().encode_images(pixels)
+
+def close_later(self, close=ray_index.RaySource.close):
+    time.sleep(3)  # Ray's error listener polls from a thread of its own: time to print what it got
+    close(self)
+
+ray.cloudpickle.register_pickle_by_value(conftest)
+retrieval.aligners.load_aligner = lambda spec="default", device=None: ColorAligner()
+make_source = retrieval.cluster.source
+retrieval.cluster.source = lambda rs: make_source(dataclasses.replace(rs, aligner_factory=SlowColorAligner, chunk=2))
+ray_index.RaySource.close = close_later
+main(["index", {folder!r}, "--index", {index!r}, "--ray", {address!r}, "--json", "--batch-size", "4"])
+"""
+
+
+def test_ray_json_stays_valid_json_while_ray_prints_cluster_events(ray_address, tmp_path, mixed_dir):
+    # A decode worker dies (the marker file): Ray's driver prints "(raylet) A worker died ..." from
+    # its error listener, to sys.stdout, as it prints "Raylet is terminated" when a node dies.
+    Path(os.environ[CRASH_ONCE_ENV]).touch()
+    script = tmp_path / "cli.py"
+    script.write_text(_JSON_DRIVER.format(folder=str(mixed_dir), index=str(tmp_path / "idx"), address=ray_address))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                         env=_driver_env(os.environ))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not Path(os.environ[CRASH_ONCE_ENV]).exists()  # a worker did die
+    assert "(raylet)" in out.stderr  # Ray printed, to stderr
+    assert json.loads(out.stdout)["added"] == 31

@@ -159,7 +159,7 @@ def test_thumbnails_are_cached_jpegs_with_etags(api):
     etag = response.headers["etag"]
     again = api.get(f"/api/thumb/{cat}", params={"size": 128}, headers={"if-none-match": etag})
     assert again.status_code == 304
-    assert api.get(f"/api/thumb/{cat}", params={"size": 100}).status_code == 400
+    assert api.get(f"/api/thumb/{cat}", params={"size": 100}).status_code == 422
 
 
 def test_original_file_and_meta(api):
@@ -200,10 +200,17 @@ def test_real_uvicorn_process_serves_the_api():
 
 
 # -- micro-batching (plumbing: ColorAligner) -----------------------------------------------
-async def _concurrent(app, queries: list[str]) -> list[dict]:
+def _ask(session, route: str, q: str):
+    """One text query on `route`: our own search, or clip-retrieval's knn-service."""
+    if route == "/knn-service":
+        return session.post(route, json={"text": q, "num_images": 3})
+    return session.get(route, params={"q": q, "k": 3})
+
+
+async def _concurrent(app, queries: list[str], route: str = "/api/search") -> list[dict]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as session:
-        responses = await asyncio.gather(*[session.get("/api/search", params={"q": q, "k": 3}) for q in queries])
+        responses = await asyncio.gather(*[_ask(session, route, q) for q in queries])
     return [r.json() for r in responses]
 
 
@@ -217,21 +224,23 @@ class SlowTextAligner(ColorAligner):
         return super().encode_texts(texts)
 
 
+@pytest.mark.parametrize("route", ["/api/search", "/knn-service"])
 @pytest.mark.parametrize("window", [50.0, 0.0])
-def test_concurrent_text_queries_are_batched_and_answer_alike(tmp_path, window):
+def test_concurrent_text_queries_are_batched_and_answer_alike(tmp_path, window, route):
     index, _ = color_index(tmp_path)
     api = client(ServerSettings(indexes=[str(index)], batch_window_ms=window), aligner=SlowTextAligner())
     queries = [f"query {i}" for i in range(16)]
-    alone = [api.get("/api/search", params={"q": q, "k": 3}).json() for q in queries]
-    engine = api.app.state.engine
-    engine.batch_sizes.clear()
+    alone = [_ask(api, route, q).json() for q in queries]
+    assert all(len(answer) in (3, 4) for answer in alone)  # a list of 3 (knn-service) or a page's 4 keys
+    query_thread = api.app.state.query_thread
+    query_thread.batch_sizes.clear()
     served(api.app).index.text_cache.clear()  # encoded again, not found in the cache
-    together = asyncio.run(_concurrent(api.app, queries))
+    together = asyncio.run(_concurrent(api.app, queries, route))
     assert together == alone
     if window:
-        assert max(engine.batch_sizes) > 1 and sum(engine.batch_sizes) == len(queries)
+        assert max(query_thread.batch_sizes) > 1 and sum(query_thread.batch_sizes) == len(queries)
     else:
-        assert list(engine.batch_sizes) == [1] * len(queries)  # one encoder call and one search each
+        assert list(query_thread.batch_sizes) == [1] * len(queries)  # one encoder call and one search each
 
 
 # -- generations ----------------------------------------------------------------------------
@@ -268,35 +277,35 @@ def test_a_new_generation_is_picked_up_and_never_seen_half_published(tmp_path):
     assert api.get("/api/indexes").json()["indexes"][0]["generation"] == 2
 
 
-def test_engine_thread_batches_under_load_and_never_delays_a_lone_query():
+def test_query_thread_batches_under_load_and_never_delays_a_lone_query():
     import time
 
-    from retrieval.server.batcher import EngineThread
+    from retrieval.server.batcher import QueryThread
 
-    engine = EngineThread(window_ms=3000)
+    query_thread = QueryThread(window_ms=3000)
     try:
         started = time.monotonic()
-        assert engine.batched("k", 7, lambda key, payloads: [p * 2 for p in payloads]).result(10) == 14
+        assert query_thread.batched("k", 7, lambda key, payloads: [p * 2 for p in payloads]).result(10) == 14
         assert time.monotonic() - started < 1.5  # no window waited with nobody else around
-        gate = engine.call(lambda: time.sleep(0.2))  # the thread is busy while the queries queue up
-        futures = [engine.batched("k", i, lambda key, payloads: [p * 2 for p in payloads]) for i in range(10)]
+        gate = query_thread.call(lambda: time.sleep(0.2))  # the thread is busy while the queries queue up
+        futures = [query_thread.batched("k", i, lambda key, payloads: [p * 2 for p in payloads]) for i in range(10)]
         gate.result(5)
         assert [f.result(10) for f in futures] == [2 * i for i in range(10)]
-        assert engine.batch_sizes[-1] == 10
-        failing = engine.batched("k", 1, lambda key, payloads: 1 / 0)
+        assert query_thread.batch_sizes[-1] == 10
+        failing = query_thread.batched("k", 1, lambda key, payloads: 1 / 0)
         with pytest.raises(ZeroDivisionError):
             failing.result(5)
     finally:
-        engine.close()
+        query_thread.close()
 
 
 def test_batches_grow_with_the_queue_and_wait_for_no_window():
     """Whatever queues while a batch runs is the next batch, taken at once (the window is 3 s here)."""
     import time
 
-    from retrieval.server.batcher import EngineThread
+    from retrieval.server.batcher import QueryThread
 
-    engine = EngineThread(window_ms=3000)
+    query_thread = QueryThread(window_ms=3000)
     running, release = threading.Event(), threading.Event()
 
     def slow(key, payloads):
@@ -305,27 +314,27 @@ def test_batches_grow_with_the_queue_and_wait_for_no_window():
         return [p * 2 for p in payloads]
 
     try:
-        gate = engine.call(lambda: time.sleep(0.2))  # busy: the first five queue behind it
-        first = [engine.batched("k", i, slow) for i in range(5)]
+        gate = query_thread.call(lambda: time.sleep(0.2))  # busy: the first five queue behind it
+        first = [query_thread.batched("k", i, slow) for i in range(5)]
         gate.result(5)
         assert running.wait(5)
         started = time.monotonic()
-        later = [engine.batched("k", 100 + i, slow) for i in range(40)]  # queue while the batch runs
+        later = [query_thread.batched("k", 100 + i, slow) for i in range(40)]  # queue while the batch runs
         release.set()
         assert [f.result(10) for f in first + later] == [2 * i for i in range(5)] + [2 * (100 + i) for i in range(40)]
         assert time.monotonic() - started < 1.5  # no window waited: everything queued was taken
-        assert list(engine.batch_sizes) == [5, 40]
+        assert list(query_thread.batch_sizes) == [5, 40]
     finally:
         release.set()
-        engine.close()
+        query_thread.close()
 
 
 @pytest.mark.parametrize("window", [3000.0, 0.0])
-def test_prepare_step_runs_on_the_encoder_thread_while_the_engine_finishes(window):
-    """With batching on, the next batch is prepared (encoded) while the engine thread finishes the last."""
-    from retrieval.server.batcher import EngineThread
+def test_prepare_step_runs_on_the_encoder_thread_while_the_query_thread_finishes(window):
+    """With batching on, the next batch is prepared (encoded) while the query thread finishes the last."""
+    from retrieval.server.batcher import QueryThread
 
-    engine = EngineThread(window_ms=window)
+    query_thread = QueryThread(window_ms=window)
     steps, finishing, holding, hold, release = [], *(threading.Event() for _ in range(4))
 
     def prepare(key, payloads):
@@ -343,36 +352,36 @@ def test_prepare_step_runs_on_the_encoder_thread_while_the_engine_finishes(windo
         return [p + q for p, q in zip(payloads, prepared)]
 
     try:
-        first = engine.batched("k", 0, finish, prepare)
-        assert finishing.wait(5)  # the engine thread is finishing the first query
-        gate = engine.batched("k", -1, finish, prepare)
+        first = query_thread.batched("k", 0, finish, prepare)
+        assert finishing.wait(5)  # the query thread is finishing the first query
+        gate = query_thread.batched("k", -1, finish, prepare)
         if window:
             assert holding.wait(5)
-        later = [engine.batched("k", i, finish, prepare) for i in range(1, 31)]
+        later = [query_thread.batched("k", i, finish, prepare) for i in range(1, 31)]
         hold.set()
-        if window:  # the thirty are encoded as one batch while the engine thread is still busy
+        if window:  # the thirty are encoded as one batch while the query thread is still busy
             for _ in range(500):
                 if len(steps) >= 4:
                     break
                 threading.Event().wait(0.01)
-            assert steps[3] == ("prepare", "retrieval-engine-encoder", 30, False)
+            assert steps[3] == ("prepare", "retrieval-query-encoder", 30, False)
         release.set()
         assert gate.result(10) == -11
         assert [f.result(10) for f in [first, *later]] == [11 * i for i in range(31)]
         if window:
-            assert list(engine.batch_sizes) == [1, 1, 30]
-            assert steps[0][:2] == ("prepare", "retrieval-engine")  # alone in flight: no hand-over
-            assert {t for step, t, *_ in steps if step == "finish"} == {"retrieval-engine"}
-        else:  # batching off: one at a time, all on the engine thread
-            assert list(engine.batch_sizes) == [1] * 32 and {t for _, t, *_ in steps} == {"retrieval-engine"}
-        failing = engine.batched("k", 1, finish, lambda key, payloads: 1 / 0)
+            assert list(query_thread.batch_sizes) == [1, 1, 30]
+            assert steps[0][:2] == ("prepare", "retrieval-query")  # alone in flight: no hand-over
+            assert {t for step, t, *_ in steps if step == "finish"} == {"retrieval-query"}
+        else:  # batching off: one at a time, all on the query thread
+            assert list(query_thread.batch_sizes) == [1] * 32 and {t for _, t, *_ in steps} == {"retrieval-query"}
+        failing = query_thread.batched("k", 1, finish, lambda key, payloads: 1 / 0)
         with pytest.raises(ZeroDivisionError):
             failing.result(5)
-        assert engine.batched("k", 2, finish, prepare).result(5) == 22  # still running
+        assert query_thread.batched("k", 2, finish, prepare).result(5) == 22  # still running
     finally:
         hold.set()
         release.set()
-        engine.close()
+        query_thread.close()
 
 
 def test_info_checksums_off_the_query_thread_once_per_generation(tmp_path, monkeypatch):
@@ -388,7 +397,7 @@ def test_info_checksums_off_the_query_thread_once_per_generation(tmp_path, monke
     monkeypatch.setattr(integrity, "crc32_of", lambda path: reads.append(threading.current_thread().name) or real(path))
     first = api.get("/api/info").json()
     assert first["index_files"] == "ok" and first["generation"] == 1 and reads
-    assert "retrieval-engine" not in reads  # never on the thread that answers queries
+    assert "retrieval-query" not in reads  # never on the thread that answers queries
     seen = len(reads)
     assert api.get("/api/info").json() == first and len(reads) == seen  # kept for the same files
     make_image(photos / "late.jpg", seed=77)

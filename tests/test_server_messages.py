@@ -13,7 +13,7 @@ from conftest import ColorAligner
 from server_kit import client, color_index
 
 from retrieval.server.app import ServerSettings
-from retrieval.server.engine import hide_folders
+from retrieval.server.library import hide_folders
 
 
 @pytest.fixture(scope="module")

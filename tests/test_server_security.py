@@ -106,6 +106,14 @@ def test_public_bind_needs_the_token(public):
     assert public.get("/").status_code == 200 and public.get("/api/health").status_code == 200
 
 
+def test_the_token_cookie_is_found_among_others_and_only_by_its_whole_name(public):
+    mixed = {"cookie": "theme=dark; retrieval_token=s3cret-token; lang=en"}
+    assert public.get("/api/indexes", headers=mixed).status_code == 200
+    for cookie in ("xretrieval_token=s3cret-token", "retrieval_token_old=s3cret-token", "retrieval_token=s3cret-tokenx",
+                   "retrieval_token=", "retrieval_token"):
+        assert public.get("/api/indexes", headers={"cookie": cookie}).status_code == 401, cookie
+
+
 def test_token_url_sets_an_httponly_strict_cookie_and_drops_the_token(public):
     wrong = public.get("/?token=nope&q=cat", follow_redirects=False)
     assert wrong.status_code == 303 and "set-cookie" not in wrong.headers
@@ -174,7 +182,7 @@ def test_uploads_are_capped_checked_and_bombs_refused(setup):
     Image.new("1", (12_000, 12_000)).save(buffer, format="PNG")
     assert len(buffer.getvalue()) < 100_000
     bomb = _upload(api, buffer.getvalue(), "bomb.png")
-    assert bomb.status_code == 400 and "too large" in bomb.json()["error"]
+    assert bomb.status_code == 413 and "too large" in bomb.json()["error"]
     assert api.post("/api/search/upload", data={"q": "x"}).status_code == 400  # no file
     assert api.post("/api/search/upload", json={"q": "x"}).status_code == 400  # not multipart
     assert api.post("/api/search/upload", files={"file": ("e.jpg", b"")}).status_code == 400
@@ -194,7 +202,7 @@ def test_caps_on_k_offset_and_lists(setup):
     assert api.get("/api/search", params={"q": "x", "k": 200}).status_code == 200
     assert api.get("/api/search", params={"q": "x", "offset": 1001}).status_code == 422
     assert api.get("/api/search", params={"like": list(ids.values()) * 10}).status_code == 422
-    assert api.post("/knn-service", json={"text": "x", "num_images": 5000}).status_code == 400
+    assert api.post("/knn-service", json={"text": "x", "num_images": 5000}).status_code == 422
     response = api.get("/api/search", params={"q": "x", "weight": "nan", "like": 1})
     assert response.status_code == 422 and "error" in response.json()
 

@@ -1,33 +1,19 @@
 """The torture suite, bounded: 20 seeded kill points spread over every phase of a run, readers
-searching throughout, and a few hundred bad inputs of every kind. scripts/torture.py runs
-the full version (200 kill points, 1,000 bad inputs) and docs/reliability.md has its figures.
+searching throughout, and a few hundred bad inputs of every kind. `python -m benchmarks.torture`
+runs the full version (200 kill points, 1,000 bad inputs) and docs/reliability.md has its figures.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-
-
-@pytest.fixture(scope="module")
-def torture():
-    # The kill loop forks its runs from a server process that imports this module by name.
-    sys.path.insert(0, str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location("torture", SCRIPTS / "torture.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["torture"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(SCRIPTS))
+# The repository root is on the path (pytest's `pythonpath`): the kill loop's forked runs and
+# the bad-input child import this module by its name, benchmarks.torture, too.
+from benchmarks import torture
 
 
 @pytest.mark.slow
-def test_twenty_kill_points_in_every_phase_break_no_invariant(torture, tmp_path):
+def test_twenty_kill_points_in_every_phase_break_no_invariant(tmp_path):
     figures = torture.kill_loop(tmp_path, kills=20, seed=3, default_every=0, readers=1, log=lambda *_: None)
     assert figures["violations"] == []
     assert figures["kill_points"] == 20 and figures["completions"] == 20
@@ -40,7 +26,7 @@ def test_twenty_kill_points_in_every_phase_break_no_invariant(torture, tmp_path)
 
 
 @pytest.mark.slow
-def test_bad_inputs_of_every_kind_end_indexed_or_skipped_with_a_reason(torture, tmp_path):
+def test_bad_inputs_of_every_kind_end_indexed_or_skipped_with_a_reason(tmp_path):
     figures = torture.bad_inputs(tmp_path / "bad", n=300, seed=5, decode_seconds=10.0)
     assert figures["violations"] == []
     assert figures["mutants"] >= 300

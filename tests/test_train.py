@@ -15,9 +15,10 @@ from conftest import ColorAligner
 from PIL import Image, ImageDraw, ImageFont
 
 import retrieval.aligners as aligners
+from retrieval.aligners.fitting import contrastive_loss
 from retrieval.errors import TrainingError
 from retrieval.evaluation.datasets import Dataset
-from retrieval.training.train import EpochReport, TrainSettings, contrastive_loss, hold_out, train
+from retrieval.training.train import EpochReport, TrainSettings, hold_out, train
 
 COLORS = {
     "red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
@@ -234,7 +235,7 @@ def test_default_learns_easy_vqa_and_the_file_indexes_and_searches(tmp_path, mon
     probe = [Image.open(p) for p in val.images[:2]]
     expected = aligners.load_aligner(str(out)).encode_pil(probe)
     monkeypatch.setitem(conse.CONFIG, "top_k", conse.CONFIG["top_k"] + 1)
-    monkeypatch.setattr(aligners, "_LOADED", {})
+    monkeypatch.setattr(aligners, "LOADED", aligners.AlignerCache())
     assert aligners.load_aligner("default").identity != result.base_identity
     assert np.allclose(aligners.load_aligner(str(out)).encode_pil(probe), expected, atol=1e-5)
 

@@ -78,7 +78,7 @@ def test_draft_decoded_jpeg_stays_within_a_grey_level_of_open_clip_on_the_full_i
 
     from open_clip.transform import image_transform
 
-    from retrieval.media.loader import decode
+    from retrieval.media.decode import decode
 
     buffer = io.BytesIO()
     photo(size).save(buffer, "JPEG", quality=90)

@@ -15,17 +15,61 @@ Importing this package does not import torch; each aligner imports what it needs
 
 from __future__ import annotations
 
+import json
 import os
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
+from typing import Any
 
-from retrieval.aligners.base import Aligner, normalize
+from retrieval.aligners.base import Aligner, AlignerBase, normalize
 from retrieval.errors import ModelError
 
-__all__ = ["Aligner", "canonical_spec", "load_aligner", "load_aligner_for", "list_aligners", "normalize", "surely_other"]
+__all__ = [
+    "Aligner", "AlignerBase", "AlignerCache", "LOADED", "canonical_spec", "load_aligner", "load_aligner_for",
+    "list_aligners", "normalize", "recipe_aligner", "surely_other",
+]
 
-_LOADED: dict[tuple, Aligner] = {}
 # Retired spec names of the default, and what they mean now.
 _DEFAULT_ALIASES = {"default+ocr": "default"}
+# File names that are weights rather than pretrained tags or spec words (`looks_like_path`, `_load`).
+CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".safetensors", ".ckpt"})
+
+
+class AlignerCache:
+    """The aligners loaded in this process, most recently used last; at most `size` are kept.
+
+    Loading a model takes seconds, so callers that ask for the same spec again share one. Bounded
+    because `retrieval train` loads a new checkpoint file (a new key) every epoch, and a long-lived
+    process (the server, a notebook) should not keep every model it ever touched.
+    """
+
+    def __init__(self, size: int = 4):
+        if size < 1:
+            raise ValueError("an aligner cache keeps at least one aligner")
+        self.size = size
+        self._entries: OrderedDict[Hashable, Aligner] = OrderedDict()
+
+    def get(self, key: Hashable, build: Callable[[], Aligner]) -> Aligner:
+        """The aligner cached under `key`, built (and the least recently used one dropped) when missing."""
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        aligner = build()
+        self._entries[key] = aligner
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return aligner
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+#: The process's one cache of loaded aligners (tests swap in a fresh one).
+LOADED = AlignerCache()
 
 
 def canonical_spec(spec: str | None) -> str:
@@ -42,10 +86,7 @@ def load_aligner(spec: str = "default", device: str | None = None) -> Aligner:
     (1, 384)
     """
     spec = canonical_spec(spec)
-    key = (spec, device, _file_stamp(spec))
-    if key not in _LOADED:
-        _LOADED[key] = _load(spec, device)
-    return _LOADED[key]
+    return LOADED.get((spec, device, _file_stamp(spec)), lambda: _load(spec, device))
 
 
 def load_aligner_for(spec: str, identity: str | None, device: str | None = None) -> Aligner:
@@ -58,15 +99,20 @@ def load_aligner_for(spec: str, identity: str | None, device: str | None = None)
     aligner = load_aligner(spec, device)
     if identity is None or aligner.identity == identity or aligner.spec != "default":
         return aligner
-    from retrieval.aligners.conse import ConseAligner, recipe_for
+    from retrieval.aligners.conse import recipe_for
 
     recipe = recipe_for(identity)
     if recipe is None:
         return aligner
-    key = ("default", device, identity)
-    if key not in _LOADED:
-        _LOADED[key] = ConseAligner(device=device, config=recipe)
-    return _LOADED[key]
+    return recipe_aligner(recipe, device)
+
+
+def recipe_aligner(config: Mapping[str, Any], device: str | None = None) -> Aligner:
+    """The `default` aligner built with an earlier recipe (`config`), shared like loaded ones."""
+    from retrieval.aligners.conse import ConseAligner
+
+    key = ("default", device, json.dumps(config, sort_keys=True))
+    return LOADED.get(key, lambda: ConseAligner(device=device, config=dict(config)))
 
 
 def surely_other(spec: str, identity: str) -> bool:
@@ -93,9 +139,6 @@ def _family(name: str) -> str:
     return "trained"
 
 
-_CHECKPOINT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".ckpt"}
-
-
 def looks_like_path(weights: str) -> bool:
     """Whether the part after ``open_clip:ARCH/`` names a weights file rather than a pretrained tag.
 
@@ -106,12 +149,12 @@ def looks_like_path(weights: str) -> bool:
         os.sep in weights
         or "/" in weights
         or weights.startswith(("~", "."))
-        or Path(weights).suffix.lower() in _CHECKPOINT_SUFFIXES
+        or Path(weights).suffix.lower() in CHECKPOINT_SUFFIXES
         or Path(weights).expanduser().exists()
     )
 
 
-def _file_stamp(spec: str) -> tuple | None:
+def _file_stamp(spec: str) -> tuple[int, int] | None:
     # `retrieval train` rewrites its checkpoint every epoch: a changed file is another aligner.
     try:
         stat = Path(spec).expanduser().stat()
@@ -141,7 +184,7 @@ def _load(spec: str, device: str | None) -> Aligner:
         from retrieval.aligners.trained import load_trained
 
         return load_trained(path, device=device)
-    if path.suffix in {".pt", ".pth", ".bin", ".safetensors"} or "/" in spec:
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES or "/" in spec:
         raise ModelError(f"checkpoint file not found: {path.absolute()}")
     raise ModelError(
         f"unknown model {spec!r}. Use 'default', 'open_clip:ARCH/TAG', 'open_clip:ARCH/PATH' "
@@ -149,7 +192,7 @@ def _load(spec: str, device: str | None) -> Aligner:
     )
 
 
-def list_aligners(all_open_clip: bool = False) -> list[dict]:
+def list_aligners(all_open_clip: bool = False) -> list[dict[str, Any]]:
     """What `retrieval models` shows: the offline default, then open_clip's catalogue."""
     import open_clip
 

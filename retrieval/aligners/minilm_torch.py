@@ -5,13 +5,19 @@ Parameter names follow the packaged checkpoint's keys, so its weights load as th
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 
-def _module(**children: nn.Module) -> nn.Module:
-    """A plain container, to reproduce the checkpoint's nesting of names."""
+def _module(**children: nn.Module) -> Any:
+    """A plain container, to reproduce the checkpoint's nesting of names.
+
+    Typed Any: its children are reached as attributes set at run time, which nn.Module's
+    ``__getattr__`` types as "a tensor or a module".
+    """
     m = nn.Module()
     for name, child in children.items():
         m.add_module(name, child)

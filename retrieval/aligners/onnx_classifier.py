@@ -1,7 +1,8 @@
 """The default aligner's ImageNet classifier on ONNX Runtime, for CPUs.
 
 On a CPU, torch runs EfficientNet-Lite0's depthwise convolutions slowly: ONNX Runtime gives
-the same logits (within 1e-5) for about 40% of torch's CPU time (docs/default-aligner.md).
+the same logits (within 1e-5) for a fraction of torch's CPU time
+(docs/default-aligner.md#words-join-default-2026-12-02-afternoon).
 The torch model is exported once with torch's own exporter and cached beside the class
 embeddings; training (which needs gradients) and GPUs keep using torch. Anything that
 stops the export (no ``onnx`` package, an exporter error, a read-only cache) falls back to
@@ -17,6 +18,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +28,7 @@ _INPUT, _OUTPUT = "pixels", "logits"
 
 
 class OnnxClassifier:
-    def __init__(self, session):
+    def __init__(self, session: Any):
         self.session = session
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
@@ -58,7 +60,7 @@ def load(name: str, size: int, cache: Path, torch_model: Callable[[], object], s
     return OnnxClassifier(session)
 
 
-def _export(model, size: int, path: Path) -> None:
+def _export(model: Any, size: int, path: Path) -> None:
     import torch
 
     log.info("exporting the image classifier to ONNX (once; cached in %s)", path)
@@ -66,7 +68,8 @@ def _export(model, size: int, path: Path) -> None:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-        torch.onnx.export(model.float().eval(), example, buffer, input_names=[_INPUT], output_names=[_OUTPUT],
+        # torch's annotation names only paths, but its TorchScript exporter writes to file objects too.
+        torch.onnx.export(model.float().eval(), (example,), buffer, input_names=[_INPUT], output_names=[_OUTPUT],  # type: ignore[arg-type]
                           dynamic_axes={_INPUT: {0: "n"}, _OUTPUT: {0: "n"}}, opset_version=17, dynamo=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

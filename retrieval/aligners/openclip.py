@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from retrieval.aligners import looks_like_path
-from retrieval.aligners.base import Aligner
+from retrieval.aligners.base import AlignerBase
 from retrieval.aligners.runtime import pick_device, precision, to_numpy
 from retrieval.errors import ModelError
 from retrieval.media.transform import RESIZE_MODES, ImageTransform
@@ -203,7 +203,7 @@ def open_clip_logs() -> Iterator[None]:
 
 
 # -- the aligner ------------------------------------------------------------------------
-class OpenClipAligner(Aligner):
+class OpenClipAligner(AlignerBase):
     def __init__(self, arch: str, weights: str, device: str | None = None):
         import open_clip
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +35,10 @@ from torch import nn
 
 from retrieval.aligners.base import Aligner
 from retrieval.errors import TrainingError
+
+if TYPE_CHECKING:
+    from retrieval.aligners.conse import ConseAligner
+    from retrieval.aligners.openclip import OpenClipAligner
 
 #: Bumped when what a tower computes changes, so old feature caches are not reused.
 TOWER_VERSION = 3
@@ -59,7 +64,7 @@ class ImageTower:
         cut = len(stages) - unlock if stages is not None else 0
         self.frozen_stages = list(stages[:cut]) if stages is not None else []
         # Copies, so training never changes the base aligner that other code may share.
-        self.trunk = nn.ModuleList(copy.deepcopy(s).float() for s in (stages[cut:] if unlock else []))
+        self.trunk = nn.ModuleList(copy.deepcopy(s).float() for s in (stages[cut:] if unlock and stages is not None else []))
         # Eval mode even while training: batch-norm statistics stay the pretrained ones.
         self.trunk.to(self.device).eval().requires_grad_(True)
 
@@ -106,9 +111,10 @@ def base_dtype(base: Aligner) -> torch.dtype:
 # -- default (ConSE over EfficientNet-Lite) -----------------------------------------
 class ConseImageTower(ImageTower):
     kind = "conse+pooled"
+    base: ConseAligner
 
-    def __init__(self, base, unlock: int = 0):
-        clf = base.classifier
+    def __init__(self, base: ConseAligner, unlock: int = 0):
+        clf: Any = base.classifier  # timm's EfficientNet: its parts are reached by name
         stages = [
             nn.Sequential(clf.conv_stem, clf.bn1),
             *clf.blocks,
@@ -129,8 +135,8 @@ class ConseImageTower(ImageTower):
         return (f"efficientnet-{self.base.config['image_model']}|{self.kind}-v{TOWER_VERSION}|unlock{self.unlock}|"
                 f"{self.transform!r}|experts{experts}" + (f"|words{words}" if words else ""))
 
-    def run_all(self, pixels):
-        clf = self.base.classifier
+    def run_all(self, pixels: torch.Tensor) -> torch.Tensor:
+        clf: Any = self.base.classifier
         return clf.forward_head(clf.forward_features(pixels), pre_logits=True)
 
     @torch.no_grad()
@@ -177,8 +183,8 @@ class ConseImageTower(ImageTower):
                 conse = fuse(conse, dict(zip((e.name for e in self.base.experts), columns)), self.base.phrases, self.base.config)
             if self.base.config.get("ocr"):
                 conse = add_word_vectors(conse, columns[len(sizes)])
-        conse = torch.from_numpy(np.asarray(conse, np.float32)).to(pooled.device)
-        return torch.cat([conse, nn.functional.normalize(pooled, dim=-1)], dim=-1)
+        vectors = torch.from_numpy(np.asarray(conse, np.float32)).to(pooled.device)
+        return torch.cat([vectors, nn.functional.normalize(pooled, dim=-1)], dim=-1)
 
 
 # -- open_clip and any other aligner ------------------------------------------------
@@ -187,7 +193,7 @@ class VectorImageTower(ImageTower):
 
     kind = "vectors"
 
-    def __init__(self, base, unlock: int = 0, stages: Sequence[nn.Module] | None = None):
+    def __init__(self, base: Aligner, unlock: int = 0, stages: Sequence[nn.Module] | None = None):
         super().__init__(base, stages, unlock)
         self.feature_dim = int(base.dim)
         self.base_columns = slice(0, self.feature_dim)
@@ -254,7 +260,7 @@ def vit_stages(visual) -> list[nn.Module] | None:
 class ClipImageTower(VectorImageTower):
     kind = "clip"
 
-    def __init__(self, base, unlock: int = 0):
+    def __init__(self, base: OpenClipAligner, unlock: int = 0):
         super().__init__(base, unlock, vit_stages(base.model.visual) if unlock else None)
 
 
@@ -270,28 +276,21 @@ def image_tower(base: Aligner, unlock: int = 0) -> ImageTower:
     return VectorImageTower(base, unlock)
 
 
-def describe_base(base: Aligner) -> dict:
+def describe_base(base: Aligner) -> dict[str, Any]:
     """What a checkpoint records to rebuild `base` later, even after `default` is retuned."""
-    info = {"spec": base.spec, "identity": base.identity}
-    if base.spec == "default" and isinstance(getattr(base, "config", None), dict):
-        info["config"] = dict(base.config)
+    info: dict[str, Any] = {"spec": base.spec, "identity": base.identity}
+    config = getattr(base, "config", None)
+    if base.spec == "default" and isinstance(config, dict):
+        info["config"] = dict(config)
     return info
 
 
-_REBUILT: dict[tuple[str, str | None], Aligner] = {}
-
-
-def rebuild_base(info: dict, device: str | None = None) -> Aligner:
+def rebuild_base(info: dict[str, Any], device: str | None = None) -> Aligner:
     """The base aligner a checkpoint was trained on: by its spec, or by its recorded recipe."""
-    from retrieval.aligners import load_aligner
+    from retrieval.aligners import load_aligner, recipe_aligner
 
     base = load_aligner(info["spec"], device=device)
     if base.identity == info["identity"] or "config" not in info:
         return base
     # `default` has been retuned since training: the recorded recipe rebuilds the one trained on.
-    from retrieval.aligners.conse import ConseAligner
-
-    key = (json.dumps(info["config"], sort_keys=True), device)
-    if key not in _REBUILT:
-        _REBUILT[key] = ConseAligner(device=device, config=info["config"])
-    return _REBUILT[key]
+    return recipe_aligner(info["config"], device)

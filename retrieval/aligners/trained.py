@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from retrieval.aligners.base import Aligner
+from retrieval.aligners.base import Aligner, AlignerBase
 from retrieval.aligners.runtime import to_numpy
 from retrieval.aligners.towers import ImageTower, image_tower, rebuild_base
 from retrieval.errors import ModelError
@@ -58,8 +58,10 @@ class Projection(nn.Module):
                 block.copy_(torch.eye(dim_out, block.shape[1]))
         if hidden:
             self.mlp = nn.Sequential(nn.Linear(dim_in, hidden), nn.GELU(), nn.Linear(hidden, dim_out))
-            nn.init.zeros_(self.mlp[-1].weight)
-            nn.init.zeros_(self.mlp[-1].bias)
+            last = self.mlp[-1]
+            assert isinstance(last, nn.Linear)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.linear(x)
@@ -116,7 +118,7 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-class TrainedAligner(Aligner):
+class TrainedAligner(AlignerBase):
     """A base aligner's frozen towers, an optionally retrained trunk, and trained heads."""
 
     def __init__(

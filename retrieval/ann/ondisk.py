@@ -1,48 +1,50 @@
 """Image indexes larger than memory: IVF with 8-bit codes whose inverted lists live on disk.
 
-Index code (this module imports faiss, beside :mod:`retrieval.ann.index`). The build has three
-steps, each a plain function so that a cluster can run the middle one as parallel tasks:
+The build has three steps, each a plain function so that a cluster can run the middle one as parallel tasks:
 
 1. :func:`train` the coarse quantizer once, on a sample: FAISS's two-level k-means
    (``faiss.contrib.clustering``) over sqrt(nlist) first-level clusters, so that training
-   thousands of lists costs seconds instead of the hour a flat k-means would take here,
+   thousands of lists costs a few passes over small sets of centroids, not passes over all of
+   them (docs/large-indexes.md#how-it-is-built),
    and an HNSW graph over the centroids, so that assigning ten million vectors to lists
    does not compare each with every centroid.
 2. :func:`build_shard` adds a run of (ids, vectors) chunks to a copy of the trained, empty
    index and writes it as a shard file; only that shard's codes are in memory.
 3. :func:`merge` joins the shards into one inverted-lists file with FAISS's own
    ``faiss.contrib.ondisk.merge_ondisk``; the ``.faiss`` file then holds the quantizer and
-   the list offsets only, and searches memory-map the lists (:func:`retrieval.ann.index.read`).
+   the list offsets only, and searches memory-map the lists (:func:`retrieval.ann.files.read`).
 
 Searches re-score the tuned number of candidates per result (``IndexInfo.rerank``, at least
-``RERANK_FACTOR``) with the exact vectors from the catalog, as for the in-memory 8-bit index
-(``index.search_ranked``; ``index.reranks`` is true for the ``,SQ8`` factory string recorded here).
+``AnnSettings.rerank_factor``) with the exact vectors from the catalog, as for the in-memory
+8-bit index (``searching.search_ranked``; ``building.reranks`` is true for the ``,SQ8`` factory
+string recorded here).
 
-Files of generation g: ``images-<g>.faiss`` and ``images-<g>.ivfdata``. The ``.faiss`` file
-names its lists file by absolute path; :func:`read` finds it beside the ``.faiss`` file
-instead when the folder has been moved or renamed since.
+Files of generation g: ``images-<g>.faiss`` and ``images-<g>.ivfdata``
+(:func:`retrieval.ann.files.read_on_disk` opens them).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
-import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import faiss
 import numpy as np
 from faiss.contrib.clustering import two_level_clustering
 from faiss.contrib.ondisk import merge_ondisk
 
-from retrieval.ann import index as faiss_index
-from retrieval.ann import probes as tuning_queries
+from retrieval.ann import tuning_queries
+from retrieval.ann.building import MIN_POINTS_PER_LIST, TRAIN_SAMPLE
+from retrieval.ann.chunks import Chunks, gather
+from retrieval.ann.exact import TopK
+from retrieval.ann.files import lists_path, quiet_stdout, write
+from retrieval.ann.settings import DEFAULT, AnnSettings
+from retrieval.ann.tuning import IndexInfo, TextEncoder, split_truth, tune
 from retrieval.errors import RetrievalError
 
 log = logging.getLogger(__name__)
@@ -52,11 +54,10 @@ SHARD_ROWS = 1_000_000
 #: Neighbours per node of the HNSW graph over the centroids (FAISS's usual choice).
 HNSW_M = 32
 #: Candidates the HNSW graph explores per search (FAISS's default is 16). Assigning 10M vectors
-#: with 16 put 5.7% of them in a list other than their nearest centroid's, where queries near
-#: them never looked: recall@10 stalled at 0.95 whatever nprobe. With 64, 99.9% agree with an
-#: exact search of the centroids (measured on 2,000 of the 10M bench vectors, docs/large-indexes.md).
+#: with 16 put some of them in a list other than their nearest centroid's, where queries near
+#: them never looked, and recall stalled whatever nprobe; with 64 nearly all agree with an
+#: exact search of the centroids (docs/large-indexes.md#10000000-vectors).
 HNSW_EF = 64
-LISTS_SUFFIX = ".ivfdata"
 
 
 def factory_for(n: int) -> str:
@@ -65,7 +66,7 @@ def factory_for(n: int) -> str:
 
 
 def nlist_for(n: int) -> int:
-    # As the in-memory IVF (index.factory_for): about 4 sqrt(n) lists; a small collection
+    # As the in-memory IVF (building.factory_for): about 4 sqrt(n) lists; a small collection
     # (asked for with --on-disk) keeps at least 8 vectors a list so k-means has points to fit.
     return max(1, min(int(4 * math.sqrt(max(n, 1))), n // 8))
 
@@ -73,11 +74,6 @@ def nlist_for(n: int) -> int:
 def needed(n: int, dim: int, memory_limit: int) -> bool:
     """Whether `n` vectors exceed `memory_limit` bytes even as 8-bit codes (one byte a dimension)."""
     return n * dim > memory_limit
-
-
-def lists_path(faiss_path: Path) -> Path:
-    """The inverted-lists file that belongs to an index file (same generation, same folder)."""
-    return faiss_path.with_suffix(LISTS_SUFFIX)
 
 
 def train(sample: np.ndarray, nlist: int, seed: int = 0) -> faiss.Index:
@@ -100,7 +96,7 @@ def train(sample: np.ndarray, nlist: int, seed: int = 0) -> faiss.Index:
         quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
     )
     index.own_fields = True
-    quantizer.this.disown()
+    quantizer.this.disown()  # type: ignore[attr-defined]  # SWIG's handle, not in FAISS's type hints
     # The quantizer already holds nlist centroids, so this trains only the 8-bit ranges.
     index.train(sample)
     log.info("trained %d lists on %d vectors in %.1fs", nlist, len(sample), time.monotonic() - started)
@@ -117,7 +113,7 @@ def build_shard(trained: Path, chunks: Iterable[tuple[np.ndarray, np.ndarray]], 
     for ids, vectors in chunks:
         if len(ids):
             index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
-    faiss_index.write(index, out)
+    write(index, out)
     return int(index.ntotal)
 
 
@@ -142,12 +138,12 @@ def add_shards_here(trained: Path, parts: Iterator[Iterator[tuple[np.ndarray, np
 def merge(trained: Path, shards: list[Path], lists: Path) -> faiss.Index:
     """The trained index with `shards` joined into one inverted-lists file at `lists` (mapped, not loaded).
 
-    The caller writes the returned index next to `lists` (:func:`retrieval.ann.index.write`).
+    The caller writes the returned index next to `lists` (:func:`retrieval.ann.files.write`).
     """
     # A file left by a run killed before publishing: never referenced, so it can go.
     lists.unlink(missing_ok=True)
     index = faiss.read_index(str(trained))
-    with _quiet_stdout():  # FAISS printf()s "resizing <file> to <n> bytes"
+    with quiet_stdout():  # FAISS printf()s "resizing <file> to <n> bytes"
         merge_ondisk(index, [str(s) for s in shards], str(lists))
     return index
 
@@ -155,7 +151,7 @@ def merge(trained: Path, shards: list[Path], lists: Path) -> faiss.Index:
 def split(chunks: Iterable[tuple[np.ndarray, np.ndarray]], rows: int) -> Iterator[Iterator[tuple[np.ndarray, np.ndarray]]]:
     """Consecutive runs of chunks of about `rows` rows each (whole chunks), consumed lazily."""
     stream = iter(chunks)
-    pending: list = []
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
 
     def run() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         taken = 0
@@ -175,14 +171,14 @@ def split(chunks: Iterable[tuple[np.ndarray, np.ndarray]], rows: int) -> Iterato
 
 
 def build(
-    chunks: faiss_index.Chunks, n: int, dim: int, out: Path, *, shard_rows: int = SHARD_ROWS,
+    chunks: Chunks, n: int, dim: int, out: Path, *, shard_rows: int = SHARD_ROWS,
     sample: Callable[[int], np.ndarray] | None = None, add_shards: AddShards | None = None,
-    encode_texts: faiss_index.TextEncoder | None = None,
-) -> tuple[faiss.Index, faiss_index.IndexInfo]:
+    encode_texts: TextEncoder | None = None, settings: AnnSettings = DEFAULT,
+) -> tuple[faiss.Index, IndexInfo]:
     """Build the on-disk index of `n` vectors from `chunks` into `out` and its ``.ivfdata`` file.
 
     One pass over the chunks adds them, shard by shard, and finds the exact top 10 of the
-    queries that tune ``nprobe`` and the re-scoring width (:mod:`retrieval.ann.probes`: near
+    queries that tune ``nprobe`` and the re-scoring width (:mod:`retrieval.ann.tuning_queries`: near
     ones, and far ones from `encode_texts`, the aligner's, or a stand-in without it). The
     training sample comes from `sample` (a count -> that
     many vectors drawn at random, see :func:`catalog_sample`), else from a pass of its own.
@@ -196,16 +192,16 @@ def build(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
-        size = min(n, max(faiss_index.TRAIN_SAMPLE, faiss_index.MIN_POINTS_PER_LIST * nlist))
+        size = min(n, max(TRAIN_SAMPLE, MIN_POINTS_PER_LIST * nlist))
         if sample is not None:
             vectors = sample(size)
         else:
             picks = np.arange(n) if size == n else np.random.default_rng(0).choice(n, size, replace=False)
-            _, vectors = faiss_index.gather(chunks, picks, dim)
+            _, vectors = gather(chunks, picks, dim)
         trained_path = work / "trained.faiss"
-        faiss_index.write(train(vectors, nlist), trained_path)
+        write(train(vectors, nlist), trained_path)
         # The queries that tune nprobe, and their exact top 10 found during the adding pass:
-        # two passes over the collection fewer than index.probe_truth makes on its own.
+        # two passes over the collection fewer than tuning.probe_truth makes on its own.
         queries = tuning_queries.make(vectors, encode_texts)
         probe = TopK(np.concatenate(list(queries.sets.values())), min(10, n))
         del vectors
@@ -213,19 +209,21 @@ def build(
         index = merge(trained_path, shards, lists_path(out))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    info = faiss_index.IndexInfo(factory=factory, ntotal=int(index.ntotal))
+    info = IndexInfo(factory=factory, ntotal=int(index.ntotal))
     if index.ntotal != n:
         raise RetrievalError(f"the on-disk index holds {index.ntotal} vectors, expected {n}; index again")
-    faiss_index.tune(index, queries, faiss_index.split_truth(queries, probe.ids), info, rerank=True)
+    tune(index, queries, split_truth(queries, probe.ids), info, rerank=True, settings=settings)
     # The graph returns at most efSearch lists: as many as nprobe asks for.
-    faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = max(HNSW_EF, info.nprobe)
-    faiss_index.write(index, out)
+    quantizer = cast(faiss.IndexHNSW, faiss.downcast_index(faiss.extract_index_ivf(index).quantizer))
+    quantizer.hnsw.efSearch = max(HNSW_EF, info.nprobe or 0)
+    write(index, out)
     return index, info
 
 
-def catalog_sample(catalog) -> Callable[[int], np.ndarray]:
+def catalog_sample(catalog: Any) -> Callable[[int], np.ndarray]:
     """Draw vectors of indexed images at random by id: at ten million rows a pass over the
-    catalog takes about 17 minutes on this machine, 250,000 lookups by id about one.
+    catalog takes many times longer than the lookups
+    (docs/large-indexes.md#1000000-vectors-on-disk-against-in-memory).
 
     On the catalog's own connection, so inside the publishing transaction it sees the rows
     being published.
@@ -238,66 +236,3 @@ def catalog_sample(catalog) -> Callable[[int], np.ndarray]:
         return np.stack([found[i] for i in picks])
 
     return draw
-
-
-class TopK:
-    """The exact top-k ids of `queries` over (ids, vectors) chunks that stream past it."""
-
-    def __init__(self, queries: np.ndarray, k: int):
-        self.queries, self.k = queries, k
-        self.scores = np.full((len(queries), 0), -np.inf, np.float32)
-        self.ids = np.zeros((len(queries), 0), np.int64)
-
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        if not len(ids):
-            return
-        scores = self.queries @ np.ascontiguousarray(vectors, np.float32).T
-        if len(ids) > self.k:  # partial selection: a full sort of each chunk would cost minutes at 10M
-            top = np.argpartition(-scores, self.k - 1, axis=1)[:, : self.k]
-        else:
-            top = np.broadcast_to(np.arange(len(ids)), scores.shape)
-        both = np.concatenate([self.scores, np.take_along_axis(scores, top, 1)], axis=1)
-        both_ids = np.concatenate([self.ids, np.asarray(ids, np.int64)[top]], axis=1)
-        keep = np.argsort(-both, axis=1, kind="stable")[:, : self.k]
-        self.scores, self.ids = np.take_along_axis(both, keep, 1), np.take_along_axis(both_ids, keep, 1)
-
-    def watch(self, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for ids, vectors in chunks:
-            self.add(ids, vectors)
-            yield ids, vectors
-
-
-def read(path: Path) -> faiss.Index:
-    """Open an on-disk index read-only; its lists stay on disk, mapped on demand."""
-    lists = lists_path(path)
-    try:
-        index = faiss.read_index(str(path), faiss.IO_FLAG_READ_ONLY)
-        named = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists).filename
-        if Path(named).resolve() == lists.resolve():
-            return index
-    except RuntimeError:
-        pass  # the lists file it names is gone: the folder was moved or renamed
-    # FAISS's own remedy takes the lists file beside the index file, and says so with a printf.
-    with _quiet_stdout():
-        return faiss.read_index(str(path), faiss.IO_FLAG_READ_ONLY | faiss.IO_FLAG_ONDISK_SAME_DIR)
-
-
-@contextmanager
-def _quiet_stdout():
-    """Drop what FAISS's C++ code printf()s meanwhile: stdout carries results (JSON, piped paths).
-
-    File descriptor 1 is the whole process's, so another thread's stdout output in this short
-    window would be dropped too; the engine writes none (logs go to stderr).
-    """
-    libc = ctypes.CDLL(None)
-    sys.stdout.flush()
-    saved = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        yield
-    finally:
-        libc.fflush(None)
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)

@@ -2,7 +2,14 @@
 
 Each command opens a library object, calls one function, and prints. Library
 exceptions (``RetrievalError``) become one-line messages here and nowhere else.
-Commands live in submodules by feature; each registers itself on ``main``.
+Commands live in submodules by feature; each registers itself on ``main``: ``index``
+(index, info, models), ``search`` (search, demo), ``maintenance`` (check, backup),
+``library`` (duplicates), ``exchange`` (export, import), ``evaluate`` (eval), ``train``
+and ``serve``; ``options`` and ``filtering`` hold the options several commands share.
+
+May import: click (no other package does), :mod:`retrieval.api` and any layer under it;
+``retrieval.server`` and ``retrieval.cluster`` only inside the commands that need them
+(serve, --ray), so the CLI starts without the web stack or Ray.
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ class Group(click.Group):
             return super().invoke(ctx)
         except RetrievalError as exc:
             raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:
+            if not _stdout_closed():
+                raise click.ClickException("Broken pipe: a process this command talked to ended early") from None
+            _end_quietly()
         except (OSError, sqlite3.Error) as exc:
             # Last resort: the library explains the faults it knows where they happen
             # (retrieval.storage.faults); anything else from the environment still gets one line.
@@ -45,7 +56,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     measure recall@k, and train the aligner on your own pairs.
 
     Results go to stdout; progress, notes and errors go to stderr. Exit status: 0 success,
-    1 an error with a one-line message, 2 a usage error, 130 interrupted.
+    1 an error with a one-line message, 2 a usage error, 130 interrupted, 141 stdout closed
+    by its reader (`| head`), with no message.
     Shell completion: eval "$(_RETRIEVAL_COMPLETE=bash_source retrieval)" (or zsh_source, fish_source).
 
     \b
@@ -59,6 +71,37 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
         level = logging.ERROR
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+#: The exit status of a command whose reader went away: 128 + SIGPIPE, what a shell reports
+#: for a Unix tool that SIGPIPE ended (`git log | head -1` under pipefail).
+CLOSED_PIPE_STATUS = 141
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe nobody reads any more (poll reports POLLERR on its write end)."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test runner's): the pipe was another
+        return False
+    if not hasattr(select, "poll"):  # Windows: assume the likeliest pipe
+        return True
+    poller = select.poll()
+    poller.register(fd, 0)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _end_quietly() -> None:
+    """Stop without a word when stdout is closed (`retrieval search ... | head -1`), as Unix tools do."""
+    try:
+        # Python flushes stdout at exit and would report the broken pipe there: point it at nothing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        pass
+    sys.exit(CLOSED_PIPE_STATUS)
 
 
 def quiet(local: bool = False) -> bool:
@@ -75,7 +118,7 @@ def note(message: str) -> None:
 
 
 def _register() -> None:
-    from retrieval.cli import engine, maintenance  # noqa: F401  (commands register themselves)
+    from retrieval.cli import index, maintenance, search  # noqa: F401  (commands register themselves)
 
     for optional in ("retrieval.cli.evaluate", "retrieval.cli.train", "retrieval.cli.serve", "retrieval.cli.library",
                      "retrieval.cli.exchange"):

@@ -7,7 +7,7 @@ import json
 import click
 
 from retrieval.cli import main
-from retrieval.cli.engine import INDEX_HELP, _progress
+from retrieval.cli.options import INDEX_HELP, progress
 
 
 @main.command()
@@ -37,7 +37,7 @@ def duplicates(index_name, threshold, as_json, sheet, max_groups):
     store = IndexStore.open(index_name)
     try:
         groups = find_duplicates(store, DEFAULT_THRESHOLD if threshold is None else threshold,
-                                 progress=_progress(not as_json))
+                                 progress=progress(True))
     finally:
         store.close()
     if sheet:

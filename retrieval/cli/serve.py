@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import logging
+import errno
 import re
+import socket
 
 import click
 
 from retrieval.cli import main
-from retrieval.cli.engine import INDEX_HELP
+from retrieval.cli.options import INDEX_HELP
 
 
 @main.command()
@@ -37,10 +38,9 @@ def serve(indexes, host, port, token, cors_origins, absolute_paths, max_upload_m
         retrieval serve --index photos --host 0.0.0.0 --token "$(openssl rand -hex 16)"
     """
     try:
-        import uvicorn
-
         from retrieval.server.app import ServerSettings, create_app
-        from retrieval.server.security import RedactTokens, is_loopback, new_token
+        from retrieval.server.listen import listener
+        from retrieval.server.security import is_loopback, new_token
     except ModuleNotFoundError as exc:
         raise click.ClickException(
             f"the server needs {exc.name}: install it with  pip install 'retrieval[serve]'  (or bash scripts/setup.sh)"
@@ -56,13 +56,38 @@ def serve(indexes, host, port, token, cors_origins, absolute_paths, max_upload_m
         absolute_paths=absolute_paths, max_upload_mb=max_upload_mb, batch_window_ms=batch_window_ms,
     )
     app = create_app(settings)
-    app.state.engine.call(app.state.library.warm)  # the model loads while uvicorn starts
-    config = uvicorn.Config(app, host=host, port=port, log_level="info", server_header=False)
-    # uvicorn has set its loggers up by now; the filter keeps a token in a URL out of the access log.
-    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    # Bound before the model loads: a busy port is one line, and "serving" is never claimed.
+    sock = _bind(host, port)
+    port = sock.getsockname()[1]  # the port chosen for --port 0
+    app.state.query_thread.call(app.state.library.warm)  # the model loads while uvicorn starts
+    server = listener(app, host, port)
     shown = "localhost" if is_loopback(host) else f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     click.echo(f"serving {', '.join(app.state.library.names)} at {url}", err=True)
     if token:
         click.echo(f"open this URL to sign in: {url}?token={token}", err=True)
-    uvicorn.Server(config).run()
+    server.run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, as uvicorn would bind it, or a one-line error saying why not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart is not refused for TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(_why_not(exc, host, port)) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _why_not(exc: OSError, host: str, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is in use: stop what holds it, or choose another --port"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"not allowed to listen on port {port} on {host}: ports below 1024 need privileges; choose another --port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine: choose another --host"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"

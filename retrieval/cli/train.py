@@ -9,7 +9,7 @@ import click
 
 from retrieval.cli import main
 from retrieval.cli import quiet as cli_quiet
-from retrieval.cli.engine import MODEL_HELP
+from retrieval.cli.options import MODEL_HELP
 from retrieval.progress import NullProgress, TqdmProgress
 
 

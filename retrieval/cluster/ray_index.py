@@ -6,7 +6,7 @@ Who does what::
                                 the single writer of the catalog: commits vectors as they arrive
     read tasks (CPU)            read and hash a chunk of files (plain paths or fsspec URLs)
     driver                      asks its catalog which of those contents already have a vector
-    decode tasks (CPU)          decode and preprocess the new ones (loader.load_bytes, as locally)
+    decode tasks (CPU)          decode and preprocess the new ones (decode.load_bytes, as locally)
     encoder actors (GPU or CPU) load the aligner once, embed batches, return vectors
 
 Only hashes, vectors and error rows come back to the driver; file bytes and pixels travel
@@ -17,14 +17,16 @@ round trip per chunk and works the same when the driver joins through ``ray://``
 Why Ray core tasks and actors rather than Ray Data: the driver's known-content check sits
 between reading and decoding, the driver commits whatever has arrived in one transaction,
 and what is in flight is bounded per encoder; core tasks do all of this directly. Ray Data
-also costs more per run: in scripts/bench_ray.py (e), with Ray already running on this
-2-core machine (2026-12-01, load 12), a 1,000-item job took 0.5-4.1 s as core tasks and
-3.6-10.5 s through Ray Data's map_batches. The bench's part (a) measures this module against
-the local path (docs/scaling.md).
+also costs more per run: its fixed cost per job is several seconds on a small machine, core
+tasks' a fraction of that (docs/scaling.md#e-ray-core-against-ray-data). The bench's part (a)
+measures this module against the local path (docs/scaling.md#a-the-ray-path-against-the-local-path).
 
 Failures: tasks are retried by Ray when their worker or node dies (``max_retries``), and
 lost intermediate objects are rebuilt from lineage; encoder actors restart (``max_restarts``)
-and their calls wait for the restart and are retried. A bad file is an error row, never an
+and their calls wait for the restart and are retried, on a surviving node, where their CPU
+share leaves room to read (:func:`plan_encoders`). A run in which nothing arrives for
+``RaySettings.stall_seconds`` ends in one line that says what is kept: Ray itself would wait
+forever for resources no live node offers. A bad file is an error row, never an
 exception. A killed driver loses only what was in flight: vectors are committed batch by
 batch, keyed by content hash, and the next run skips contents already stored.
 """
@@ -37,23 +39,30 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 import warnings
-from collections import deque
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections import Counter, deque
+from collections.abc import Callable, Container, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, redirect_stdout
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import numpy as np
 import ray
 
+from retrieval.aligners.base import Aligner
+from retrieval.ann.ondisk import AddShards
 from retrieval.cluster import RaySettings
 from retrieval.errors import RetrievalError
-from retrieval.ingest.pipeline import IndexSettings, batched
+from retrieval.ingest.settings import IndexSettings
+from retrieval.ingest.source import Source
+from retrieval.ingest.stream import batched
 from retrieval.media.deadline import DecodeTimeout, time_limit
-from retrieval.media.loader import IMAGE_EXTENSIONS, FileStat, Loaded, SkipFile, load_bytes, read_regular, walk
+from retrieval.media.decode import Loaded, load_bytes
+from retrieval.media.files import FileStat, SkipFile, image_extensions, read_regular, walk
 from retrieval.progress import Progress
 from retrieval.storage.staging import Staging
 from retrieval.storage.store import IndexStore
@@ -65,14 +74,6 @@ log = logging.getLogger(__name__)
 CRASH_ONCE_ENV = "RETRIEVAL_RAY_CRASH_ONCE"
 #: Protocols that name this machine's own files: indexed under plain paths, as the local path does.
 LOCAL_PROTOCOLS = ("file", "local")
-#: Decoded files that may wait for each encoder actor still loading its model, beyond the
-#: usual two groups per encoder: the cores the loading actor leaves free decode ahead instead
-#: of idling. In scripts/bench_ray.py (a) --in-process (a driver with its model loaded, 2
-#: cores, 300 photos) all 300 were decoded during the actor's load and the run took 29.9 s
-#: against 35.8 s with two groups only. (A fresh `retrieval index` driver loads its own model
-#: meanwhile and starts decoding only when the actor is about ready: no gain there.) Bounded
-#: because decoded pixels wait in the object store: 512 files at 224 x 224 float32 are about 300 MB.
-DECODE_AHEAD_FILES = 512
 #: Seconds a decode task may run beyond its files' own limits (IndexSettings.decode_seconds
 #: each, plus one) before the driver cancels it, killing its worker. More than the local
 #: path's 10 s: on a busy cluster a task may wait in Ray's queue before it starts.
@@ -110,8 +111,8 @@ def _is_local(fs) -> bool:
     return any(p in LOCAL_PROTOCOLS for p in protocols)
 
 
-def walk_url(url: str) -> Iterator[FileStat]:
-    """:func:`retrieval.media.loader.walk` through fsspec: the same files, in the same order."""
+def walk_url(url: str, ignored: Counter[str] | None = None) -> Iterator[FileStat]:
+    """:func:`retrieval.media.files.walk` through fsspec: the same files, in the same order, and the same ones `ignored`."""
     fs, top = _filesystem(url)
     name = (lambda p: p) if _is_local(fs) else (lambda p: fs.unstrip_protocol(p))
     if not fs.exists(top):
@@ -119,13 +120,18 @@ def walk_url(url: str) -> Iterator[FileStat]:
     if fs.isfile(top):
         yield _stat(name(top), fs.info(top))
         return
+    readable = image_extensions()
     for dirpath, dirs, files in fs.walk(top, detail=True):
         # fsspec descends into `dirs` after this yield: pruned and sorted in place, as os.walk allows.
         kept = sorted((d, info) for d, info in dirs.items() if not d.startswith("."))
         dirs.clear()
         dirs.update(kept)
         for fname in sorted(files):
-            if fname.startswith(".") or Path(fname).suffix.lower() not in IMAGE_EXTENSIONS:
+            if fname.startswith("."):
+                continue
+            if (suffix := Path(fname).suffix.lower()) not in readable:
+                if ignored is not None:
+                    ignored[suffix] += 1
                 continue
             yield _stat(name(f"{dirpath.rstrip('/')}/{fname}"), files[fname])
 
@@ -154,13 +160,26 @@ def read_bytes(path: str) -> bytes:
 # -- the cluster's stages ----------------------------------------------------------------
 # CPU shares: the encoder actor takes 1 CPU (its torch threads use the node's cores), a decode
 # task half, a read task a quarter. Decoding beside the encoder on the same cores is what the
-# local path measured fastest (indexer.IndexSettings.workers: 2 workers beside a 2-thread
-# encoder on 2 cores reached 0.81-0.86 of the encoder alone, 1 worker 0.73-0.77); whole-CPU
-# decode tasks would let only one run beside a CPU encoder on a 2-CPU node.
-@ray.remote(num_cpus=0.25, num_returns=2)
+# local path found fastest (IndexSettings.workers: one decoding worker per core beside the
+# encoder keeps the encoder busiest; docs/indexing.md#indexing-speed); whole-CPU decode tasks
+# would let only one run beside a CPU encoder on a 2-CPU node. On nodes too small for that,
+# the encoder asks for less (plan_encoders): encoders that hold every CPU leave the reads
+# waiting forever, without an error.
+READ_CPUS = 0.25
+DECODE_CPUS = 0.5
+#: What the encoders must leave free, on the smallest node and in the whole cluster: one read
+#: and one decode at a time keep the pipeline moving.
+ROOM_CPUS = READ_CPUS + DECODE_CPUS
+#: The least CPU share an encoder asks for. Not 0: an actor that needs no CPU may be placed on
+#: a head node kept free of work (0 CPUs).
+MIN_ENCODER_CPUS = 0.25
+
+
+@ray.remote(num_cpus=READ_CPUS, num_returns=2)
 def read_chunk(paths: list[str]) -> tuple[list[Loaded], list[bytes | None]]:
     """Read and hash a chunk: rows for the driver (hash and photo metadata, or an error), bytes for the decoder."""
-    rows, blobs = [], []
+    rows: list[Loaded] = []
+    blobs: list[bytes | None] = []
     for path in paths:
         try:
             data = read_bytes(path)
@@ -178,7 +197,7 @@ def read_chunk(paths: list[str]) -> tuple[list[Loaded], list[bytes | None]]:
     return rows, blobs
 
 
-@ray.remote(num_cpus=0.5)
+@ray.remote(num_cpus=DECODE_CPUS)
 def decode_chunk(
     rows: list[Loaded], blobs: list[bytes | None], wanted: list[int], transform, draft: bool, limit: float | None = None,
 ) -> list[Loaded]:
@@ -192,7 +211,9 @@ def decode_chunk(
     return [_decode_one(rows[i], blobs[i], transform, draft, limit) for i in wanted]
 
 
-def _decode_one(row: Loaded, data: bytes, transform, draft: bool, limit: float | None) -> Loaded:
+def _decode_one(row: Loaded, data: bytes | None, transform: Any, draft: bool, limit: float | None) -> Loaded:
+    if data is None:  # the read failed: its row already says why
+        return row
     try:
         with time_limit(limit):
             return load_bytes(row.path, data, transform, draft=draft, digest=row.hash)
@@ -214,7 +235,7 @@ def _maybe_crash() -> None:
 class Encoder:
     """One aligner, loaded once; embeds decoded chunks and returns only small things."""
 
-    def __init__(self, factory, threads: int | None = None):
+    def __init__(self, factory: Callable[[], Aligner], threads: int | None = None):
         if threads:
             # Before torch is imported here: Ray sets OMP_NUM_THREADS to the actor's CPU share
             # (1), which would leave a CPU encoder on one core. (A runtime_env would do the same
@@ -228,9 +249,9 @@ class Encoder:
     def encode(self, *chunks: list[Loaded]) -> tuple[list[Loaded], list[tuple[str, int, int]], np.ndarray]:
         """Rows (no pixels), then (hash, width, height) and vectors of each distinct decoded content."""
         items = [item for chunk in chunks for item in chunk]
-        decoded = {item.hash: item for item in items if item.pixels is not None}
+        decoded = {item.hash: item for item in items if item.pixels is not None and item.hash is not None}
         if decoded:
-            vectors = self.aligner.encode_images(np.stack([it.pixels for it in decoded.values()]))
+            vectors = self.aligner.encode_images(np.stack([it.pixels for it in decoded.values() if it.pixels is not None]))
         else:
             vectors = np.zeros((0, self.aligner.dim), np.float32)
         rows = [dataclasses.replace(it, pixels=None) for it in items]
@@ -241,7 +262,7 @@ class Encoder:
 #: The driver commits what has arrived once this many vectors wait, or COMMIT_SECONDS after
 #: the first of them arrived, whichever comes first: a bound on the number of commits when
 #: many small results arrive at once, and on what a killed driver loses. (With
-#: synchronous=NORMAL a commit is cheap: in scripts/bench_ray.py (b) coalescing alone changed
+#: synchronous=NORMAL a commit is cheap: in benchmarks/bench_ray.py (b) coalescing alone changed
 #: the rate little; one transaction per commit and fewer checkpoints did the most.)
 COMMIT_VECTORS = 2_048
 COMMIT_SECONDS = 0.5
@@ -266,7 +287,7 @@ def store_and_record(store: IndexStore, staging: Staging, rows: list[Loaded],
     """Vectors of contents not yet stored, then the rows; each write in its own transaction unless one is open.
 
     :func:`commit` wraps it in one; on its own it is the driver before 2026-12-02, which
-    scripts/bench_ray.py (b) measures against it.
+    benchmarks/bench_ray.py (b) measures against it.
     """
     fresh: dict[str, tuple] = {}
     if encoded:
@@ -293,11 +314,26 @@ def streaming_checkpoints(store: IndexStore, pages: int = STREAMING_CHECKPOINT_P
 
 @contextmanager
 def connected(address: str | None) -> Iterator[None]:
-    """Ray as asked: an instance already started in this process, a new local one, or a cluster."""
+    """Ray as asked: an instance already started in this process, a new private local one, or a cluster.
+
+    While joined, what Ray's driver prints goes to stderr: its error listener writes cluster
+    events ("(raylet) A worker died ...", "Raylet is terminated ...") to sys.stdout from a
+    thread of its own, even with log_to_driver=False, and stdout may carry a command's JSON.
+    """
     if ray.is_initialized():
         yield
         return
     _probe(address)
+    with redirect_stdout(sys.stderr):
+        _start(address)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+def _start(address: str | None) -> None:
+    """Start or join Ray; a failure is one line that says where and, for a joined cluster, what to check."""
     try:
         _init(address)
     except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -309,10 +345,6 @@ def connected(address: str | None) -> Iterator[None]:
             hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token "
                     "(the token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
         raise RetrievalError(f"could not start or join {where}: {_reason(exc)}{hint}") from None
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _init(address: str | None, attempts: int = 3) -> None:
@@ -320,7 +352,10 @@ def _init(address: str | None, attempts: int = 3) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Ray's client warns before it raises; the error says it once
-                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+                # No address: a private instance ("local"). ray.init(None) would join the cluster
+                # this machine last started (the ray_current_cluster file that `ray start` writes).
+                ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
+                         log_to_driver=False)
             return
         except ConnectionAbortedError as exc:
             # Ray's client server starts a process per driver; on a busy head that start can
@@ -349,8 +384,8 @@ CLIENT_PORT = 10001
 def _probe(address: str | None) -> None:
     """Fail in one line, at once, when nothing listens at the cluster's address.
 
-    ray.init would otherwise retry an unreachable HOST:PORT for minutes (measured: still
-    waiting after 300 s here), printing its C++ core's warnings meanwhile.
+    ray.init would otherwise retry an unreachable HOST:PORT for minutes
+    (docs/scaling.md#running-it), printing its C++ core's warnings meanwhile.
     """
     if address is None:
         return
@@ -380,14 +415,15 @@ def _probe(address: str | None) -> None:
 def _host_port(target: str) -> tuple[str | None, int]:
     client = target.startswith("ray://")
     target = target.removeprefix("ray://").rstrip("/")
-    host, _, port = target.rpartition(":")
+    head, _, port = target.rpartition(":")
+    host: str | None = head
     if not port.isdigit():
         host, port = (target, str(CLIENT_PORT)) if client else (None, "0")
-    return (host.strip("[]") or None), int(port)
+    return ((host or "").strip("[]") or None), int(port)
 
 
-class RaySource:
-    """:class:`retrieval.ingest.pipeline.LocalSource`'s three methods, with the work done on Ray."""
+class RaySource(Source):
+    """The :class:`retrieval.ingest.source.Source` whose work is done on Ray; it builds on-disk shards there too."""
 
     def __init__(self, settings: RaySettings | None = None):
         self.settings = settings or RaySettings()
@@ -423,26 +459,36 @@ class RaySource:
             self._session.close()
             self._session = None
 
-    def roots(self, roots: list[str | Path]) -> list[str]:
+    def roots(self, roots: Sequence[str | Path]) -> list[str]:
         return [root_name(r) for r in roots]
 
-    def walk(self, roots: list[str]) -> Iterator[FileStat]:
+    def walk(self, roots: Sequence[str | Path], ignored: Counter[str] | None = None) -> Iterator[FileStat]:
         for root in roots:
-            yield from (walk_url(root) if is_url(root) else walk([root]))
+            yield from (walk_url(str(root), ignored) if is_url(str(root)) else walk([root], ignored))
 
-    def encode(self, store: IndexStore, aligner, staging: Staging, known, settings: IndexSettings, progress: Progress) -> int:
+    def encode(
+        self, store: IndexStore, aligner: Aligner, staging: Staging, known: Container[str],
+        settings: IndexSettings, progress: Progress,
+    ) -> int:
         try:
             if not staging.todo_count():
                 return 0  # nothing changed: no cluster work
             self.start(aligner.spec)
-            return _Pipeline(store, aligner, staging, settings, self.settings, self._encoders, progress).run()
+            encoders = self._encoders
+            assert encoders is not None  # start() made them
+            return _Pipeline(store, aligner, staging, settings, self.settings, encoders, progress).run()
         except ray.exceptions.RayError as exc:
             raise _lost(exc) from None
         finally:
             # Ray stays joined: an on-disk index builds its shards on it when the run publishes.
             self._release_encoders()
 
-    def add_shards(self, trained: Path, parts, work: Path, n: int) -> list[Path]:
+    def shard_builder(self) -> AddShards:
+        return self.add_shards
+
+    def add_shards(
+        self, trained: Path, parts: Iterator[Iterator[tuple[np.ndarray, np.ndarray]]], work: Path, n: int
+    ) -> list[Path]:
         """:data:`retrieval.ann.ondisk.AddShards`: an on-disk index's shards, built as Ray tasks (ray_shards)."""
         from retrieval.ann import ondisk
         from retrieval.cluster.ray_shards import add_shards
@@ -475,24 +521,52 @@ class Encoders:
         self.started = time.monotonic()
         factory = rs.aligner_factory or functools.partial(_load_aligner, spec)
         gpus = int(ray.cluster_resources().get("GPU", 0))
+        nodes = _cpu_nodes()
+        count, share = plan_encoders(rs.encoders, gpus, nodes)
         # A call waits out its actor's restarts (a model load can take a minute on a busy node);
-        # only an actor that has used up its restarts fails the run.
-        options = {"max_restarts": 3, "max_task_retries": -1, "num_cpus": 1}
+        # only an actor that has used up its restarts fails the run. A restarted actor is placed
+        # on a surviving node, where its share leaves room to read (plan_encoders).
+        options: dict[str, Any] = {"max_restarts": 3, "max_task_retries": -1, "num_cpus": share}
+        threads = None
         if gpus:
-            count, threads = min(gpus, rs.encoders or gpus), None
             options.update(num_gpus=1)
         else:
-            count = max(1, rs.encoders or 1)
-            threads = rs.encoder_threads or _threads(count)
-        log.info("starting %d encoder actor(s) (%s)", count, "GPU" if gpus else f"CPU, {threads} threads each")
-        actor = ray.remote(Encoder).options(**options)
+            threads = rs.encoder_threads or _threads(count, nodes)
+        log.info("starting %d encoder actor(s) (%s, %g CPU each)", count,
+                 "GPU" if gpus else f"CPU, {threads} threads each", share)
+        # Any: Ray's annotations type an actor's methods as plain callables, without `.remote`.
+        actor: Any = ray.remote(Encoder).options(**options)
         self.actors = [actor.remote(factory, threads) for _ in range(count)]
         self.identities = [a.identity.remote() for a in self.actors]
 
 
-def _threads(count: int) -> int:
+def plan_encoders(requested: int | None, gpus: int, node_cpus: Sequence[float]) -> tuple[int, float]:
+    """How many encoder actors to start, and the CPU share each asks for.
+
+    One per GPU (at most `requested`), or `requested` CPU actors (default one). Each asks for
+    1 CPU where the smallest node keeps :data:`ROOM_CPUS` beside it, less on smaller nodes,
+    because an actor restarted after a lost node may land on any survivor. No more actors
+    than leave ROOM_CPUS free in the whole cluster: with every CPU held by encoders, the
+    reads they wait for would never be scheduled.
+    """
+    cpus = [c for c in node_cpus if c > 0] or [1.0]
+    share = min(1.0, max(MIN_ENCODER_CPUS, min(cpus) - ROOM_CPUS))
+    wanted = min(gpus, requested or gpus) if gpus else max(1, requested or 1)
+    fits = max(1, math.floor((sum(cpus) - ROOM_CPUS) / share + 1e-9))
+    if wanted > fits:
+        log.warning("%d encoder actors would leave no CPU to read and decode with (%g CPUs in the cluster): "
+                    "starting %d", wanted, sum(cpus), fits)
+    return min(wanted, fits), share
+
+
+def _cpu_nodes() -> list[float]:
+    """CPUs of each live node that has any (a head node kept free of work has none)."""
+    return [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU")]
+
+
+def _threads(count: int, nodes: Sequence[float]) -> int:
     """Torch threads per CPU encoder: the smallest node's CPUs shared by the encoders placed on it."""
-    nodes = [n["Resources"].get("CPU", 1) for n in ray.nodes() if n.get("Alive")] or [1]
+    nodes = list(nodes) or [1.0]
     return max(1, int(min(nodes) // math.ceil(count / len(nodes))))
 
 
@@ -509,7 +583,10 @@ class _Decode:
 class _Pipeline:
     """One run's flow: read -> (driver: known?) -> decode -> encode -> (driver: commit)."""
 
-    def __init__(self, store, aligner, staging, settings: IndexSettings, ray_settings: RaySettings, encoders, progress):
+    def __init__(
+        self, store: IndexStore, aligner: Aligner, staging: Staging, settings: IndexSettings, ray_settings: RaySettings,
+        encoders: Encoders, progress: Progress,
+    ):
         self.store, self.aligner, self.staging, self.progress = store, aligner, staging, progress
         self.settings, self.ray_settings = settings, ray_settings
         self.started = encoders.started
@@ -525,12 +602,18 @@ class _Pipeline:
         self.rows: list[Loaded] = []
         self.vectors: list[tuple] = []
         self.since: float | None = None
+        # When a result last arrived: with none for RaySettings.stall_seconds the run ends (_stalled).
+        self.moved = time.monotonic()
 
     def _check_identity(self) -> None:
         """Before the first commit: every actor must have loaded the driver's model."""
         if self.checked:
             return
-        for got in ray.get(self.identities):
+        try:
+            identities = ray.get(self.identities, timeout=self.ray_settings.stall_seconds)
+        except ray.exceptions.GetTimeoutError:
+            raise self._stalled() from None
+        for got in identities:
             if got != self.aligner.identity:
                 raise RetrievalError(
                     f"an encoder on the cluster loaded {got!r}, not {self.aligner.identity!r}: "
@@ -558,7 +641,8 @@ class _Pipeline:
                 if chunk is None:
                     more = False
                     break
-                rows_ref, blobs_ref = read_chunk.remote(chunk)
+                refs: Any = read_chunk.remote(chunk)  # num_returns=2: two refs, which Ray's annotations don't say
+                rows_ref, blobs_ref = refs
                 reading[rows_ref] = blobs_ref
             upstream = more or reading or self.decoding
             if group and (group_files >= (rs.chunk if first else batch) or not upstream):
@@ -579,7 +663,10 @@ class _Pipeline:
             # stop decoding ahead (_ahead).
             waited = [*reading, *self.decoding, *encoding, *self.loading]
             ready, _ = ray.wait(waited, num_returns=1, timeout=self._wait_seconds())
+            if not ready and time.monotonic() - self.moved >= self.ray_settings.stall_seconds:
+                raise self._stalled()
             if ready:
+                self.moved = time.monotonic()
                 ready, _ = ray.wait(waited, num_returns=len(waited), timeout=0)
             for ref in ready:
                 if ref in self.loading:
@@ -588,7 +675,7 @@ class _Pipeline:
                         log.info("encoders ready %.1fs after they were asked for; %d files decoded meanwhile",
                                  time.monotonic() - self.started, self.decoded)
                 elif ref in reading:
-                    self._after_read(ray.get(ref), reading.pop(ref))
+                    self._after_read(self._get(ref), reading.pop(ref))
                 elif ref in self.decoding:
                     # Ready decodes only: an encoder call never waits on a decode that may hang.
                     group.append(ref)
@@ -597,26 +684,52 @@ class _Pipeline:
                     self.decoded += files
                 else:
                     busy[encoding.pop(ref)] -= 1
-                    got_rows, meta, vecs = ray.get(ref)
+                    got_rows, meta, vecs = self._get(ref)
                     self._arrived(got_rows, [(h, v, w, ht) for (h, w, ht), v in zip(meta, vecs)])
             self._overdue()
 
+    def _get(self, ref: Any) -> Any:
+        """A ready result. Bounded too: one kept on a node lost since is rebuilt, which may never end."""
+        try:
+            return ray.get(ref, timeout=self.ray_settings.stall_seconds)
+        except ray.exceptions.GetTimeoutError:
+            raise self._stalled() from None
+
     def _ahead(self, batch: int) -> int:
         """Decoded groups that may wait for an encoder: two per encoder, more while some still load their model."""
-        return 2 * len(self.encoders) + math.ceil(DECODE_AHEAD_FILES * len(self.loading) / max(1, batch))
+        ahead = self.ray_settings.decode_ahead_files  # RaySettings says why
+        return 2 * len(self.encoders) + math.ceil(ahead * len(self.loading) / max(1, batch))
 
-    def _arrived(self, rows: list[Loaded], vectors: list[tuple] = ()) -> None:
+    def _arrived(self, rows: list[Loaded], vectors: Sequence[tuple] = ()) -> None:
         if self.since is None:
             self.since = time.monotonic()
         self.rows += rows
         self.vectors += vectors
 
     def _wait_seconds(self) -> float | None:
-        """How long the driver may wait for results: until the next commit or decode deadline is due."""
+        """How long the driver may wait for results: until the next commit, decode or no-progress deadline is due."""
         due = [d.deadline for d in self.decoding.values()]
         if self.since is not None:
             due.append(self.since + COMMIT_SECONDS)
-        return max(0.0, min(due) - time.monotonic()) if due else None
+        due.append(self.moved + self.ray_settings.stall_seconds)
+        return max(0.0, min(due) - time.monotonic())
+
+    def _stalled(self) -> RetrievalError:
+        """The one line that ends a run in which nothing arrived for RaySettings.stall_seconds.
+
+        Ray waits forever for resources no live node offers (a lost node, encoders holding
+        every CPU) and says nothing; the driver says what is kept and how to go on.
+        """
+        try:
+            cpus = (f" (cluster CPUs: {ray.cluster_resources().get('CPU', 0):g}, "
+                    f"free: {ray.available_resources().get('CPU', 0):g})")
+        except Exception:  # noqa: BLE001  (the cluster may be what failed: the message goes out without it)
+            cpus = ""
+        return RetrievalError(
+            f"the Ray cluster made no progress for {self.ray_settings.stall_seconds:g}s: no file read and no vector "
+            f"stored{cpus}; the {self.encoded} vectors this run stored are kept: run the same command again, "
+            "with the cluster's capacity back, to resume"
+        )
 
     def _maybe_commit(self, force: bool = False) -> None:
         """Commit what has arrived once enough has, or once the first of it has waited long enough."""
@@ -670,7 +783,7 @@ class _Pipeline:
             self._arrived([Loaded(path, error=f"decoding did not finish within {seconds:g}s (the worker was replaced)")])
 
 
-def _load_aligner(spec: str):
+def _load_aligner(spec: str) -> Aligner:
     from retrieval.aligners import load_aligner
 
     return load_aligner(spec)

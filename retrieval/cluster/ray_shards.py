@@ -14,8 +14,9 @@ open the catalog file instead when it lies on a shared path, but (1) the rows be
 published exist only inside the driver's uncommitted publishing transaction, which no
 other connection sees, and (2) a driver that joins with ``ray://`` or keeps its index on a
 local disk shares no path with the workers. Reading is the cheap side: the driver reads
-about 221,000 vectors per CPU second from SQLite, and FAISS adds about 83,000 per thread
-(docs/scaling.md, per-stage costs), so a few tasks in flight keep pace with one reader.
+vectors from SQLite several times faster than FAISS adds them on one thread
+(docs/scaling.md#d-per-stage-cpu-cost-for-the-model-below), so a few tasks in flight keep
+pace with one reader.
 The shard comes back the same way, as bytes: 8-bit codes and ids, about a quarter of the
 float32 vectors that went out.
 

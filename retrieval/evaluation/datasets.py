@@ -42,8 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval import paths
 from retrieval.errors import DatasetError
-from retrieval.media.loader import IMAGE_EXTENSIONS
+from retrieval.media.files import image_extensions
 
 log = logging.getLogger(__name__)
 
@@ -345,13 +346,14 @@ def _coco(path: Path, data: dict, root: Path, skip_missing: bool) -> _Builder:
 def _folder(root: Path, skip_missing: bool) -> _Builder:
     b = _Builder(root.name, None, skip_missing)
     uncaptioned = 0
+    readable = image_extensions()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         names = set(filenames)
         stems: dict[str, str] = {}
         for name in sorted(filenames):
             stem, ext = os.path.splitext(name)
-            if ext.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+            if ext.lower() in readable and not name.startswith("."):
                 stems.setdefault(stem, name)
         for name in sorted(filenames):
             stem, ext = os.path.splitext(name)
@@ -375,10 +377,7 @@ def _folder(root: Path, skip_missing: bool) -> _Builder:
 # -- built-in sets ----------------------------------------------------------------
 def cache_dir() -> Path:
     """Where built-in sets are materialized as image files: $RETRIEVAL_CACHE or ~/.cache/retrieval."""
-    base = os.environ.get("RETRIEVAL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "retrieval"
-    )
-    return Path(base)
+    return paths.cache_dir()
 
 
 def _check_split(name: str, split: str) -> None:

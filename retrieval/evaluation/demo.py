@@ -1,4 +1,4 @@
-"""The demo photo set: real photos that installable packages ship (see scripts/PHOTOS.md).
+"""The demo photo set: real photos that installable packages ship (see docs/photo-sources.md).
 
 scikit-image's sample photos (public domain / CC0, a dependency of this project) are
 always there; the Debian package lomiri-wallpapers-16.04 (CC-BY / CC-BY-SA / CC0 per
@@ -9,9 +9,10 @@ apt-get is available).
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
+
+from retrieval import paths
 
 SKIMAGE_PHOTOS = [
     "astronaut.png", "camera.png", "chelsea.png", "coffee.png", "coins.png",
@@ -40,10 +41,7 @@ def demo_sources() -> list[Path]:
 
 def demo_folder() -> Path:
     """Copy the demo photos into one folder (once) and return it."""
-    base = os.environ.get("RETRIEVAL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "retrieval"
-    )
-    folder = Path(base) / "demo-photos"
+    folder = paths.cache_dir() / "demo-photos"
     folder.mkdir(parents=True, exist_ok=True)
     for src in demo_sources():
         dest = folder / src.name

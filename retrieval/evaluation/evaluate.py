@@ -1,10 +1,10 @@
 """Recall@k of aligners on a captioned image set: CLIP_benchmark's protocol, exact and through the index.
 
 Each image and each distinct caption text is encoded once per model, streaming: images
-decode in worker processes (:func:`retrieval.ingest.pipeline.load_stream`) and only their
+decode in worker processes (:func:`retrieval.ingest.stream.load_stream`) and only their
 vectors are kept, so memory holds vectors, never decoded images. Scores are exact
 (:mod:`retrieval.evaluation.metrics`); with ``through_index`` the engine's own index is also built
-(:func:`retrieval.ann.index.build`, with the type the engine would pick for that many
+(:func:`retrieval.ann.build`, with the type the engine would pick for that many
 vectors, or a forced factory such as ``"IVF64,Flat"``) and recall is computed from its
 search results, so the cost of approximate search shows beside the exact figure.
 
@@ -25,16 +25,18 @@ Recall, as defined here:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from retrieval.aligners.base import Aligner
 from retrieval.errors import DatasetError, RetrievalError
 from retrieval.evaluation import metrics
 from retrieval.evaluation.datasets import Dataset
@@ -117,7 +119,7 @@ def queries_for(dataset: Dataset) -> Queries:
 
 def evaluate(
     dataset: Dataset,
-    aligner_specs: Sequence,
+    aligner_specs: Sequence[str | Aligner],
     ks: Sequence[int] = (1, 5, 10),
     through_index: bool = False,
     batch_size: int = 32,
@@ -142,7 +144,8 @@ def evaluate(
         raise RetrievalError("no model to evaluate")
     progress = progress or NullProgress()
     aligners = [_aligner(spec) for spec in aligner_specs]
-    encoded, unreadable = [], {}
+    encoded: list[tuple[Aligner, np.ndarray, float]] = []
+    unreadable: dict[int, str] = {}
     for aligner in aligners:
         started = time.monotonic()
         images, bad = encode_images(aligner, dataset, batch_size, progress, workers)
@@ -192,7 +195,7 @@ def evaluate(
     )
 
 
-def _aligner(spec):
+def _aligner(spec: str | Aligner) -> Aligner:
     if not isinstance(spec, str):
         return spec
     from retrieval.aligners import load_aligner
@@ -206,10 +209,11 @@ def _where(dataset: Dataset, i: int) -> str:
 
 # -- encoding -------------------------------------------------------------------
 def encode_images(
-    aligner, dataset: Dataset, batch_size: int, progress: Progress, workers: int | None = None
+    aligner: Aligner, dataset: Dataset, batch_size: int, progress: Progress, workers: int | None = None
 ) -> tuple[np.ndarray, dict[int, str]]:
     """(n_images, dim) vectors (zero rows for unreadable images) and {image index: reason}."""
-    from retrieval.ingest.pipeline import IndexSettings, batched, load_stream
+    from retrieval.ingest.settings import IndexSettings
+    from retrieval.ingest.stream import batched, load_stream
 
     settings = IndexSettings(batch_size=batch_size, workers=workers)
     vectors = np.zeros((len(dataset.images), aligner.dim), np.float32)
@@ -219,12 +223,12 @@ def encode_images(
     try:
         stream = load_stream(dataset.images, aligner.transform, frozenset(), settings)
         for batch in batched(stream, batch_size):
-            good = [(position + j, item) for j, item in enumerate(batch) if item.pixels is not None]
+            good = [(position + j, item.pixels) for j, item in enumerate(batch) if item.pixels is not None]
             for j, item in enumerate(batch):
                 if item.pixels is None:
                     bad[position + j] = item.error or "could not be decoded"
             if good:
-                vectors[[j for j, _ in good]] = aligner.encode_images(np.stack([item.pixels for _, item in good]))
+                vectors[[j for j, _ in good]] = aligner.encode_images(np.stack([pixels for _, pixels in good]))
             position += len(batch)
             progress.advance(len(batch))
     finally:
@@ -232,7 +236,7 @@ def encode_images(
     return vectors, bad
 
 
-def encode_texts(aligner, texts: list[str], progress: Progress, batch_size: int = 256) -> np.ndarray:
+def encode_texts(aligner: Aligner, texts: list[str], progress: Progress, batch_size: int = 256) -> np.ndarray:
     out = np.zeros((len(texts), aligner.dim), np.float32)
     progress.start(len(texts), f"texts ({aligner.spec})")
     try:
@@ -270,19 +274,19 @@ def score_through_index(
     the cost of approximate search); texts go in an exact index, as the engine's caption
     corpus does.
     """
-    from retrieval.ann import index as faiss_index
+    from retrieval import ann
 
     out: dict = {}
     k = max(ks)
     for name, q, g, positives in _directions(images, texts, queries):
-        chosen = (factory or faiss_index.factory_for(len(g))) if name == "text_to_image" else "IDMap2,Flat"
+        chosen = (factory or ann.factory_for(len(g))) if name == "text_to_image" else "IDMap2,Flat"
         ids = np.arange(len(g), dtype=np.int64)
         try:
-            index, info = faiss_index.build(ids, np.ascontiguousarray(g, np.float32), factory=chosen)
+            index, info = ann.build(ids, np.ascontiguousarray(g, np.float32), factory=chosen)
         except RuntimeError as exc:  # FAISS reports a bad factory string or too few training points
             raise RetrievalError(f"cannot build index {chosen!r} over {len(g)} vectors: {exc}") from None
-        _, found = faiss_index.search_ranked(
-            index, q, k, factory=info.factory, lookup=lambda ids, g=g: {i: g[i] for i in ids}, rerank=info.rerank
+        _, found = ann.search_ranked(
+            index, q, k, factory=info.factory, lookup=functools.partial(_rows_by_id, g), rerank=info.rerank
         )
         ranks = ranks_from_results(found, positives, k)
         figures = {f"R@{kk}": v for kk, v in metrics.recall_at(ranks, ks).items()}
@@ -290,7 +294,12 @@ def score_through_index(
     return out
 
 
-def ranks_from_results(found: np.ndarray, positives: Sequence[Sequence[int]], k: int) -> np.ndarray:
+def _rows_by_id(vectors: np.ndarray, ids: Iterable[int]) -> dict[int, np.ndarray]:
+    # The gallery's row i is id i: exact vectors for re-ranking come straight from it.
+    return {i: vectors[i] for i in ids}
+
+
+def ranks_from_results(found: np.ndarray, positives: metrics.Positives, k: int) -> np.ndarray:
     """Position of the first positive in each result list, or `k` when none was returned."""
     ranks = np.full(len(found), k, dtype=np.int64)
     for row, (hits, pos) in enumerate(zip(found, positives, strict=True)):

@@ -24,6 +24,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+#: Each query's relevant gallery rows: lists of ints or int arrays (:func:`invert` makes arrays).
+Positives = Sequence["Sequence[int] | np.ndarray"]
+
 #: Score-matrix cells per chunk (16M float32 = 64 MB) whatever the gallery size.
 CHUNK_CELLS = 1 << 24
 
@@ -33,7 +36,7 @@ def _chunk_rows(gallery_size: int, chunk: int | None) -> int:
 
 
 def best_positive_ranks(
-    queries: np.ndarray, gallery: np.ndarray, positives: Sequence[Sequence[int]], chunk: int | None = None
+    queries: np.ndarray, gallery: np.ndarray, positives: Positives, chunk: int | None = None
 ) -> np.ndarray:
     """For each query, how many gallery items score strictly above its best positive."""
     if len(positives) != len(queries):
@@ -41,7 +44,9 @@ def best_positive_ranks(
     return _rank_and_ap(queries, gallery, positives, chunk, with_ap=False)[0]
 
 
-def _rank_and_ap(queries, gallery, positives, chunk, with_ap: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _rank_and_ap(
+    queries: np.ndarray, gallery: np.ndarray, positives: Positives, chunk: int | None, with_ap: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One pass over the score matrix, a chunk of queries at a time."""
     ranks = np.empty(len(queries), dtype=np.int64)
     aps = np.empty(len(queries), dtype=np.float64) if with_ap else None
@@ -51,11 +56,11 @@ def _rank_and_ap(queries, gallery, positives, chunk, with_ap: bool) -> tuple[np.
         for row, pos in enumerate(positives[start : start + rows]):
             if len(pos) == 0:
                 raise ValueError(f"query {start + row} has no positive")
-            pos = np.asarray(pos, dtype=np.int64)
-            best = scores[row, pos].max()
+            rows_of = np.asarray(pos, dtype=np.int64)
+            best = scores[row, rows_of].max()
             ranks[start + row] = int((scores[row] > best).sum())
-            if with_ap:
-                aps[start + row] = _average_precision(scores[row], np.unique(pos))
+            if aps is not None:
+                aps[start + row] = _average_precision(scores[row], np.unique(rows_of))
     return ranks, aps
 
 
@@ -65,10 +70,12 @@ def recall_at(ranks: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
 
 
 def average_precisions(
-    queries: np.ndarray, gallery: np.ndarray, positives: Sequence[Sequence[int]], chunk: int | None = None
+    queries: np.ndarray, gallery: np.ndarray, positives: Positives, chunk: int | None = None
 ) -> np.ndarray:
     """Average precision of each query's full ranking of the gallery (positives first on ties)."""
-    return _rank_and_ap(queries, gallery, positives, chunk, with_ap=True)[1]
+    aps = _rank_and_ap(queries, gallery, positives, chunk, with_ap=True)[1]
+    assert aps is not None  # with_ap=True computes them
+    return aps
 
 
 def _average_precision(scores: np.ndarray, pos: np.ndarray) -> float:
@@ -88,7 +95,7 @@ def _average_precision(scores: np.ndarray, pos: np.ndarray) -> float:
 
 
 def mean_average_precision(
-    queries: np.ndarray, gallery: np.ndarray, positives: Sequence[Sequence[int]], chunk: int | None = None
+    queries: np.ndarray, gallery: np.ndarray, positives: Positives, chunk: int | None = None
 ) -> float:
     """Mean over queries of the average precision of the full ranking of the gallery."""
     return float(average_precisions(queries, gallery, positives, chunk).mean())
@@ -105,14 +112,14 @@ def invert(caption_image: np.ndarray, n_images: int) -> list[np.ndarray]:
 def direction(
     queries: np.ndarray,
     gallery: np.ndarray,
-    positives: Sequence[Sequence[int]],
+    positives: Positives,
     ks: Sequence[int] = (1, 5, 10),
     with_map: bool = False,
 ) -> tuple[dict[str, float], np.ndarray]:
     """One direction's figures (``{"R@1": ..., "mAP": ...}``) and the best-positive ranks."""
     ranks, aps = _rank_and_ap(queries, gallery, positives, None, with_ap=with_map)
     out = {f"R@{k}": v for k, v in recall_at(ranks, ks).items()}
-    if with_map:
+    if aps is not None:  # with_map
         out["mAP"] = float(aps.mean())
     return out, ranks
 
@@ -120,8 +127,8 @@ def direction(
 def metrics_for(
     image_vectors: np.ndarray,
     text_vectors: np.ndarray,
-    text_images: Sequence[Sequence[int]],
-    image_texts: Sequence[Sequence[int]],
+    text_images: Positives,
+    image_texts: Positives,
     ks: Sequence[int] = (1, 5, 10),
     with_map: bool = False,
 ) -> dict:

@@ -37,7 +37,8 @@ class PhotoMeta:
 
     def row(self) -> tuple:
         # Not dataclasses.astuple: it deep-copies every field, and this runs for every file a
-        # run records (half the Ray driver's commit time at 20,000 files/s; scripts/bench_ray.py).
+        # run records, where it was the Ray driver's largest cost per commit
+        # (docs/scaling.md#b-driver-ingest-how-fast-the-single-writer-commits).
         return tuple(getattr(self, name) for name in COLUMNS)
 
 
@@ -144,7 +145,8 @@ def _degrees(parts, ref, negative: str, limit: float) -> float | None:
     value = d + m / 60 + s / 3600
     if value != value or value > limit:  # NaN (0/0 rationals) or out of range
         return None
-    if _text(ref) and _text(ref).upper().startswith(negative):
+    direction = _text(ref)
+    if direction and direction.upper().startswith(negative):
         value = -value
     return round(value, 7)
 

@@ -53,8 +53,8 @@ class ImageTransform:
             image = self._resize(image, (self.size, self.size))
         else:
             image = self._centre_crop(self._resize(image, self._shortest(image.size)))
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
-        pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        scaled = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+        pixels = (scaled - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
     def _shortest(self, size: tuple[int, int]) -> tuple[int, int]:

@@ -5,18 +5,28 @@ one C call, or crashes its process, is caught here instead: a task that has not 
 within a generous limit (the per-file limit for each of its files, plus slack) makes the
 pool be killed and started afresh, the other outstanding tasks are sent again, and the
 task's files are retried one by one, so only the file at fault is skipped with a reason.
+
+Not pebble's ProcessPool, although its per-task timeouts kill one worker instead of the
+pool: its own issue tracker reports a task that, once workers are being killed for
+timeouts, neither finishes nor times out, which is the stall this module exists to rule out;
+here the parent's wait on every task is bounded (docs/reliability.md has the comparison).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
+import sys
+from collections.abc import Container
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from types import TracebackType
 
-from retrieval.media.loader import Loaded, init_worker, load_chunk
+from retrieval.media.decode import Loaded, Transform, load_many
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +34,67 @@ log = logging.getLogger(__name__)
 SLACK_S = 10.0
 #: Seconds new workers may take to start (spawn, imports) on a busy machine; not counted in any limit.
 STARTUP_S = 300.0
+#: prctl(2) option: the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+# -- inside a worker process ------------------------------------------------------
+# A spawned worker imports this module, retrieval.media.decode and what they import (numpy,
+# Pillow), never the indexer or a model, so it starts in a fraction of a second.
+@dataclass(frozen=True)
+class DecodeJob:
+    """The settings every chunk of one run is decoded with: sent once per worker, not with every chunk."""
+
+    transform: Transform | None
+    skip_hashes: Container[str]
+    draft: bool
+    time_limit_s: float | None
+
+    def load(self, paths: list[str]) -> list[Loaded]:
+        return load_many(paths, self.transform, self.skip_hashes, self.draft, self.time_limit_s)
+
+
+# This worker process's job. The one module-level variable here, and per process: a pool's
+# initializer runs in the worker and can leave state nowhere but in that process's globals,
+# and tasks reach it only as module functions. In the parent it stays None.
+_job: DecodeJob | None = None
+
+
+def init_worker(job: DecodeJob) -> None:
+    """Process-pool initializer: keep `job` for :func:`load_chunk`, and die with the parent."""
+    global _job
+    # Ctrl-C reaches the whole process group; the parent alone decides how to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    _job = job
+
+
+def load_chunk(paths: list[str]) -> list[Loaded]:
+    """A worker's task: `paths` loaded with the settings :func:`init_worker` kept."""
+    if _job is None:
+        raise RuntimeError("load_chunk runs in a worker that init_worker has set up")
+    return _job.load(paths)
+
+
+def _die_with_parent() -> None:
+    """End this worker when its parent dies, even by SIGKILL (Linux).
+
+    A spawned pool worker holds both ends of its task pipe, so it never sees end-of-file
+    when the parent is killed: without this it would wait on the pipe forever.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(0)  # the parent died before the line above took effect
+
+
+# -- in the parent ----------------------------------------------------------------
 
 
 @dataclass
@@ -35,9 +106,11 @@ class Task:
 class DecodePool:
     """``submit`` chunks of paths, then take each ``result`` in order."""
 
-    def __init__(self, workers: int, transform, known, draft: bool, time_limit_s: float | None):
+    def __init__(
+        self, workers: int, transform: Transform | None, known: Container[str], draft: bool, time_limit_s: float | None
+    ):
         self.workers, self.time_limit_s = workers, time_limit_s
-        self._initargs = (transform, known, draft, time_limit_s)
+        self._initargs = (DecodeJob(transform, known, draft, time_limit_s),)
         self._outstanding: list[Task] = []
         self.replaced = 0
         self._pool = self._start()
@@ -114,7 +187,9 @@ class DecodePool:
     def __enter__(self) -> DecodePool:
         return self
 
-    def __exit__(self, exc_type, *exc) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.close()
         else:

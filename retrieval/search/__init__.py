@@ -1,1 +1,2 @@
-"""Ranking matches: queries, filters, duplicates."""
+"""Ranking matches: queries (:mod:`.query`), filters (:mod:`.filters`), duplicates, contact sheets,
+and what a long-lived caller keeps between searches (:mod:`.searcher`, built from :mod:`.settings`)."""

@@ -1,12 +1,12 @@
 """Near-duplicate groups: the same photo resized, re-encoded, lightly cropped or re-saved, and bursts.
 
 Pairs come from a range search of the index over its own vectors (see
-:func:`retrieval.ann.index.near_pairs`), never from an all-pairs loop in Python; union-find
+:func:`retrieval.ann.near_pairs`), never from an all-pairs loop in Python; union-find
 joins the pairs into groups. A group's first member is its largest image (the copy worth
 keeping); every member's score is its cosine similarity to that one.
 
 The default threshold was measured on altered copies of real photos among distinct ones
-(scripts/dupes_eval.py; figures in docs/photo-library.md).
+(benchmarks/dupes_eval.py; figures in docs/photo-library.md).
 
     >>> groups = find_duplicates(store)                      # doctest: +SKIP
     >>> [[m.path for m in g] for g in groups[:1]]            # doctest: +SKIP
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.ann import index as faiss_index
+from retrieval import ann
 from retrieval.errors import RetrievalError
 from retrieval.progress import NullProgress, Progress
 from retrieval.storage.store import IndexStore
@@ -27,7 +27,7 @@ from retrieval.storage.store import IndexStore
 log = logging.getLogger(__name__)
 
 #: Cosine similarity above which two images are called copies, for the `default` aligner
-#: (scripts/dupes_eval.py: see docs/photo-library.md for the precision and recall behind it).
+#: (benchmarks/dupes_eval.py: see docs/photo-library.md for the precision and recall behind it).
 DEFAULT_THRESHOLD = 0.99
 #: Range searches of 8-bit codes take pairs this much below the threshold, then re-score them exactly.
 CODE_MARGIN = 0.03
@@ -45,25 +45,26 @@ class Member:
 
 
 def find_duplicates(
-    store: IndexStore, threshold: float = DEFAULT_THRESHOLD, progress: Progress | None = None
+    store: IndexStore, threshold: float = DEFAULT_THRESHOLD, progress: Progress | None = None,
+    ann_settings: ann.AnnSettings = ann.DEFAULT,
 ) -> list[list[Member]]:
-    """Groups of near-identical images, largest group first."""
+    """Groups of near-identical images, largest group first. `ann_settings`: how the pairs are found."""
     if not 0.0 < threshold <= 1.0:
         raise RetrievalError(f"--threshold must be above 0 and at most 1, got {threshold}")
     progress = progress or NullProgress()
     catalog = store.catalog
     with catalog.snapshot():
-        n, generation = catalog.count("images"), catalog.generation
+        n, generation, dim = catalog.count("images"), catalog.generation, catalog.dim
         path = store.faiss_path("images", generation)
-        if n < 2 or not path.exists():
+        if n < 2 or dim is None or not path.exists():
             return []
-        index = faiss_index.read(path, mmap=True)
+        index = ann.read(path, mmap=True)
         factory = catalog.get_meta("index_factory")
-        approximate = faiss_index.reranks(factory)
+        approximate = ann.reranks(factory)
         progress.start(n, "comparing")
-        pairs = list(faiss_index.near_pairs(
-            index, catalog.image_vectors, n, catalog.dim,
-            threshold - CODE_MARGIN if approximate else threshold, progress.advance,
+        pairs = list(ann.near_pairs(
+            index, catalog.image_vectors, n, dim,
+            threshold - CODE_MARGIN if approximate else threshold, progress.advance, ann_settings,
         ))
         progress.close()
         a, b, _ = (np.concatenate(p) for p in zip(*pairs)) if pairs else (np.zeros(0, np.int64),) * 3
@@ -122,7 +123,15 @@ def as_json(groups: list[list[Member]]) -> dict:
     return {"groups": [[m.as_dict() for m in g] for g in groups]}
 
 
+#: Members of one group drawn on a sheet (two rows of six); the title counts the rest.
+SHEET_MEMBERS = 12
+
+
 def sheet_rows(groups: list[list[Member]]) -> list[tuple[str, list]]:
-    """Rows for :func:`retrieval.search.sheet.contact_sheet`: one group per row."""
-    return [(f"group {n}: {len(g)} images", g) for n, g in enumerate(groups, 1)]
+    """Rows for :func:`retrieval.search.sheet.contact_sheet`: one group each, its first SHEET_MEMBERS drawn."""
+    return [
+        (f"group {n}: {len(g)} images" + (f" (first {SHEET_MEMBERS} shown)" if len(g) > SHEET_MEMBERS else ""),
+         g[:SHEET_MEMBERS])
+        for n, g in enumerate(groups, 1)
+    ]
 

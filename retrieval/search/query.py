@@ -10,17 +10,20 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from retrieval.aligners.base import normalize
-from retrieval.ann import index as faiss_index
+from retrieval import ann
+from retrieval.aligners.base import Aligner, normalize
 from retrieval.errors import RetrievalError
 from retrieval.search import filters as filtered
 from retrieval.search import resident
 from retrieval.search.filters import Filters
+from retrieval.search.searcher import Searcher
 from retrieval.storage import integrity
 from retrieval.storage.store import IndexStore
 
@@ -39,7 +42,7 @@ class Query:
     #: "images" or "texts" (the caption corpus).
     target: str = "images"
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if v not in (None, [])}
         if self.image:
             out["image"] = str(Path(self.image).expanduser().resolve())
@@ -53,12 +56,17 @@ class Hit:
     score: float
     path: str | None = None
     text: str | None = None
+    #: With a date filter: the date it compared, and "exif" or "file" (the file's modification time).
+    taken: str | None = None
+    date_source: str | None = None
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def query_vector(aligner, query: Query, encode_texts=None) -> np.ndarray:
+def query_vector(
+    aligner: Aligner, query: Query, encode_texts: Callable[[list[str]], np.ndarray] | None = None
+) -> np.ndarray:
     """The normalized weighted sum of the query's parts.
 
     `encode_texts` (texts -> vectors) replaces the aligner's own, e.g. by a cache of recent ones.
@@ -76,25 +84,29 @@ def query_vector(aligner, query: Query, encode_texts=None) -> np.ndarray:
     if query.negatives:
         negatives = encode_texts(list(query.negatives)).mean(axis=0)
         parts.append((-query.negative_weight, negatives))
-    vector = sum(w * v for w, v in parts)
-    return normalize(vector[None, :])
+    return normalize(_weighted_sum(parts)[None, :])
 
 
-def encode_image_file(aligner, path: str) -> np.ndarray:
-    from retrieval.media.loader import load
+def encode_image_file(aligner: Aligner, path: str) -> np.ndarray:
+    from retrieval.media.decode import load
 
     item = load(str(Path(path).expanduser()), aligner.transform, draft=True)
-    if item.error:
-        raise RetrievalError(f"cannot use {path} as a query image: {item.error}")
+    for note in item.notes:
+        log.info("%s: %s", path, note)
+    if item.error or item.pixels is None:
+        raise RetrievalError(f"cannot use {path} as a query image: {item.error or 'nothing decoded'}")
     return aligner.encode_images(item.pixels[None])[0]
 
 
 def search_vectors(
-    store: IndexStore, vectors: np.ndarray, k: int, target: str = "images", filters: Filters | None = None
+    store: IndexStore, vectors: np.ndarray, k: int, target: str = "images", filters: Filters | None = None,
+    searcher: Searcher | None = None,
 ) -> list[list[Hit]]:
     """Top-k hits for each query vector, from one consistent generation of the index.
 
-    With `filters`, the best k among the images that pass them (retrieval/search/filters.py).
+    With `filters`, the best k among the images that pass them (retrieval/search/filters/).
+    `searcher`: what a long-lived caller keeps between searches (retrieval/search/searcher.py);
+    None: a one-shot search, which keeps nothing.
     """
     if target not in ("images", "texts"):
         raise RetrievalError(f"unknown search target {target!r}")
@@ -109,40 +121,48 @@ def search_vectors(
         if not path.exists():
             if kind == "captions" and not catalog.count("captions"):
                 raise RetrievalError(
-                    f"index {store.folder} holds no captions; add some with: retrieval index --captions FILE"
+                    f"index {store.folder} holds no captions; add some with: "
+                    f"retrieval index --captions FILE --index {store.folder}"
                 )
             if generation == 0:
                 return [[] for _ in vectors]
-        integrity.check_or_raise(catalog.db.conn, path)
+        integrity.check_or_raise(catalog.db.conn, path, verified=catalog.verified_files)
         try:
-            # Kept loaded while the file is the same one (retrieval/search/resident.py).
-            index = resident.faiss_for(store, kind, path)
+            # A searcher keeps it loaded while the file is the same one (retrieval/search/resident.py).
+            index = searcher.faiss_for(store, kind, path) if searcher is not None else resident.read(path)
         except RuntimeError as exc:  # FAISS cannot parse it: damaged in a way size and mtime did not show
             log.debug("FAISS cannot read %s: %s", path, exc)
             raise integrity.damaged(path, "cannot be read by FAISS (truncated or damaged)") from None
         factory = catalog.get_meta("index_factory") if kind == "images" else None
         # Candidates re-scored per result, as the build tuned it (None: an index from before).
         rerank = catalog.get_meta("index_rerank") if kind == "images" else None
-        quick = resident.quick_scan(store, kind, index)
+        quick = searcher.quick_scan(store, kind, index) if searcher is not None else None
         if filters is not None:  # a broad filter over-fetches from the 8-bit copy, where there is one
-            scores, ids = filtered.search(catalog, index, vectors, k, filters, factory=factory, rerank=rerank, quick=quick)
+            found = filtered.search(
+                catalog, index, vectors, k, filters, factory=factory, rerank=rerank, quick=quick, searcher=searcher
+            )
+            scores, ids = found.scores, found.ids
         elif quick is not None:  # a long-lived caller's exact index: its 8-bit copy first (retrieval/ann/quickscan.py)
             scores, ids = quick.search(vectors, k)
         else:
-            scores, ids = faiss_index.search_ranked(
+            scores, ids = ann.search_ranked(
                 index, vectors, k, factory=factory, lookup=catalog.image_vectors_by_id, rerank=rerank
             )
         rows = catalog.rows_by_id(table, [i for i in ids.ravel().tolist() if i >= 0])
+        # A date filter says which date each hit passed with, and whether it is the file's own time.
+        dates = catalog.dates_by_id(list(rows)) if filters is not None and filters.dated else {}
     results = []
     for qscores, qids in zip(scores, ids):
-        hits = []
+        hits: list[Hit] = []
         for score, id_ in zip(qscores.tolist(), qids.tolist()):
             row = rows.get(id_)
             if id_ < 0 or row is None:
                 continue
-            hits.append(
-                Hit(rank=len(hits) + 1, id=int(id_), score=round(float(score), 6), path=row.get("path"), text=row.get("text"))
-            )
+            taken, source = dates.get(id_, (None, None))
+            hits.append(Hit(
+                rank=len(hits) + 1, id=int(id_), score=round(float(score), 6), path=row.get("path"), text=row.get("text"),
+                taken=taken, date_source=None if source is None else "exif" if source == "exif" else "file",
+            ))
         results.append(hits)
     return results
 
@@ -157,7 +177,7 @@ def stored_image_vectors(store: IndexStore, ids: list[int]) -> np.ndarray:
     return np.stack([found[i] for i in ids])
 
 
-def image_vector_from_bytes(aligner, data: bytes) -> np.ndarray:
+def image_vector_from_bytes(aligner: Aligner, data: bytes) -> np.ndarray:
     """Encode an image held in memory (an upload); nothing touches the disk.
 
     Pillow's own limit only stops images twice its MAX_IMAGE_PIXELS; here anything above the
@@ -165,7 +185,7 @@ def image_vector_from_bytes(aligner, data: bytes) -> np.ndarray:
     """
     from PIL import Image, UnidentifiedImageError
 
-    from retrieval.media.loader import decode, draft_size
+    from retrieval.media.decode import decode, draft_size
 
     try:
         with warnings.catch_warnings():  # the size is checked here, more strictly than Pillow's warning
@@ -174,12 +194,18 @@ def image_vector_from_bytes(aligner, data: bytes) -> np.ndarray:
                 width, height = probe.size
         if width * height > (Image.MAX_IMAGE_PIXELS or float("inf")):
             raise RetrievalError(f"image too large to decode ({width}x{height} pixels)")
-        image, _ = decode(data, draft_to=draft_size(aligner.transform))
+        with warnings.catch_warnings(record=True) as caught:  # Pillow's words go to the log, not stderr
+            image, _ = decode(data, draft_to=draft_size(aligner.transform))
+        for said in dict.fromkeys(str(w.message) for w in caught):
+            log.info("uploaded image: %s", said)
         pixels = aligner.transform(image)
     except Image.DecompressionBombError:
         raise RetrievalError("image too large to decode (decompression bomb)") from None
     except UnidentifiedImageError:
-        raise RetrievalError("the uploaded file is not an image Pillow can read") from None
+        from retrieval.media.files import unreadable_kind
+
+        kind = unreadable_kind(data)
+        raise RetrievalError(f"the uploaded file is {kind}" if kind else "the uploaded file is not an image Pillow can read") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise RetrievalError(f"the uploaded image is corrupt or truncated: {exc}") from None
     return aligner.encode_images(pixels[None])[0]
@@ -189,7 +215,15 @@ def fuse(parts: list[tuple[float, np.ndarray]]) -> np.ndarray:
     """The normalized weighted sum of (weight, vector) parts, as a (1, d) query."""
     if not parts:
         raise RetrievalError("give a text, an image, or both")
-    return normalize(sum(w * np.asarray(v, np.float32) for w, v in parts)[None, :])
+    return normalize(_weighted_sum([(w, np.asarray(v, np.float32)) for w, v in parts])[None, :])
+
+
+def _weighted_sum(parts: list[tuple[float, np.ndarray]]) -> np.ndarray:
+    """The sum of weight x vector over `parts` (at least one), added in order."""
+    total = parts[0][0] * parts[0][1]
+    for weight, vector in parts[1:]:
+        total = total + weight * vector
+    return total
 
 
 def weighted_mean(vectors: np.ndarray, weights: list[float] | None = None) -> np.ndarray:
@@ -203,14 +237,14 @@ def weighted_mean(vectors: np.ndarray, weights: list[float] | None = None) -> np
 
 def search_page(
     store: IndexStore, vectors: np.ndarray, k: int, offset: int = 0, target: str = "images",
-    filters: Filters | None = None,
+    filters: Filters | None = None, searcher: Searcher | None = None,
 ) -> list[tuple[list[Hit], int | None]]:
     """Hits ranked offset+1 .. offset+k for each query, and the offset of the next page (None at the end).
 
     One extra hit is fetched to know whether a next page exists; ranks keep counting from the top.
     """
     pages = []
-    for hits in search_vectors(store, vectors, offset + k + 1, target, filters):
+    for hits in search_vectors(store, vectors, offset + k + 1, target, filters, searcher):
         more = len(hits) > offset + k
         pages.append((hits[offset : offset + k], offset + k if more else None))
     return pages

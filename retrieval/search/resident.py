@@ -1,8 +1,9 @@
 """FAISS indexes kept loaded between the searches of a long-lived opened index (a server, an Index).
 
 A memory-mapped read is cheap for the vectors themselves, but an ``IDMap2`` index rebuilds
-its id-to-position table on every read (17 ms at 100,000 vectors at load average 4 here;
-scripts/bench_server.py measures the whole gain): about as much as the search. So each opened
+its id-to-position table on every read, which costs about as much as the search itself
+(docs/serving-speed.md#what-a-warm-query-does-now; benchmarks/bench_server.py measures the
+whole gain). So each opened
 store keeps the index of each kind it last read, and reads it again only when the file
 under that name is another one: a new generation has another file name, and a rebuilt file
 (written beside it and renamed over it) another inode, size or modification time.
@@ -18,75 +19,98 @@ import os
 import threading
 import weakref
 from pathlib import Path
+from typing import Any
 
-from retrieval.ann import index as faiss_index
+from retrieval import ann
+from retrieval.ann import quickscan
 
-#: Off: every search reads its FAISS file again (the behaviour before; the benchmark compares).
-KEEP_LOADED = True
-#: Off: a kept exact index is always scanned in full (retrieval/ann/quickscan.py; the benchmark compares).
-QUICK_SCAN = True
-
-_lock = threading.Lock()
-#: owner (an IndexStore) -> {kind: (file key, loaded index)}; an entry goes when its owner does.
-_loaded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-#: owner -> {kind: (kept index, its QuickScan or None)}: what quick_scan has seen and built.
-_quick: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: (path, inode, size, modification time): another value is another file.
+FileKey = tuple[str, int, int, int]
 
 
-def faiss_for(owner: object, kind: str, path: Path):
-    """The FAISS index in `path` for `owner`, read (memory-mapped) only when the file changed.
+def read(path: Path) -> Any:
+    """The FAISS index in `path`, memory-mapped, read now (a search that keeps nothing).
 
     Raises FileNotFoundError when the file is missing, and what FAISS raises (RuntimeError)
     when it cannot parse it.
     """
-    stat = os.stat(path)
-    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    if KEEP_LOADED:
-        with _lock:
-            entry = _loaded.get(owner, {}).get(kind)
+    os.stat(path)
+    return ann.read(path, mmap=True)
+
+
+class ResidentIndexes:
+    """The FAISS index of each kind each owner (an IndexStore) last read, and 8-bit copies of them; thread-safe.
+
+    Entries are weakly keyed by owner: they go when it does.
+    """
+
+    def __init__(self, keep_loaded: bool = True, quick_scan: bool = True, ann_settings: ann.AnnSettings = ann.DEFAULT):
+        self.keep_loaded = keep_loaded
+        self.ann_settings = ann_settings
+        self.quick = keep_loaded and quick_scan
+        self._lock = threading.Lock()
+        #: Held while an id table is added to a kept index (ann.stored_vectors): the index objects
+        #: are shared by every thread searching through this; its own lock, as building one takes
+        #: a while and other indexes need not wait.
+        self.direct_map_lock = threading.Lock()
+        #: owner -> {kind: (file key, loaded index)}.
+        self._loaded: weakref.WeakKeyDictionary[object, dict[str, tuple[FileKey, Any]]] = weakref.WeakKeyDictionary()
+        #: owner -> {kind: (kept index, its QuickScan or None)}: what quick_scan has seen and built.
+        self._quick: weakref.WeakKeyDictionary[object, dict[str, tuple[Any, quickscan.QuickScan | None]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def faiss_for(self, owner: object, kind: str, path: Path) -> Any:
+        """The FAISS index in `path` for `owner`, read (memory-mapped) only when the file changed.
+
+        Raises FileNotFoundError when the file is missing, and what FAISS raises (RuntimeError)
+        when it cannot parse it.
+        """
+        if not self.keep_loaded:
+            return read(path)
+        stat = os.stat(path)
+        key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            entry = self._loaded.get(owner, {}).get(kind)
         if entry is not None and entry[0] == key:
             return entry[1]
-    # Read outside the lock: a second thread may read the same file meanwhile, and the later
-    # of the two stays; both are the same published file, so either is right.
-    index = faiss_index.read(path, mmap=True)
-    if KEEP_LOADED:
-        with _lock:
-            _loaded.setdefault(owner, {})[kind] = (key, index)
-    return index
+        # Read outside the lock: a second thread may read the same file meanwhile, and the later
+        # of the two stays; both are the same published file, so either is right.
+        index = ann.read(path, mmap=True)
+        with self._lock:
+            self._loaded.setdefault(owner, {})[kind] = (key, index)
+        return index
 
+    def quick_scan(self, owner: object, kind: str, index: Any) -> quickscan.QuickScan | None:
+        """The 8-bit copy of `index` (retrieval/ann/quickscan.py) when it is `owner`'s kept exact index, else None.
 
-def quick_scan(owner: object, kind: str, index):
-    """The 8-bit copy of `index` (retrieval/ann/quickscan.py) when it is `owner`'s kept exact index, else None.
-
-    Made the second time it is asked for with the same kept index, not the first: a one-shot
-    search never pays for it (0.2-0.4 s at 100,000 vectors), a long-lived caller pays once
-    per file. Dropped with the index it copies.
-    """
-    if not (KEEP_LOADED and QUICK_SCAN):
-        return None
-    from retrieval.ann import quickscan
-
-    with _lock:
-        entry = _loaded.get(owner, {}).get(kind)
-        if entry is None or entry[1] is not index:
+        Made the second time it is asked for with the same kept index, not the first: a one-shot
+        search never pays for it (it costs many searches' time: docs/serving-speed.md#what-a-warm-query-does-now),
+        a long-lived caller pays once
+        per file. Dropped with the index it copies.
+        """
+        if not self.quick:
             return None
-        seen = _quick.setdefault(owner, {}).get(kind)
-        if seen is None or seen[0] is not index:
-            _quick[owner][kind] = (index, None)  # first search with this index: nothing built yet
+        with self._lock:
+            entry = self._loaded.get(owner, {}).get(kind)
+            if entry is None or entry[1] is not index:
+                return None
+            seen = self._quick.setdefault(owner, {}).get(kind)
+            if seen is None or seen[0] is not index:
+                self._quick[owner][kind] = (index, None)  # first search with this index: nothing built yet
+                return None
+            if seen[1] is not None:
+                return seen[1]
+        if not quickscan.eligible(index, self.ann_settings):
             return None
-        if seen[1] is not None:
-            return seen[1]
-    if not quickscan.eligible(index):
-        return None
-    quick = quickscan.QuickScan(index)
-    with _lock:
-        if _quick.get(owner, {}).get(kind, (None,))[0] is index:
-            _quick[owner][kind] = (index, quick)
-    return quick
+        quick = quickscan.QuickScan(index, self.ann_settings)
+        with self._lock:
+            if self._quick.get(owner, {}).get(kind, (None, None))[0] is index:
+                self._quick[owner][kind] = (index, quick)
+        return quick
 
-
-def forget(owner: object) -> None:
-    """Drop what `owner` keeps loaded (when it closes)."""
-    with _lock:
-        _loaded.pop(owner, None)
-        _quick.pop(owner, None)
+    def forget(self, owner: object) -> None:
+        """Drop what `owner` keeps loaded (when it closes)."""
+        with self._lock:
+            self._loaded.pop(owner, None)
+            self._quick.pop(owner, None)

@@ -1,4 +1,5 @@
-"""A small cache of recent query-text vectors, for long-lived callers (a server, an opened Index).
+"""A small cache of recent query-text vectors, for long-lived callers (a server, an opened Index),
+kept by their searcher (retrieval/search/searcher.py).
 
 People repeat searches (paging, going back, a shared link, the same word typed by several
 users), and a text's vector depends only on the aligner. Immich keeps such a cache of
@@ -13,8 +14,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from retrieval.aligners import Aligner
 
 #: Entries kept: 1,024 vectors of 512 floats are 2 MB.
 DEFAULT_SIZE = 1024
@@ -28,14 +33,14 @@ class TextVectorCache:
     (2, 384)
     """
 
-    def __init__(self, size: int = DEFAULT_SIZE):
+    def __init__(self, size: int = DEFAULT_SIZE) -> None:
         self.size = size
         self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def encode(self, aligner, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, aligner: Aligner, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32 vectors of `texts`: cached ones looked up, the rest encoded in one call."""
         texts = list(texts)
         if self.size <= 0 or not texts:

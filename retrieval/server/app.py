@@ -3,7 +3,7 @@
     >>> from retrieval.server.app import ServerSettings, create_app   # doctest: +SKIP
     >>> app = create_app(ServerSettings(indexes=["demo"]))            # doctest: +SKIP
 
-Routes hand engine work (catalog reads, model calls, FAISS searches) to the engine thread
+Routes hand their work (catalog reads, model calls, FAISS searches) to the query thread
 (:mod:`retrieval.server.batcher`) and await it, so the event loop never blocks; file work
 (thumbnails, originals) runs in the thread pool. Every error is ``{"error": "..."}``.
 See docs/server.md for the API with examples.
@@ -13,31 +13,49 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.routing import Match, Mount
 
 from retrieval import __version__
 from retrieval.errors import IndexNotFound, RetrievalError
-from retrieval.server import clip_compat, files
-from retrieval.server.batcher import EngineThread
-from retrieval.server.engine import MAX_ID, Library, NotFound, SearchSpec
-from retrieval.server.security import COOKIE, Guard, TooLarge, cookie_header, is_loopback, token_matches
+from retrieval.server import clip_compat, files, uploads
+from retrieval.server.batcher import QueryThread
+from retrieval.server.library import MAX_ID, Library, NotFound, Run, SearchSpec, Served
+from retrieval.server.security import (
+    COOKIE,
+    BodyCap,
+    BodyCaps,
+    Guard,
+    TooLarge,
+    cookie_header,
+    is_loopback,
+    token_matches,
+)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATIC = FsPath(__file__).parent / "static"
 MAX_K = 200
 MAX_OFFSET = 1000
+KB = 1024
+#: Bodies larger than this are parsed in the thread pool, not on the event loop.
+INLINE_BODY = 64 * KB
+#: Methods in the order an Allow header lists them.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 @dataclass
@@ -60,7 +78,19 @@ class ServerSettings:
 
 
 # -- schemas -------------------------------------------------------------------------------
-IdInt = Annotated[int, Field(ge=0, le=MAX_ID)]
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # JSON's false would otherwise be id 0
+        raise ValueError("an id is a whole number, not true or false")
+    return value
+
+
+def _digits_to_int(value: Any) -> Any:
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+IdInt = Annotated[int, Field(ge=0, le=MAX_ID), BeforeValidator(_not_a_bool)]  # Field first: its bounds reach the schema
+#: files.THUMB_SIZES, as the schema lists them (a query string's "256" is the number 256).
+ThumbSize = Annotated[Literal[128, 256, 512], BeforeValidator(_digits_to_int)]
 Text = Annotated[str, Field(max_length=1000)]
 Weight = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 
@@ -78,7 +108,7 @@ class SearchParams(BaseModel):
     target: Literal["images", "texts"] = Field("images", description="Rank images, or the caption corpus.")
     k: int = Field(24, ge=1, le=MAX_K, description="Results per page.")
     offset: int = Field(0, ge=0, le=MAX_OFFSET, description="Results to skip (paging).")
-    # Filters (retrieval/search/filters.py, docs/photo-library.md); AND-combined.
+    # Filters (retrieval/search/filters/, docs/photo-library.md); AND-combined.
     after: Text | None = Field(None, description="Taken on or after this date (YYYY-MM-DD or YYYY-MM-DDTHH:MM).")
     before: Text | None = Field(None, description="Taken before this date (excluded).")
     folder: list[Text] = Field([], max_length=20, description="Only images under one of these folders "
@@ -87,20 +117,22 @@ class SearchParams(BaseModel):
     near: Text | None = Field(None, description="LAT,LON,KM: taken within KM kilometres of LAT,LON.")
     min_width: int | None = Field(None, ge=1, le=10**6, description="At least this many pixels wide.")
     min_height: int | None = Field(None, ge=1, le=10**6, description="At least this many pixels high.")
+    date_source: Literal["any", "exif"] = Field("any", description="Which dates after and before compare: any "
+                                                "(the EXIF date, else the file's modification time) or exif (EXIF dates only).")
 
-    def spec(self, image: bytes | None = None) -> SearchSpec:
+    def spec(self) -> SearchSpec:
         from retrieval.search.filters import Filters
 
         given = (self.after, self.before, self.camera, self.near, self.min_width, self.min_height)
         filters = Filters.parse(  # a bad value is a FilterError: a 400 with its one line
             after=self.after, before=self.before, camera=self.camera,
-            near=self.near, min_width=self.min_width, min_height=self.min_height,
+            near=self.near, min_width=self.min_width, min_height=self.min_height, date_source=self.date_source,
         ) if any(v is not None for v in given) else None
         return SearchSpec(
             index=self.index, q=self.q or None, like=list(self.like), like_weights=self.like_weights,
             weight=self.weight, negatives=[n for n in self.not_ if n], target=self.target, k=self.k,
-            offset=self.offset, image=image, filters=filters if filters is not None and filters.active else None,
-            # Placed by the engine: a relative folder lies under the index's own folders.
+            offset=self.offset, filters=filters if filters is not None and filters.active else None,
+            # Placed by Library.filters_for: a relative folder lies under the index's own folders.
             folders=[f for f in self.folder if f],
         )
 
@@ -119,7 +151,8 @@ def query_params(request: Request) -> SearchParams:
     """The URL's search parameters, validated by the model itself.
 
     Declared as ``Annotated[SearchParams, Query()]`` FastAPI re-inspected every field's type on
-    each request: 1-2 ms of the event loop's CPU per search, as much as the rest of the request.
+    each request, about three times the function calls of validating directly, on the event
+    loop's CPU (docs/serving-speed.md#under-load-micro-batching-second-round).
     """
     query = request.query_params
     fields = {name: query.getlist(name) if name in LIST_FIELDS else query.get(name) for name in query.keys()}
@@ -165,6 +198,11 @@ class IndexSummary(BaseModel):
     model: str | None
     generation: int
     dim: int | None
+    by_path: bool = Field(False, description="Served by a path, not by a name under the index home: the page then "
+                          "writes PATH, not the name, in the commands it suggests.")
+    weak_below: float | None = Field(
+        None, description="A text search whose best score is below this has no close match (docs/server.md#weak-matches); "
+        "null where the model's scale is not measured.")
 
 
 class IndexList(BaseModel):
@@ -185,16 +223,28 @@ class Login(BaseModel):
     token: str = Field(max_length=500)
 
 
-ERRORS = {status: {"model": Error} for status in (400, 401, 404, 422)}
-JPEG = {200: {"content": {"image/jpeg": {}}, "description": "A JPEG thumbnail"}, 304: {"description": "Not modified"}}
-IMAGE = {200: {"content": {"image/*": {}}, "description": "The original file"}, 304: {"description": "Not modified"}}
+#: OpenAPI response descriptions, in the shape FastAPI's `responses=` takes.
+Responses = dict[int | str, dict[str, Any]]
+ERRORS: Responses = {status: {"model": Error} for status in (400, 401, 404, 413, 422)}
+JPEG: Responses = {200: {"content": {"image/jpeg": {}}, "description": "A JPEG thumbnail"}, 304: {"description": "Not modified"}}
+IMAGE: Responses = {200: {"content": {"image/*": {}}, "description": "The original file, or a JPEG of it"},
+                    304: {"description": "Not modified"}}
+def _form_field(schema: dict[str, Any]) -> dict[str, Any]:
+    """A search field's schema as a form field: a form has no null, an absent field is one."""
+    alternatives = [s for s in schema.get("anyOf", []) if s.get("type") != "null"]
+    if len(alternatives) != 1:
+        return schema
+    rest = {k: v for k, v in schema.items() if k != "anyOf" and not (k == "default" and v is None)}
+    return {**alternatives[0], **rest}
+
+
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
         "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": ["file"],
             "properties": {"file": {"type": "string", "format": "binary"},
-                           **{k: v for k, v in SearchParams.model_json_schema(by_alias=True)["properties"].items()}},
+                           **{k: _form_field(v) for k, v in SearchParams.model_json_schema(by_alias=True)["properties"].items()}},
         }}},
     }
 }
@@ -203,21 +253,21 @@ UPLOAD_BODY = {
 # -- the app -------------------------------------------------------------------------------
 def create_app(settings: ServerSettings) -> FastAPI:
     """The ASGI app serving `settings.indexes`; opens them (and fails) before any request."""
-    engine = EngineThread(settings.batch_window_ms)
-    library: Library = engine.call(lambda: Library(settings.indexes, settings.absolute_paths)).result()
+    query_thread = QueryThread(settings.batch_window_ms)
+    library: Library = query_thread.call(lambda: Library(settings.indexes, settings.absolute_paths)).result()
     # Slow reads that must not hold up queries (/api/info checksums every FAISS file) run on a
     # second thread with its own connections to the same catalogs.
-    side = EngineThread(0, name="retrieval-side")
+    side = QueryThread(0, name="retrieval-side")
     side_library: Library = side.call(lambda: Library(settings.indexes, settings.absolute_paths)).result()
 
-    async def run(fn):
-        """fn(library) on the engine thread, awaited."""
-        return await asyncio.wrap_future(engine.call(lambda: fn(library)))
+    async def run(fn: Callable[[Library], T]) -> T:
+        """fn(library) on the query thread, awaited."""
+        return await asyncio.wrap_future(query_thread.call(lambda: fn(library)))
 
     async def search(spec: SearchSpec) -> dict:
         if spec.text_only:
             key = (library.get(spec.index).name, spec.target)
-            return await asyncio.wrap_future(engine.batched(key, spec, library.search_texts, library.encode_texts))
+            return await asyncio.wrap_future(query_thread.batched(key, spec, library.search_texts, library.encode_texts))
         return await run(lambda lib: lib.search(spec))
 
     from contextlib import asynccontextmanager
@@ -225,8 +275,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app):
         yield
-        engine.call(library.close).result(timeout=10)
-        engine.close()
+        query_thread.call(library.close).result(timeout=10)
+        query_thread.close()
         side.call(side_library.close).result(timeout=10)
         side.close()
 
@@ -234,7 +284,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         title="retrieval", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
         description="Search image indexes by text, by example and both; see docs/server.md.",
     )
-    app.state.engine, app.state.library, app.state.settings = engine, library, settings
+    app.state.query_thread, app.state.library, app.state.settings = query_thread, library, settings
     _error_handlers(app)
     api = APIRouter(responses=ERRORS)
 
@@ -270,26 +320,33 @@ def create_app(settings: ServerSettings) -> FastAPI:
         data, fields = await read_upload(request, settings.max_upload_bytes)
         try:
             params = SearchParams.model_validate(fields)
-        except ValidationError as exc:
-            raise RetrievalError(_first_error(exc)) from None
-        return JSONResponse(await search(params.spec(image=data)))
+        except ValidationError as exc:  # a 422, as the same field is in a query string or a JSON body
+            raise RequestValidationError(exc.errors()) from None
+        spec = params.spec()
+        spec.image = await uploads.prepared(run, spec.index, data)
+        return JSONResponse(await search(spec))
 
     @api.get("/api/thumb/{image_id}", response_class=Response, responses=JPEG, tags=["files"])
     async def thumb(request: Request, image_id: Annotated[int, Path(ge=0, le=MAX_ID)],
-                    index: str | None = None, size: int = 256):
+                    index: str | None = None, size: ThumbSize = 256):
         """A JPEG thumbnail (128, 256 or 512 px), made once and cached beside the index."""
-        if size not in files.THUMB_SIZES:
-            raise RetrievalError(f"size must be one of {', '.join(map(str, files.THUMB_SIZES))}")
         served, real = await _servable(run, index, image_id)
         data, etag = await run_in_threadpool(files.thumbnail, served.folder, image_id, real, size)
         return _cached(request, etag, lambda: Response(data, media_type="image/jpeg"))
 
     @api.get("/api/image/{image_id}", response_class=Response, responses=IMAGE, tags=["files"])
-    async def image(request: Request, image_id: Annotated[int, Path(ge=0, le=MAX_ID)], index: str | None = None):
-        """The original file, while it is still inside an indexed folder."""
-        _, real = await _servable(run, index, image_id)
-        etag = await run_in_threadpool(files.version_key, image_id, real)
-        return _cached(request, etag, lambda: FileResponse(real, media_type=files.media_type(real)))
+    async def image(request: Request, image_id: Annotated[int, Path(ge=0, le=MAX_ID)], index: str | None = None,
+                    download: bool = False):
+        """The picture, while it is still inside an indexed folder: the original file where browsers draw its
+        format (JPEG, PNG, GIF, WebP, AVIF, BMP), else a JPEG of it at most 2048 px a side (TIFF...).
+        With download=1, the original file itself, as an attachment, whatever its format."""
+        served, real = await _servable(run, index, image_id)
+        if download or files.browser_draws(real):
+            etag = await run_in_threadpool(files.version_key, image_id, real)
+            name = real.name if download else None  # FileResponse sends a filename as an attachment
+            return _cached(request, etag, lambda: FileResponse(real, media_type=files.media_type(real), filename=name))
+        data, etag = await run_in_threadpool(files.preview, served.folder, image_id, real)
+        return _cached(request, etag, lambda: Response(data, media_type="image/jpeg"))
 
     @api.get("/api/image/{image_id}/meta", response_model=ImageMeta, tags=["files"])
     async def image_meta(image_id: Annotated[int, Path(ge=0, le=MAX_ID)], index: str | None = None):
@@ -321,7 +378,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return response
 
     app.include_router(api)
-    app.include_router(clip_compat.router(run, lambda: library, settings.max_upload_bytes), responses=ERRORS)
+    app.include_router(clip_compat.router(run, search, lambda: library, settings.max_upload_bytes), responses=ERRORS)
     _page(app)
     return _wrap(app, settings)
 
@@ -347,16 +404,36 @@ def _wrap(app: FastAPI, settings: ServerSettings) -> FastAPI:
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"], allow_credentials=False,
         )
-    # Any request body: the upload limit, grown by a third for base64 (knn-service) plus room for fields.
-    max_body = settings.max_upload_bytes * 4 // 3 + 64 * 1024
-    too_large = f"request too large: the upload limit is {settings.max_upload_mb:g} MB (--max-upload-mb)"
     app.add_middleware(
-        Guard, loopback=is_loopback(settings.host), token=settings.token, max_body=max_body, too_large=too_large
+        Guard, loopback=is_loopback(settings.host), token=settings.token, caps=body_caps(settings),
+        cross_origin_files=bool(settings.cors_origins),
     )
     return app
 
 
-async def _servable(run, index: str | None, image_id: int):
+def body_caps(settings: ServerSettings) -> BodyCaps:
+    """The body each route takes at most (docs/server.md lists them): megabytes only where an image comes.
+
+    A JSON search's text fields hold at most about 35,000 characters (q, 10 `not`, 20 folders of
+    1,000 each), plus 50 ids and weights: a whole one of ASCII text fits; /metadata's 1,000 ids
+    of up to 16 digits take about 18 KB; a login's token at most 500 characters.
+    """
+    upload = settings.max_upload_bytes
+    too_large = f"request too large: the upload limit is {settings.max_upload_mb:g} MB (--max-upload-mb)"
+
+    def small(kb: int, path: str) -> BodyCap:
+        return BodyCap(kb * KB, f"request body over {kb} KB, the most {path} takes")
+
+    return BodyCaps({
+        "/api/search/upload": BodyCap(upload + 64 * KB, too_large),  # room for the form fields and framing
+        "/knn-service": BodyCap(upload * 4 // 3 + 64 * KB, too_large),  # base64 grows an image by a third
+        "/api/search": small(64, "/api/search"),
+        "/metadata": small(64, "/metadata"),
+        "/api/login": small(4, "/api/login"),
+    }, BodyCap(4 * KB, "request body over 4 KB: this route takes none"))
+
+
+async def _servable(run: Run, index: str | None, image_id: int) -> tuple[Served, FsPath]:
     """The served index and the real path of an image that may be served; 404 otherwise."""
     served, row, roots = await run(lambda lib: (*lib.image_row(index, image_id), lib.get(index).roots()))
     real = await run_in_threadpool(files.servable_path, row["path"], roots)
@@ -365,7 +442,7 @@ async def _servable(run, index: str | None, image_id: int):
     return served, real
 
 
-def _cached(request: Request, etag: str, make) -> Response:
+def _cached(request: Request, etag: str, make: Callable[[], Response]) -> Response:
     quoted = f'"{etag}"'
     headers = {"etag": quoted, "cache-control": "private, max-age=86400"}
     if quoted in request.headers.get("if-none-match", ""):
@@ -388,11 +465,22 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, dict]:
         body += chunk
         if len(body) > limit + slack:
             raise TooLarge(f"upload over the limit of {limit / 2**20:g} MB")
+    if len(body) > INLINE_BODY:  # parsing 20 MB takes about 0.1 s of CPU: not on the event loop
+        return await run_in_threadpool(_form_in_thread, request.headers, bytes(body), limit)
+    return await _form(request.headers, bytes(body), limit)
+
+
+def _form_in_thread(headers: Headers, body: bytes, limit: int) -> tuple[bytes, dict]:
+    return asyncio.run(_form(headers, body, limit))
+
+
+async def _form(headers: Headers, body: bytes, limit: int) -> tuple[bytes, dict]:
+    """The file and the fields of a multipart body held in memory."""
 
     async def stream():
-        yield bytes(body)
+        yield body
 
-    parser = MultiPartParser(request.headers, stream(), max_files=1, max_fields=200)
+    parser = MultiPartParser(headers, stream(), max_files=1, max_fields=200)
     parser.spool_max_size = len(body) + 1  # the file stays in memory
     try:
         form = await parser.parse()
@@ -425,13 +513,27 @@ def _first_error(exc: ValidationError | RequestValidationError) -> str:
     return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid request"))
 
 
+def _allowed(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route of this path answers: HEAD with GET (the Guard answers it), OPTIONS always."""
+    methods = {"OPTIONS"}
+    for method in METHODS:
+        scope = {**request.scope, "method": method}
+        for route in app.router.routes:
+            if route.matches(scope)[0] == Match.FULL:
+                # A mount (the page's static files) takes every method, and answers GET and HEAD.
+                methods |= {"GET", "HEAD"} if isinstance(route, Mount) else {method}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return [m for m in METHODS if m in methods]
+
+
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RetrievalError)
     async def retrieval_error(_request, exc: RetrievalError):
         status = 404 if isinstance(exc, (NotFound, IndexNotFound)) else 413 if isinstance(exc, TooLarge) else 400
-        # The library reads its catalogs on the engine thread only: the message is scrubbed there.
+        # The library reads its catalogs on the query thread only: the message is scrubbed there.
         library: Library = app.state.library
-        message = await asyncio.wrap_future(app.state.engine.call(lambda: library.scrub(str(exc))))
+        message = await asyncio.wrap_future(app.state.query_thread.call(lambda: library.scrub(str(exc))))
         return JSONResponse({"error": message}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
@@ -439,9 +541,15 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": _first_error(exc)}, status_code=422)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request, exc: HTTPException):
+    async def http_error(request: Request, exc: HTTPException):
         if isinstance(exc.__cause__, TooLarge):  # FastAPI reports any failure to read a JSON body as a 400
             return JSONResponse({"error": str(exc.__cause__)}, status_code=413)
+        if exc.status_code == 405:  # Starlette's Allow names only the first route of the path
+            allow = ", ".join(_allowed(app, request))
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers={"allow": allow})
+            return JSONResponse({"error": f"{request.method} is not allowed here: use {allow}"}, status_code=405,
+                                headers={"allow": allow})
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)

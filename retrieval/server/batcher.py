@@ -1,4 +1,4 @@
-"""The engine thread: every catalog read, model call and FAISS search of the server runs here.
+"""The query thread: every catalog read, model call and FAISS search of the server runs here.
 
 Why one thread: a catalog's SQLite connection belongs to the thread that opened it, and
 the model and FAISS already use every core for one call; requests from the event loop
@@ -11,14 +11,14 @@ batch grows with the load: while one batch runs, the next one queues. There is n
 wait: only when the thread finds a single query just after a shared batch (a burst may
 still be arriving) does it wait up to ``window`` seconds for company; a lone client's
 query never waits. With the window at 0 batching is off and every job runs alone
-(scripts/bench_server.py compares both).
+(benchmarks/bench_server.py compares both).
 
 Two stages: a batchable job may come with a `prepare` step that needs no catalog (the
 text encoder). With batching on and other queries in flight, batches are gathered and
-prepared by a second thread, the encoder thread, and handed to the engine thread to finish
+prepared by a second thread, the encoder thread, and handed to the query thread to finish
 (search, rows, responses), so the next batch is being encoded while the last one is
 searched: the two run on two cores, each with one BLAS thread (numpy's BLAS releases the
-GIL). A query with nothing else in flight goes straight to the engine thread, which
+GIL). A query with nothing else in flight goes straight to the query thread, which
 prepares and finishes it: each hand-over between threads can wait for a core.
 """
 
@@ -41,22 +41,32 @@ MAX_BATCH = 64
 
 
 @dataclass
-class Job:
-    future: Future | None
-    #: Runs alone: fn() -> result.
-    fn: Callable[[], Any] | None = None
-    #: Batchable: jobs with equal keys are answered by one call of `batch_fn(key, payloads)`,
-    #: or `batch_fn(key, payloads, prepare(key, payloads))` when `prepare` is given.
-    key: Hashable | None = None
-    payload: Any = None
-    batch_fn: Callable[..., list] | None = None
-    prepare: Callable[[Hashable, list], Any] | None = None
+class Call:
+    """A job that runs alone: fn() -> result, into `future` (None: nobody waits for it)."""
+
+    fn: Callable[[], Any]
+    future: Future | None = None
 
 
-class EngineThread:
+@dataclass
+class Batchable:
+    """Batchable jobs with equal keys are answered by one call of `batch_fn(key, payloads)`,
+    or `batch_fn(key, payloads, prepare(key, payloads))` when `prepare` is given."""
+
+    future: Future
+    key: Hashable
+    payload: Any
+    batch_fn: Callable[..., list]
+    prepare: Callable[..., Any] | None = None
+
+
+Job = Call | Batchable
+
+
+class QueryThread:
     """A worker thread that runs jobs in arrival order and batches the batchable ones."""
 
-    def __init__(self, window_ms: float = 2.0, max_batch: int = MAX_BATCH, name: str = "retrieval-engine"):
+    def __init__(self, window_ms: float = 2.0, max_batch: int = MAX_BATCH, name: str = "retrieval-query"):
         self.window = max(0.0, window_ms) / 1000.0
         self.max_batch = max_batch
         self._jobs: queue.Queue[Job | None] = queue.Queue()
@@ -77,26 +87,27 @@ class EngineThread:
             self._encoder.start()
 
     def call(self, fn: Callable[[], Any]) -> Future:
-        """Run `fn` on the engine thread; its result (or exception) arrives in the future."""
+        """Run `fn` on the query thread; its result (or exception) arrives in the future."""
         future: Future = Future()
-        self._jobs.put(Job(future, fn=fn))
+        self._jobs.put(Call(fn, future))
         return future
 
     def batched(
         self, key: Hashable, payload: Any, batch_fn: Callable[..., list],
-        prepare: Callable[[Hashable, list], Any] | None = None,
+        prepare: Callable[..., Any] | None = None,
     ) -> Future:
         """Queue a batchable job; `batch_fn(key, payloads)` returns one result per payload.
 
         With `prepare`, `batch_fn(key, payloads, prepare(key, payloads))`: `prepare` runs on the
-        encoder thread when batching is on (it must not touch a catalog), on the engine thread otherwise.
+        encoder thread when batching is on (it must not touch a catalog), on the query thread otherwise.
         """
         future: Future = Future()
-        job = Job(future, key=key, payload=payload, batch_fn=batch_fn, prepare=prepare)
+        job = Batchable(future, key, payload, batch_fn, prepare)
         staged = False
         if prepare is not None and self._encoder is not None:
-            # A query with none other in flight skips the encoder thread: one hand-over between
-            # threads fewer (measured: 18 against 12 ms p50 for a lone client, load 11).
+            # A query with none other in flight skips the encoder thread: each hand-over between
+            # threads can wait for a core, which a lone client would pay on every query
+            # (docs/serving-speed.md#under-load-micro-batching-second-round).
             with self._lock:
                 staged = self._in_flight > 0
                 self._in_flight += 1
@@ -129,21 +140,23 @@ class EngineThread:
             for key, members in _groups(jobs).items():
                 self.batch_sizes.append(len(members))
                 payloads = [m.payload for m in members]
+                prepare = members[0].prepare
+                assert prepare is not None  # staged only with one: QueryThread.batched
                 try:
-                    prepared = members[0].prepare(key, payloads)
+                    prepared = prepare(key, payloads)
                 except BaseException as exc:  # noqa: BLE001  (handed to every waiting request)
                     _fail(members, exc)
                     continue
-                self._jobs.put(Job(None, fn=partial(_answer, members, key, payloads, (prepared,))))
+                self._jobs.put(Call(partial(_answer, members, key, payloads, (prepared,))))
             if stop:
                 return
 
-    def _next_batch(self, jobs: queue.Queue) -> tuple[list[Job], bool]:
+    def _next_batch(self, jobs: queue.Queue[Job | None]) -> tuple[list[Job], bool]:
         """The next job, plus every batchable job queued by now when batching is on. True: stop after these."""
         job = jobs.get()
         if job is None:
             return [], True
-        if job.batch_fn is None or self.window == 0:
+        if isinstance(job, Call) or self.window == 0:
             return [job], False
         batch, stop = self._take_queued(jobs, [job])
         if len(batch) == 1 and self._shared[id(jobs)] and not stop:
@@ -152,7 +165,7 @@ class EngineThread:
         self._shared[id(jobs)] = len(batch) > 1
         return batch, stop
 
-    def _take_queued(self, jobs: queue.Queue, batch: list[Job], wait: float = 0.0) -> tuple[list[Job], bool]:
+    def _take_queued(self, jobs: queue.Queue[Job | None], batch: list[Job], wait: float = 0.0) -> tuple[list[Job], bool]:
         """`batch` plus every job queued now (until it is full); with `wait`, first up to
         `wait` seconds for one more. True when the stop signal was among them."""
         if wait > 0:
@@ -175,23 +188,23 @@ class EngineThread:
 
     def _run(self, jobs: list[Job]) -> None:
         for job in jobs:
-            if job.batch_fn is None:
+            if isinstance(job, Call):
                 _settle(job.future, job.fn)
         for key, members in _groups(jobs).items():
             self.batch_sizes.append(len(members))
             _answer(members, key, [m.payload for m in members])
 
 
-def _groups(jobs: list[Job]) -> dict[Hashable, list[Job]]:
+def _groups(jobs: list[Job]) -> dict[Hashable, list[Batchable]]:
     """Batchable jobs by key, in arrival order."""
-    groups: dict[Hashable, list[Job]] = {}
+    groups: dict[Hashable, list[Batchable]] = {}
     for job in jobs:
-        if job.batch_fn is not None:
+        if isinstance(job, Batchable):
             groups.setdefault(job.key, []).append(job)
     return groups
 
 
-def _answer(members: list[Job], key: Hashable, payloads: list, prepared: tuple | None = None) -> None:
+def _answer(members: list[Batchable], key: Hashable, payloads: list, prepared: tuple | None = None) -> None:
     """Run one batch call and hand each member its result (or the call's exception).
 
     `prepared`: the prepare step's result in a 1-tuple, when the encoder thread has run it.
@@ -213,7 +226,7 @@ def _answer(members: list[Job], key: Hashable, payloads: list, prepared: tuple |
             m.future.set_result(result)
 
 
-def _fail(members: list[Job], exc: BaseException) -> None:
+def _fail(members: list[Batchable], exc: BaseException) -> None:
     for m in members:
         m.future.set_exception(exc)
 
@@ -223,7 +236,7 @@ def _settle(future: Future | None, fn: Callable[[], Any]) -> None:
         result = fn()
     except BaseException as exc:  # noqa: BLE001  (the request that asked gets it)
         if future is None:  # nobody waits on it: say so, and keep the thread running
-            log.exception("engine job failed")
+            log.exception("query thread job failed")
             return
         future.set_exception(exc)
         return

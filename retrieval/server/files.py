@@ -7,7 +7,9 @@ meta entry; for an index built before roots were recorded, the file's own folder
 indexed). A file that moved out, or a symlink that now points elsewhere, is not served.
 
 Thumbnails are made once per (file version, size) and cached as JPEG under
-``INDEX/thumbs/SIZE/ID-<key>.jpg``; the key changes when the file changes.
+``INDEX/thumbs/SIZE/ID-<key>.jpg``; the key changes when the file changes. An original in a
+format browsers do not draw (TIFF; HEIC and RAW later) is shown as a larger JPEG made and
+cached the same way (``thumbs/2048``); the file itself stays one download away.
 """
 
 from __future__ import annotations
@@ -22,17 +24,24 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from retrieval.errors import RetrievalError
+from retrieval.media.decode import as_rgb
 
 log = logging.getLogger(__name__)
 
 THUMB_SIZES = (128, 256, 512)
 THUMB_QUALITY = 85
 
-#: Content types for the image formats the indexer reads; anything else is sent as bytes.
-MEDIA_TYPES = {
-    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".jpe": "image/jpeg", ".png": "image/png",
-    ".webp": "image/webp", ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
+#: Content types of the image formats browsers draw, by extension: these originals are sent as they are.
+BROWSER_TYPES = {
+    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".jpe": "image/jpeg", ".jfif": "image/jpeg", ".png": "image/png",
+    ".apng": "image/apng", ".webp": "image/webp", ".avif": "image/avif", ".gif": "image/gif", ".bmp": "image/bmp",
+    ".ico": "image/x-icon",
 }
+#: Content types of the originals of other formats, when asked for as a download; anything else is sent as bytes.
+MEDIA_TYPES = {**BROWSER_TYPES, ".tif": "image/tiff", ".tiff": "image/tiff", ".jp2": "image/jp2", ".psd": "image/vnd.adobe.photoshop"}
+#: The longest side of the JPEG sent in place of an original browsers cannot draw (TIFF...): a full-screen view.
+PREVIEW_SIZE = 2048
+PREVIEW_QUALITY = 90
 
 
 def servable_path(path: str, roots: list[str] | None) -> Path | None:
@@ -53,6 +62,11 @@ def media_type(path: Path) -> str:
     return MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
 
 
+def browser_draws(path: Path) -> bool:
+    """Whether browsers draw the file's format, so the original itself can be shown."""
+    return path.suffix.lower() in BROWSER_TYPES
+
+
 def version_key(image_id: int, real: Path, size: int | str = "") -> str:
     """Changes whenever the file does: an ETag and a thumbnail cache key."""
     stat = real.stat()
@@ -64,6 +78,15 @@ def thumbnail(index_folder: Path, image_id: int, real: Path, size: int) -> tuple
     """(JPEG bytes, etag) of the thumbnail, from the cache or made now and cached."""
     if size not in THUMB_SIZES:
         raise RetrievalError(f"thumbnail size must be one of {', '.join(map(str, THUMB_SIZES))}")
+    return _cached_jpeg(index_folder, image_id, real, size)
+
+
+def preview(index_folder: Path, image_id: int, real: Path) -> tuple[bytes, str]:
+    """(JPEG bytes, etag) of an original browsers cannot draw, at most PREVIEW_SIZE pixels a side, cached like a thumbnail."""
+    return _cached_jpeg(index_folder, image_id, real, PREVIEW_SIZE)
+
+
+def _cached_jpeg(index_folder: Path, image_id: int, real: Path, size: int) -> tuple[bytes, str]:
     key = version_key(image_id, real, size)
     cached = index_folder / "thumbs" / str(size) / f"{image_id}-{key}.jpg"
     if cached.is_file():
@@ -82,20 +105,24 @@ def thumbnail(index_folder: Path, image_id: int, real: Path, size: int) -> tuple
 def make_thumbnail(real: Path, size: int) -> bytes:
     """A JPEG of at most size x size pixels, upright, RGB."""
     try:
-        with warnings.catch_warnings():
+        # Pillow's warnings (corrupt EXIF, odd tags) go to the log with the file's name, not to stderr.
+        with warnings.catch_warnings(record=True) as caught:
             # An indexed file was already accepted by the indexer, which allows what Pillow allows
             # (up to twice MAX_IMAGE_PIXELS); beyond that Pillow raises DecompressionBombError.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(real) as image:
-                if image.format == "JPEG":
-                    image.draft("RGB", (size, size))
-                image.load()
-                image = ImageOps.exif_transpose(image)
+            with Image.open(real) as opened:
+                if opened.format == "JPEG":
+                    opened.draft("RGB", (size, size))
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+                if image.mode == "F" or image.mode.startswith("I"):
+                    image = as_rgb(image)  # 16-bit grey: scaled first, as Pillow cannot shrink it
                 image.thumbnail((size, size))
-                if image.mode != "RGB":
-                    image = image.convert("RGB")
                 out = io.BytesIO()
-                image.save(out, format="JPEG", quality=THUMB_QUALITY)
+                quality = PREVIEW_QUALITY if size == PREVIEW_SIZE else THUMB_QUALITY
+                as_rgb(image).save(out, format="JPEG", quality=quality)
+        for said in dict.fromkeys(str(w.message) for w in caught):
+            log.info("%s: %s", real, said)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise RetrievalError(f"cannot make a thumbnail of image: {exc}") from None
     return out.getvalue()

@@ -103,6 +103,10 @@ class Catalog:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        #: (path, size, mtime_ns, crc) of the FAISS files this catalog records that were read in
+        #: full and found right since it was opened (retrieval/storage/integrity.py): a later
+        #: search of the same file only compares size and mtime.
+        self.verified_files: set[tuple[str, int, int, int]] = set()
         #: True when the folder cannot be written (a read-only mount): searches only.
         self.readonly = self.path.exists() and not os.access(self.path.parent, os.W_OK)
         if self.readonly:
@@ -181,6 +185,13 @@ class Catalog:
     def dim(self) -> int | None:
         return self.get_meta("dim")
 
+    def vector_dim(self) -> int:
+        """The width of the stored vectors, which exist only once a model has been bound."""
+        dim = self.dim
+        if dim is None:
+            raise RetrievalError(f"{self.path}: the catalog holds vectors but records no vector width")
+        return dim
+
     # -- reads ------------------------------------------------------------
     def files(self) -> dict[str, FileRow]:
         cursor = self.db.execute(
@@ -223,6 +234,7 @@ class Catalog:
             rows = self.db.execute(sql, [last, chunk]).fetchall()
             if not rows:
                 return
+            dim = dim or self.vector_dim()
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             yield ids, from_blobs((r[1] for r in rows), dim)
             last = int(ids[-1])
@@ -237,13 +249,15 @@ class Catalog:
 
     def vectors_by_hash(self, hashes: list[str]) -> dict[str, np.ndarray]:
         sql = "SELECT hash, vector FROM vectors WHERE hash IN ({marks})"
-        return {h: from_blobs([blob], self.dim)[0] for cursor in self._where_in(sql, hashes) for h, blob in cursor}
+        dim = self.vector_dim() if hashes else 0
+        return {h: from_blobs([blob], dim)[0] for cursor in self._where_in(sql, hashes) for h, blob in cursor}
 
     def image_vectors_by_id(self, ids: list[int]) -> dict[int, np.ndarray]:
         """Exact vectors of indexed images, for re-scoring candidates from a compressed index."""
         sql = "SELECT images.id, vectors.vector FROM images JOIN vectors USING (hash) WHERE images.id IN ({marks})"
         ids = [int(i) for i in ids]
-        return {i: from_blobs([blob], self.dim)[0] for cursor in self._where_in(sql, ids) for i, blob in cursor}
+        dim = self.vector_dim() if ids else 0
+        return {i: from_blobs([blob], dim)[0] for cursor in self._where_in(sql, ids) for i, blob in cursor}
 
     def rows_by_id(self, table: str, ids: list[int]) -> dict[int, dict]:
         """Look up catalog rows for FAISS ids (``images`` or ``captions``)."""
@@ -255,6 +269,11 @@ class Catalog:
                 out[row[0]] = dict(zip(names, row))
         return out
 
+    def dates_by_id(self, ids: list[int]) -> dict[int, tuple[str | None, str | None]]:
+        """(taken, taken_source) of images by id: the date filters compare, and whether EXIF or the file gave it."""
+        sql = "SELECT id, taken, taken_source FROM images WHERE id IN ({marks})"
+        return {row[0]: (row[1], row[2]) for cursor in self._where_in(sql, [int(i) for i in ids]) for row in cursor}
+
     def snapshot(self):
         """A read transaction: everything read inside it belongs to one generation."""
         return self.transaction()
@@ -264,9 +283,10 @@ class Catalog:
     def quick_commits(self) -> Iterator[None]:
         """Commit without waiting for the disk while vectors stream in, then restore the setting.
 
-        In WAL mode, ``synchronous=NORMAL`` commits write to the log without an fsync: a commit
-        costs about 1 ms instead of about 100 ms here (10 fsyncs a second would stall the
-        encoder). A killed process loses nothing (the log is in the OS's cache); a power cut
+        In WAL mode, ``synchronous=NORMAL`` commits write to the log without an fsync, which on
+        a busy disk costs far more than the write and, several times a second, would stall the
+        encoder (docs/indexing.md#commits-while-vectors-stream-in). A killed process loses
+        nothing (the log is in the OS's cache); a power cut
         may lose the last few commits, and those images are simply encoded again by the next
         run. Publishing happens after the setting is restored, with full durability.
         """

@@ -26,6 +26,7 @@ rows outside FOLDER stay as imported.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -33,6 +34,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +56,9 @@ SHARD_ROWS = 1_000_000
 BLOCK_ROWS = 65_536
 #: A float32 vector counts as normalized within this distance of unit length; it is then kept bit for bit.
 UNIT_TOLERANCE = 1e-4
+#: Beside img_emb/ in an export: the aligner that made the vectors, so `import` needs no --model.
+#: clip-retrieval and autofaiss ignore files they do not know.
+RECORD_FILE = "retrieval.json"
 INSTALL_HINT = "pyarrow is needed for export/import: pip install 'retrieval[exchange]' (or pip install pyarrow)"
 
 
@@ -85,6 +90,8 @@ class Layout:
     captions: list[Shard] = field(default_factory=list)
     #: Column of the caption shards' metadata that holds the text.
     caption_column: str = "caption"
+    #: The aligner spec an export recorded (RECORD_FILE); None for other tools' folders.
+    model: str | None = None
 
     @property
     def image_count(self) -> int:
@@ -151,7 +158,7 @@ def read_layout(folder: str | Path) -> Layout:
     dims = {np.load(s.vectors, mmap_mode="r").shape[1] for s in images}
     if len(dims) > 1:
         raise LayoutError(f"{root / 'img_emb'}: shards of different dimensions ({', '.join(map(str, sorted(dims)))})")
-    layout = Layout(root, dims.pop(), images)
+    layout = Layout(root, dims.pop(), images, model=_recorded_model(root))
     if (root / "text_emb").is_dir():
         meta_dir = "text_metadata" if (root / "text_metadata").is_dir() else "metadata"
         layout.captions = _shards(root, "text_emb", "text_emb", meta_dir, {"caption"})
@@ -159,6 +166,17 @@ def read_layout(folder: str | Path) -> Layout:
         if dims != {layout.dim}:
             raise LayoutError(f"{root / 'text_emb'}: dimension {', '.join(map(str, sorted(dims)))}, images have {layout.dim}")
     return layout
+
+
+def _recorded_model(root: Path) -> str | None:
+    record = root / RECORD_FILE
+    if not record.is_file():
+        return None
+    try:
+        model = json.loads(record.read_text()).get("model")
+    except (ValueError, AttributeError, OSError) as exc:
+        raise LayoutError(f"{record} is not the JSON an export writes ({exc}); delete it and give --model") from None
+    return model if isinstance(model, str) and model else None
 
 
 def vector_blocks(shard: Shard) -> Iterator[tuple[int, np.ndarray]]:
@@ -212,9 +230,10 @@ class ShardWriter:
         self.prefix, self.total, self.dim, self.shard_rows = prefix, total, dim, shard_rows
         self.width = len(str(max(0, (total - 1) // shard_rows)))
         self.number, self.filled, self.written = -1, 0, 0
-        self.array = self.table = None
+        self.array: np.memmap | None = None
+        self.table: Any = None  # a pyarrow ParquetWriter
 
-    def _open_next(self) -> None:
+    def _open_next(self) -> np.memmap:
         self.close()
         self.number += 1
         rows = min(self.shard_rows, self.total - self.written)
@@ -223,14 +242,16 @@ class ShardWriter:
                                                shape=(rows, self.dim))
         self.table_path = self.meta / f"metadata_{name}.parquet"
         self.filled = 0
+        return self.array
 
     def add(self, vectors: np.ndarray, columns: dict[str, list]) -> None:
         start = 0
         while start < len(vectors):
-            if self.array is None or self.filled == len(self.array):
-                self._open_next()
-            take = min(len(vectors) - start, len(self.array) - self.filled)
-            self.array[self.filled : self.filled + take] = vectors[start : start + take]
+            array = self.array
+            if array is None or self.filled == len(array):
+                array = self._open_next()
+            take = min(len(vectors) - start, len(array) - self.filled)
+            array[self.filled : self.filled + take] = vectors[start : start + take]
             part = pa.table({k: v[start : start + take] for k, v in columns.items()})
             if self.table is None:
                 self.table = pq.ParquetWriter(self.table_path, part.schema)
@@ -294,6 +315,9 @@ def export(catalog, out: str | Path, shard_rows: int = SHARD_ROWS, progress=None
                 if progress is not None:
                     progress.advance(len(ids))
             captions.close()
+            record = {"model": catalog.get_meta("model"), "model_identity": catalog.get_meta("model_identity"),
+                      "dim": catalog.dim, "images": n_images, "captions": n_captions}
+        (work / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
         if not n_captions:
             shutil.rmtree(work / "text_emb")
             shutil.rmtree(work / "text_metadata")
@@ -309,18 +333,7 @@ def export(catalog, out: str | Path, shard_rows: int = SHARD_ROWS, progress=None
     return ExportSummary(str(out), n_images, n_captions, images.number + 1, captions.number + 1)
 
 
-# -- importing -----------------------------------------------------------------------------
-@dataclass
-class ImportSummary:
-    index: str
-    images: int
-    captions: int
-    generation: int
-
-    def line(self) -> str:
-        return f"imported {self.images} image vectors and {self.captions} captions into {self.index} (generation {self.generation})"
-
-
+# -- reading for import (retrieval.ingest.embeddings) -------------------------------------
 def image_rows(layout: Layout) -> Iterator[tuple[list[int] | None, list[str], np.ndarray]]:
     """(ids or None, image paths, vectors) blocks over every image shard, in order."""
     for shard in layout.images:
@@ -360,103 +373,6 @@ def caption_rows(layout: Layout) -> Iterator[tuple[list[str], np.ndarray]]:
                 pending += next(meta)[layout.caption_column]
             texts, pending = pending[: len(vectors)], pending[len(vectors) :]
             yield [str(t) for t in texts], vectors
-
-
-def import_into(store, aligner, layout: Layout, *, on_disk: bool = False, memory_limit: int | None = None,
-                progress=None) -> ImportSummary:
-    """Fill a new, empty index from `layout` and publish it as generation 1 (one transaction)."""
-    from retrieval.ann import index as faiss_index
-    from retrieval.ingest import pipeline as indexer
-    from retrieval.storage import integrity
-    from retrieval.storage.catalog import to_blob
-    from retrieval.storage.staging import Plan
-
-    catalog = store.catalog
-    with store.write_lock():
-        store.bind_model(aligner)
-        count, next_id = 0, 1
-        if progress is not None:
-            progress.start(layout.image_count, "importing")
-        # Rows are committed in blocks; nothing is searchable before the publishing commit below.
-        with catalog.quick_commits():
-            for ids, paths, vectors in image_rows(layout):
-                ids = ids or list(range(next_id, next_id + len(paths)))
-                hashes = [import_hash(v) for v in vectors]
-                with catalog.transaction() as conn:
-                    conn.executemany("INSERT OR IGNORE INTO vectors (hash, vector) VALUES (?, ?)",
-                                     zip(hashes, (to_blob(v) for v in vectors)))
-                    conn.executemany("INSERT OR IGNORE INTO images (id, path, size, mtime, hash) VALUES (?, ?, NULL, NULL, ?)",
-                                     zip(ids, paths, hashes))
-                count += len(paths)
-                next_id = max(next_id, max(ids) + 1)
-                if progress is not None:
-                    progress.advance(len(paths))
-            if catalog.count("images") != count:
-                raise LayoutError(
-                    f"{count - catalog.count('images')} metadata row(s) repeat the image_path or id of an earlier row; "
-                    "each image must appear once"
-                )
-            captions = 0
-            for texts, vectors in caption_rows(layout):
-                with catalog.transaction() as conn:
-                    conn.executemany("INSERT OR IGNORE INTO captions (id, text, vector) VALUES (?, ?, ?)",
-                                     ((captions + i + 1, t, to_blob(v)) for i, (t, v) in enumerate(zip(texts, vectors))))
-                captions += len(texts)
-        if progress is not None:
-            progress.close()
-        limit = memory_limit or faiss_index.memory_limit_default()
-        with catalog.publishing() as conn:
-            plan = Plan(final_count=count, next_id=next_id)
-            # The indexer's own choice of index type and writer (in memory, 8-bit, or lists on disk).
-            meta = indexer._write_image_index(store, None, plan, 0, 1, limit, trust_previous=False, on_disk=on_disk)
-            integrity.record(conn, store.faiss_path("images", 1), 1, count)
-            if captions:
-                ids, vecs = indexer._caption_arrays(catalog, None)
-                index, _ = faiss_index.build(ids, vecs, factory="IDMap2,Flat")
-                faiss_index.write(index, store.faiss_path("captions", 1))
-                integrity.record(conn, store.faiss_path("captions", 1), 1, len(ids))
-                meta["captions_generation"] = 1
-            catalog.set_meta(next_id=next_id, generation=1, imported_from=str(layout.folder), **meta)
-    store.prune(1)
-    return ImportSummary(str(store.folder), count, catalog.count("captions"), 1)
-
-
-def import_embeddings(folder: str | Path, index: str, model: str, *, on_disk: bool = False,
-                      memory_limit: int | None = None, progress=None, aligner=None) -> ImportSummary:
-    """Make a new index `index` from an embedding folder, without encoding anything.
-
-    Everything is checked before the index folder is created (layout, row counts, dimension
-    against `model`, every vector finite); a failure after that removes the folder again.
-    """
-    from retrieval.storage.store import IndexStore, resolve
-
-    layout = read_layout(folder)
-    target = resolve(index)
-    if target.exists() and any(target.iterdir()):
-        raise RetrievalError(f"{target} already exists: import makes a new index; choose another --index or delete it")
-    if aligner is None:
-        from retrieval.aligners import load_aligner
-
-        aligner = load_aligner(model)
-    if aligner.dim != layout.dim:
-        raise LayoutError(
-            f"{layout.folder} holds {layout.dim}-d vectors but {aligner.spec!r} makes {aligner.dim}-d vectors: "
-            "import with the model that produced them (--model)"
-        )
-    check_vectors(layout)
-    created = not target.exists()
-    store = IndexStore.open(target, create=True)
-    try:
-        return import_into(store, aligner, layout, on_disk=on_disk, memory_limit=memory_limit, progress=progress)
-    except BaseException:
-        store.close()
-        # Nothing half-built stays behind: the folder was empty or absent before.
-        shutil.rmtree(target, ignore_errors=True)
-        if not created:
-            target.mkdir(exist_ok=True)
-        raise
-    finally:
-        store.close()
 
 
 def export_index(index: str, out: str | Path, shard_rows: int = SHARD_ROWS, progress=None) -> ExportSummary:

@@ -4,7 +4,7 @@ The library meets these as ``OSError``, ``sqlite3`` errors or FAISS ``RuntimeErr
 text buries the cause. :func:`explained` turns them into :class:`StorageError` or
 :class:`CatalogDamaged` naming the file and what to do; the CLI prints that line. What was
 published before the fault is untouched: a run writes the next generation beside the
-current one and switches in one SQLite transaction (see ``indexer.publish``).
+current one and switches in one SQLite transaction (see ``retrieval.ingest.publish``).
 """
 
 from __future__ import annotations

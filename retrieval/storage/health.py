@@ -98,7 +98,7 @@ def _check_catalog(conn: sqlite3.Connection, report: Report) -> None:
 
 
 def _check_faiss(conn: sqlite3.Connection, folder: Path, report: Report) -> None:
-    from retrieval.ann import index as faiss_index
+    from retrieval import ann
 
     gen = int(_meta(conn, "generation", 0))
     if gen == 0:
@@ -120,11 +120,11 @@ def _check_faiss(conn: sqlite3.Connection, folder: Path, report: Report) -> None
             report.problems.append(f"{path} {what}; `retrieval index --index {folder}` rebuilds it")
             continue
         try:
-            index = faiss_index.read(path, mmap=True)
+            index = ann.read(path, mmap=True)
         except RuntimeError:
             report.problems.append(f"{path} cannot be read by FAISS; `retrieval index --index {folder}` rebuilds it")
             continue
-        ids = faiss_index.ids_of(index)
+        ids = ann.ids_of(index)
         catalog_ids = {r[0] for r in conn.execute(f"SELECT id FROM {table}")}
         stored = set(ids.tolist())
         if len(ids) != len(stored):

@@ -5,15 +5,16 @@ Publishing records each FAISS file's size, modification time and CRC-32 in the c
 search compares the file against that record before trusting it:
 
 - size and mtime on every open (one ``stat``: free);
-- the full CRC-32 the first time a process opens a file, or when its mtime differs from
-  the record (a restored backup), as long as the file is at most ``FULL_CHECK_BYTES``; above
-  that a search trusts size and mtime, and ``retrieval info`` / ``retrieval check`` always
-  read the whole file.
+- the full CRC-32 the first time an opened index (its catalog's ``verified_files``) opens
+  a file, or when its mtime differs from the record (a restored backup), as long as the
+  file is at most ``FULL_CHECK_BYTES``; above that a search trusts size and mtime, and
+  ``retrieval info`` / ``retrieval check`` always read the whole file.
 
 Why CRC-32 (zlib): it is there to catch damage (a truncated copy, a flipped block, a
-file from another generation), not tampering. Measured here it runs at 4.5 GB/s against
-0.9 GB/s for BLAKE2b and 1.5 GB/s for SHA-256 (256 MB buffer, load average 6), so a
-64 MB exact index is checked in about 15 ms, less than one exact search over it reads.
+file from another generation), not tampering, so the fastest adequate checksum wins; it is
+several times faster than BLAKE2b or SHA-256, fast enough that checking an exact index up to
+``FULL_CHECK_BYTES`` costs less than one exact search over it reads (figures in
+docs/reliability.md#the-cost-of-checking-why-crc-32-and-when).
 
 A missing, truncated or altered file is reported as :class:`DamagedIndex`; the next
 ``retrieval index`` rebuilds it from the catalog's stored vectors without encoding again.
@@ -36,12 +37,14 @@ DDL = """CREATE TABLE IF NOT EXISTS faiss_files (
     name TEXT PRIMARY KEY, generation INTEGER NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, crc32 INTEGER NOT NULL, ntotal INTEGER)"""
 
-#: Files up to this size get a full checksum on first open in a process (about 15 ms here).
+#: Files up to this size get a full checksum on first open by an opened index: less than one
+#: exact search over them costs (docs/reliability.md#the-cost-of-checking-why-crc-32-and-when).
 FULL_CHECK_BYTES = 64 * 2**20
 _BLOCK = 2**20
 
-#: (path, size, mtime_ns, crc) of files this process has read in full and found right.
-_VERIFIED: set[tuple[str, int, int, int]] = set()
+#: (path, size, mtime_ns, crc) of files read in full and found right: a catalog's
+#: ``verified_files``, which lives as long as the opened index does.
+Verified = set[tuple[str, int, int, int]]
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,13 @@ def crc32_of(path: Path) -> int:
     return crc
 
 
-def record(conn: sqlite3.Connection, path: Path, generation: int, ntotal: int | None) -> None:
-    """Note a freshly written FAISS file in the catalog (call inside the publishing transaction)."""
+def record(
+    conn: sqlite3.Connection, path: Path, generation: int, ntotal: int | None, verified: Verified | None = None
+) -> None:
+    """Note a freshly written FAISS file in the catalog (call inside the publishing transaction).
+
+    `verified`: the catalog's ``verified_files``, which then holds the file as checked.
+    """
     conn.execute(DDL)
     stat = os.stat(path)
     crc = crc32_of(path)
@@ -75,7 +83,8 @@ def record(conn: sqlite3.Connection, path: Path, generation: int, ntotal: int | 
     )
     # Records of generations no longer on disk are dropped with their files (store.prune keeps g-1).
     conn.execute("DELETE FROM faiss_files WHERE generation < ?", (generation - 1,))
-    _VERIFIED.add((str(path), stat.st_size, stat.st_mtime_ns, crc))
+    if verified is not None:
+        verified.add((str(path), stat.st_size, stat.st_mtime_ns, crc))
 
 
 def lookup(conn: sqlite3.Connection, name: str) -> Record | None:
@@ -91,11 +100,14 @@ def lookup(conn: sqlite3.Connection, name: str) -> Record | None:
     return None if row is None else Record(*row)
 
 
-def problem(conn: sqlite3.Connection, path: Path, *, full: bool | None = None) -> str | None:
+def problem(
+    conn: sqlite3.Connection, path: Path, *, full: bool | None = None, verified: Verified | None = None
+) -> str | None:
     """What is wrong with the FAISS file at `path`, or None when it matches its record.
 
     `full`: True reads the whole file, False only stats it, None decides by size and by
-    whether this process has checked it already (see the module docstring).
+    whether it is in `verified` (the catalog's ``verified_files``; see the module docstring),
+    where a file read in full and found right is added.
     """
     rec = lookup(conn, path.name)
     try:
@@ -108,20 +120,23 @@ def problem(conn: sqlite3.Connection, path: Path, *, full: bool | None = None) -
         return f"is truncated or damaged ({stat.st_size} bytes, {rec.size} published)"
     key = (str(path), stat.st_size, stat.st_mtime_ns, rec.crc32)
     if full is None:
-        if key in _VERIFIED:
+        if verified is not None and key in verified:
             return None
         full = stat.st_mtime_ns != rec.mtime_ns or stat.st_size <= FULL_CHECK_BYTES
     if not full:
         return None
     if crc32_of(path) != rec.crc32:
         return "has been altered (its checksum differs from the published one)"
-    _VERIFIED.add(key)
+    if verified is not None:
+        verified.add(key)
     return None
 
 
-def check_or_raise(conn: sqlite3.Connection, path: Path, *, full: bool | None = None) -> None:
+def check_or_raise(
+    conn: sqlite3.Connection, path: Path, *, full: bool | None = None, verified: Verified | None = None
+) -> None:
     """Raise :class:`DamagedIndex` with one line naming the file when :func:`problem` finds something."""
-    what = problem(conn, path, full=full)
+    what = problem(conn, path, full=full, verified=verified)
     if what:
         raise damaged(path, what)
 

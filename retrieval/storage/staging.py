@@ -22,15 +22,16 @@ Life of a row in ``run_files``::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from retrieval.media.decode import Loaded
 from retrieval.media.exif import COLUMNS as EXIF_COLUMNS
 from retrieval.media.exif import EMPTY
-from retrieval.media.loader import FileStat, Loaded
+from retrieval.media.files import FileStat
 from retrieval.storage.catalog import Catalog
 
 _META_SET = ", ".join(f"{c} = ?" for c in EXIF_COLUMNS)
@@ -84,7 +85,7 @@ class Plan:
 class Staging:
     """The run tables for `roots`, on the catalog's connection (autocommit mode)."""
 
-    def __init__(self, catalog: Catalog, roots: list[Path]):
+    def __init__(self, catalog: Catalog, roots: Sequence[str | Path]):
         self.catalog = catalog
         self.conn = catalog.db.conn
         #: Files whose names SQLite cannot store (not UTF-8): reported on every run, never read.

@@ -21,9 +21,13 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrieval.errors import IndexNotFound, ModelMismatch, RetrievalError, StorageError
 from retrieval.storage.catalog import CATALOG_FILE, Catalog
+
+if TYPE_CHECKING:
+    from retrieval.aligners import Aligner
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ class IndexStore:
     def model_spec(self) -> str | None:
         return self.catalog.get_meta("model")
 
-    def bind_model(self, aligner) -> None:
+    def bind_model(self, aligner: Aligner) -> None:
         """Record the aligner on first use; refuse a different one afterwards."""
         identity = self.catalog.get_meta("model_identity")
         if identity is None:
@@ -92,7 +96,7 @@ class IndexStore:
             "(leave out --model) or build a new index with --index NEW_NAME."
         )
 
-    def check_model(self, aligner) -> None:
+    def check_model(self, aligner: Aligner) -> None:
         from retrieval.aligners import canonical_spec
 
         identity = self.catalog.get_meta("model_identity")

@@ -25,23 +25,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
+from retrieval.aligners import Aligner, fitting
+from retrieval.aligners.fitting import Tables, Trainer
 from retrieval.aligners.towers import ImageTower, describe_base, image_tower, rebuild_base
 from retrieval.aligners.trained import (
     FORMAT,
     FORMAT_VERSION,
-    MAX_LOGIT_SCALE,
     Heads,
     TrainedAligner,
     read_checkpoint,
@@ -52,7 +51,8 @@ from retrieval.errors import ModelError, TrainingError
 from retrieval.evaluation.datasets import Dataset
 from retrieval.evaluation.evaluate import Queries, queries_for
 from retrieval.evaluation.metrics import metrics_for
-from retrieval.ingest.pipeline import IndexSettings, batched, load_stream
+from retrieval.ingest.settings import IndexSettings
+from retrieval.ingest.stream import batched, load_stream
 from retrieval.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
@@ -150,8 +150,8 @@ class TrainResult:
 class Split:
     """Pairs as (image row, text row) into feature tables, and who is relevant to whom."""
 
-    image_rows: torch.Tensor
-    text_rows: torch.Tensor
+    image_rows: np.ndarray
+    text_rows: np.ndarray
     images: list[str]
     #: Distinct caption texts: the text feature table's rows.
     texts: list[str]
@@ -163,10 +163,10 @@ class Split:
     def of(cls, ds: Dataset) -> Split:
         texts = list(dict.fromkeys(ds.captions))
         index = {t: i for i, t in enumerate(texts)}
-        rows = torch.tensor([index[c] for c in ds.captions], dtype=torch.long)
+        rows = np.array([index[c] for c in ds.captions], dtype=np.int64)
         queries = queries_for(ds)
         query_rows = np.array([index[t] for t in queries.texts], dtype=np.int64)
-        return cls(torch.from_numpy(ds.caption_image.copy()), rows, list(ds.images), texts, queries, query_rows)
+        return cls(ds.caption_image.copy(), rows, list(ds.images), texts, queries, query_rows)
 
     @property
     def pairs(self) -> int:
@@ -187,18 +187,20 @@ def hold_out(ds: Dataset, share: float, seed: int) -> tuple[Dataset, Dataset | N
     n_val = max(1, round(n * share))
     if n - n_val < 2:
         raise TrainingError(f"{ds.name}: {n} images are too few to hold out {share:.0%} for validation; give --val")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    order = fitting.permutation(n, seed)
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
     return ds.subset(train), ds.subset(val)
 
 
-def validation_metrics(image_vectors: np.ndarray, text_vectors: np.ndarray, split: Split, ks: Sequence[int]) -> dict:
+def validation_metrics(
+    image_vectors: np.ndarray, text_vectors: np.ndarray, split: Split, ks: Sequence[int]
+) -> dict[str, Any]:
     """Recall@k exactly as ``retrieval eval`` computes it (shared captions grouped)."""
     q = split.queries
     return metrics_for(image_vectors, text_vectors[split.query_rows], q.text_images, q.image_texts, ks)
 
 
-def mean_recall(metrics: dict) -> float:
+def mean_recall(metrics: dict[str, Any]) -> float:
     values = [v for direction in metrics.values() for k, v in direction.items() if k.startswith("R@")]
     return float(np.mean(values))
 
@@ -210,7 +212,7 @@ def feature_dir() -> Path:
     return cache_dir() / "train-features"
 
 
-def _key(*parts) -> str:
+def _key(*parts: Any) -> str:
     h = hashlib.blake2b(digest_size=16)
     for part in parts:
         h.update(json.dumps(part, sort_keys=True, default=str).encode())
@@ -218,8 +220,8 @@ def _key(*parts) -> str:
     return h.hexdigest()
 
 
-def _file_stamps(paths: Sequence[str]) -> list:
-    stamps = []
+def _file_stamps(paths: Sequence[str]) -> list[tuple[str, int | None, int | None]]:
+    stamps: list[tuple[str, int | None, int | None]] = []
     for path in paths:
         try:
             st = os.stat(path)
@@ -240,7 +242,7 @@ def image_features(
         return np.load(path, mmap_mode="r")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
-    out = None
+    out: np.memmap | None = None
     bad: list[str] = []
     loader = IndexSettings(workers=settings.workers)
     stream = load_stream(paths, tower.transform, frozenset(), loader)
@@ -254,7 +256,7 @@ def image_features(
                     bad.append(f"{item.path}{origin}: {item.error}")
             good = [it.pixels for it in batch if it.pixels is not None]
             if good and not bad:
-                feats = tower.frozen(np.stack(good)).cpu().numpy()
+                feats = fitting.frozen_features(tower, np.stack(good))
                 if out is None:
                     # Trunk inputs are large activation maps: half precision halves the cache.
                     dtype = np.float16 if tower.unlock else np.float32
@@ -269,6 +271,7 @@ def image_features(
                 f"{len(bad)} of {len(paths)} images cannot be read: " + "; ".join(bad[:3]) + more
                 + ". Fix or remove them from the pairs."
             )
+        assert out is not None  # at least one image, and none unreadable
         out.flush()
         del out
         os.replace(tmp, path)
@@ -279,18 +282,7 @@ def image_features(
     return np.load(path, mmap_mode="r")
 
 
-@torch.no_grad()
-def readout(tower: ImageTower, cached: np.ndarray, chunk: int = 4096) -> torch.Tensor:
-    # trunk_forward with nothing unlocked is the readout; it also unpacks what a tower keeps
-    # beside the frozen features in its cache (the default aligner's expert weights).
-    parts = [
-        tower.trunk_forward(torch.from_numpy(np.array(cached[i : i + chunk], np.float32)).to(tower.device))
-        for i in range(0, len(cached), chunk)
-    ]
-    return torch.cat(parts)
-
-
-def text_features(base, texts: list[str], progress: Progress) -> np.ndarray:
+def text_features(base: Aligner, texts: list[str], progress: Progress) -> np.ndarray:
     key = _key("texts", base.identity, texts)
     path = feature_dir() / f"txt-{key}.npy"
     if path.exists():
@@ -309,106 +301,6 @@ def text_features(base, texts: list[str], progress: Progress) -> np.ndarray:
     return features
 
 
-# -- the loss -----------------------------------------------------------------------
-def contrastive_loss(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
-    image_ids: torch.Tensor, text_ids: torch.Tensor,
-) -> torch.Tensor:
-    """Symmetric InfoNCE (CLIP) over a batch; pairs sharing an image or a text are positives."""
-    image_emb = nn.functional.normalize(image_emb, dim=-1)
-    text_emb = nn.functional.normalize(text_emb, dim=-1)
-    logits = logit_scale.exp() * image_emb @ text_emb.T
-    positive = (image_ids[:, None] == image_ids[None, :]) | (text_ids[:, None] == text_ids[None, :])
-    targets = positive.float()
-    i2t = -(targets / targets.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-    t2i = -(targets.T / targets.T.sum(1, keepdim=True) * logits.T.log_softmax(1)).sum(1).mean()
-    return (i2t + t2i) / 2
-
-
-# -- the run ------------------------------------------------------------------------
-class Trainer:
-    """Steps and validation over cached features; :func:`train` drives it."""
-
-    def __init__(self, tower: ImageTower, heads: Heads, settings: TrainSettings):
-        self.tower, self.heads, self.settings = tower, heads, settings
-        self.device = tower.device
-        self.heads.to(self.device)
-        groups = [{"params": list(heads.parameters()), "lr": settings.lr}]
-        if tower.unlock:
-            groups.append({"params": list(tower.trunk.parameters()), "lr": settings.lr * settings.trunk_lr_scale})
-        self.optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
-        self.generator = torch.Generator().manual_seed(settings.seed)
-
-    def set_lr(self, step: int, total: int) -> None:
-        # Cosine decay with a short warm-up: the heads start at the base's behaviour, and a
-        # full-size first step from there would undo it before the temperature adapts.
-        warmup = max(1, min(50, total // 20))
-        factor = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-        for group, base_lr in zip(self.optimizer.param_groups, self._base_lrs()):
-            group["lr"] = base_lr * factor
-
-    def _base_lrs(self):
-        lrs = [self.settings.lr]
-        if self.tower.unlock:
-            lrs.append(self.settings.lr * self.settings.trunk_lr_scale)
-        return lrs
-
-    def image_embeddings(self, features, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Heads over ready features (a tensor), or over the trunk's cached input (memory-mapped)."""
-        if not self.tower.unlock:
-            return self.heads.image(features if rows is None else features[rows.to(self.device)])
-        part = features if rows is None else features[rows.numpy()]
-        x = torch.from_numpy(np.array(part, dtype=np.float32)).to(self.device)
-        return self.heads.image(self.tower.trunk_forward(x))
-
-    def epoch(self, features, texts: torch.Tensor, split: Split, step0: int, total: int, progress: Progress) -> float:
-        bs = self.settings.batch_size
-        order = torch.randperm(split.pairs, generator=self.generator)
-        steps = split.pairs // bs
-        losses = []
-        self.heads.train()
-        progress.start(steps, "training")
-        for s in range(steps):
-            batch = order[s * bs : (s + 1) * bs]
-            img_ids, txt_ids = split.image_rows[batch], split.text_rows[batch]
-            self.set_lr(step0 + s, total)
-            image_emb = self.image_embeddings(features, img_ids)
-            text_emb = self.heads.text(texts[txt_ids.to(self.device)])
-            loss = contrastive_loss(image_emb, text_emb, self.heads.logit_scale, img_ids.to(self.device), txt_ids.to(self.device))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            with torch.no_grad():
-                self.heads.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            losses.append(float(loss.detach()))
-            progress.advance(1)
-            _postfix(progress, loss=f"{np.mean(losses[-20:]):.4f}")
-        progress.close()
-        self.heads.eval()
-        return float(np.mean(losses))
-
-    @torch.no_grad()
-    def validate(self, features, texts: torch.Tensor, split: Split) -> dict:
-        images = torch.cat([
-            self.image_embeddings(features[start : start + 1024]) for start in range(0, len(split.images), 1024)
-        ])
-        image_vectors = nn.functional.normalize(images, dim=-1).cpu().numpy()
-        text_vectors = nn.functional.normalize(self.heads.text(texts), dim=-1).cpu().numpy()
-        return validation_metrics(image_vectors, text_vectors, split, self.settings.ks)
-
-    def weights(self) -> tuple[dict, dict]:
-        heads = {k: v.detach().cpu().clone() for k, v in self.heads.state_dict().items()}
-        trunk = {k: v.detach().cpu().clone() for k, v in self.tower.trunk.state_dict().items()}
-        return heads, trunk
-
-
-def _postfix(progress: Progress, **values) -> None:
-    # Optional beyond the Progress protocol: the CLI's bar shows the running loss.
-    show = getattr(progress, "postfix", None)
-    if show is not None:
-        show(**values)
-
-
 def check_output(out: Path, force: bool, resume: bool) -> None:
     if resume:
         if not out.is_file():
@@ -422,7 +314,7 @@ def check_output(out: Path, force: bool, resume: bool) -> None:
         raise TrainingError(f"folder not found for --out: {out.parent}")
 
 
-def load_start(start: str | dict, device: str | None) -> tuple:
+def load_start(start: str | dict[str, Any], device: str | None) -> tuple[Aligner, TrainedAligner | None]:
     """The starting aligner's base (its towers) and, for a trained checkpoint, the checkpoint.
 
     `start` is a spec, or a checkpoint's record of its base (resuming).
@@ -439,7 +331,7 @@ def load_start(start: str | dict, device: str | None) -> tuple:
     return aligner, None
 
 
-def _resumed_settings(previous: dict, settings: TrainSettings) -> TrainSettings:
+def _resumed_settings(previous: dict[str, Any], settings: TrainSettings) -> TrainSettings:
     if "resume" not in previous:
         raise TrainingError("the checkpoint holds no training state to resume")
     stored = previous["config"]["settings"]
@@ -460,10 +352,8 @@ def _too_few(pairs: Dataset, train_set: Dataset, held_out: bool, settings: Train
 class Features:
     """Everything training reads, on the training device (image tables may be memory-mapped)."""
 
-    train: object
-    train_texts: torch.Tensor
-    val: object | None
-    val_texts: torch.Tensor | None
+    train: Tables
+    val: Tables | None
     seconds: float
 
 
@@ -471,20 +361,20 @@ def compute_features(
     tower: ImageTower, train_set: Dataset, val_set: Dataset | None, settings: TrainSettings, progress: Progress
 ) -> Features:
     started = time.monotonic()
-    out = []
+    out: list[Tables | None] = []
     for ds in (train_set, val_set):
         if ds is None:
-            out += [None, None]
+            out.append(None)
             continue
         split = Split.of(ds)
         images = image_features(tower, split.images, settings, progress, ds.where)
-        if not tower.unlock:  # nothing trains before the readout: run it once, keep the result in memory
-            images = readout(tower, images)
-        out += [images, torch.from_numpy(text_features(tower.base, split.texts, progress)).to(tower.device)]
-    return Features(*out, seconds=time.monotonic() - started)
+        out.append(fitting.tables(tower, images, text_features(tower.base, split.texts, progress)))
+    train, val = out
+    assert train is not None
+    return Features(train, val, seconds=time.monotonic() - started)
 
 
-def build_model(start: str | dict, settings: TrainSettings) -> tuple[ImageTower, Heads, dict]:
+def build_model(start: str | dict[str, Any], settings: TrainSettings) -> tuple[ImageTower, Heads, dict[str, Any]]:
     """The image tower and heads to train: fresh on a base aligner, or an earlier run's weights."""
     base, warm = load_start(start, settings.device)
     if warm is not None:
@@ -493,15 +383,10 @@ def build_model(start: str | dict, settings: TrainSettings) -> tuple[ImageTower,
         settings.unlock, settings.hidden = warm.config["unlock"], warm.config["hidden"]
     tower = image_tower(base, settings.unlock)
     config = {"dim": int(base.dim), "text_dim": int(base.dim), "hidden": settings.hidden, "unlock": settings.unlock}
-    torch.manual_seed(settings.seed)
-    heads = Heads.from_config(config, tower)
-    if warm is not None:
-        heads.load_state_dict(warm.heads.state_dict())
-        tower.trunk.load_state_dict(warm.tower.trunk.state_dict())
-    return tower, heads, config
+    return tower, fitting.new_heads(config, tower, settings.seed, warm), config
 
 
-def check_resumable(previous: dict, out: Path, key: str, settings: TrainSettings) -> None:
+def check_resumable(previous: dict[str, Any], out: Path, key: str, settings: TrainSettings) -> None:
     if previous["data"]["key"] != key:
         raise TrainingError(
             f"{out} was trained on other pairs (or another validation split): resume with the same PAIRS and --val"
@@ -515,19 +400,20 @@ def check_resumable(previous: dict, out: Path, key: str, settings: TrainSettings
 class Run:
     """The state of one run between epochs: history, best weights, what the file holds."""
 
-    def __init__(self, trainer: Trainer, features: Features, val_split: Split | None, header: dict, out: Path):
-        self.trainer, self.features, self.val_split, self.header, self.out = trainer, features, val_split, header, out
-        self.history: list[dict] = []
-        self.best = {"epoch": 0, "score": -1.0, "metrics": None}
+    def __init__(
+        self, trainer: Trainer, settings: TrainSettings, features: Features, val_split: Split | None,
+        header: dict[str, Any], out: Path,
+    ):
+        self.trainer, self.settings, self.features = trainer, settings, features
+        self.val_split, self.header, self.out = val_split, header, out
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"epoch": 0, "score": -1.0, "metrics": None}
         self.best_weights = trainer.weights()
         self.first_epoch = 1
 
-    def restore(self, previous: dict) -> None:
+    def restore(self, previous: dict[str, Any]) -> None:
         state = previous["resume"]
-        self.trainer.heads.load_state_dict(state["heads"])
-        self.trainer.tower.trunk.load_state_dict(state["trunk"])
-        self.trainer.optimizer.load_state_dict(state["optimizer"])
-        self.trainer.generator.set_state(state["generator"])
+        self.trainer.restore(state)
         self.history = list(previous["history"])
         self.best = dict(previous["best"])
         self.best_weights = (previous["heads"], previous["trunk"])
@@ -535,14 +421,17 @@ class Run:
 
     def evaluate(self, epoch: int, loss: float | None, seconds: float) -> EpochReport:
         """Validation recall after `epoch`; keeps the weights when they are the best so far."""
-        f, settings = self.features, self.trainer.settings
-        metrics = self.trainer.validate(f.val, f.val_texts, self.val_split) if self.val_split is not None else None
+        f, settings = self.features, self.settings
+        metrics = None
+        if self.val_split is not None and f.val is not None:
+            images, texts = self.trainer.embed(f.val, len(self.val_split.images))
+            metrics = validation_metrics(images, texts, self.val_split, settings.ks)
         score = mean_recall(metrics) if metrics else None
         improved = score is None or score > self.best["score"]
         if improved:
             self.best = {"epoch": epoch, "score": score if score is not None else 0.0, "metrics": metrics}
             self.best_weights = self.trainer.weights()
-        temperature = float(1 / self.trainer.heads.logit_scale.detach().exp())
+        temperature = self.trainer.temperature()
         self.history.append({"epoch": epoch, "loss": loss, "metrics": metrics, "score": score,
                              "seconds": seconds, "temperature": temperature})
         return EpochReport(epoch, settings.epochs, loss, metrics, score, improved, temperature, seconds)
@@ -557,8 +446,7 @@ class Run:
             "identity": f"trained/{self.header['run_id']}-{digest[:12]}",
             "heads": best_heads, "trunk": best_trunk, "best": self.best, "history": self.history,
             "resume": {
-                "epoch": epoch, "heads": heads, "trunk": trunk,
-                "optimizer": self.trainer.optimizer.state_dict(), "generator": self.trainer.generator.get_state(),
+                "epoch": epoch, "heads": heads, "trunk": trunk, **self.trainer.state(),
             },
         }, self.out)
         log.info("epoch %d written to %s", epoch, self.out)
@@ -609,7 +497,7 @@ def train(
     train_split, val_split = Split.of(train_set), (Split.of(val_set) if val_set is not None else None)
     features = compute_features(tower, train_set, val_set, settings, progress)
 
-    header = {
+    header: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "run_id": previous["run_id"] if previous is not None else uuid.uuid4().hex[:12],
         "base": describe_base(tower.base),
@@ -620,7 +508,7 @@ def train(
             "val": None if val_set is None else val_set.name, "val_pairs": 0 if val_split is None else val_split.pairs,
         },
     }
-    run = Run(Trainer(tower, heads, settings), features, val_split, header, out)
+    run = Run(Trainer(tower, heads, settings), settings, features, val_split, header, out)
     if previous is not None:
         run.restore(previous)
     else:
@@ -630,7 +518,8 @@ def train(
     for epoch in range(run.first_epoch, settings.epochs + 1):
         epoch_started = time.monotonic()
         loss = run.trainer.epoch(
-            features.train, features.train_texts, train_split, (epoch - 1) * steps, steps * settings.epochs, progress
+            features.train, train_split.image_rows, train_split.text_rows, (epoch - 1) * steps, steps * settings.epochs,
+            progress,
         )
         report = run.evaluate(epoch, loss, time.monotonic() - epoch_started)
         run.save(epoch)

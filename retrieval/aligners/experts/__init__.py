@@ -34,11 +34,11 @@ class Expert(Protocol):
     def weights(self, images: np.ndarray) -> np.ndarray: ...
 
 
-def to_uint8(pixels: np.ndarray, mean: tuple, std: tuple) -> np.ndarray:
+def to_uint8(pixels: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """Normalized (n, 3, H, W) float pixels -> (n, H, W, 3) uint8 RGB, undoing the transform's scaling."""
-    mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
-    unit = np.asarray(pixels, np.float32) * std + mean
+    mean_ = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+    std_ = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    unit = np.asarray(pixels, np.float32) * std_ + mean_
     return np.ascontiguousarray((np.clip(unit, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1))
 
 

@@ -4,8 +4,9 @@ RapidOCR 3 (PyPI ``rapidocr``) ships PP-OCRv6's small text detector and recognis
 wheel and runs them on onnxruntime; nothing is downloaded (the model files are named
 explicitly below, so a missing file is an error here rather than a download attempt). It
 reads the aligner's own 224 px crop *at that size*: RapidOCR's default first scales the
-short side up to 736 px, which made reading ten times slower and found the words of only
-two more dev-set photos (docs/default-aligner.md). The angle classifier is off: words in
+short side up to 736 px, which made reading an order of magnitude slower and found words in
+only a few more dev-set photos (docs/default-aligner.md#words-join-default-2026-12-02-afternoon).
+The angle classifier is off: words in
 photos are upright, and it changed nothing on the dev set. The words it is sure of become
 one short sentence, embedded by the caption encoder like any caption, so a query for the
 words on a sign finds the sign.
@@ -99,7 +100,7 @@ class OcrExpert:
 
 def _load_engine(side: int, line_width: int):
     spec = importlib.util.find_spec("rapidocr")
-    if spec is None or importlib.util.find_spec("onnxruntime") is None:
+    if spec is None or spec.origin is None or importlib.util.find_spec("onnxruntime") is None:
         raise ModelError("the default aligner reads words with RapidOCR: pip install 'rapidocr>=3.10,<3.11' onnxruntime "
                          "(bash scripts/setup.sh installs both)")
     models = Path(spec.origin).parent / "models"

@@ -10,7 +10,7 @@ const $ = (id) => document.getElementById(id);
 const el = {
   form: $("search"), q: $("q"), file: $("file"), indexPicker: $("index-picker"), index: $("index"),
   not: $("not"), weight: $("weight"), weightOut: $("weight-out"), weightField: $("weight-field"),
-  filters: $("filters"), status: $("status"), message: $("message"), grid: $("results"),
+  filters: $("filters"), status: $("status"), weak: $("weak"), message: $("message"), grid: $("results"),
   captions: $("captions"), texts: $("texts"), subject: $("subject"), subjectImg: $("subject-img"),
   subjectName: $("subject-name"), more: $("more"), drop: $("drop"), login: $("login"),
   loginForm: $("login-form"), token: $("token"), loginError: $("login-error"),
@@ -19,7 +19,7 @@ const el = {
   viewerName: $("viewer-name"), viewerPath: $("viewer-path"), viewerSize: $("viewer-size"),
   viewerScore: $("viewer-score"), viewerRank: $("viewer-rank"), viewerLike: $("viewer-like"),
   viewerCaptions: $("viewer-captions"), viewerOpen: $("viewer-open"), viewerClose: $("viewer-close"),
-  viewerPrev: $("viewer-prev"), viewerNext: $("viewer-next"),
+  viewerPrev: $("viewer-prev"), viewerNext: $("viewer-next"), viewerDownload: $("viewer-download"),
 };
 
 // What is being searched; mirrored in the URL.
@@ -28,7 +28,10 @@ const state = { index: "", q: "", like: [], not: [], target: "images", weight: 0
 let upload = null;
 let indexes = [];
 // The running result list: one per search, replaced as a whole when the query changes.
-let run = { seq: 0, items: [], ids: new Set(), next: null, loading: false, error: null };
+// `live`: this run asks the server for pages. Until search() decides to ask (no query, an empty
+// index, an index without captions: a message instead), scrolling and the viewer load nothing.
+const newRun = (seq) => ({ seq, items: [], ids: new Set(), next: null, loading: false, error: null, live: false });
+let run = newRun(0);
 let viewerAt = -1;
 let viewerSeq = 0; // the search whose result the viewer shows
 const knownPaths = new Map(); // "index/id" -> path, to label the example image
@@ -147,6 +150,12 @@ function searchRequest(offset) {
   return api("api/search/upload", { method: "POST", body: form });
 }
 
+// What to write after --index in a suggested command: the name, or PATH for an index the
+// server was given by path (its name is only its folder's, and would name another index).
+function indexArgument(index) {
+  return index && index.by_path ? "PATH" : index ? index.name : "NAME";
+}
+
 function currentIndex() {
   return indexes.find((i) => i.name === state.index) || indexes[0] || null;
 }
@@ -177,8 +186,8 @@ async function search({ push = false } = {}) {
   writeURL(push);
   updateControls();
   closeViewer();
-  const seq = ++run.seq;
-  run = { seq, items: [], ids: new Set(), next: null, loading: false, error: null };
+  run = newRun(run.seq + 1);
+  el.weak.hidden = true;
   setBusy(false);
   el.grid.replaceChildren();
   el.captions.replaceChildren();
@@ -192,14 +201,14 @@ async function search({ push = false } = {}) {
     setStatus([]);
     return showMessage(
       "info", `The index “${index.name}” is empty`,
-      `Add photos to it with: retrieval index FOLDER --index ${index.name}`,
+      `Add photos to it with: retrieval index FOLDER --index ${indexArgument(index)}`,
     );
   }
   if (state.target === "texts" && !index.captions) {
     setStatus([]);
     return showMessage(
       "info", `The index “${index.name}” has no captions`,
-      `Add a caption corpus with: retrieval index --captions FILE --index ${index.name}`,
+      `Add a caption corpus with: retrieval index --captions FILE --index ${indexArgument(index)}`,
     );
   }
   if (!hasQuery()) {
@@ -215,12 +224,13 @@ async function search({ push = false } = {}) {
       "Describe what you are looking for, or drop a photo anywhere on the page to find similar ones.",
     );
   }
+  run.live = true;
   await loadMore();
 }
 
 async function loadMore() {
   const seq = run.seq;
-  if (run.loading || run.error || (run.items.length && run.next === null)) return;
+  if (!run.live || run.loading || run.error || (run.items.length && run.next === null)) return;
   run.loading = true;
   setBusy(true);
   setStatus(["Searching…"]);
@@ -286,6 +296,21 @@ function describeResults() {
   const index = currentIndex();
   if (index && indexes.length > 1) parts.push(` in ${index.name}`);
   setStatus(parts);
+  el.weak.hidden = !noCloseMatch(index);
+  if (!el.weak.hidden) {
+    el.weak.title = `The best score, ${run.items[0].score.toFixed(2)}, is under ${index.weak_below}: `
+      + "for this model, words rarely fit a photo that scores less.";
+  }
+}
+
+// The server measures, per model, the best score under which words have no close match
+// (weak_below, null where unmeasured). It holds for words alone against photos: an example
+// image, "not" words or the captions put scores on other scales.
+function noCloseMatch(index) {
+  const cutoff = index?.weak_below;
+  if (typeof cutoff !== "number" || state.target !== "images") return false;
+  if (!state.q || state.like.length || upload || state.not.length) return false;
+  return run.items.length > 0 && run.items[0].score < cutoff;
 }
 
 function strong(text) {
@@ -476,9 +501,11 @@ async function openViewer(pos) {
   el.viewerRank.textContent = `${r.rank}`;
   el.viewerSize.textContent = r.width && r.height ? `${r.width} × ${r.height}` : "";
   el.viewerOpen.href = imageURL(r);
+  // "Open original" shows a JPEG where browsers cannot draw the file (TIFF); this link is the file itself.
+  el.viewerDownload.href = `${imageURL(r)}${imageURL(r).includes("?") ? "&" : "?"}download=1`;
   const captions = currentIndex()?.captions > 0;
   el.viewerCaptions.disabled = !captions;
-  el.viewerCaptions.title = captions ? "" : "This index has no captions (retrieval index --captions FILE)";
+  el.viewerCaptions.title = captions ? "" : `This index has no captions (retrieval index --captions FILE --index ${indexArgument(currentIndex())})`;
   el.viewerPrev.disabled = pos === 0;
   el.viewerNext.disabled = pos >= run.items.length - 1 && run.next === null;
   if (!el.viewer.open) el.viewer.showModal();

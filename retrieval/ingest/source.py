@@ -1,0 +1,89 @@
+"""Where a run's files come from and who encodes them: the :class:`Source` the pipeline drives.
+
+:class:`LocalSource` (the default) walks local folders, decodes in worker processes and
+encodes in this process; :class:`retrieval.cluster.ray_index.RaySource` does the same
+work on a Ray cluster. Staging, planning and publishing do not depend on which.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Container, Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from retrieval.aligners.base import Aligner
+from retrieval.ann.ondisk import AddShards
+from retrieval.ingest.settings import IndexSettings
+from retrieval.ingest.stream import batched, load_stream
+from retrieval.media.decode import Loaded
+from retrieval.media.files import FileStat, walk
+from retrieval.progress import Progress
+from retrieval.storage.staging import Staging
+from retrieval.storage.store import IndexStore
+
+
+class Source(Protocol):
+    """What the pipeline needs from whoever walks, reads, decodes and encodes a run's files."""
+
+    def roots(self, roots: Sequence[str | Path]) -> Sequence[str | Path]:
+        """The folders as the catalog records them (resolved paths, normalized URLs)."""
+        ...
+
+    def walk(self, roots: Sequence[str | Path], ignored: Counter[str] | None = None) -> Iterator[FileStat]:
+        """Every image file under `roots`, in a stable order; the files left out counted in `ignored`, by extension."""
+        ...
+
+    def encode(
+        self, store: IndexStore, aligner: Aligner, staging: Staging, known: Container[str],
+        settings: IndexSettings, progress: Progress,
+    ) -> int:
+        """Read, encode and commit every pending file, recording each in `staging`; returns how many were encoded."""
+        ...
+
+    def shard_builder(self) -> AddShards | None:
+        """Who adds an on-disk index's shards when the run publishes one: None for this process
+        (:func:`retrieval.ann.ondisk.add_shards_here`), else a function that builds them elsewhere."""
+        ...
+
+
+class LocalSource(Source):
+    """Files from local folders, decoded by worker processes and encoded here: the default."""
+
+    def roots(self, roots: Sequence[str | Path]) -> list[Path]:
+        return [Path(r).expanduser().resolve() for r in roots]
+
+    def walk(self, roots: Sequence[str | Path], ignored: Counter[str] | None = None) -> Iterator[FileStat]:
+        return walk(roots, ignored)
+
+    def encode(
+        self, store: IndexStore, aligner: Aligner, staging: Staging, known: Container[str],
+        settings: IndexSettings, progress: Progress,
+    ) -> int:
+        encoded = 0
+        stream = load_stream(staging.todo_paths(), aligner.transform, known, settings, count=staging.todo_count())
+        # A short first batch: the model starts on the first decoded chunk, not the first full batch.
+        for batch in batched(stream, settings.batch_size, first=settings.chunk):
+            encoded += encode_and_store(store, aligner, batch)
+            staging.record(batch)
+            progress.advance(len(batch))
+        return encoded
+
+    def shard_builder(self) -> AddShards | None:
+        return None
+
+
+def encode_and_store(store: IndexStore, aligner: Aligner, loaded: list[Loaded]) -> int:
+    """Encode the batch's images whose content is new (once per distinct hash) and commit them."""
+    decoded = {item.hash: (item, item.pixels) for item in loaded if item.hash is not None and item.pixels is not None}
+    # Workers skip content the catalog had when they looked; this catches the same content
+    # met twice in one run (copies of a photo) and anything committed since.
+    missing = store.catalog.missing_hashes(decoded)
+    if not missing:
+        return 0
+    new = [(digest, item, pixels) for digest, (item, pixels) in decoded.items() if digest in missing]
+    vectors = aligner.encode_images(np.stack([pixels for _, _, pixels in new]))
+    store.catalog.put_vectors([(digest, v, item.width, item.height) for (digest, item, _), v in zip(new, vectors)])
+    return len(new)

@@ -1,0 +1,213 @@
+"""What the engine reads (issue 24, items 1-3): every format Pillow decodes is indexed and every
+other file counted as ignored; high-bit greyscale keeps its picture in vectors, thumbnails and
+sheets; an original browsers cannot draw is served as a JPEG, the file itself one download away."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import ColorAligner
+from PIL import Image, features
+
+from retrieval.ingest import pipeline as indexer
+from retrieval.ingest.pipeline import IndexSettings
+from retrieval.media.decode import decode
+from retrieval.storage.store import IndexStore
+
+#: A phone's HEIC photo and MP4 video open with an ISO base media "ftyp" box.
+HEIC_HEAD = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
+MP4_HEAD = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + bytes(64)
+
+
+def _picture(seed: int, size=(64, 48)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    corners = rng.integers(0, 256, (2, 3)).astype(np.float32)
+    xs = np.linspace(0, 1, size[0])[None, :, None]
+    ys = np.linspace(0, 1, size[1])[:, None, None]
+    pixels = corners[0] * (1 - xs) * (1 - ys) + corners[1] * xs * ys + 40 * ys
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _pillow_formats() -> dict[str, str]:
+    """Extension -> Pillow format of formats Pillow writes and reads back here (PSD it only reads)."""
+    out = {".tga": "TGA", ".pcx": "PCX", ".ppm": "PPM", ".ico": "ICO", ".sgi": "SGI", ".qoi": "QOI",
+           ".dds": "DDS", ".mpo": "MPO", ".xbm": "XBM", ".msp": "MSP", ".dib": "DIB"}
+    if features.check("jpg_2000"):
+        out[".jp2"] = "JPEG2000"
+    if features.check("avif"):
+        out[".avif"] = "AVIF"
+    return out
+
+
+def _mixed_folder(folder):
+    """One picture in each format Pillow writes, plus files no decoder here reads."""
+    formats = _pillow_formats()
+    for i, (ext, fmt) in enumerate(formats.items()):
+        picture = _picture(i)
+        (folder / "pics").mkdir(parents=True, exist_ok=True)
+        picture.convert("1" if fmt in ("XBM", "MSP") else "RGB").save(folder / "pics" / f"p{i}{ext}", format=fmt)
+    phone = folder / "phone"
+    phone.mkdir()
+    for i in range(3):
+        (phone / f"IMG_{i}.HEIC").write_bytes(HEIC_HEAD + bytes([i]))
+    for i in range(2):
+        (phone / f"VID_{i}.mp4").write_bytes(MP4_HEAD + bytes([i]))
+    (phone / "IMG_9.CR2").write_bytes(b"II*\x00" + bytes(32))
+    (folder / "notes.txt").write_text("not a picture")
+    (folder / "README").write_text("no extension")
+    (folder / ".DS_Store").write_bytes(b"hidden: passed over without a count")
+    return len(formats)
+
+
+def test_every_format_pillow_decodes_is_indexed_and_the_rest_is_counted(tmp_path):
+    images = _mixed_folder(tmp_path / "in")
+    store = IndexStore.open(tmp_path / "idx", create=True)
+    try:
+        summary = indexer.run(store, ColorAligner(), [tmp_path / "in"], settings=IndexSettings(workers=0))
+    finally:
+        store.close()
+    assert summary.skipped == []
+    assert summary.added == images
+    assert summary.ignored == {".heic": 3, ".mp4": 2, "": 1, ".cr2": 1, ".txt": 1}
+    assert summary.line().endswith("; ignored 8: .heic 3, .mp4 2, (no extension) 1, .cr2 1, .txt 1")
+    data = json.loads(json.dumps(summary.as_dict()))
+    assert data["ignored"] == {".heic": 3, ".mp4": 2, "": 1, ".cr2": 1, ".txt": 1} and data["ignored_count"] == 8
+    hints = data["ignored_hints"]
+    assert "pillow-heif" in hints[".heic"] and "RAW" in hints[".cr2"] and "videos are not indexed yet" in hints[".mp4"]
+    assert ".txt" not in hints
+
+
+def test_the_extensions_come_from_pillow_less_what_it_only_writes():
+    from retrieval.media.files import image_extensions
+
+    readable = image_extensions()
+    assert {".jpg", ".png", ".tif", ".tga", ".psd", ".dds", ".mpo", ".pcx", ".qoi"} <= readable
+    # Pillow writes PDF and Palm but reads neither; its MPEG plugin reads no pixels; its stubs have no decoder.
+    assert not {".pdf", ".palm", ".mpg", ".h5", ".grib", ".bufr", ".heic", ".mp4", ".txt"} & readable
+
+
+def test_a_folder_of_only_heic_and_mp4_says_what_it_ignored(tmp_path, monkeypatch):
+    import retrieval.aligners as aligners
+    from retrieval.cli import main
+
+    monkeypatch.setattr(aligners, "load_aligner", lambda *args, **kwargs: ColorAligner())
+    phone = tmp_path / "phone"
+    phone.mkdir()
+    for i in range(7):
+        (phone / f"IMG_{i}.heic").write_bytes(HEIC_HEAD + bytes([i]))
+    for i in range(2):
+        (phone / f"VID_{i}.MP4").write_bytes(MP4_HEAD + bytes([i]))
+    runner = CliRunner()
+    plain = runner.invoke(main, ["index", str(phone), "--index", str(tmp_path / "idx")])
+    assert plain.exit_code == 0, plain.output
+    assert "added 0" in plain.output and "; ignored 9: .heic 7, .mp4 2" in plain.output
+    assert "ignored 7 .heic files: HEIC/HEIF/AVIF photos" in plain.output and "pillow-heif" in plain.output
+    as_json = runner.invoke(main, ["index", str(phone), "--index", str(tmp_path / "idx"), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout)["ignored"] == {".heic": 7, ".mp4": 2}
+
+
+def test_the_ray_walk_counts_what_the_local_walk_counts(tmp_path):
+    pytest.importorskip("ray")
+    from collections import Counter
+
+    from retrieval.cluster.ray_index import RaySource
+    from retrieval.media.files import walk
+
+    _mixed_folder(tmp_path / "in")
+    local: Counter[str] = Counter()
+    files = list(walk([tmp_path / "in"], local))
+    on_ray: Counter[str] = Counter()
+    # A local folder and the same folder as a URL (read through fsspec); no cluster is joined to walk.
+    both = list(RaySource().walk([str(tmp_path / "in"), (tmp_path / "in").as_uri()], on_ray))
+    assert [f.path for f in both] == [f.path for f in files] * 2
+    assert on_ray == local + local and local[".heic"] == 3
+
+
+# -- high-bit greyscale (item 2) -----------------------------------------------------------------
+def _grey(path, mode: str = "I;16", flip: bool = False):
+    """A 12-bit gradient (0..4095) saved as 16-bit grey (or 32-bit int / float TIFF)."""
+    ramp = np.linspace(0, 4095, 64 * 48).reshape(48, 64)
+    if flip:
+        ramp = ramp.T.reshape(48, 64)[::-1]
+    dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+    image = Image.fromarray(ramp.astype(dtype))
+    assert image.mode == mode
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+@pytest.mark.parametrize("name, mode", [("a.png", "I;16"), ("a.tif", "I;16"), ("a.tif", "I"), ("a.tif", "F")])
+def test_high_bit_grey_is_scaled_by_its_range(tmp_path, name, mode):
+    path = _grey(tmp_path / name, mode)
+    with Image.open(path) as opened:
+        assert opened.mode.startswith("I") or opened.mode == "F"
+    image, size = decode(path.read_bytes())
+    pixels = np.asarray(image)
+    assert image.mode == "RGB" and size == (64, 48)
+    # Clipped at 255 (Pillow's own conversion) 15 of 16 pixels would be white.
+    assert pixels.min() <= 2 and pixels.max() >= 253
+    assert (pixels == 255).mean() < 0.05 and 100 < pixels.mean() < 155
+
+
+def test_high_bit_grey_thumbnails_and_sheets_show_the_picture(tmp_path):
+    from retrieval.search.sheet import _thumbnail
+    from retrieval.server.files import make_thumbnail
+
+    path = _grey(tmp_path / "a.tif")
+    thumb = np.asarray(Image.open(io.BytesIO(make_thumbnail(path, 128))))
+    assert thumb.shape[2] == 3 and thumb.std() > 40 and 90 < thumb.mean() < 165
+    tile = np.asarray(_thumbnail(str(path)))
+    assert 90 < tile.mean() < 200 and tile.std() > 40
+
+
+def test_two_different_16_bit_pictures_get_different_vectors(tmp_path):
+    _grey(tmp_path / "in" / "across.png")
+    _grey(tmp_path / "in" / "down.tif", flip=True)
+    store = IndexStore.open(tmp_path / "idx", create=True)
+    try:
+        summary = indexer.run(store, ColorAligner(), [tmp_path / "in"], settings=IndexSettings(workers=0))
+        assert summary.added == 2 and not summary.skipped
+        ids, vectors = (np.concatenate(x) for x in zip(*store.catalog.image_vectors()))
+    finally:
+        store.close()
+    assert len(ids) == 2 and float(vectors[0] @ vectors[1]) < 0.99
+
+
+# -- originals browsers cannot draw (item 3) -------------------------------------------------------
+def test_a_tiff_original_is_shown_as_a_jpeg_and_downloads_as_itself(tmp_path):
+    from server_kit import client
+
+    from retrieval.server.app import ServerSettings
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    _picture(1, size=(80, 60)).save(folder / "scan.tif")
+    _picture(2).save(folder / "photo.jpg")
+    _grey(folder / "deep.tif")
+    store = IndexStore.open(tmp_path / "idx", create=True)
+    try:
+        indexer.run(store, ColorAligner(), [folder], settings=IndexSettings(workers=0))
+        ids = {row["path"].rsplit("/", 1)[-1]: row["id"] for row in store.catalog.db.query("SELECT id, path FROM images")}
+    finally:
+        store.close()
+    with client(ServerSettings(indexes=[str(tmp_path / "idx")], batch_window_ms=0), aligner=ColorAligner()) as api:
+        shown = api.get(f"/api/image/{ids['scan.tif']}")
+        assert shown.status_code == 200 and shown.headers["content-type"] == "image/jpeg"
+        with Image.open(io.BytesIO(shown.content)) as preview:
+            assert preview.format == "JPEG" and preview.size == (80, 60)
+        raw = api.get(f"/api/image/{ids['scan.tif']}", params={"download": 1})
+        assert raw.status_code == 200 and raw.headers["content-type"] == "image/tiff"
+        assert raw.content == (folder / "scan.tif").read_bytes()
+        assert raw.headers["content-disposition"].startswith("attachment") and "scan.tif" in raw.headers["content-disposition"]
+        jpeg = api.get(f"/api/image/{ids['photo.jpg']}")  # a format browsers draw: the file as it is
+        assert jpeg.headers["content-type"] == "image/jpeg" and jpeg.content == (folder / "photo.jpg").read_bytes()
+        deep = api.get(f"/api/image/{ids['deep.tif']}")
+        assert deep.status_code == 200 and np.asarray(Image.open(io.BytesIO(deep.content))).std() > 40
+        thumb = api.get(f"/api/thumb/{ids['deep.tif']}", params={"size": 128})  # was 400 "image has wrong mode"
+        assert thumb.status_code == 200, thumb.text
