@@ -9,14 +9,15 @@ Each measurement runs in a fresh process, so that peaks do not carry over:
    the whole process tree (main + decoding workers) sampled every 0.1 s from /proc, both as the
    sum of RSS (shared library pages counted once per process, as `top` shows them) and the sum
    of PSS (shared pages split between the processes: what the tree really takes);
-3. the parts loaded one by one in one process (its VmHWM after each step), then batches of
+3. the parts loaded one by one in one process (its VmHWM and VmRSS after each step), then batches of
    pixels through the whole aligner (random values, already preprocessed: what the aligner sees;
    a batch's working memory depends on its shape, not on what the picture shows);
 4. the same batches through one part at a time (the classifier on ONNX Runtime, RapidOCR, MiniLM,
    the experts), each from the same start (torch, faiss and the aligner object): what each adds
    to the peak, and what stays resident after its batches (less, where a part frees its
-   working memory between batches; ONNX Runtime's arena keeps it); and the classifier again with ONNX Runtime's CPU memory arena off (what that costs in time: seconds
-   per batch, the fastest and the mean; on a shared machine only the fastest compares).
+   working memory between batches; ONNX Runtime's arena keeps it); and the classifier again
+   with ONNX Runtime's CPU memory arena off (what that costs in time: seconds per batch, the
+   fastest and the mean; on a shared machine only the fastest compares).
 
 The model caches (the classifier's ONNX export, the class embeddings) are built first where
 missing, so that every figure is that of a run after the first.

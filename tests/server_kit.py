@@ -101,13 +101,14 @@ def free_port() -> int:
 class ServerProcess:
     """`retrieval serve` in a subprocess on a free port; its output (uvicorn's logs) is kept in a file."""
 
-    def __init__(self, *args: str, host: str = "127.0.0.1"):
+    def __init__(self, *args: str, host: str = "127.0.0.1", options: tuple[str, ...] = ()):
+        """`args` follow ``serve``; `options` (``-v``) come before it."""
         self.port = free_port()
         self.log = Path(tempfile.mkstemp(prefix="retrieval-serve-", suffix=".log")[1])
         atexit.register(self.log.unlink, True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "retrieval", "serve", "--host", host, "--port", str(self.port), *args],
+            [sys.executable, "-m", "retrieval", *options, "serve", "--host", host, "--port", str(self.port), *args],
             stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env=env,  # uvicorn's access log goes to stdout
         )
         atexit.register(self.stop)

@@ -377,6 +377,32 @@ def test_server_search_takes_the_same_filters(library):
         assert bad.status_code == 400 and bad.json()["error"].startswith("--near 'here'")
 
 
+def test_server_hits_carry_the_date_and_its_source_with_a_date_filter(library):
+    """As `search --json` and the Python API do (issue 24, item 4): with a date filter each hit of
+    /api/search says the date it passed with and "exif" or "file"; without one the hits are as before."""
+    from server_kit import client
+
+    from retrieval.server.app import ServerSettings
+
+    store, _, aligner = library
+    dates = {i: (taken, source) for i, taken, source in store.catalog.db.execute("SELECT id, taken, taken_source FROM images")}
+    with client(ServerSettings(indexes=[str(store.folder)], batch_window_ms=0), aligner=aligner) as api:
+        for fields in ({"after": "2000-01-01"}, {"before": "2100", "date_source": "exif"}):
+            got = api.post("/api/search", json={"q": "x", "k": 60, **fields})
+            assert got.status_code == 200, got.text
+            hits = got.json()["results"]
+            assert hits and {h["id"]: (h["taken"], h["date_source"]) for h in hits} == {
+                h["id"]: (dates[h["id"]][0], "exif" if dates[h["id"]][1] == "exif" else "file") for h in hits
+            }
+        assert {h["date_source"] for h in api.get("/api/search", params={"q": "x", "k": 60, "after": "2000"}).json()["results"]} \
+            == {"exif", "file"}
+        plain = api.get("/api/search", params={"q": "x", "camera": "nikon"}).json()["results"]  # no date filter
+        assert plain and all("taken" not in h and "date_source" not in h for h in plain)
+        result = api.get("/openapi.json").json()["components"]["schemas"]["Result"]["properties"]
+        assert result["date_source"]["anyOf"][0] == {"type": "string", "enum": ["exif", "file"]}
+        assert "taken" in result
+
+
 def test_inverted_file_paths_match_brute_force(library):
     """Over an inverted file (the engine's index above 200,000 images) each path is still the
     best k among the passing images: the restricted search widens nprobe by 1/share."""

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import ColorAligner
-from PIL import Image, features
+from PIL import Image, ImageDraw, features
 
 from retrieval.ingest import pipeline as indexer
 from retrieval.ingest.pipeline import IndexSettings
@@ -211,3 +212,152 @@ def test_a_tiff_original_is_shown_as_a_jpeg_and_downloads_as_itself(tmp_path):
         assert deep.status_code == 200 and np.asarray(Image.open(io.BytesIO(deep.content))).std() > 40
         thumb = api.get(f"/api/thumb/{ids['deep.tif']}", params={"size": 128})  # was 400 "image has wrong mode"
         assert thumb.status_code == 200, thumb.text
+
+
+# -- what Pillow's test corpus found (benchmarks/pillow_corpus.py) -------------------------------
+def _dds_dx10(dxgi_format: int, size: int = 4) -> bytes:
+    """A DDS file with a DX10 header naming `dxgi_format` (28: RGBA8, which Pillow reads; 93: one it does not)."""
+    pixel_format = struct.pack("<II4s5I", 32, 0x4, b"DX10", 0, 0, 0, 0, 0)
+    header = struct.pack("<7I44s", 124, 0x1007, size, size, size * 4, 0, 1, bytes(44)) + pixel_format + bytes(20)
+    return b"DDS " + header + struct.pack("<5I", dxgi_format, 3, 0, 1, 0) + bytes(size * size * 4)
+
+
+def test_a_format_variant_pillow_does_not_implement_is_skipped_not_fatal(tmp_path, monkeypatch):
+    """Pillow raises NotImplementedError for some DDS pixel formats: that ended a whole run with a traceback."""
+    import retrieval.aligners as aligners
+    from retrieval.cli import main
+    from retrieval.errors import RetrievalError
+    from retrieval.media.decode import load
+    from retrieval.search.query import image_vector_from_bytes
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "odd.dds").write_bytes(_dds_dx10(93))
+    (folder / "fine.dds").write_bytes(_dds_dx10(28))
+    loaded = load(str(folder / "odd.dds"), ColorAligner().transform)
+    assert loaded.error == "unsupported variant of its format: Unimplemented DXGI format 93"
+    with pytest.raises(RetrievalError, match="DXGI format 93"):
+        image_vector_from_bytes(ColorAligner(), _dds_dx10(93))
+    # Through the decoding workers, as a plain `retrieval index` runs.
+    monkeypatch.setattr(aligners, "load_aligner", lambda *args, **kwargs: ColorAligner())
+    done = CliRunner().invoke(main, ["index", str(folder), "--index", str(tmp_path / "idx"), "--json", "--workers", "1"])
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert summary["added"] == 1
+    assert [(s["path"].rsplit("/", 1)[-1], s["reason"]) for s in summary["skipped"]] == [
+        ("odd.dds", "unsupported variant of its format: Unimplemented DXGI format 93")]
+
+
+def _drawn_in_alpha(colour: tuple[int, int, int], behind: tuple[int, int, int] | None = None) -> Image.Image:
+    """A 64 x 48 RGBA picture whose colour is `colour` wherever a disc is drawn and `behind`
+    (default: the same colour) where it is transparent: the shape lies in the alpha channel alone."""
+    image = Image.new("RGBA", (64, 48), (*(behind or colour), 0))
+    disc = Image.new("L", image.size, 0)
+    ImageDraw.Draw(disc).ellipse((12, 6, 52, 42), fill=255)
+    image.paste(Image.new("RGBA", image.size, (*colour, 255)), mask=disc)
+    return image
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF"])
+def test_a_shape_drawn_in_alpha_alone_is_not_indexed_as_a_flat_colour(tmp_path, fmt):
+    """Pillow's convert("RGB") drops alpha: a red disc whose transparent pixels are red too became solid red."""
+    path = tmp_path / f"disc.{fmt.lower()}"
+    _drawn_in_alpha((255, 0, 0)).save(path, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    image, _ = decode(path.read_bytes())
+    pixels = np.asarray(image)
+    assert image.mode == "RGB" and pixels.std(axis=(0, 1)).max() > 40
+    assert tuple(pixels[24, 32]) == (255, 0, 0) and tuple(pixels[0, 0]) == (255, 255, 255)  # laid on white
+
+
+def test_light_drawings_go_on_black_and_opaque_or_unset_alpha_changes_nothing():
+    from retrieval.media.decode import as_rgb
+
+    # White text on transparent black pixels: on white it would vanish, so it goes on black.
+    white = as_rgb(_drawn_in_alpha((255, 255, 255), behind=(0, 0, 0)))
+    assert np.asarray(white).std() > 40 and tuple(np.asarray(white)[0, 0]) == (0, 0, 0)
+    # The same on transparent white pixels (what dropping alpha would show as a white blank).
+    assert np.asarray(as_rgb(_drawn_in_alpha((250, 250, 250), behind=(250, 250, 250)))).std() > 40
+    # A palette picture with a transparent index, and an opaque RGBA one: as Pillow converts them.
+    palette = _picture(3).convert("P")
+    palette.info["transparency"] = 0
+    assert np.asarray(as_rgb(palette)).std() > 10
+    opaque = _picture(4).convert("RGBA")
+    assert np.array_equal(np.asarray(as_rgb(opaque)), np.asarray(opaque.convert("RGB")))
+    # Alpha zero throughout (a 32-bit BMP whose writer left it unset, as Pillow's rgb32bf-abgr.bmp):
+    # the colours are the picture, not a white page.
+    unset = _picture(5).convert("RGBA")
+    unset.putalpha(0)
+    assert np.array_equal(np.asarray(as_rgb(unset)), np.asarray(_picture(5).convert("RGB")))
+
+
+def test_thumbnails_and_sheets_lay_transparent_pictures_on_a_page_too(tmp_path):
+    from retrieval.search.sheet import _thumbnail
+    from retrieval.server.files import make_thumbnail
+
+    path = tmp_path / "disc.png"
+    _drawn_in_alpha((255, 0, 0)).save(path)
+    thumb = np.asarray(Image.open(io.BytesIO(make_thumbnail(path, 128))))
+    assert thumb.std(axis=(0, 1)).max() > 40
+    assert np.asarray(_thumbnail(str(path))).std(axis=(0, 1)).max() > 40
+
+
+def test_the_corpus_accounting_sees_every_file_once(tmp_path):
+    """benchmarks/pillow_corpus.py's check on a folder made here: it finds what it must find."""
+    from benchmarks.pillow_corpus import account
+
+    folder = tmp_path / "in"
+    (folder / ".cache").mkdir(parents=True)
+    _picture(1).save(folder / "good.png")
+    (folder / "bad.png").write_bytes(b"\x89PNG not really")
+    (folder / "notes.txt").write_text("not a picture")
+    (folder / ".DS_Store").write_bytes(b"hidden")
+    _picture(2).save(folder / ".cache" / "thumb.png")
+    store = IndexStore.open(tmp_path / "idx", create=True)
+    try:
+        summary = indexer.run(store, ColorAligner(), [folder], settings=IndexSettings(workers=0)).as_dict()
+        indexed = [row[0] for row in store.catalog.db.execute("SELECT path FROM images")]
+    finally:
+        store.close()
+    accounting = account(folder, summary, indexed)
+    assert accounting.clean and accounting.counts() == {"indexed": 1, "skipped": 1, "ignored": 1, "hidden": 2}
+    # A count the summary leaves out, a file counted twice, and a path that is not in the folder.
+    wrong = account(folder, {**summary, "ignored": {}}, [*indexed, str(folder / "bad.png"), "/elsewhere.png"])
+    assert wrong.unaccounted == [str((folder / "notes.txt").resolve())]
+    assert [t["outcomes"] for t in wrong.twice] == [["indexed", "skipped"]] and wrong.strangers == ["/elsewhere.png"]
+
+
+def _pillow_archive():
+    """Pillow's source archive where the benchmark keeps it (or $RETRIEVAL_PILLOW_SDIST); never downloaded here."""
+    import os
+    from pathlib import Path
+
+    from benchmarks.pillow_corpus import cached_archive
+
+    named = os.environ.get("RETRIEVAL_PILLOW_SDIST")
+    if named:
+        return Path(named) if Path(named).is_file() else None
+    return cached_archive(cache=Path(__file__).resolve().parents[1] / "bench-out" / "pillow-sdist")
+
+
+@pytest.mark.slow
+def test_a_sample_of_pillows_test_images_leaves_no_file_unaccounted_for(tmp_path):
+    """80 of Pillow's Tests/images, evenly spaced: each indexed, skipped with a reason or ignored and counted,
+    and none indexed as a blank it is not. `python -m benchmarks.pillow_corpus` runs all of them."""
+    from benchmarks.pillow_corpus import account, blank_check, extract
+
+    archive = _pillow_archive()
+    if archive is None:
+        pytest.skip("Pillow's source archive is not here: `python -m benchmarks.pillow_corpus` fetches it")
+    root = extract(archive, tmp_path / "src", limit=80)
+    store = IndexStore.open(tmp_path / "idx", create=True)
+    try:
+        summary = indexer.run(store, ColorAligner(), [root], settings=IndexSettings(workers=0))
+        indexed = [row[0] for row in store.catalog.db.execute("SELECT path FROM images")]
+    finally:
+        store.close()
+    accounting = account(root, summary.as_dict(), indexed)
+    assert accounting.clean, accounting
+    counts = accounting.counts()
+    assert sum(counts.values()) == 80 and counts["indexed"] > 40 and counts["skipped"] and counts["ignored"]
+    checked = blank_check(indexed)
+    assert checked["blanks"] == [] and checked["failed"] == [] and checked["compared"] == len(indexed)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageStat, UnidentifiedImageError
 
 from retrieval.media.deadline import DecodeTimeout, time_limit
 from retrieval.media.exif import PhotoMeta, read_meta
@@ -25,6 +25,12 @@ from retrieval.media.files import SkipFile, content_hash, read_regular, unreadab
 
 #: What turns a decoded image into the model's input (an aligner's ImageTransform).
 Transform = Callable[[Image.Image], np.ndarray]
+
+#: What Pillow raises for a file it names but cannot decode (UnidentifiedImageError is an
+#: OSError): truncated and corrupt data as OSError or SyntaxError, impossible values as
+#: ValueError, and a variant its plugin does not implement (some DDS pixel formats) as
+#: NotImplementedError. Every caller that decodes a file it was handed catches these.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, NotImplementedError)
 
 
 @dataclass
@@ -104,7 +110,9 @@ def _load_bytes(
         return Loaded(path, hash=digest, error="decompression bomb (too many pixels)")
     except UnidentifiedImageError:
         return Loaded(path, hash=digest, error=unreadable_kind(data) or "not an image")
-    except (OSError, ValueError, SyntaxError) as exc:
+    except NotImplementedError as exc:
+        return Loaded(path, hash=digest, error=f"unsupported variant of its format: {exc}")
+    except DECODE_ERRORS as exc:
         # Pillow reports truncated and corrupt data as OSError / SyntaxError.
         kind = "truncated image" if "truncated" in str(exc).lower() else "corrupt image"
         return Loaded(path, hash=digest, error=f"{kind}: {exc}")
@@ -120,15 +128,25 @@ def decoder_messages(notes: list[str]) -> Iterator[None]:
     another thread of this process prints in that window lands in `notes` too, and is logged
     rather than lost; decoding workers run one file at a time, so there it is the file's alone.
     """
-    with warnings.catch_warnings(record=True) as caught, _fd2_captured() as said:
+    said: list[str] = []
+    try:
+        with warnings_noted(notes), _fd2_captured() as said:
+            yield
+    finally:  # noted when the block fails too: libtiff's words often say why
+        notes.extend(dict.fromkeys(line.removeprefix("tempfile.tif: ") for line in said))  # Pillow's made-up name
+
+
+@contextmanager
+def warnings_noted(notes: list[str]) -> Iterator[None]:
+    """Collect into `notes` the Python warnings raised inside the block (Pillow's: corrupt EXIF,
+    odd tags), each message once, instead of printing them; decompression-bomb warnings are dropped
+    (callers check sizes themselves). Safe where fd 2 must stay as it is (a server's threads)."""
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             yield
         finally:
-            seen = dict.fromkeys(str(w.message) for w in caught if not issubclass(w.category, Image.DecompressionBombWarning))
-            notes.extend(seen)
-    for line in dict.fromkeys(said):
-        notes.append(line.removeprefix("tempfile.tif: "))  # Pillow hands libtiff a made-up name
+            notes.extend(dict.fromkeys(str(w.message) for w in caught if not issubclass(w.category, Image.DecompressionBombWarning)))
 
 
 @contextmanager
@@ -186,12 +204,43 @@ def as_rgb(image: Image.Image) -> Image.Image:
     Greyscale of more than 8 bits (modes I;16*, I and F: 16-bit PNG and TIFF, scientific
     and medical images) is first scaled by the range its values span: Pillow's own
     conversion clips every value above 255, and a 12- or 16-bit picture turns solid white.
+    A picture with transparency is laid on white, as a page or a viewer shows it, or on black
+    when what it draws is light (white text, a pale logo) and would vanish on white: Pillow's
+    conversion drops the alpha channel and shows whatever colour the transparent pixels hold,
+    so a shape drawn in alpha alone (a brush, a one-colour icon) turns into one flat colour.
     """
     if image.mode == "RGB":
         return image
     if image.mode == "F" or image.mode.startswith("I"):
         image = _scaled_to_8_bits(image)
+    elif image.mode in _ALPHA_MODES or image.has_transparency_data:
+        return _on_page(image)
     return image.convert("RGB")
+
+
+#: Modes with an alpha channel (lower-case a: premultiplied).
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+#: Mean grey (of 255) of a transparent picture's drawn pixels above which it is laid on black:
+#: within a quarter of the range from white, a drawing all but vanishes on a white page.
+_LIGHT = 192
+#: Alpha from which a pixel counts as drawn (its antialiased fringe does not).
+_DRAWN = [0] * 128 + [255] * 128
+
+
+def _on_page(image: Image.Image) -> Image.Image:
+    """`image`, which has an alpha channel or a transparent colour, composited onto white (black
+    if what it draws is light), in RGB."""
+    rgba = image.convert("RGBA")
+    alpha = rgba.getchannel("A")
+    lowest, highest = alpha.getextrema()
+    # Opaque throughout, nothing shows through; transparent throughout, the alpha channel is one
+    # a writer left unset (many 32-bit BMPs and TGAs), and browsers show such a file opaque too.
+    if lowest == 255 or highest == 0:
+        return rgba.convert("RGB")
+    drawn = alpha.point(_DRAWN)
+    light = drawn.getbbox() is not None and ImageStat.Stat(rgba.convert("L"), drawn).mean[0] > _LIGHT
+    page = (0, 0, 0, 255) if light else (255, 255, 255, 255)
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, page), rgba).convert("RGB")
 
 
 def _scaled_to_8_bits(image: Image.Image) -> Image.Image:

@@ -185,7 +185,7 @@ def image_vector_from_bytes(aligner: Aligner, data: bytes) -> np.ndarray:
     """
     from PIL import Image, UnidentifiedImageError
 
-    from retrieval.media.decode import decode, draft_size
+    from retrieval.media.decode import DECODE_ERRORS, decode, draft_size
 
     try:
         with warnings.catch_warnings():  # the size is checked here, more strictly than Pillow's warning
@@ -206,7 +206,7 @@ def image_vector_from_bytes(aligner: Aligner, data: bytes) -> np.ndarray:
 
         kind = unreadable_kind(data)
         raise RetrievalError(f"the uploaded file is {kind}" if kind else "the uploaded file is not an image Pillow can read") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except DECODE_ERRORS as exc:
         raise RetrievalError(f"the uploaded image is corrupt or truncated: {exc}") from None
     return aligner.encode_images(pixels[None])[0]
 

@@ -5,7 +5,8 @@
 
 Routes hand their work (catalog reads, model calls, FAISS searches) to the query thread
 (:mod:`retrieval.server.batcher`) and await it, so the event loop never blocks; file work
-(thumbnails, originals) runs in the thread pool. Every error is ``{"error": "..."}``.
+(thumbnails, originals) runs in the thread pool, and a TIFF's decoding in the app's decoding
+process (:mod:`retrieval.server.decoding`). Every error is ``{"error": "..."}``.
 See docs/server.md for the API with examples.
 """
 
@@ -33,6 +34,7 @@ from retrieval import __version__
 from retrieval.errors import IndexNotFound, RetrievalError
 from retrieval.server import clip_compat, files, uploads
 from retrieval.server.batcher import QueryThread
+from retrieval.server.decoding import DecoderFailed, Decoders
 from retrieval.server.library import MAX_ID, Library, NotFound, Run, SearchSpec, Served
 from retrieval.server.security import (
     COOKIE,
@@ -172,6 +174,10 @@ class Result(BaseModel):
     url: str | None = None
     width: int | None = None
     height: int | None = None
+    taken: str | None = Field(None, description="With a date filter (after, before): the date the image passed with.")
+    date_source: Literal["exif", "file"] | None = Field(
+        None, description="With a date filter: where `taken` comes from, the photo's EXIF date or the file's "
+        "modification time (date_source=any lets those pass).")
 
 
 class SearchResponse(BaseModel):
@@ -259,6 +265,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     # second thread with its own connections to the same catalogs.
     side = QueryThread(0, name="retrieval-side")
     side_library: Library = side.call(lambda: Library(settings.indexes, settings.absolute_paths)).result()
+    # Thumbnails, previews and uploads of formats whose decoder prints (TIFF) decode in a process of
+    # its own, started on the first such file.
+    decoders = Decoders()
 
     async def run(fn: Callable[[Library], T]) -> T:
         """fn(library) on the query thread, awaited."""
@@ -279,12 +288,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
         query_thread.close()
         side.call(side_library.close).result(timeout=10)
         side.close()
+        decoders.close()
 
     app = FastAPI(
         title="retrieval", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
         description="Search image indexes by text, by example and both; see docs/server.md.",
     )
     app.state.query_thread, app.state.library, app.state.settings = query_thread, library, settings
+    app.state.decoders = decoders
     _error_handlers(app)
     api = APIRouter(responses=ERRORS)
 
@@ -323,7 +334,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         except ValidationError as exc:  # a 422, as the same field is in a query string or a JSON body
             raise RequestValidationError(exc.errors()) from None
         spec = params.spec()
-        spec.image = await uploads.prepared(run, spec.index, data)
+        spec.image = await uploads.prepared(run, spec.index, data, decoders)
         return JSONResponse(await search(spec))
 
     @api.get("/api/thumb/{image_id}", response_class=Response, responses=JPEG, tags=["files"])
@@ -331,7 +342,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                     index: str | None = None, size: ThumbSize = 256):
         """A JPEG thumbnail (128, 256 or 512 px), made once and cached beside the index."""
         served, real = await _servable(run, index, image_id)
-        data, etag = await run_in_threadpool(files.thumbnail, served.folder, image_id, real, size)
+        data, etag = await run_in_threadpool(files.thumbnail, served.folder, image_id, real, size, decoders.thumbnail)
         return _cached(request, etag, lambda: Response(data, media_type="image/jpeg"))
 
     @api.get("/api/image/{image_id}", response_class=Response, responses=IMAGE, tags=["files"])
@@ -345,7 +356,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             etag = await run_in_threadpool(files.version_key, image_id, real)
             name = real.name if download else None  # FileResponse sends a filename as an attachment
             return _cached(request, etag, lambda: FileResponse(real, media_type=files.media_type(real), filename=name))
-        data, etag = await run_in_threadpool(files.preview, served.folder, image_id, real)
+        data, etag = await run_in_threadpool(files.preview, served.folder, image_id, real, decoders.thumbnail)
         return _cached(request, etag, lambda: Response(data, media_type="image/jpeg"))
 
     @api.get("/api/image/{image_id}/meta", response_model=ImageMeta, tags=["files"])
@@ -378,7 +389,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return response
 
     app.include_router(api)
-    app.include_router(clip_compat.router(run, search, lambda: library, settings.max_upload_bytes), responses=ERRORS)
+    app.include_router(clip_compat.router(run, search, lambda: library, settings.max_upload_bytes, decoders), responses=ERRORS)
     _page(app)
     return _wrap(app, settings)
 
@@ -530,7 +541,8 @@ def _allowed(app: FastAPI, request: Request) -> list[str]:
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RetrievalError)
     async def retrieval_error(_request, exc: RetrievalError):
-        status = 404 if isinstance(exc, (NotFound, IndexNotFound)) else 413 if isinstance(exc, TooLarge) else 400
+        status = 404 if isinstance(exc, (NotFound, IndexNotFound)) else 413 if isinstance(exc, TooLarge) else \
+            422 if isinstance(exc, DecoderFailed) else 400
         # The library reads its catalogs on the query thread only: the message is scrubbed there.
         library: Library = app.state.library
         message = await asyncio.wrap_future(app.state.query_thread.call(lambda: library.scrub(str(exc))))

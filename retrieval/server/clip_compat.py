@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from retrieval.errors import RetrievalError
 from retrieval.server import uploads
+from retrieval.server.decoding import Decoders
 from retrieval.server.library import MAX_ID, Library, Run, SearchSpec
 from retrieval.server.security import TooLarge
 
@@ -124,7 +125,7 @@ async def _parse(request: Request, model: type[M]) -> M:
     return _validate(model, body)
 
 
-def router(run: Run, search: Search, library_ready: Callable[[], Library], max_bytes: int) -> APIRouter:
+def router(run: Run, search: Search, library_ready: Callable[[], Library], max_bytes: int, decoders: Decoders) -> APIRouter:
     """The compatibility routes; `run(fn)` awaits fn(library) on the query thread, `search(spec)` a page of results."""
     api = APIRouter(tags=["clip-retrieval"])
 
@@ -141,7 +142,7 @@ def router(run: Run, search: Search, library_ready: Callable[[], Library], max_b
         spec, image = _spec(req)
         if image is not None:
             data = await run_in_threadpool(_image_bytes, image, max_bytes)
-            spec.image = await uploads.prepared(run, spec.index, data)
+            spec.image = await uploads.prepared(run, spec.index, data, decoders)
         page = await search(spec)
         results = page["results"]
         if req.deduplicate and spec.target == "images":

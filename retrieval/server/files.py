@@ -10,6 +10,9 @@ Thumbnails are made once per (file version, size) and cached as JPEG under
 ``INDEX/thumbs/SIZE/ID-<key>.jpg``; the key changes when the file changes. An original in a
 format browsers do not draw (TIFF; HEIC and RAW later) is shown as a larger JPEG made and
 cached the same way (``thumbs/2048``); the file itself stays one download away.
+
+Who decodes is the caller's choice (`make`): the server decodes a format whose C library prints
+to stderr (TIFF) in a process of its own (:mod:`retrieval.server.decoding`), the rest here.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
 from retrieval.errors import RetrievalError
-from retrieval.media.decode import as_rgb
+from retrieval.media.decode import DECODE_ERRORS, as_rgb, warnings_noted
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +78,28 @@ def version_key(image_id: int, real: Path, size: int | str = "") -> str:
     return hashlib.blake2b(raw.encode(), digest_size=8).hexdigest()
 
 
-def thumbnail(index_folder: Path, image_id: int, real: Path, size: int) -> tuple[bytes, str]:
-    """(JPEG bytes, etag) of the thumbnail, from the cache or made now and cached."""
+#: Makes the JPEG of a file at most SIZE pixels a side: :func:`make_thumbnail`, or the server's decoders.
+Maker = Callable[[Path, int], bytes]
+
+
+def thumbnail(index_folder: Path, image_id: int, real: Path, size: int, make: Maker | None = None) -> tuple[bytes, str]:
+    """(JPEG bytes, etag) of the thumbnail, from the cache or made now (by `make`) and cached."""
     if size not in THUMB_SIZES:
         raise RetrievalError(f"thumbnail size must be one of {', '.join(map(str, THUMB_SIZES))}")
-    return _cached_jpeg(index_folder, image_id, real, size)
+    return _cached_jpeg(index_folder, image_id, real, size, make or make_thumbnail)
 
 
-def preview(index_folder: Path, image_id: int, real: Path) -> tuple[bytes, str]:
+def preview(index_folder: Path, image_id: int, real: Path, make: Maker | None = None) -> tuple[bytes, str]:
     """(JPEG bytes, etag) of an original browsers cannot draw, at most PREVIEW_SIZE pixels a side, cached like a thumbnail."""
-    return _cached_jpeg(index_folder, image_id, real, PREVIEW_SIZE)
+    return _cached_jpeg(index_folder, image_id, real, PREVIEW_SIZE, make or make_thumbnail)
 
 
-def _cached_jpeg(index_folder: Path, image_id: int, real: Path, size: int) -> tuple[bytes, str]:
+def _cached_jpeg(index_folder: Path, image_id: int, real: Path, size: int, make: Maker) -> tuple[bytes, str]:
     key = version_key(image_id, real, size)
     cached = index_folder / "thumbs" / str(size) / f"{image_id}-{key}.jpg"
     if cached.is_file():
         return cached.read_bytes(), key
-    data = make_thumbnail(real, size)
+    data = make(real, size)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
@@ -103,10 +111,22 @@ def _cached_jpeg(index_folder: Path, image_id: int, real: Path, size: int) -> tu
 
 
 def make_thumbnail(real: Path, size: int) -> bytes:
-    """A JPEG of at most size x size pixels, upright, RGB."""
+    """A JPEG of at most size x size pixels, upright, RGB; Pillow's warnings (corrupt EXIF, odd tags)
+    go to the log at INFO with the file's name, not to stderr. Decoded in this process: a format whose
+    decoder prints from C (TIFF) needs :meth:`retrieval.server.decoding.Decoders.thumbnail`."""
+    notes: list[str] = []
     try:
-        # Pillow's warnings (corrupt EXIF, odd tags) go to the log with the file's name, not to stderr.
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings_noted(notes):
+            return jpeg_of(real, size)
+    finally:
+        for said in notes:
+            log.info("%s: %s", real, said)
+
+
+def jpeg_of(real: Path, size: int) -> bytes:
+    """:func:`make_thumbnail`'s work, leaving what the decoders say to the caller to collect."""
+    try:
+        with warnings.catch_warnings():
             # An indexed file was already accepted by the indexer, which allows what Pillow allows
             # (up to twice MAX_IMAGE_PIXELS); beyond that Pillow raises DecompressionBombError.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -121,8 +141,6 @@ def make_thumbnail(real: Path, size: int) -> bytes:
                 out = io.BytesIO()
                 quality = PREVIEW_QUALITY if size == PREVIEW_SIZE else THUMB_QUALITY
                 as_rgb(image).save(out, format="JPEG", quality=quality)
-        for said in dict.fromkeys(str(w.message) for w in caught):
-            log.info("%s: %s", real, said)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (*DECODE_ERRORS, Image.DecompressionBombError) as exc:
         raise RetrievalError(f"cannot make a thumbnail of image: {exc}") from None
     return out.getvalue()

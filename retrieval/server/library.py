@@ -302,6 +302,8 @@ class Library:
                 url=f"/api/image/{hit.id}?index={served.name}",
                 width=row.get("width"), height=row.get("height"),
             )
+            if hit.date_source is not None:  # a date filter: the date it passed with, as `search --json` says
+                item.update(taken=hit.taken, date_source=hit.date_source)
             out.append(item)
         return out
 
