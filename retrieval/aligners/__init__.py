@@ -11,6 +11,13 @@ Specs:
 - ``PATH``: a checkpoint written by ``retrieval train`` (self-describing).
 
 Importing this package does not import torch; each aligner imports what it needs when loaded.
+
+Owns every model: the aligners behind the ``Aligner`` protocol (:mod:`.base`), the towers and
+trained heads and the torch steps that fit them (:mod:`.towers`, :mod:`.trained`,
+:mod:`.fitting`), and the default's experts (:mod:`.experts`). The only package that imports
+torch, torchvision, open_clip, timm, transformers, onnxruntime and RapidOCR; besides them it
+may import media (the model-input transform) and the shared root modules. Vectors leave it as
+numpy float32, L2-normalized; no tensor does.
 """
 
 from __future__ import annotations
