@@ -361,3 +361,20 @@ def test_a_sample_of_pillows_test_images_leaves_no_file_unaccounted_for(tmp_path
     assert sum(counts.values()) == 80 and counts["indexed"] > 40 and counts["skipped"] and counts["ignored"]
     checked = blank_check(indexed)
     assert checked["blanks"] == [] and checked["failed"] == [] and checked["compared"] == len(indexed)
+
+
+def test_decoder_capture_keeps_decoder_lines_and_hands_the_rest_back_to_stderr(capfd):
+    # Descriptor 2 is the process's: while a decode borrows it, a progress bar or another thread
+    # may print. Those bytes must reach stderr after the decode, not vanish into the file's notes.
+    import os
+
+    from retrieval.media.decode import decoder_messages
+
+    notes: list[str] = []
+    with decoder_messages(notes):
+        os.write(2, b"TIFFFetchNormalTag: custom tag 65001 is not read\n")
+        os.write(2, b"\rprogress 3/10\n")
+        os.write(2, b"tempfile.tif: WEBP compression support is not configured.\n")
+    # Pillow's made-up name for an in-memory TIFF is dropped from the note.
+    assert notes == ["TIFFFetchNormalTag: custom tag 65001 is not read", "WEBP compression support is not configured."]
+    assert capfd.readouterr().err == "\rprogress 3/10\n"

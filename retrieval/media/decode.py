@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -124,9 +125,11 @@ def decoder_messages(notes: list[str]) -> Iterator[None]:
     """Collect into `notes` what decoders say inside the block, instead of letting it reach stderr.
 
     Pillow warns through Python's warnings (corrupt EXIF, odd tags); libtiff prints from C
-    straight to file descriptor 2, so that descriptor points at a scratch file meanwhile. Anything
-    another thread of this process prints in that window lands in `notes` too, and is logged
-    rather than lost; decoding workers run one file at a time, so there it is the file's alone.
+    straight to file descriptor 2, so that descriptor points at a scratch file meanwhile, and what
+    other threads print in that window is handed back to stderr afterwards. Not for two threads
+    decoding at once (each would restore the other's descriptor): a decoding worker and the CLI
+    decode one file at a time; the server decodes TIFFs in a worker process
+    (retrieval/server/decoding.py).
     """
     said: list[str] = []
     try:
@@ -149,9 +152,21 @@ def warnings_noted(notes: list[str]) -> Iterator[None]:
             notes.extend(dict.fromkeys(str(w.message) for w in caught if not issubclass(w.category, Image.DecompressionBombWarning)))
 
 
+#: What a decoder writes to descriptor 2 from C: libtiff's handlers print "MODULE: message" or
+#: "FILE: message" (Pillow names an in-memory TIFF "tempfile.tif").
+_DECODER_LINE = re.compile(rb"^(tempfile\.tif|\w*TIFF\w*|[^:\n]*\.tiff?): ", re.IGNORECASE)
+
+
 @contextmanager
 def _fd2_captured() -> Iterator[list[str]]:
-    """The lines written to file descriptor 2 inside the block, in the list it yields (filled at the end)."""
+    """The decoders' lines written to file descriptor 2 inside the block, in the list it yields
+    (filled at the end).
+
+    Descriptor 2 belongs to the whole process: another thread (a progress bar, the OCR reader, a
+    logger) may write to it meanwhile. Its bytes are written back to the real descriptor when the
+    block ends, late by the length of one decode but not lost; only lines that look like a
+    decoder's are kept.
+    """
     said: list[str] = []
     try:
         sys.stderr.flush()
@@ -165,9 +180,19 @@ def _fd2_captured() -> Iterator[list[str]]:
             yield said
         finally:
             os.dup2(saved, 2)
-            os.close(saved)
             sink.seek(0)
-            said += [line.strip() for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip()]
+            others = bytearray()
+            for line in sink.read().splitlines(keepends=True):
+                if _DECODER_LINE.match(line):
+                    said.append(line.decode("utf-8", "replace").strip())
+                else:
+                    others += line
+            if others:
+                try:
+                    os.write(saved, bytes(others))
+                except OSError:
+                    pass  # stderr itself is gone: nothing to hand them back to
+            os.close(saved)
 
 
 def load_many(
