@@ -51,6 +51,7 @@ HEAVY = {
     "ray": "ray", "fsspec": "fsspec",
     "click": "click",
     "pyarrow": "pyarrow",
+    "watchfiles": "watchfiles",
     "sqlite_utils": "sqlite-utils",
     "matplotlib": "matplotlib",
 }

@@ -17,6 +17,7 @@ from retrieval.errors import RetrievalError
 from retrieval.ingest.pipeline import IndexSettings, RunSummary
 from retrieval.progress import Progress
 from retrieval.search.filters import Filters, photo_counts
+from retrieval.search.ordering import Order
 from retrieval.search.query import Hit, Query, query_vector, search_vectors
 from retrieval.search.searcher import Searcher
 from retrieval.search.settings import SearchSettings
@@ -109,6 +110,7 @@ class Index:
     def search(
         self, text: str | None = None, *, image: str | None = None, k: int = 10, weight: float = 0.5,
         negatives: list[str] | tuple = (), target: str = "images", filters: Filters | None = None,
+        sort: str = "score", min_score: float | None = None,
     ) -> list[Hit]:
         """Rank images (or captions, with target="texts") for a text, an image, or both.
 
@@ -117,16 +119,32 @@ class Index:
         among those. When nothing passes the list is empty and :meth:`why_empty` says why.
 
             >>> idx.search("a beach", filters=Filters.parse(after="2023-06-01", before="2023-09-01"))  # doctest: +SKIP
+
+        `sort`: "score" (best first), "date" (newest first) or "date-asc" (oldest first), by the
+        date the date filters compare (EXIF, else the file's time; EXIF only with a filter's
+        ``date_source="exif"``). `min_score` drops weaker matches; a date sort without it uses the
+        cutoff measured for the index's model, or none for a model not measured
+        (:meth:`order`, retrieval/search/ordering.py, docs/search.md#sorted-by-date).
+
+            >>> idx.search("a birthday cake", sort="date", k=20)  # doctest: +SKIP
         """
         if k < 1:
             raise RetrievalError("k must be at least 1")
         query = Query(text=text, image=image, weight=weight, negatives=list(negatives), target=target)
-        if filters is not None and filters.active:
-            with explained(self.store.folder, "reading the catalog"):
+        with explained(self.store.folder, "reading the catalog"):
+            order = self.order(sort, min_score, filters)
+            order.check(self.store.catalog, target)  # a sort this index cannot answer fails before the model loads
+            if filters is not None and filters.active:
                 filters.clauses(self.store.catalog)  # a filter this index cannot answer fails before the model loads
         vector = query_vector(self.aligner, query, self.encode_texts)
         with explained(self.store.folder, "searching"):
-            return search_vectors(self.store, vector, k, target, filters, self.searcher)[0]
+            return search_vectors(self.store, vector, k, target, filters, self.searcher, order)[0]
+
+    def order(self, sort: str = "score", min_score: float | None = None, filters: Filters | None = None) -> Order:
+        """The order a search with these options uses: its cutoff is `min_score`, or for a date sort
+        the one measured for this index's model (None where unmeasured)."""
+        return Order.parse(sort=sort, min_score=min_score, model=self.store.catalog.get_meta("model"),
+                           date_source=filters.date_source if filters is not None else None)
 
     def why_empty(self, filters: Filters) -> str:
         """One line saying which filter excluded every image."""

@@ -35,3 +35,11 @@ class CatalogDamaged(RetrievalError):
 
 class StorageError(RetrievalError):
     """The environment refused a read or write: disk full, read-only folder, no permission."""
+
+
+class FolderGone(RetrievalError):
+    """A folder being indexed is not there (an unplugged disk): nothing under it is removed."""
+
+
+class IndexBusy(RetrievalError):
+    """Another process holds the index's writer lock; the message names it."""

@@ -347,7 +347,7 @@ def test_models_that_surely_differ_are_known_without_loading(spec, identity, oth
 def test_an_index_refuses_another_model_before_loading_it(tmp_path, monkeypatch):
     from conftest import ColorAligner, make_image
 
-    from retrieval import aligners
+    from retrieval.aligners import registry
     from retrieval.api import build_index, open_index
     from retrieval.errors import ModelMismatch
     from retrieval.ingest import pipeline as indexer
@@ -362,7 +362,7 @@ def test_an_index_refuses_another_model_before_loading_it(tmp_path, monkeypatch)
     def no_loading(spec, device):
         raise AssertionError(f"loaded {spec} before refusing it")
 
-    monkeypatch.setattr(aligners, "_load", no_loading)
+    monkeypatch.setattr(registry, "_load", no_loading)
     with pytest.raises(ModelMismatch, match="was built with 'test/color', not 'open_clip:ViT-B-32/openai'"):
         open_index(str(tmp_path / "idx"), model="open_clip:ViT-B-32/openai").search("a cat")
     with pytest.raises(ModelMismatch, match="was built with 'test/color'"):

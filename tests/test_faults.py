@@ -343,7 +343,7 @@ def test_a_full_disk_is_one_line_and_loses_nothing_published(tmpfs, tmp_path, im
         make_image(more / f"m{i:02d}.png", seed=500 + i)
     if moment == "vectors":
         real = Catalog.put_vectors
-        monkeypatch.setattr(Catalog, "put_vectors", lambda self, rows: (_fill(tmpfs), real(self, rows)))
+        monkeypatch.setattr(Catalog, "put_vectors", lambda self, rows, sameness=None: (_fill(tmpfs), real(self, rows, sameness)))
     else:
         real_write = ann.write
         monkeypatch.setattr(ann, "write", lambda index_, path: (_fill(tmpfs), real_write(index_, path)))

@@ -304,11 +304,14 @@ def _downgrade_to_schema_1(store: IndexStore) -> None:
     conn.execute("DROP TABLE cameras")
     for column in PHOTO_COLUMNS:
         conn.execute(f"ALTER TABLE images DROP COLUMN {column}")
+    conn.execute("ALTER TABLE vectors DROP COLUMN sameness")  # schema 3's
     store.catalog.set_meta(schema_version=1)
 
 
 def test_old_index_gains_metadata_without_encoding(tmp_path, color_aligner):
     from conftest import ColorAligner
+
+    from retrieval.storage.catalog import SCHEMA_VERSION
 
     photos = tmp_path / "photos"
     _library(photos)
@@ -334,7 +337,7 @@ def test_old_index_gains_metadata_without_encoding(tmp_path, color_aligner):
     summary = indexer.run(store, fresh, [photos])
     assert fresh.calls == 0 and summary.encoded == 0  # metadata only: nothing decoded for the model
     assert summary.added == summary.removed == 0
-    assert store.catalog.schema_version == 2 and store.catalog.generation == generation + 1
+    assert store.catalog.schema_version == SCHEMA_VERSION and store.catalog.generation == generation + 1
     counts = photo_counts(store.catalog)
     assert counts == {
         "with_date": sum(i % 10 != 9 for i in range(60)),

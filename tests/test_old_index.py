@@ -11,6 +11,7 @@ new place reuses their vectors by content hash, as a moved folder does for a use
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -146,3 +147,35 @@ def test_todays_code_adds_to_it_and_keeps_the_old_vectors(old_index):
     finally:
         index.close()
 
+
+
+def test_duplicates_on_it_fall_back_to_vectors_without_upgrading_it(old_index):
+    """Its catalog predates perceptual hashes: `duplicates` pairs by vector similarity alone and
+    reads the catalog as it is (only an index run upgrades it)."""
+    version = sqlite3.connect(old_index / "catalog.db").execute(
+        "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    result = invoke("duplicates", "--index", old_index, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"groups": [], "kinds": []}  # four distinct photos
+    assert sqlite3.connect(old_index / "catalog.db").execute(
+        "SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == version
+
+
+@pytest.mark.slow
+def test_an_index_run_on_it_stores_hashes_for_what_it_decodes(old_index):
+    """New files get their hash; a copy of an old photo (no hash) still pairs with it by vector."""
+    from PIL import Image
+
+    from retrieval.api import build_index
+
+    new = old_index.parent / "new"
+    new.mkdir()
+    with Image.open(old_index.parent / "photos" / "chelsea.jpg") as im:
+        im.convert("RGB").save(new / "chelsea-again.jpg", quality=85)
+    build_index([new], index=str(old_index))
+    conn = sqlite3.connect(old_index / "catalog.db")
+    hashed = conn.execute("SELECT count(*) FROM vectors WHERE sameness IS NOT NULL").fetchone()[0]
+    assert hashed == 1  # the new file's; the old vectors keep theirs empty until re-decoded
+    data = json.loads(invoke("duplicates", "--index", old_index, "--json").stdout)
+    assert [sorted(Path(m["path"]).name for m in g) for g in data["groups"]] == [["chelsea-again.jpg", "chelsea.jpg"]]
+    assert data["kinds"] == ["copies"]

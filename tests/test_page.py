@@ -365,6 +365,29 @@ def test_filters_are_sent_only_when_filled(page, servers):
     assert len(card_ids(page)) == TOTAL
 
 
+def test_sort_toggle_orders_by_date_and_stays_in_the_url(page, servers):
+    page.goto("/?q=a+cat")
+    wait_loaded(page, 1)
+    settle(page)
+    assert "sort" not in query_of(page)
+    assert card_ids(page) == [r["id"] for r in api(servers, q="a cat", k=36)["results"]]
+    page.locator("#sort-field label", has_text="Newest").click()
+    page.wait_for_url("**sort=date**")
+    wait_loaded(page, 1)
+    settle(page)
+    dated = api(servers, q="a cat", sort="date", k=36)["results"]
+    assert dated and card_ids(page) == [r["id"] for r in dated]
+    assert [r["taken"] for r in dated] == sorted((r["taken"] for r in dated), reverse=True)
+    assert "newest first" in page.locator("#status").text_content()
+    page.reload()  # the order is part of the shared URL
+    wait_loaded(page, 1)
+    settle(page)
+    assert page.locator('input[name="sort"][value="date"]').is_checked()
+    assert card_ids(page) == [r["id"] for r in dated]
+    page.locator("#sort-field label", has_text="Best match").click()
+    page.wait_for_url(lambda url: "sort=" not in url)
+
+
 # -- a phone, and what a load asks the server ------------------------------------------------
 def overlaps(a: dict, b: dict) -> bool:
     across = a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"]

@@ -74,6 +74,8 @@ def _catalog(index_dir) -> dict:
         return {
             "images": db.execute("SELECT * FROM images ORDER BY id").fetchall(),  # photo metadata too
             "vectors": dict(db.execute("SELECT hash, vector FROM vectors")),
+            # The perceptual hashes duplicates verify with: the Ray path stores them as the local one does.
+            "sameness": dict(db.execute("SELECT hash, sameness FROM vectors")),
             "skipped": db.execute("SELECT path, size, mtime, reason FROM skipped ORDER BY path").fetchall(),
             "meta": dict(db.execute("SELECT key, value FROM meta WHERE key IN ('next_id', 'generation', 'model_identity')")),
         }

@@ -15,6 +15,7 @@ from conftest import ColorAligner
 from PIL import Image, ImageDraw, ImageFont
 
 import retrieval.aligners as aligners
+from retrieval.aligners import registry
 from retrieval.aligners.fitting import contrastive_loss
 from retrieval.errors import TrainingError
 from retrieval.evaluation.datasets import Dataset
@@ -36,8 +37,8 @@ def cache(tmp_path_factory):
 def isolated(cache, monkeypatch):
     """A private feature cache, and `test/color` resolvable as an aligner spec."""
     monkeypatch.setenv("RETRIEVAL_CACHE", str(cache))
-    real = aligners._load
-    monkeypatch.setattr(aligners, "_load", lambda spec, device: ColorAligner() if spec == "test/color" else real(spec, device))
+    real = registry._load
+    monkeypatch.setattr(registry, "_load", lambda spec, device: ColorAligner() if spec == "test/color" else real(spec, device))
 
 
 def colour_pairs(folder, per_colour: int = 20, seed: int = 0) -> Dataset:
@@ -235,7 +236,7 @@ def test_default_learns_easy_vqa_and_the_file_indexes_and_searches(tmp_path, mon
     probe = [Image.open(p) for p in val.images[:2]]
     expected = aligners.load_aligner(str(out)).encode_pil(probe)
     monkeypatch.setitem(conse.CONFIG, "top_k", conse.CONFIG["top_k"] + 1)
-    monkeypatch.setattr(aligners, "LOADED", aligners.AlignerCache())
+    monkeypatch.setattr(registry, "LOADED", aligners.AlignerCache())
     assert aligners.load_aligner("default").identity != result.base_identity
     assert np.allclose(aligners.load_aligner(str(out)).encode_pil(probe), expected, atol=1e-5)
 

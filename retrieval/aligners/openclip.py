@@ -22,9 +22,9 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from retrieval.aligners import looks_like_path
 from retrieval.aligners.base import AlignerBase
 from retrieval.aligners.runtime import pick_device, precision, to_numpy
+from retrieval.aligners.specs import looks_like_path
 from retrieval.errors import ModelError
 from retrieval.media.transform import RESIZE_MODES, ImageTransform
 

@@ -274,23 +274,3 @@ def image_tower(base: Aligner, unlock: int = 0) -> ImageTower:
     if isinstance(base, OpenClipAligner):
         return ClipImageTower(base, unlock)
     return VectorImageTower(base, unlock)
-
-
-def describe_base(base: Aligner) -> dict[str, Any]:
-    """What a checkpoint records to rebuild `base` later, even after `default` is retuned."""
-    info: dict[str, Any] = {"spec": base.spec, "identity": base.identity}
-    config = getattr(base, "config", None)
-    if base.spec == "default" and isinstance(config, dict):
-        info["config"] = dict(config)
-    return info
-
-
-def rebuild_base(info: dict[str, Any], device: str | None = None) -> Aligner:
-    """The base aligner a checkpoint was trained on: by its spec, or by its recorded recipe."""
-    from retrieval.aligners import load_aligner, recipe_aligner
-
-    base = load_aligner(info["spec"], device=device)
-    if base.identity == info["identity"] or "config" not in info:
-        return base
-    # `default` has been retuned since training: the recorded recipe rebuilds the one trained on.
-    return recipe_aligner(info["config"], device)

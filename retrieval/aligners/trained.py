@@ -19,8 +19,9 @@ import hashlib
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from torch import nn
 
 from retrieval.aligners.base import Aligner, AlignerBase
 from retrieval.aligners.runtime import to_numpy
-from retrieval.aligners.towers import ImageTower, image_tower, rebuild_base
+from retrieval.aligners.towers import ImageTower, image_tower
 from retrieval.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ FORMAT_VERSION = 1
 #: CLIP's initial temperature (0.07) and its cap on the logit scale (100).
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOGIT_SCALE = math.log(100)
+
+#: Loads a checkpoint's starting aligner from what it recorded (its spec and identity) and a device.
+BaseLoader = Callable[[dict[str, Any], str | None], Aligner]
 
 
 class Projection(nn.Module):
@@ -154,11 +158,11 @@ class TrainedAligner(AlignerBase):
         return {**super().describe(), "base": self.base.spec, **self.info}
 
 
-def build(payload: dict, spec: str, device: str | None = None) -> TrainedAligner:
-    """The aligner a checkpoint payload describes (the base is loaded by its spec)."""
+def build(payload: dict, spec: str, device: str | None = None, *, load_base: BaseLoader) -> TrainedAligner:
+    """The aligner a checkpoint payload describes (the base is loaded by its spec, with `load_base`)."""
     base_info, config = payload["base"], payload["config"]
     try:
-        base = rebuild_base(base_info, device=device)
+        base = load_base(base_info, device)
     except ModelError as exc:
         raise ModelError(f"{spec}: its starting aligner {base_info['spec']!r} cannot be loaded: {exc}") from exc
     if base.identity != base_info["identity"]:
@@ -175,10 +179,15 @@ def build(payload: dict, spec: str, device: str | None = None) -> TrainedAligner
     return TrainedAligner(base, tower, heads, spec, payload["identity"], config, info)
 
 
-def load_trained(path: str | Path, device: str | None = None) -> TrainedAligner:
+def load_trained(path: str | Path, device: str | None = None, *, load_base: BaseLoader) -> TrainedAligner:
     """Load a checkpoint written by ``retrieval train`` as an aligner.
 
-    >>> aligner = load_trained("shapes.pt")                       # doctest: +SKIP
+    `load_base` loads the aligner it was trained on from what the checkpoint recorded
+    (:func:`retrieval.aligners.registry.rebuild_base`, which the registry passes in: the registry
+    imports this module, so this module does not import the registry).
+
+    >>> from retrieval.aligners.registry import rebuild_base                  # doctest: +SKIP
+    >>> aligner = load_trained("shapes.pt", load_base=rebuild_base)          # doctest: +SKIP
     >>> aligner.encode_texts(["a red circle"]).shape             # doctest: +SKIP
     (1, 384)
     """
@@ -187,4 +196,4 @@ def load_trained(path: str | Path, device: str | None = None) -> TrainedAligner:
         raise ModelError(f"checkpoint file not found: {path}")
     payload = read_checkpoint(path)
     log.info("loading trained aligner %s (base %s)", payload["identity"], payload["base"]["spec"])
-    return build(payload, str(path), device)
+    return build(payload, str(path), device, load_base=load_base)

@@ -8,8 +8,8 @@ import time
 
 import click
 
-from retrieval.cli import main
-from retrieval.cli import quiet as cli_quiet
+from retrieval.cli.app import main
+from retrieval.cli.app import quiet as cli_quiet
 from retrieval.cli.options import MODEL_HELP
 
 

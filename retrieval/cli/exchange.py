@@ -6,7 +6,7 @@ import json
 
 import click
 
-from retrieval.cli import main
+from retrieval.cli.app import main
 from retrieval.cli.options import INDEX_HELP, MODEL_HELP, ByteSize, progress
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from retrieval.cli import main, quiet
+from retrieval.cli.app import main, quiet
 from retrieval.cli.options import INDEX_HELP, MODEL_HELP, ByteSize, progress
 
 if TYPE_CHECKING:  # Ray loads only with --ray

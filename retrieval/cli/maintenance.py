@@ -6,7 +6,7 @@ import json
 
 import click
 
-from retrieval.cli import main
+from retrieval.cli.app import main
 
 INDEX_HELP = "Index name (under ./indexes or $RETRIEVAL_HOME) or path."
 

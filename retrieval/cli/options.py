@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from retrieval.cli import quiet
+from retrieval.cli.app import quiet
 from retrieval.progress import NullProgress, Progress, TqdmProgress
 
 MODEL_HELP = "Aligner spec: default, open_clip:ARCH/TAG, open_clip:ARCH/PATH, or a trained checkpoint."

@@ -8,7 +8,7 @@ import socket
 
 import click
 
-from retrieval.cli import main
+from retrieval.cli.app import main
 from retrieval.cli.options import INDEX_HELP
 
 

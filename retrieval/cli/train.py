@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from retrieval.cli import main
-from retrieval.cli import quiet as cli_quiet
+from retrieval.cli.app import main
+from retrieval.cli.app import quiet as cli_quiet
 from retrieval.cli.options import MODEL_HELP
 from retrieval.progress import NullProgress, TqdmProgress
 

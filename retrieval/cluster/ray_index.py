@@ -55,7 +55,7 @@ import ray
 
 from retrieval.aligners.base import Aligner
 from retrieval.ann.ondisk import AddShards
-from retrieval.cluster import RaySettings
+from retrieval.cluster.settings import RaySettings
 from retrieval.errors import RetrievalError
 from retrieval.ingest.settings import IndexSettings
 from retrieval.ingest.source import Source
@@ -294,7 +294,9 @@ def store_and_record(store: IndexStore, staging: Staging, rows: list[Loaded],
         missing = store.catalog.missing_hashes(h for h, *_ in encoded)
         fresh = {h: (h, v, w, ht) for h, v, w, ht in encoded if h in missing}
         if fresh:
-            store.catalog.put_vectors(list(fresh.values()))
+            # Each content's perceptual hash rides on its decoded row, where this commit has it.
+            sameness = {r.hash: r.sameness for r in rows if r.hash}
+            store.catalog.put_vectors(list(fresh.values()), [sameness.get(h) for h in fresh])
     if rows:
         staging.record(rows)
     return len(fresh)

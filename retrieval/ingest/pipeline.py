@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from retrieval.aligners.base import Aligner
+from retrieval.errors import FolderGone
 from retrieval.ingest.captions import read_captions
 from retrieval.ingest.publish import damaged_kinds, publish
 from retrieval.ingest.settings import IndexSettings
@@ -133,6 +134,7 @@ def run(
     settings: IndexSettings | None = None,
     progress: Progress | None = None,
     source: Source | None = None,
+    holder: str = "retrieval index",
 ) -> RunSummary:
     """Bring the index up to date with `roots` (and a caption corpus, if given).
 
@@ -140,13 +142,20 @@ def run(
     so memory stays flat whatever the number of files. `source` says who walks, decodes and
     encodes (this machine by default; :mod:`retrieval.cluster` runs them on Ray); staging,
     planning and publishing are the same either way.
+
+    A local folder that is not there, or goes away before the plan (an unplugged disk),
+    raises :class:`FolderGone` before anything is planned: a run removes what it no longer
+    finds under its folders, and a missing folder must not read as an empty one. `holder`
+    names the command in the writer lock (:meth:`IndexStore.write_lock`); a watcher's
+    batch in progress is waited for.
     """
     settings = settings or IndexSettings()
     source = source or LocalSource()
     progress = progress or NullProgress()
     started = time.monotonic()
     summary = RunSummary(index=str(store.folder), model=aligner.spec)
-    with store.write_lock():
+    _refuse_gone(roots)
+    with store.write_lock(holder, wait_for=("retrieval watch",)):
         store.bind_model(aligner)
         store.catalog.migrate()  # an older catalog gains the new columns; its rows fill in below
         catalog = store.catalog
@@ -168,6 +177,8 @@ def run(
             progress.close()
 
             captions = _caption_rows(store, aligner, captions_file, progress) if captions_file else None
+            # Gone during the walk or the reading (unplugged): what was not found or read is not gone.
+            _refuse_gone(named)
             plan = staging.plan(int(catalog.get_meta("next_id", 1)))
             summary.added, summary.updated, summary.removed, summary.moved = plan.added, plan.updated, plan.removed, plan.moved
             summary.unchanged, summary.skipped = plan.unchanged, staging.skipped()
@@ -187,6 +198,14 @@ def run(
     summary.seconds = time.monotonic() - started
     log.info("index run: %s", summary.line())
     return summary
+
+
+def _refuse_gone(roots: Sequence[str | Path]) -> None:
+    for root in roots:
+        if "://" not in str(root) and not Path(root).expanduser().exists():
+            raise FolderGone(
+                f"folder {root} is not there (an unplugged disk?): nothing under it was removed from the index"
+            )
 
 
 def _caption_rows(store: IndexStore, aligner: Aligner, captions_file: str | Path, progress: Progress) -> list[dict]:

@@ -85,5 +85,6 @@ def encode_and_store(store: IndexStore, aligner: Aligner, loaded: list[Loaded]) 
         return 0
     new = [(digest, item, pixels) for digest, (item, pixels) in decoded.items() if digest in missing]
     vectors = aligner.encode_images(np.stack([pixels for _, _, pixels in new]))
-    store.catalog.put_vectors([(digest, v, item.width, item.height) for (digest, item, _), v in zip(new, vectors)])
+    store.catalog.put_vectors([(digest, v, item.width, item.height) for (digest, item, _), v in zip(new, vectors)],
+                              [item.sameness for _, item, _ in new])
     return len(new)

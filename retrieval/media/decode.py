@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, ImageStat, UnidentifiedImageError
 from retrieval.media.deadline import DecodeTimeout, time_limit
 from retrieval.media.exif import PhotoMeta, read_meta
 from retrieval.media.files import SkipFile, content_hash, read_regular, unreadable_kind
+from retrieval.media.sameness import perceptual_hash
 
 #: What turns a decoded image into the model's input (an aligner's ImageTransform).
 Transform = Callable[[Image.Image], np.ndarray]
@@ -49,6 +50,9 @@ class Loaded:
     #: What the decoders said about this file (Pillow's warnings, libtiff's messages); the
     #: process that receives it logs them with the path (retrieval.ingest.stream), never stderr.
     notes: list[str] = field(default_factory=list)
+    #: 64-bit perceptual hash of the decoded picture (retrieval.media.sameness), for
+    #: near-duplicates; None when not decoded or flat.
+    sameness: int | None = None
 
 
 def load(
@@ -107,6 +111,7 @@ def _load_bytes(
     try:
         image, size = decode(data, draft_to=draft_size(transform) if draft else None)
         pixels = transform(image)
+        sameness = perceptual_hash(image)
     except Image.DecompressionBombError:
         return Loaded(path, hash=digest, error="decompression bomb (too many pixels)")
     except UnidentifiedImageError:
@@ -117,7 +122,7 @@ def _load_bytes(
         # Pillow reports truncated and corrupt data as OSError / SyntaxError.
         kind = "truncated image" if "truncated" in str(exc).lower() else "corrupt image"
         return Loaded(path, hash=digest, error=f"{kind}: {exc}")
-    return Loaded(path, hash=digest, width=size[0], height=size[1], pixels=pixels, meta=meta)
+    return Loaded(path, hash=digest, width=size[0], height=size[1], pixels=pixels, meta=meta, sameness=sameness)
 
 
 @contextmanager

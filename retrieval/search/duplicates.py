@@ -1,11 +1,17 @@
 """Near-duplicate groups: the same photo resized, re-encoded, lightly cropped or re-saved, and bursts.
 
-Pairs come from a range search of the index over its own vectors (see
-:func:`retrieval.ann.near_pairs`), never from an all-pairs loop in Python; union-find
-joins the pairs into groups. A group's first member is its largest image (the copy worth
-keeping); every member's score is its cosine similarity to that one.
+Candidate pairs come from a range search of the index over its own vectors (see
+:func:`retrieval.ann.near_pairs`), never from an all-pairs loop in Python. Where the catalog
+holds both images' perceptual hashes (retrieval/media/sameness.py, taken while indexing),
+candidates are taken from a loose vector floor and a pair is kept when the hashes differ in
+at most a few bits: the vector says "same kind of picture", the hash "same picture", so a
+second shot of one scene is not a copy whatever its vector. Images without a hash (an index
+from before the hashes) are paired by vector similarity alone, as before. Union-find joins the
+pairs into groups. A group's first member is its largest image (the copy worth keeping);
+every member's score is its cosine similarity to that one. A group whose members carry
+distinct EXIF dates within a few seconds of each other is a burst; any other group holds copies.
 
-The default threshold was measured on altered copies of real photos among distinct ones
+The constants were measured on altered copies of real photos among distinct ones
 (benchmarks/dupes_eval.py; figures in docs/photo-library.md).
 
     >>> groups = find_duplicates(store)                      # doctest: +SKIP
@@ -15,12 +21,15 @@ The default threshold was measured on altered copies of real photos among distin
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 
 from retrieval import ann
 from retrieval.errors import RetrievalError
+from retrieval.media.sameness import hamming
 from retrieval.progress import NullProgress, Progress
 from retrieval.storage.store import IndexStore
 
@@ -31,6 +40,18 @@ log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.99
 #: Range searches of 8-bit codes take pairs this much below the threshold, then re-score them exactly.
 CODE_MARGIN = 0.03
+#: Vector similarity from which two images with perceptual hashes are candidates (checked by hash).
+CANDIDATE_FLOOR = 0.80
+#: Bits (of 64) in which two copies' perceptual hashes may differ.
+MAX_BITS = 10
+#: A crop of a few percent moves more bits than any other copy does: pairs whose vectors are
+#: this close may differ in up to LOOSE_BITS (still far from the ~32 of unrelated pictures).
+CLOSE, LOOSE_BITS = 0.95, 20
+#: Members of a burst were taken within this many seconds of the next (by EXIF date).
+BURST_SECONDS = 10
+#: Kinds of group in the JSON. RAW+JPEG and HEIC+JPEG pairs of one shot are not yet told apart
+#: (the walk reads neither RAW nor HEIC files).
+COPIES, BURST = "copies", "burst"
 
 
 @dataclass
@@ -39,18 +60,35 @@ class Member:
     path: str
     score: float
     rank: int = 0
+    #: Bits in which its perceptual hash differs from the first member's; None without hashes.
+    bits: int | None = None
 
     def as_dict(self) -> dict:
-        return {"id": self.id, "path": self.path, "score": self.score}
+        out: dict = {"id": self.id, "path": self.path, "score": self.score}
+        if self.bits is not None:
+            out["bits_differ"] = self.bits
+        return out
+
+
+class Group(list[Member]):
+    """The members of one group, best copy first, and what kind of group it is (COPIES or BURST)."""
+
+    kind: str = COPIES
 
 
 def find_duplicates(
     store: IndexStore, threshold: float = DEFAULT_THRESHOLD, progress: Progress | None = None,
-    ann_settings: ann.AnnSettings = ann.DEFAULT,
-) -> list[list[Member]]:
-    """Groups of near-identical images, largest group first. `ann_settings`: how the pairs are found."""
+    ann_settings: ann.AnnSettings = ann.DEFAULT, *, max_bits: int = MAX_BITS, floor: float = CANDIDATE_FLOOR,
+) -> list[Group]:
+    """Groups of near-identical images, largest group first. `ann_settings`: how the pairs are found.
+
+    `threshold` pairs images that have no perceptual hash (by vector similarity); `floor` and
+    `max_bits` pair images that have one (candidates from the vectors, checked by the hashes).
+    """
     if not 0.0 < threshold <= 1.0:
         raise RetrievalError(f"--threshold must be above 0 and at most 1, got {threshold}")
+    if not 0 <= max_bits <= 64:
+        raise RetrievalError(f"--max-bits must be between 0 and 64, got {max_bits}")
     progress = progress or NullProgress()
     catalog = store.catalog
     with catalog.snapshot():
@@ -61,25 +99,75 @@ def find_duplicates(
         index = ann.read(path, mmap=True)
         factory = catalog.get_meta("index_factory")
         approximate = ann.reranks(factory)
+        margin = CODE_MARGIN if approximate else 0.0
+        hashed = catalog.has_sameness and catalog.db.execute(
+            "SELECT 1 FROM vectors WHERE sameness IS NOT NULL LIMIT 1").fetchone() is not None
+        lowest = min(floor, threshold) if hashed else threshold
         progress.start(n, "comparing")
-        pairs = list(ann.near_pairs(
-            index, catalog.image_vectors, n, dim,
-            threshold - CODE_MARGIN if approximate else threshold, progress.advance, ann_settings,
-        ))
+        pairs = list(ann.near_pairs(index, catalog.image_vectors, n, dim, lowest - margin, progress.advance, ann_settings))
         progress.close()
-        a, b, _ = (np.concatenate(p) for p in zip(*pairs)) if pairs else (np.zeros(0, np.int64),) * 3
+        a, b, score = (np.concatenate(p) for p in zip(*pairs)) if pairs else (np.zeros(0, np.int64),) * 3
+        hashes: dict[int, int] = {}
+        if hashed:
+            a, b, hashes = _verified(catalog, a, b, score, threshold, margin, max_bits)
+            approximate = False  # pairs without hashes were re-scored exactly in _verified
         groups = _union_find(a, b)
         members = sorted({i for g in groups for i in g})
         vectors = catalog.image_vectors_by_id(members)
         rows = catalog.rows_by_id("images", members)
-    out = []
+        dates = catalog.dates_by_id(members) if catalog.has_photo_meta else {}
+    out: list[Group] = []
     for group in groups:
-        out.extend(_rank(group, vectors, rows, threshold if approximate else None))
+        out.extend(_rank(group, vectors, rows, threshold if approximate else None, hashes))
     out.sort(key=lambda g: (-len(g), g[0].id))
     for g in out:
+        g.kind = _kind([dates.get(m.id) for m in g])
         for rank, m in enumerate(g, 1):
             m.rank = rank
     return out
+
+
+def _verified(
+    catalog, a: np.ndarray, b: np.ndarray, score: np.ndarray, threshold: float, margin: float, max_bits: int,
+) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
+    """The candidate pairs that are duplicates: by hash where both have one, else by exact similarity."""
+    hashes = catalog.sameness_by_id(np.unique(np.concatenate([a, b])).tolist()) if len(a) else {}
+    # Looked up as sorted arrays: a loose floor can give millions of candidates.
+    known = np.fromiter(sorted(hashes), np.int64, len(hashes))
+    values = np.array([hashes[int(i)] for i in known], np.int64)
+
+    def lookup(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        at = np.minimum(np.searchsorted(known, ids), max(len(known) - 1, 0))
+        found = known[at] == ids if len(known) else np.zeros(len(ids), bool)
+        return found, values[at] if len(known) else np.zeros(len(ids), np.int64)
+
+    (has_a, ha), (has_b, hb) = lookup(a), lookup(b)
+    both = has_a & has_b
+    bits = hamming(ha, hb)
+    by_hash = both & ((bits <= max_bits) | ((bits <= max(max_bits, LOOSE_BITS)) & (score >= CLOSE)))
+    by_vector = ~both & (score >= threshold - margin)
+    if margin and by_vector.any():
+        # 8-bit codes found them: keep those whose exact vectors are at the threshold.
+        ids = np.unique(np.concatenate([a[by_vector], b[by_vector]])).tolist()
+        exact = catalog.image_vectors_by_id(ids)
+        for k in np.nonzero(by_vector)[0]:
+            by_vector[k] = float(exact[int(a[k])] @ exact[int(b[k])]) >= threshold
+    keep = by_hash | by_vector
+    return a[keep], b[keep], hashes
+
+
+def _kind(dates: list[tuple[str | None, str | None] | None]) -> str:
+    """BURST when the members carry at least two distinct EXIF dates, each within BURST_SECONDS of
+    the next (frames of one burst); COPIES otherwise (copies of one shot keep its date, or lose it)."""
+    taken = sorted({d[0] for d in dates if d is not None and d[0] and d[1] == "exif"})
+    if len(taken) < 2:
+        return COPIES
+    try:
+        times = [datetime.fromisoformat(t[:19]) for t in taken]
+    except ValueError:
+        return COPIES
+    gaps = [(later - earlier).total_seconds() for earlier, later in zip(times, times[1:])]
+    return BURST if max(gaps) <= BURST_SECONDS else COPIES
 
 
 def _union_find(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
@@ -102,7 +190,9 @@ def _union_find(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
     return [sorted(g) for g in groups.values() if len(g) > 1]
 
 
-def _rank(group: list[int], vectors: dict, rows: dict, rescore: float | None) -> list[list[Member]]:
+def _rank(
+    group: list[int], vectors: dict, rows: dict, rescore: float | None, hashes: dict[int, int] | None = None,
+) -> list[Group]:
     """Order a group by similarity to its largest image; with `rescore`, split off members whose
     exact similarity to some other member is below it (8-bit codes found them)."""
     group = [i for i in group if i in vectors and i in rows]
@@ -110,24 +200,35 @@ def _rank(group: list[int], vectors: dict, rows: dict, rescore: float | None) ->
         sims = np.stack([vectors[i] for i in group]) @ np.stack([vectors[i] for i in group]).T
         a, b = np.nonzero(np.triu(sims >= rescore, 1))
         parts = _union_find(np.array(group)[a], np.array(group)[b])
-        return [g for p in parts for g in _rank(p, vectors, rows, None)]
+        return [g for p in parts for g in _rank(p, vectors, rows, None, hashes)]
     if len(group) < 2:
         return []
     head = max(group, key=lambda i: ((rows[i].get("width") or 0) * (rows[i].get("height") or 0), -i))
     scores = {i: float(vectors[i] @ vectors[head]) for i in group}
     ordered = sorted(group, key=lambda i: (i != head, -scores[i], i))
-    return [[Member(id=i, path=rows[i]["path"], score=round(min(1.0, scores[i]), 4)) for i in ordered]]
+    hashes = hashes or {}
+
+    def bits(i: int) -> int | None:
+        if i not in hashes or head not in hashes:
+            return None
+        return int(hamming(np.array([hashes[i]]), np.array([hashes[head]]))[0])
+
+    return [Group(Member(id=i, path=rows[i]["path"], score=round(min(1.0, scores[i]), 4), bits=bits(i)) for i in ordered)]
 
 
-def as_json(groups: list[list[Member]]) -> dict:
-    return {"groups": [[m.as_dict() for m in g] for g in groups]}
+def as_json(groups: Sequence[list[Member]]) -> dict:
+    """`{"groups": [...]}`, each group its members (best first); `{"kinds": [...]}` says each group's kind."""
+    return {
+        "groups": [[m.as_dict() for m in g] for g in groups],
+        "kinds": [getattr(g, "kind", COPIES) for g in groups],
+    }
 
 
 #: Members of one group drawn on a sheet (two rows of six); the title counts the rest.
 SHEET_MEMBERS = 12
 
 
-def sheet_rows(groups: list[list[Member]]) -> list[tuple[str, list]]:
+def sheet_rows(groups: Sequence[list[Member]]) -> list[tuple[str, list]]:
     """Rows for :func:`retrieval.search.sheet.contact_sheet`: one group each, its first SHEET_MEMBERS drawn."""
     return [
         (f"group {n}: {len(g)} images" + (f" (first {SHEET_MEMBERS} shown)" if len(g) > SHEET_MEMBERS else ""),

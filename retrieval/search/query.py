@@ -11,7 +11,7 @@ import io
 import logging
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from retrieval.errors import RetrievalError
 from retrieval.search import filters as filtered
 from retrieval.search import resident
 from retrieval.search.filters import Filters
+from retrieval.search.ordering import Order
 from retrieval.search.searcher import Searcher
 from retrieval.storage import integrity
 from retrieval.storage.store import IndexStore
@@ -56,7 +57,7 @@ class Hit:
     score: float
     path: str | None = None
     text: str | None = None
-    #: With a date filter: the date it compared, and "exif" or "file" (the file's modification time).
+    #: With a date filter or a date sort: the date it compared, and "exif" or "file" (the file's modification time).
     taken: str | None = None
     date_source: str | None = None
 
@@ -100,21 +101,26 @@ def encode_image_file(aligner: Aligner, path: str) -> np.ndarray:
 
 def search_vectors(
     store: IndexStore, vectors: np.ndarray, k: int, target: str = "images", filters: Filters | None = None,
-    searcher: Searcher | None = None,
+    searcher: Searcher | None = None, order: Order | None = None,
 ) -> list[list[Hit]]:
     """Top-k hits for each query vector, from one consistent generation of the index.
 
     With `filters`, the best k among the images that pass them (retrieval/search/filters/).
     `searcher`: what a long-lived caller keeps between searches (retrieval/search/searcher.py);
-    None: a one-shot search, which keeps nothing.
+    None: a one-shot search, which keeps nothing. `order` (retrieval/search/ordering.py): a
+    cutoff, and the date sort, which considers more matches than k; None: best first, all kept.
     """
     if target not in ("images", "texts"):
         raise RetrievalError(f"unknown search target {target!r}")
+    order = order if order is not None and not order.plain else None
+    wanted, k = k, order.fetch(k) if order is not None else k
     filters = filters if filters is not None and filters.active else None
     if filters is not None and target != "images":
         raise RetrievalError("filters (dates, folders, cameras, places, sizes) apply to images, not to captions")
     kind, table = ("images", "images") if target == "images" else ("captions", "captions")
     catalog = store.catalog
+    if order is not None:
+        order.check(catalog, target)
     with catalog.snapshot():
         generation = catalog.generation
         path = store.faiss_path(kind, generation)
@@ -149,8 +155,10 @@ def search_vectors(
                 index, vectors, k, factory=factory, lookup=catalog.image_vectors_by_id, rerank=rerank
             )
         rows = catalog.rows_by_id(table, [i for i in ids.ravel().tolist() if i >= 0])
-        # A date filter says which date each hit passed with, and whether it is the file's own time.
-        dates = catalog.dates_by_id(list(rows)) if filters is not None and filters.dated else {}
+        # A date filter says which date each hit passed with, and whether it is the file's own time;
+        # a date sort orders by them.
+        dated = (filters is not None and filters.dated) or (order is not None and order.by_date)
+        dates = catalog.dates_by_id(list(rows)) if dated else {}
     results = []
     for qscores, qids in zip(scores, ids):
         hits: list[Hit] = []
@@ -163,6 +171,8 @@ def search_vectors(
                 rank=len(hits) + 1, id=int(id_), score=round(float(score), 6), path=row.get("path"), text=row.get("text"),
                 taken=taken, date_source=None if source is None else "exif" if source == "exif" else "file",
             ))
+        if order is not None:
+            hits = [replace(h, rank=i + 1) for i, h in enumerate(order.apply(hits, wanted))]
         results.append(hits)
     return results
 
@@ -237,14 +247,16 @@ def weighted_mean(vectors: np.ndarray, weights: list[float] | None = None) -> np
 
 def search_page(
     store: IndexStore, vectors: np.ndarray, k: int, offset: int = 0, target: str = "images",
-    filters: Filters | None = None, searcher: Searcher | None = None,
+    filters: Filters | None = None, searcher: Searcher | None = None, order: Order | None = None,
 ) -> list[tuple[list[Hit], int | None]]:
     """Hits ranked offset+1 .. offset+k for each query, and the offset of the next page (None at the end).
 
     One extra hit is fetched to know whether a next page exists; ranks keep counting from the top.
+    A date sort considers the same candidates for every page (retrieval/search/ordering.py), so
+    pages follow on.
     """
     pages = []
-    for hits in search_vectors(store, vectors, offset + k + 1, target, filters, searcher):
+    for hits in search_vectors(store, vectors, offset + k + 1, target, filters, searcher, order):
         more = len(hits) > offset + k
         pages.append((hits[offset : offset + k], offset + k if more else None))
     return pages

@@ -121,6 +121,13 @@ class SearchParams(BaseModel):
     min_height: int | None = Field(None, ge=1, le=10**6, description="At least this many pixels high.")
     date_source: Literal["any", "exif"] = Field("any", description="Which dates after and before compare: any "
                                                 "(the EXIF date, else the file's modification time) or exif (EXIF dates only).")
+    # The order (retrieval/search/ordering.py, docs/search.md#sorted-by-date).
+    sort: Literal["score", "date", "date-asc"] = Field(
+        "score", description="score: best match first; date: newest first; date-asc: oldest first, by the date "
+        "after/before compare (photos without one last). A date sort takes the best 1,000 matches and drops those "
+        "under min_score, else the cutoff measured for the index's model (none for a model not measured).")
+    min_score: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False,
+                                    description="Drop matches scoring below this (any sort).")
 
     def spec(self) -> SearchSpec:
         from retrieval.search.filters import Filters
@@ -136,6 +143,7 @@ class SearchParams(BaseModel):
             offset=self.offset, filters=filters if filters is not None and filters.active else None,
             # Placed by Library.filters_for: a relative folder lies under the index's own folders.
             folders=[f for f in self.folder if f],
+            sort=self.sort, min_score=self.min_score, date_source=self.date_source,
         )
 
 
@@ -174,9 +182,9 @@ class Result(BaseModel):
     url: str | None = None
     width: int | None = None
     height: int | None = None
-    taken: str | None = Field(None, description="With a date filter (after, before): the date the image passed with.")
+    taken: str | None = Field(None, description="With a date filter (after, before) or a date sort: the image's date.")
     date_source: Literal["exif", "file"] | None = Field(
-        None, description="With a date filter: where `taken` comes from, the photo's EXIF date or the file's "
+        None, description="With a date filter or sort: where `taken` comes from, the photo's EXIF date or the file's "
         "modification time (date_source=any lets those pass).")
 
 
@@ -209,6 +217,9 @@ class IndexSummary(BaseModel):
     weak_below: float | None = Field(
         None, description="A text search whose best score is below this has no close match (docs/server.md#weak-matches); "
         "null where the model's scale is not measured.")
+    date_cutoff: float | None = Field(
+        None, description="A date-sorted search without min_score drops matches below this (docs/search.md#sorted-by-date); "
+        "null where the model's scale is not measured: then nothing is cut.")
 
 
 class IndexList(BaseModel):

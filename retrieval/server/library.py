@@ -61,11 +61,19 @@ class SearchSpec:
     filters: Filters | None = None
     #: Folders as the client gave them (relative to the indexed folders, or absolute).
     folders: list[str] = field(default_factory=list)
+    #: The order (retrieval.search.ordering.Order): "score", "date" or "date-asc", and a cutoff
+    #: (None: for a date sort, the one measured for the index's model).
+    sort: str = "score"
+    min_score: float | None = None
+    #: Which dates the date sort counts ("any" or "exif"), as the date filters do.
+    date_source: str = "any"
 
     @property
     def text_only(self) -> bool:
         """A plain text query: these are the ones micro-batched together."""
-        return bool(self.q) and not (self.like or self.negatives or self.image is not None or self.vector or self.filters or self.folders)
+        ordered = self.sort != "score" or self.min_score is not None
+        return bool(self.q) and not (self.like or self.negatives or self.image is not None or self.vector or self.filters
+                                     or self.folders or ordered)
 
     def echo(self, index: str) -> dict:
         out = {"index": index, "target": self.target, "k": self.k, "offset": self.offset}
@@ -85,6 +93,10 @@ class SearchSpec:
             out.update(self.filters.describe())
         if self.folders:
             out["folder"] = self.folders
+        if self.sort != "score":
+            out["sort"] = self.sort
+        if self.min_score is not None:
+            out["min_score"] = self.min_score
         return out
 
 
@@ -125,6 +137,7 @@ class Served:
             "model": catalog.get_meta("model"), "generation": catalog.generation, "dim": catalog.dim,
             "by_path": self.by_path,
             "weak_below": relevance.weak_below(catalog.get_meta("model")),
+            "date_cutoff": relevance.date_cutoff(catalog.get_meta("model")),
         }
 
 
@@ -182,9 +195,12 @@ class Library:
         if served.empty():
             return self._response(served, spec, [], None)
         filters = self.filters_for(served, spec)
+        order = served.index.order(spec.sort, spec.min_score, replace(filters or Filters(), date_source=spec.date_source))
+        order.check(served.catalog, spec.target)  # before encoding anything
+        spec = replace(spec, min_score=order.min_score)  # the cutoff in effect is echoed
         vector = self.query_vector(served, spec)
         [(hits, next_offset)] = engine.search_page(
-            served.store, vector, spec.k, spec.offset, spec.target, filters, served.index.searcher
+            served.store, vector, spec.k, spec.offset, spec.target, filters, served.index.searcher, order
         )
         response = self._response(served, spec, hits, next_offset)
         if filters is not None and not hits and spec.offset == 0:

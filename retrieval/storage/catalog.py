@@ -9,6 +9,7 @@ Tables:
   interrupted run resumes without re-encoding.
 - ``skipped``: files that could not be indexed, with the reason.
 - ``captions``: a caption corpus for image-to-text search, with vectors.
+- ``vectors.sameness`` (schema 3): a 64-bit perceptual hash of the pixels, for near-duplicates.
 - ``cameras``: the distinct camera makes and models (schema 2), rebuilt at each publish
   so a camera filter never scans every image row.
 - ``meta``: schema version, aligner identity, dimension and the published generation.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ import sqlite_utils
 from retrieval.errors import RetrievalError
 from retrieval.storage.known import KnownHashes
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Photo metadata on ``images`` (schema 2): EXIF date (or the file's mtime, see taken_source),
 #: camera, GPS position and orientation. Filled by the indexer (retrieval.media.exif, staging.py).
@@ -55,6 +56,9 @@ MIGRATIONS: dict[int, list[str]] = {
         # these few rows, then looks the images up by index instead of scanning every row.
         "CREATE TABLE IF NOT EXISTS cameras (make TEXT, model TEXT, images INTEGER NOT NULL)",
     ],
+    # A perceptual hash of the pixels per stored content (retrieval.media.sameness), for
+    # near-duplicates. NULL for contents stored before (filled when a run decodes them again).
+    3: ["ALTER TABLE vectors ADD COLUMN sameness INTEGER"],
 }
 CATALOG_FILE = "catalog.db"
 
@@ -134,6 +138,11 @@ class Catalog:
     def has_photo_meta(self) -> bool:
         """Whether ``images`` has the photo metadata columns (readers of an old catalog check this)."""
         return self.schema_version >= 2
+
+    @property
+    def has_sameness(self) -> bool:
+        """Whether ``vectors`` has the perceptual hash column (an index from before schema 3 has not)."""
+        return self.schema_version >= 3
 
     def refresh_cameras(self) -> None:
         """Rebuild the ``cameras`` summary from ``images`` (inside the publishing transaction)."""
@@ -259,6 +268,14 @@ class Catalog:
         dim = self.vector_dim() if ids else 0
         return {i: from_blobs([blob], dim)[0] for cursor in self._where_in(sql, ids) for i, blob in cursor}
 
+    def sameness_by_id(self, ids: Iterable[int]) -> dict[int, int]:
+        """Perceptual hashes of indexed images by id; images without one are left out."""
+        if not self.has_sameness:
+            return {}
+        sql = ("SELECT images.id, vectors.sameness FROM images JOIN vectors USING (hash) "
+               "WHERE vectors.sameness IS NOT NULL AND images.id IN ({marks})")
+        return {i: h for cursor in self._where_in(sql, [int(i) for i in ids]) for i, h in cursor}
+
     def rows_by_id(self, table: str, ids: list[int]) -> dict[int, dict]:
         """Look up catalog rows for FAISS ids (``images`` or ``captions``)."""
         cols = "id, path, size, width, height" if table == "images" else "id, text"
@@ -318,9 +335,19 @@ class Catalog:
             raise
         conn.execute("COMMIT")
 
-    def put_vectors(self, rows: list[tuple[str, np.ndarray, int, int]]) -> None:
-        """Store freshly encoded vectors; committed at once so a killed run keeps them."""
+    def put_vectors(
+        self, rows: list[tuple[str, np.ndarray, int, int]], sameness: Sequence[int | None] | None = None,
+    ) -> None:
+        """Store freshly encoded vectors, with each one's perceptual hash if given (same order);
+        committed at once so a killed run keeps them."""
+        hashes = list(sameness) if sameness is not None else [None] * len(rows)
         with self.transaction() as conn:
+            if self.has_sameness:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO vectors (hash, vector, width, height, sameness) VALUES (?, ?, ?, ?, ?)",
+                    [(h, to_blob(v), w, ht, p) for (h, v, w, ht), p in zip(rows, hashes)],
+                )
+                return
             conn.executemany(
                 "INSERT OR REPLACE INTO vectors (hash, vector, width, height) VALUES (?, ?, ?, ?)",
                 [(h, to_blob(v), w, ht) for h, v, w, ht in rows],

@@ -23,6 +23,7 @@ from pathlib import Path
 from retrieval.errors import IndexNotFound, RetrievalError
 from retrieval.storage import integrity
 from retrieval.storage.catalog import CATALOG_FILE
+from retrieval.storage.store import busy_line, lock_holder
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ def check(folder: Path) -> Report:
     if not db_path.is_file():
         raise IndexNotFound(f"no index at {folder} (no {CATALOG_FILE})")
     report = Report(folder)
+    who = lock_holder(folder)
+    if who is not None:
+        # Not a problem: a check reads the published generation, which a writer never changes.
+        report.findings.append(f"{busy_line(who, folder)}: this check covers the generation published before it")
     conn = _connect(db_path)
     try:
         try:
@@ -180,7 +185,9 @@ def backup(folder: Path, out: Path, attempts: int = 5) -> dict:
                     fh.close()
     finally:
         src.close()
-    raise RetrievalError(f"{folder} kept changing during {attempts} backup attempts; try again when indexing is done")
+    who = lock_holder(folder)
+    busy = f" ({busy_line(who, folder)})" if who is not None else ""
+    raise RetrievalError(f"{folder} kept changing during {attempts} backup attempts{busy}; try again when indexing is done")
 
 
 def _open_generation(folder: Path, gen: int) -> dict:

@@ -5,7 +5,7 @@ Layout of ``indexes/NAME/``::
     catalog.db            the truth (SQLite): files, vectors, captions, meta
     images-<gen>.faiss    image index of published generation <gen> (derived)
     captions-<gen>.faiss  caption index of generation <gen> (derived, optional)
-    write.lock            held by the one run that may write
+    write.lock            held by the one run that may write; names its command and pid
 
 A run writes the FAISS files of generation g+1 first and then commits the catalog
 transaction that makes g+1 current, so at every moment the folder holds a complete
@@ -16,14 +16,17 @@ longer so a search that read generation g-1 just before the switch can still ope
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import shutil
+import time
+from collections.abc import Container, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from retrieval.errors import IndexNotFound, ModelMismatch, RetrievalError, StorageError
+from retrieval.errors import IndexBusy, IndexNotFound, ModelMismatch, RetrievalError, StorageError
 from retrieval.storage.catalog import CATALOG_FILE, Catalog
 
 if TYPE_CHECKING:
@@ -32,11 +35,51 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "default"
+#: The writer lock; while held it holds a JSON note: the holder's command, pid and start time.
+LOCK_FILE = "write.lock"
 
 
 def home() -> Path:
     """Where named indexes live: $RETRIEVAL_HOME, else ./indexes."""
     return Path(os.environ.get("RETRIEVAL_HOME") or "indexes")
+
+
+def read_holder(fd: int) -> dict[str, Any]:
+    """The note a lock's holder wrote into the lock file (command, pid, since); {} when there is none."""
+    try:
+        return dict(json.loads(os.pread(fd, 4096, 0) or b"{}"))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def busy_line(who: dict[str, Any], folder: Path) -> str:
+    """One line naming who writes to `folder` (`who` as :func:`read_holder` gives it)."""
+    command = who.get("command", "retrieval index")
+    pid = f"pid {who['pid']}, " if who.get("pid") else ""
+    since = f"since {who['since']}" if who.get("since") else "now"
+    if command == "retrieval watch":
+        return f"`retrieval watch` ({pid}{since}) is writing a batch to {folder}"
+    return f"another `{command}` run ({pid}{since}) is writing to {folder}"
+
+
+def lock_holder(folder: Path) -> dict[str, Any] | None:
+    """Who holds `folder`'s writer lock now (command, pid, since), or None when nobody does."""
+    path = Path(folder) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return read_holder(fd)
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def resolve(name_or_path: str | os.PathLike | None) -> Path:
@@ -129,21 +172,43 @@ class IndexStore:
             shutil.rmtree(path, ignore_errors=True)
 
     @contextmanager
-    def write_lock(self):
-        """Only one run writes at a time; searches never need the lock."""
+    def write_lock(self, holder: str = "retrieval index", wait_for: Container[str] = ()) -> Iterator[None]:
+        """Only one run writes at a time; searches never need the lock.
+
+        `holder` names the command taking it (`retrieval index`, `retrieval watch`); it is
+        written into the lock file with this process's id, so a run that finds the lock held
+        can say who holds it. A lock held by a command in `wait_for` is waited for (said once
+        in the log): a watcher's batch ends by itself. Any other holder is refused with
+        :class:`IndexBusy`.
+        """
         if self.catalog.readonly:
             raise StorageError(f"{self.folder} is read-only: indexing cannot write there (searches still work)")
-        with open(self.folder / "write.lock", "w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RetrievalError(
-                    f"another `retrieval index` run is writing to {self.folder}; wait for it to finish"
-                ) from None
+        # Opened without truncating: the holder's note must survive a second opener that fails to lock.
+        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            told = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    who = read_holder(fd)
+                    if who.get("command") not in wait_for:
+                        raise IndexBusy(f"{busy_line(who, self.folder)}; wait for it to finish") from None
+                    if not told:
+                        log.warning("%s; waiting for it to finish", busy_line(who, self.folder))
+                        told = True
+                    time.sleep(0.2)
+            note = json.dumps({"command": holder, "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, note.encode(), 0)
             try:
                 yield
             finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def disk_usage(self) -> dict[str, int]:
         return {p.name: p.stat().st_size for p in sorted(self.folder.iterdir()) if p.is_file()}

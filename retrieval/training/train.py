@@ -37,7 +37,8 @@ import numpy as np
 
 from retrieval.aligners import Aligner, fitting
 from retrieval.aligners.fitting import Tables, Trainer
-from retrieval.aligners.towers import ImageTower, describe_base, image_tower, rebuild_base
+from retrieval.aligners.registry import describe_base, rebuild_base
+from retrieval.aligners.towers import ImageTower, image_tower
 from retrieval.aligners.trained import (
     FORMAT,
     FORMAT_VERSION,

@@ -23,7 +23,9 @@ const el = {
 };
 
 // What is being searched; mirrored in the URL.
-const state = { index: "", q: "", like: [], not: [], target: "images", weight: 0.5, k: PAGE, filters: {} };
+const state = { index: "", q: "", like: [], not: [], target: "images", sort: "score", weight: 0.5, k: PAGE, filters: {} };
+// The orders the page offers, as the API names them; captions have no dates.
+const SORTS = ["score", "date", "date-asc"];
 // An uploaded example image: { file, url } (url is a blob: URL for the chip).
 let upload = null;
 let indexes = [];
@@ -49,6 +51,7 @@ function readURL() {
   state.like = p.getAll("like").flatMap(splitList).filter((v) => /^\d+$/.test(v));
   state.not = p.getAll("not").flatMap(splitList);
   state.target = p.get("target") === "texts" ? "texts" : "images";
+  state.sort = SORTS.includes(p.get("sort")) ? p.get("sort") : "score";
   const w = parseFloat(p.get("weight"));
   state.weight = Number.isFinite(w) && w >= 0 && w <= 1 ? w : 0.5;
   const k = parseInt(p.get("k"), 10);
@@ -82,6 +85,7 @@ function stateParams({ forApi }) {
   for (const id of state.like) p.append("like", id);
   for (const n of state.not) p.append("not", n);
   if (state.target !== "images") p.set("target", state.target);
+  if (state.sort !== "score" && state.target === "images") p.set("sort", state.sort);
   const fused = state.q && (state.like.length || upload);
   if (fused && (forApi || state.weight !== 0.5)) p.set("weight", String(state.weight));
   if (state.k !== PAGE || forApi) p.set("k", String(state.k));
@@ -102,6 +106,7 @@ function syncControls() {
   el.not.value = state.not.join(", ");
   el.weight.value = String(state.weight);
   for (const radio of document.querySelectorAll('input[name="target"]')) radio.checked = radio.value === state.target;
+  for (const radio of document.querySelectorAll('input[name="sort"]')) radio.checked = radio.value === state.sort;
   for (const name of FILTERS) $("f-" + name).value = state.filters[name] || "";
   if (Object.keys(state.filters).length) el.filters.open = true;
   if (state.index && [...el.index.options].some((o) => o.value === state.index)) el.index.value = state.index;
@@ -112,6 +117,7 @@ function updateControls() {
   const fused = Boolean(state.q && (state.like.length || upload));
   el.weightField.classList.toggle("inactive", !fused);
   el.weight.disabled = !fused;
+  for (const radio of document.querySelectorAll('input[name="sort"]')) radio.disabled = state.target !== "images";
   el.weightOut.textContent = `${Math.round(state.weight * 100)}%`;
   el.filters.classList.toggle("active", Object.keys(state.filters).length > 0);
   renderExample();
@@ -281,9 +287,12 @@ function describeResults() {
   if (!n) {
     setStatus([]);
     const filtered = Object.keys(state.filters).length > 0;
+    const dated = state.sort !== "score" && state.target === "images";
     return showMessage(
       "info", "Nothing matched",
-      filtered ? "Try removing some filters." : "Try other words, or another example image.",
+      filtered ? "Try removing some filters."
+        : dated ? "No match is close enough to sort by date: try Best match."
+        : "Try other words, or another example image.",
     );
   }
   const noun = state.target === "texts" ? "caption" : "photo";
@@ -293,6 +302,7 @@ function describeResults() {
     parts.push(state.q ? " and the example image" : state.target === "texts" ? " for the example image" : " like the example image");
   }
   if (state.not.length) parts.push(", not ", strong(state.not.join(", ")));
+  if (state.sort !== "score" && state.target === "images") parts.push(state.sort === "date" ? ", newest first" : ", oldest first");
   const index = currentIndex();
   if (index && indexes.length > 1) parts.push(` in ${index.name}`);
   setStatus(parts);
@@ -310,6 +320,7 @@ function noCloseMatch(index) {
   const cutoff = index?.weak_below;
   if (typeof cutoff !== "number" || state.target !== "images") return false;
   if (!state.q || state.like.length || upload || state.not.length) return false;
+  if (state.sort !== "score") return false; // sorted by date, weak matches were cut and the first is not the best
   return run.items.length > 0 && run.items[0].score < cutoff;
 }
 
@@ -615,6 +626,12 @@ function wire() {
   for (const radio of document.querySelectorAll('input[name="target"]')) {
     radio.addEventListener("change", () => {
       state.target = radio.value;
+      search({ push: true });
+    });
+  }
+  for (const radio of document.querySelectorAll('input[name="sort"]')) {
+    radio.addEventListener("change", () => {
+      state.sort = radio.value;
       search({ push: true });
     });
   }
