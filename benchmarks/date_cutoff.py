@@ -21,8 +21,6 @@ docs/search.md#sorted-by-date.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import click
@@ -30,7 +28,7 @@ import numpy as np
 
 from benchmarks import harness
 from benchmarks.devset import PIP_ROOT, report_missing
-from benchmarks.weak_match import score_matrix
+from benchmarks.weak_match import caption_scores
 from retrieval.evaluation import devset
 
 #: The share of right matches the cutoff keeps on the tune half.
@@ -42,8 +40,6 @@ KEEP = 0.90
 @click.option("--keep", default=KEEP, show_default=True, type=click.FloatRange(0.5, 1.0),
               help="Share of the tune half's right matches the cutoff keeps.")
 def main(out: Path, pip_root: tuple[str, ...], keep: float) -> None:
-    from retrieval.api import build_index
-    from retrieval.ingest.pipeline import IndexSettings
     from retrieval.search.relevance import date_cutoff
 
     halves = {}
@@ -52,20 +48,7 @@ def main(out: Path, pip_root: tuple[str, ...], keep: float) -> None:
         report_missing(missing, f"{split} photos")
         halves[split] = pairs
     pairs = halves["tune"] + halves["test"]
-    sources = list(dict.fromkeys(image for image, _ in pairs))
-    scratch = Path(tempfile.mkdtemp(prefix="date-cutoff-"))
-    try:
-        folder = scratch / "photos"
-        folder.mkdir()
-        # Numbered copies: the dev set's photos come from many folders, some with one file name.
-        photos = [folder / f"{i:03d}{Path(src).suffix.lower()}" for i, src in enumerate(sources)]
-        for src, dst in zip(sources, photos):
-            shutil.copyfile(src, dst)
-        with harness.measure("index") as run:
-            build_index([folder], index=str(scratch / "idx"), settings=IndexSettings(workers=0))
-        scores = score_matrix(scratch / "idx", photos, [caption for _, caption in pairs])
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    sources, scores, run = caption_scores(pairs, "date-cutoff-")
 
     own = np.array([sources.index(image) for image, _ in pairs])
     right = scores[np.arange(len(pairs)), own]
@@ -83,19 +66,19 @@ def main(out: Path, pip_root: tuple[str, ...], keep: float) -> None:
             "tune right matches kept": f"{np.mean(right[tune] >= value):.1%}",
             "test right matches kept": f"{np.mean(test_right >= value):.1%}",
             "test recall lost": f"{np.mean(test_right < value):.1%}",
-            "photos passing per test caption (median)": f"{np.median(passing):.0f} of {len(photos)}",
+            "photos passing per test caption (median)": f"{np.median(passing):.0f} of {len(sources)}",
         })
 
     def quantiles(values: np.ndarray) -> dict[str, float]:
         return {f"p{q}": round(float(np.percentile(values, q)), 3) for q in (5, 10, 25, 50, 75, 90, 95)}
 
     data = {
-        "machine": harness.machine(), "index": run.as_dict(), "photos": len(photos), "keep": keep,
+        "machine": harness.machine(), "index": run.as_dict(), "photos": len(sources), "keep": keep,
         "tune_captions": int(tune.sum()), "test_captions": int((~tune).sum()),
         "right_tune": quantiles(right[tune]), "right_test": quantiles(test_right),
         "cutoff": cutoff, "shipped": shipped, "rows": rows,
     }
-    title = (f"{len(photos)} dev-set photos, {int(tune.sum())} tune and {int((~tune).sum())} test captions, `default`.\n\n"
+    title = (f"{len(sources)} dev-set photos, {int(tune.sum())} tune and {int((~tune).sum())} test captions, `default`.\n\n"
              f"right match, tune: {data['right_tune']}\n\nright match, test: {data['right_test']}\n\n"
              f"cutoff keeping {keep:.0%} of the tune half's right matches: {cutoff:.3f}")
     harness.report("date-cutoff", data, rows, out, title)

@@ -50,16 +50,14 @@ def score_matrix(index_folder: Path, photos: list[Path], captions: list[str]) ->
         index.close()
 
 
-@harness.command(out="bench-out/weak-match.json")
-@PIP_ROOT
-def main(out: Path, pip_root: tuple[str, ...]) -> None:
+def caption_scores(pairs: list[tuple[str, str]], prefix: str) -> tuple[list[str], np.ndarray, harness.Run]:
+    """Index the pairs' photos with `default` in a scratch folder and score every caption against
+    every photo: (the photos in index order, scores[caption, photo], the index run's measurement)."""
     from retrieval.api import build_index
     from retrieval.ingest.pipeline import IndexSettings
 
-    pairs, missing = devset.load_pairs(pip_root, devset.SETS["v2"])
-    report_missing(missing)
     sources = list(dict.fromkeys(image for image, _ in pairs))
-    scratch = Path(tempfile.mkdtemp(prefix="weak-match-"))
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         folder = scratch / "photos"
         folder.mkdir()
@@ -69,11 +67,19 @@ def main(out: Path, pip_root: tuple[str, ...]) -> None:
             shutil.copyfile(src, dst)
         with harness.measure("index") as run:
             build_index([folder], index=str(scratch / "idx"), settings=IndexSettings(workers=0))
-        own = np.array([sources.index(image) for image, _ in pairs])
-        captions = [caption for _, caption in pairs]
-        scores = score_matrix(scratch / "idx", photos, captions)
+        return sources, score_matrix(scratch / "idx", photos, [caption for _, caption in pairs]), run
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@harness.command(out="bench-out/weak-match.json")
+@PIP_ROOT
+def main(out: Path, pip_root: tuple[str, ...]) -> None:
+    pairs, missing = devset.load_pairs(pip_root, devset.SETS["v2"])
+    report_missing(missing)
+    sources, scores, run = caption_scores(pairs, "weak-match-")
+    own = np.array([sources.index(image) for image, _ in pairs])
+    captions = [caption for _, caption in pairs]
 
     rows_ = np.arange(len(captions))
     right = scores[rows_, own]
@@ -93,11 +99,11 @@ def main(out: Path, pip_root: tuple[str, ...]) -> None:
         return {f"p{q}": round(float(np.percentile(values, q)), 3) for q in (5, 10, 25, 50, 75, 90, 95)}
 
     data = {
-        "machine": harness.machine(), "index": run.as_dict(), "photos": len(photos), "captions": len(captions),
+        "machine": harness.machine(), "index": run.as_dict(), "photos": len(sources), "captions": len(captions),
         "right": quantiles(right), "present": quantiles(present), "absent": quantiles(absent),
         "foreign": quantiles(foreign), "foreign_queries": len(foreign), "foreign_photos": int(skimage.sum()), "thresholds": rows,
     }
-    title = (f"{len(photos)} dev-set photos, {len(captions)} captions, `default`.\n\n"
+    title = (f"{len(sources)} dev-set photos, {len(captions)} captions, `default`.\n\n"
              f"right match: {data['right']}\n\nbest when present: {data['present']}\n\nbest when absent: {data['absent']}")
     harness.report("weak-match", data, rows, out, title)
 
