@@ -123,8 +123,8 @@ def child_index(index: str, folder: str, aligner: str, workers: int, captions: s
 
     real_walk = local_source.walk
 
-    def walk(roots, ignored=None):
-        for n, item in enumerate(real_walk(roots, ignored)):
+    def walk(roots, ignored=None, *settings):
+        for n, item in enumerate(real_walk(roots, ignored, *settings)):
             if n % 5 == 0:
                 mark("walk")
             yield item

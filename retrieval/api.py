@@ -16,12 +16,14 @@ from retrieval.aligners.base import Aligner
 from retrieval.errors import RetrievalError
 from retrieval.ingest.pipeline import IndexSettings, RunSummary
 from retrieval.progress import Progress
+from retrieval.search.by_person import person_hits
 from retrieval.search.filters import Filters, photo_counts
 from retrieval.search.ordering import Order
 from retrieval.search.query import Hit, Query, query_vector, search_vectors
 from retrieval.search.searcher import Searcher
 from retrieval.search.settings import SearchSettings
 from retrieval.search.textcache import TextVectorCache
+from retrieval.storage import frames
 from retrieval.storage.catalog import CATALOG_FILE
 from retrieval.storage.faults import explained
 from retrieval.storage.store import IndexStore, resolve
@@ -110,15 +112,20 @@ class Index:
     def search(
         self, text: str | None = None, *, image: str | None = None, k: int = 10, weight: float = 0.5,
         negatives: list[str] | tuple = (), target: str = "images", filters: Filters | None = None,
-        sort: str = "score", min_score: float | None = None,
+        sort: str = "score", min_score: float | None = None, moments: bool = False,
     ) -> list[Hit]:
         """Rank images (or captions, with target="texts") for a text, an image, or both.
 
         `filters` (:class:`retrieval.search.filters.Filters`) keeps only images taken in a date range,
-        under folders, by a camera, near a place or above a size: the result is the best k
+        under folders, by a camera, near a place, above a size or showing people: the result is the best k
         among those. When nothing passes the list is empty and :meth:`why_empty` says why.
 
             >>> idx.search("a beach", filters=Filters.parse(after="2023-06-01", before="2023-09-01"))  # doctest: +SKIP
+            >>> idx.search("on a beach", filters=Filters.parse(people=["Alice", "Bob"]))  # doctest: +SKIP
+
+        People (``Filters.parse(people=...)``, names or ids) must all be in the image; given alone,
+        without text or image, the photos of them are listed clearest face first, or by date with
+        `sort` (docs/people.md#searching-by-person).
 
         `sort`: "score" (best first), "date" (newest first) or "date-asc" (oldest first), by the
         date the date filters compare (EXIF, else the file's time; EXIF only with a filter's
@@ -127,6 +134,10 @@ class Index:
         (:meth:`order`, retrieval/search/ordering.py, docs/search.md#sorted-by-date).
 
             >>> idx.search("a birthday cake", sort="date", k=20)  # doctest: +SKIP
+
+        A video comes back once, at its best moment: its hit has ``media == "video"`` and
+        ``time`` (seconds). `moments` lists every matching moment as a hit of its own instead
+        (docs/video.md).
         """
         if k < 1:
             raise RetrievalError("k must be at least 1")
@@ -136,9 +147,13 @@ class Index:
             order.check(self.store.catalog, target)  # a sort this index cannot answer fails before the model loads
             if filters is not None and filters.active:
                 filters.clauses(self.store.catalog)  # a filter this index cannot answer fails before the model loads
+        if not text and not image and filters is not None and filters.people and target == "images":
+            # A person alone: nothing to compare, no model needed (retrieval/search/by_person.py).
+            with explained(self.store.folder, "searching"):
+                return person_hits(self.store, filters, k, order)
         vector = query_vector(self.aligner, query, self.encode_texts)
         with explained(self.store.folder, "searching"):
-            return search_vectors(self.store, vector, k, target, filters, self.searcher, order)[0]
+            return search_vectors(self.store, vector, k, target, filters, self.searcher, order, moments)[0]
 
     def order(self, sort: str = "score", min_score: float | None = None, filters: Filters | None = None) -> Order:
         """The order a search with these options uses: its cutoff is `min_score`, or for a date sort
@@ -172,6 +187,9 @@ class Index:
             "captions": catalog.count("captions"),
             # Photo metadata the filters use (None: an index from before it; its next run reads it).
             **photo_counts(catalog),
+            # Video files and the frames they were sampled into (docs/video.md); 0 and 0 for photos
+            # alone, 0 for an index from before videos (opened read-only, not migrated).
+            **dict(zip(("videos", "video_frames"), frames.counts(catalog.db.conn) if catalog.has_frames else (0, 0))),
             "generation": catalog.generation,
             "index_type": catalog.get_meta("index_factory"),
             "nprobe": catalog.get_meta("index_nprobe"),

@@ -43,3 +43,24 @@ class FolderGone(RetrievalError):
 
 class IndexBusy(RetrievalError):
     """Another process holds the index's writer lock; the message names it."""
+
+
+class BadVideo(RetrievalError):
+    """A video that cannot be sampled into frames (retrieval/media/video.py); the message is the skip reason."""
+
+
+class DamagedVideo(BadVideo):
+    """A video file FFmpeg cannot read: truncated, corrupt, or not the container its name says."""
+
+
+class NoVideoStream(BadVideo):
+    """A media file with no video stream (audio only, subtitles)."""
+
+
+class EmptyVideo(BadVideo):
+    """A video of zero length: an empty file, or a stream with no frame to show."""
+
+
+class PeopleError(RetrievalError):
+    """A `retrieval people` request that cannot be done: an unknown person or face id, a name
+    another person has, an index without faces; the message says which."""

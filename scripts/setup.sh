@@ -63,6 +63,21 @@ PY
   rm -rf "$wheels"
 fi
 
+# Real faces for tests/test_people.py: the photos in face_recognition's source archive (3 MB; MIT,
+# official portraits of Barack Obama and Joe Biden, US government works). Only the pictures are
+# unpacked; the package itself is never installed.
+faces=.venv/share/face-photos
+if [ -n "$testing" ] && [ ! -f "$faces/obama.jpg" ]; then
+  sdist=$(mktemp -d)
+  if .venv/bin/pip download -q --disable-pip-version-check --no-deps --no-binary :all: "face_recognition==1.3.0" -d "$sdist"; then
+    mkdir -p "$faces"
+    tar -xzf "$sdist"/face_recognition-1.3.0.tar.gz -C "$faces" --strip-components=3 --wildcards '*/tests/test_images/*'
+  else
+    echo "note: could not download face_recognition's photos; tests/test_people.py will skip its face tests" >&2
+  fi
+  rm -rf "$sdist"
+fi
+
 # Debian packages with data: real photos for the demo (lomiri-wallpapers-16.04, CC-BY/CC0)
 # and Fashion-MNIST for `retrieval eval fashion-mnist`. Installed where we are root with apt.
 want=()

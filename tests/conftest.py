@@ -87,3 +87,20 @@ class ColorAligner(Aligner):
 @pytest.fixture
 def color_aligner() -> ColorAligner:
     return ColorAligner()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by playwright, for the page tests (test_page.py, test_video_page.py).
+
+    Module scope, not session: the sync API keeps an event loop of its own for as long as
+    it runs, and later test modules call asyncio.run() in this same thread."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (scripts/setup.sh --test installs it with apt as root)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        yield browser
+        browser.close()

@@ -144,8 +144,8 @@ def test_a_file_that_changes_after_the_walk_is_stored_under_what_was_read(tmp_pa
         make_image(folder / f"{i}.png", seed=i)
     target = folder / "1.png"
 
-    def walk_then_edit(roots, ignored=None):
-        stats = list(walk(roots, ignored))
+    def walk_then_edit(roots, ignored=None, settings=None):
+        stats = list(walk(roots, ignored) if settings is None else walk(roots, ignored, settings))
         make_image(target, seed=50, size=(70, 30))  # rewritten between the walk and the read
         return iter(stats)
 

@@ -305,6 +305,13 @@ def _downgrade_to_schema_1(store: IndexStore) -> None:
     for column in PHOTO_COLUMNS:
         conn.execute(f"ALTER TABLE images DROP COLUMN {column}")
     conn.execute("ALTER TABLE vectors DROP COLUMN sameness")  # schema 3's
+    conn.execute("DROP INDEX vectors_video")  # schema 4's videos (retrieval/storage/frames.py)
+    conn.execute("ALTER TABLE vectors DROP COLUMN frames")
+    conn.execute("DROP TABLE frames")
+    for column in ("companions", "motion"):  # schema 4's photo pairs and Live Photos
+        conn.execute(f"ALTER TABLE images DROP COLUMN {column}")
+    for table in ("faces", "people", "face_scans"):  # schema 5's people
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
     store.catalog.set_meta(schema_version=1)
 
 

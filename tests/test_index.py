@@ -414,8 +414,10 @@ def test_a_run_holds_no_python_objects_per_file(tmp_path, color_aligner, monkeyp
     peak_for(20)  # the first run pays for lazy imports
     small, large = peak_for(100), peak_for(1500)
     # Holding even ~1 KB per file (a path, a hash, a row) would add over 1.4 MB here; keeping
-    # them in Python lists, as this engine once did, added 2.4 MB.
-    assert large - small < 150_000, (small, large)
+    # them in Python lists, as this engine once did, added 2.4 MB. The peak also counts garbage
+    # that waits for the cyclic collector (about 100 B per recorded file, all freed by
+    # gc.collect() at the end of the run), hence the margin.
+    assert large - small < 250_000, (small, large)
 
 
 def test_an_index_built_from_chunks_matches_one_built_at_once():

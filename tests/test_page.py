@@ -23,24 +23,9 @@ from server_kit import GENERATED, ServerProcess, color_index, photo_index
 
 pytestmark = pytest.mark.slow  # the real default aligner, a browser and server processes
 
-CHROMIUM = shutil.which("chromium")
 TOTAL = GENERATED + len(REAL_PHOTOS)
 TIMEOUT_MS = 60_000  # generous: the test machines are shared and thumbnails are made on first request
 TOKEN = "page-test-token"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    # Module scope, not session: the sync API keeps an event loop of its own for as long as
-    # it runs, and later test modules call asyncio.run() in this same thread.
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (scripts/setup.sh --test installs it with apt as root)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 #: Photos for an index with no cat and no captions: scikit-image's real photos but chelsea.png.

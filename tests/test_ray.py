@@ -415,12 +415,14 @@ from retrieval.storage.store import IndexStore
 
 ray.cloudpickle.register_pickle_by_value(conftest)
 settings = indexer.IndexSettings(on_disk=True)
-ray_source = source(RaySettings(address={address!r}, aligner_factory=ColorAligner, shards_on_ray=True))
-try:
-    indexer.run(IndexStore.open({index!r}, create=True), ColorAligner(), [{folder!r}], settings=settings, source=ray_source)
-    print("nodes", len(ray.nodes()) if ray.is_initialized() else "closed")
-finally:
-    ray_source.close()
+if __name__ == "__main__":  # spawned decoding processes (faces, on this machine) import this script again
+    ray_source = source(RaySettings(address={address!r}, aligner_factory=ColorAligner, shards_on_ray=True))
+    try:
+        indexer.run(IndexStore.open({index!r}, create=True), ColorAligner(), [{folder!r}], settings=settings,
+                    source=ray_source)
+        print("nodes", len(ray.nodes()) if ray.is_initialized() else "closed")
+    finally:
+        ray_source.close()
 """
 
 
@@ -542,7 +544,10 @@ retrieval.aligners.load_aligner = lambda spec="default", device=None: ColorAlign
 make_source = retrieval.cluster.source
 retrieval.cluster.source = lambda rs: make_source(dataclasses.replace(rs, aligner_factory=SlowColorAligner, chunk=2))
 ray_index.RaySource.close = close_later
-main(["index", {folder!r}, "--index", {index!r}, "--ray", {address!r}, "--json", "--batch-size", "4"])
+# Guarded: the faces of a cluster's run are looked for on this machine, by spawned decoding
+# processes, which import this script again as their __main__.
+if __name__ == "__main__":
+    main(["index", {folder!r}, "--index", {index!r}, "--ray", {address!r}, "--json", "--batch-size", "4"])
 """
 
 

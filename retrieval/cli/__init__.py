@@ -5,7 +5,7 @@ exceptions (``RetrievalError``) become one-line messages here and nowhere else.
 Commands live in submodules by feature; each registers itself on ``main``, the group that
 ``app`` holds with the helpers every command shares (``quiet``, ``note``): ``index``
 (index, info, models), ``search`` (search, demo), ``maintenance`` (check, backup),
-``library`` (duplicates), ``exchange`` (export, import), ``watch``, ``evaluate`` (eval), ``train``
+``library`` (duplicates), ``exchange`` (export, import), ``watch``, ``people``, ``evaluate`` (eval), ``train``
 and ``serve``; ``options`` and ``filtering`` hold the options several commands share.
 This ``__init__`` imports ``app`` and then the commands; no command imports it, so no
 import runs in a circle.
@@ -25,7 +25,7 @@ __all__ = ["CLOSED_PIPE_STATUS", "Group", "main", "note", "quiet"]
 
 
 def _register() -> None:
-    from retrieval.cli import index, maintenance, search, watch  # noqa: F401  (commands register themselves)
+    from retrieval.cli import index, maintenance, people, search, watch  # noqa: F401  (commands register themselves)
 
     for optional in ("retrieval.cli.evaluate", "retrieval.cli.train", "retrieval.cli.serve", "retrieval.cli.library",
                      "retrieval.cli.exchange"):

@@ -16,7 +16,10 @@ from retrieval.cli.options import INDEX_HELP, MODEL_HELP, ByteSize, progress
 @click.option("--shard-size", default=1_000_000, show_default=True, type=click.IntRange(min=1),
               help="Vectors per img_emb_N.npy / metadata_N.parquet shard.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def export(folders, index_option, shard_size, as_json):
+@click.option("--faces", is_flag=True,
+              help="Export the faces too: faces/face_emb.npy (128-d descriptors) and faces/faces.parquet "
+                   "(face_id, image_id, image_path, x, y, w, h, score, person_id, person_name).")
+def export(folders, index_option, shard_size, as_json, faces):
     """Export an index's vectors in clip-retrieval's layout (img_emb/, metadata/, text_emb/).
 
     Vectors are float32 and L2-normalized; metadata has image_path and the catalog id;
@@ -32,7 +35,7 @@ def export(folders, index_option, shard_size, as_json):
 
     index_name, out = _index_and_out(folders, index_option)
 
-    summary = export_index(index_name, out, shard_size, progress=progress(True))
+    summary = export_index(index_name, out, shard_size, progress=progress(True), faces=faces)
     click.echo(json.dumps(summary.__dict__, indent=2) if as_json else summary.line())
 
 

@@ -41,8 +41,11 @@ _OPTIONS = [
     click.option("--near", metavar="LAT,LON,KM", type=_Checked("place", "--near"), help="Taken within KM kilometres of LAT,LON (GPS in EXIF)."),
     click.option("--min-width", type=int, metavar="N", help="At least N pixels wide (as shown, after EXIF rotation)."),
     click.option("--min-height", type=int, metavar="N", help="At least N pixels high."),
+    click.option("--person", "people", multiple=True, metavar="NAME",
+                 help="Only images showing this person, by name or id (`retrieval people` lists them); "
+                      "repeatable: all of them must be in the image."),
 ]
-NAMES = ("after", "before", "folders", "camera", "near", "min_width", "min_height", "date_source")
+NAMES = ("after", "before", "folders", "camera", "near", "min_width", "min_height", "date_source", "people")
 
 
 def filter_options(command):

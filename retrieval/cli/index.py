@@ -63,15 +63,28 @@ def _ray_settings(address: str | None, encoders: int | None, folders: Sequence[s
                    "FOLDERs may then be fsspec URLs (s3://, gs://, file://).")
 @click.option("--ray-encoders", type=click.IntRange(min=1), default=None,
               help="Encoder actors on a cluster without GPUs [default: 1; with GPUs, one per GPU].")
+@click.option("--raw-pairs", type=click.Choice(["one", "both"]), default="one", show_default=True,
+              help="A RAW and a JPEG of one stem in one folder: one photo (the JPEG indexed, the RAW listed "
+                   "with it), or both indexed on their own.")
+@click.option("--video-frames", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Frames sampled per video at most; a longer one is indexed up to there, with a note.")
+@click.option("--video-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds of sampling per video at most; past it the video is indexed up to there, with a note "
+                   "[default: 10 s a minute of video, 20 s to 300 s].")
+@click.option("--faces/--no-faces", default=None,
+              help="Find faces and group them into people (docs/people.md) [default: what the index did before; "
+                   "a new index does]. --faces on an index made without them looks at its photos now.")
 def index(folders: tuple[str, ...], index_name: str, model: str | None, captions: str | None, batch_size: int,
           workers: int | None, max_index_memory: int | None, on_disk: bool | None, as_json: bool, quiet_flag: bool,
-          ray_address: str | None, ray_encoders: int | None) -> None:
+          ray_address: str | None, ray_encoders: int | None, raw_pairs: str, video_frames: int,
+          video_seconds: float | None, faces: bool | None) -> None:
     """Index image folders (recursively); re-runs encode only what changed.
 
     Every format Pillow decodes is indexed (JPEG, PNG, WebP, AVIF, GIF, BMP, TIFF,
-    JPEG 2000, TGA, PSD...); unreadable ones are skipped and listed, and other files
-    (HEIC, RAW, videos) are counted as ignored, by extension. Interrupt at any time:
-    the next run resumes.
+    JPEG 2000, TGA, PSD...), and HEIC/HEIF, camera RAW (DNG, CR2, CR3, NEF, ARW,
+    RAF, ORF, RW2...) and videos; unreadable ones are skipped and listed, and other
+    files are counted as ignored, by extension. A RAW+JPEG pair is one photo and a
+    Live Photo's .mov belongs to its still. Interrupt at any time: the next run resumes.
 
     \b
     Example:
@@ -82,8 +95,12 @@ def index(folders: tuple[str, ...], index_name: str, model: str | None, captions
     """
     from retrieval.api import build_index
     from retrieval.ingest.pipeline import IndexSettings
+    from retrieval.media.files import WalkSettings
+    from retrieval.media.video import VideoSettings
 
-    settings = IndexSettings(batch_size=batch_size, workers=workers, max_index_memory=max_index_memory, on_disk=on_disk)
+    settings = IndexSettings(batch_size=batch_size, workers=workers, max_index_memory=max_index_memory, on_disk=on_disk,
+                             walk=WalkSettings(pair_raw=raw_pairs == "one"),
+                             video=VideoSettings(max_frames=video_frames, seconds=video_seconds), faces=faces)
     summary = build_index(
         list(folders), index=index_name, model=model, captions=captions, settings=settings,
         progress=progress(not quiet_flag), ray=_ray_settings(ray_address, ray_encoders, folders),
@@ -130,7 +147,7 @@ def info(index_name: str, as_json: bool) -> None:
 #: How `info` names each field of Index.info() for a person; fields not listed are not shown as text.
 _INFO_LABELS = {
     "index": "index", "model": "aligner", "model_identity": "aligner recipe", "dim": "dimension",
-    "images": "images", "skipped": "skipped files", "captions": "captions", "with_date": "with a date",
+    "images": "images", "videos": "videos", "video_frames": "video frames", "skipped": "skipped files", "captions": "captions", "with_date": "with a date",
     "with_place": "with a place", "with_camera": "with a camera", "generation": "generation",
     "index_type": "index type", "nprobe": "lists probed", "recall_at_10_vs_exact": "recall@10 vs exact",
     "recall_measured_on": "recall measured on", "recall_at_10_by_queries": "recall@10 by queries",
@@ -144,7 +161,7 @@ def info_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     for key, label in _INFO_LABELS.items():
         value = data.get(key)
-        if value is None:
+        if value is None or (key in ("videos", "video_frames") and not value):  # an index of photos: as before
             continue
         rows.append((label, _size(value) if key == "bytes_on_disk" else _readable(value)))
     return rows

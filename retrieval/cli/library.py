@@ -19,7 +19,7 @@ from retrieval.cli.options import INDEX_HELP, progress
               help="Bits (of 64) in which two copies' perceptual hashes may differ [default: measured, "
                    "see docs/photo-library.md].")
 @click.option("--json", "as_json", is_flag=True,
-              help='Print {"groups": [[{"id", "path", "score", "bits_differ"}, ...], ...], "kinds": ["copies" | "burst", ...]}.')
+              help='Print {"groups": [[{"id", "path", "score", "bits_differ", "companion"}, ...], ...], "kinds": ["copies" | "burst" | "raw+jpeg" | "heic+jpeg", ...]}.')
 @click.option("--sheet", type=click.Path(dir_okay=False), help="Draw each group as a row of thumbnails (PNG).")
 @click.option("--max-groups", default=50, show_default=True, type=click.IntRange(min=1), help="Groups drawn on --sheet.")
 def duplicates(index_name, threshold, max_bits, as_json, sheet, max_groups):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -32,10 +33,12 @@ from retrieval.cli.options import INDEX_HELP, MODEL_HELP, progress
                    "index's model: 'default' has one, open_clip models none, so nothing is cut) and returns k.")
 @click.option("--min-score", type=float, metavar="X", default=None,
               help="Drop matches scoring below X (the score printed beside each result).")
+@click.option("--moments", is_flag=True,
+              help="List every matching moment of a video (each with its time) instead of each video once at its best.")
 @filter_options
 def search(text: str | None, image: str | None, texts: bool, k: int, weight: float, negatives: tuple[str, ...],
            index_name: str, model: str | None, as_json: bool, paths: bool, sheet: str | None, null: bool,
-           sort: str, min_score: float | None, **filter_args: Any) -> None:
+           sort: str, min_score: float | None, moments: bool, **filter_args: Any) -> None:
     """Search an index by text, by image, or both.
 
     \b
@@ -47,22 +50,27 @@ def search(text: str | None, image: str | None, texts: bool, k: int, weight: flo
         retrieval search "a cat" --sheet cats.png
         retrieval search "a beach" --after 2023-06-01 --before 2023-09-01 --folder ~/Pictures/Trips
         retrieval search "a birthday cake" --sort date -k 20
+        retrieval search "on a beach" --person Alice --person Bob
+        retrieval search "fireworks over a river" --moments
     """
     from retrieval.api import open_index
     from retrieval.search.query import Query
 
-    if not text and not image:
-        raise click.UsageError("give a TEXT, an --image, or both")
     filters = filters_from(filter_args)
+    if not text and not image and not filters.people:
+        raise click.UsageError("give a TEXT, an --image, or both (or a --person alone)")
     idx = open_index(index_name, model=model)
     try:
         order = idx.order(sort, min_score, filters)
-        if order.by_date and order.min_score is None:
+        alone = not text and not image
+        if alone:  # a person alone: listed by face score or date, no match score to cut
+            order = replace(order, min_score=None)
+        if order.by_date and order.min_score is None and not alone:
             note(f"no cutoff is measured for {idx.store.catalog.get_meta('model')}: the best "
                  f"{order.fetch(k):,} matches are sorted by date; --min-score X cuts weak ones")
         hits = idx.search(
             text, image=image, k=k, weight=weight, negatives=negatives, target="texts" if texts else "images",
-            filters=filters, sort=sort, min_score=min_score,
+            filters=filters, sort=sort, min_score=min_score, moments=moments,
         )
         # Nothing passed the filters: say which one excluded everything (not an error).
         why = idx.why_empty(filters) if filters.active and not hits else None
@@ -74,7 +82,8 @@ def search(text: str | None, image: str | None, texts: bool, k: int, weight: flo
         contact_sheet([(_title(text, image), hits)], sheet)
     if as_json:
         query = Query(text=text, image=image, weight=weight, negatives=list(negatives), target="texts" if texts else "images")
-        out = {"query": {**query.describe(), "k": k, **filters.describe(), **order.describe()},
+        out = {"query": {**query.describe(), "k": k, **filters.describe(), **order.describe(),
+                         **({"moments": True} if moments else {})},
                "results": [h.as_dict() for h in hits]}
         if why:
             out["note"] = why
@@ -95,7 +104,15 @@ def search(text: str | None, image: str | None, texts: bool, k: int, weight: flo
         for hit in hits:
             # Sorted by date, the date is what orders them: shown beside the score.
             when = f"{(hit.taken or 'no date').replace('T', ' '):<19}  " if order.by_date else ""
-            click.echo(f"{hit.rank:>3}  {hit.score:.3f}  {when}{hit.path if hit.path is not None else hit.text}")
+            at = f"  at {_clock(hit.time)}" if hit.time is not None else ""  # a video's moment
+            click.echo(f"{hit.rank:>3}  {hit.score:.3f}  {when}{hit.path if hit.path is not None else hit.text}{at}")
+
+
+def _clock(seconds: float) -> str:
+    """12.5 -> "0:12.5", 3725 -> "1:02:05.0": how players show a time."""
+    minutes, rest = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{rest:04.1f}" if hours else f"{minutes}:{rest:04.1f}"
 
 
 def _title(text: str | None, image: str | None) -> str:

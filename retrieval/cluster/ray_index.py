@@ -62,7 +62,7 @@ from retrieval.ingest.source import Source
 from retrieval.ingest.stream import batched
 from retrieval.media.deadline import DecodeTimeout, time_limit
 from retrieval.media.decode import Loaded, load_bytes
-from retrieval.media.files import FileStat, SkipFile, image_extensions, read_regular, walk
+from retrieval.media.files import FileStat, SkipFile, WalkSettings, group, read_regular, walk, walk_extensions
 from retrieval.progress import Progress
 from retrieval.storage.staging import Staging
 from retrieval.storage.store import IndexStore
@@ -111,7 +111,7 @@ def _is_local(fs) -> bool:
     return any(p in LOCAL_PROTOCOLS for p in protocols)
 
 
-def walk_url(url: str, ignored: Counter[str] | None = None) -> Iterator[FileStat]:
+def walk_url(url: str, ignored: Counter[str] | None = None, settings: WalkSettings = WalkSettings()) -> Iterator[FileStat]:
     """:func:`retrieval.media.files.walk` through fsspec: the same files, in the same order, and the same ones `ignored`."""
     fs, top = _filesystem(url)
     name = (lambda p: p) if _is_local(fs) else (lambda p: fs.unstrip_protocol(p))
@@ -120,12 +120,13 @@ def walk_url(url: str, ignored: Counter[str] | None = None) -> Iterator[FileStat
     if fs.isfile(top):
         yield _stat(name(top), fs.info(top))
         return
-    readable = image_extensions()
+    readable = walk_extensions()
     for dirpath, dirs, files in fs.walk(top, detail=True):
         # fsspec descends into `dirs` after this yield: pruned and sorted in place, as os.walk allows.
         kept = sorted((d, info) for d, info in dirs.items() if not d.startswith("."))
         dirs.clear()
         dirs.update(kept)
+        names = []
         for fname in sorted(files):
             if fname.startswith("."):
                 continue
@@ -133,7 +134,12 @@ def walk_url(url: str, ignored: Counter[str] | None = None) -> Iterator[FileStat
                 if ignored is not None:
                     ignored[suffix] += 1
                 continue
-            yield _stat(name(f"{dirpath.rstrip('/')}/{fname}"), files[fname])
+            names.append(fname)
+        at = f"{dirpath.rstrip('/')}/"
+        for fname, companions, motion in group(names, settings):  # RAW+JPEG pairs and Live Photos, as the local walk
+            stat = _stat(name(at + fname), files[fname])
+            yield FileStat(stat.path, stat.size, stat.mtime, tuple(name(at + c) for c in companions),
+                           name(at + motion) if motion else None)
 
 
 def _stat(path: str, info: dict) -> FileStat:
@@ -464,9 +470,11 @@ class RaySource(Source):
     def roots(self, roots: Sequence[str | Path]) -> list[str]:
         return [root_name(r) for r in roots]
 
-    def walk(self, roots: Sequence[str | Path], ignored: Counter[str] | None = None) -> Iterator[FileStat]:
+    def walk(
+        self, roots: Sequence[str | Path], ignored: Counter[str] | None = None, settings: WalkSettings = WalkSettings(),
+    ) -> Iterator[FileStat]:
         for root in roots:
-            yield from (walk_url(str(root), ignored) if is_url(str(root)) else walk([root], ignored))
+            yield from (walk_url(str(root), ignored, settings) if is_url(str(root)) else walk([root], ignored, settings))
 
     def encode(
         self, store: IndexStore, aligner: Aligner, staging: Staging, known: Container[str],

@@ -15,13 +15,15 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
 from retrieval.aligners.base import Aligner
 from retrieval.errors import FolderGone
 from retrieval.ingest.captions import read_captions
+from retrieval.ingest.faces import faces_wanted
+from retrieval.ingest.faces import scan as scan_faces
 from retrieval.ingest.publish import damaged_kinds, publish
 from retrieval.ingest.settings import IndexSettings
 from retrieval.ingest.source import LocalSource, Source
@@ -29,6 +31,7 @@ from retrieval.ingest.stream import batched
 from retrieval.media.files import ignored_hint
 from retrieval.progress import NullProgress, Progress
 from retrieval.storage.catalog import to_blob
+from retrieval.storage.faces import has_unscanned
 from retrieval.storage.staging import Staging
 from retrieval.storage.store import IndexStore
 
@@ -57,6 +60,11 @@ class RunSummary:
     ignored: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     generation: int = 0
+    #: Videos among the indexed files, and the frames they were sampled into (docs/video.md).
+    videos: int = 0
+    video_frames: int = 0
+    #: Faces the index holds after the run; None when the run did not look for faces.
+    faces: int | None = None
 
     def as_dict(self) -> dict:
         out = dict(self.__dict__)
@@ -76,6 +84,10 @@ class RunSummary:
         )
         if self.captions is not None:
             text += f", captions {self.captions}"
+        if self.videos:
+            text += f", videos {self.videos} ({self.video_frames} frames)"
+        if self.faces is not None:
+            text += f", faces {self.faces}"
         text = f"{text} in {self.seconds:.1f}s"
         if self.ignored:
             # Most first; a folder of many kinds names the five commonest.
@@ -163,11 +175,16 @@ def run(
         # Every folder ever indexed: the server serves a file only while it lies inside one.
         catalog.set_meta(roots=sorted(set(catalog.get_meta("roots", [])) | {str(r) for r in named}))
         staging = Staging(catalog, named)
-        known = catalog.known_hashes()
+        # Faces on: content whose faces were never looked for is decoded again (not re-encoded).
+        faces = faces_wanted(catalog, settings)
+        if catalog.get_meta("faces") is not faces:
+            catalog.set_meta(faces=faces)
+        settings = replace(settings, faces=faces)
+        known = catalog.known_hashes(faces=faces)
         try:
             progress.start(None, "finding files")
             ignored: Counter[str] = Counter()
-            staging.add_stats(_counted(source.walk(named, ignored), progress))
+            staging.add_stats(_counted(source.walk(named, ignored, settings.walk), progress))
             # Most first, then by name: the same order in the line and the JSON.
             summary.ignored = dict(sorted(ignored.items(), key=lambda item: (-item[1], item[0])))
             progress.close()
@@ -182,16 +199,25 @@ def run(
             plan = staging.plan(int(catalog.get_meta("next_id", 1)))
             summary.added, summary.updated, summary.removed, summary.moved = plan.added, plan.updated, plan.removed, plan.moved
             summary.unchanged, summary.skipped = plan.unchanged, staging.skipped()
+            summary.videos, summary.video_frames = staging.videos()
             summary.captions = None if captions is None else len(captions)
             summary.generation = catalog.generation
             damaged = damaged_kinds(store)
             # --on-disk / --no-on-disk that differs from what the index remembers takes effect at once.
             switched = settings.on_disk is not None and settings.on_disk != bool(catalog.get_meta("on_disk", False))
+            if faces:
+                # Before publishing, so people are there when the photos are: what no worker
+                # looked at (unchanged files of an index that had faces off), then the grouping.
+                scan_faces(store, settings, progress)
             if plan.changed or captions is not None or catalog.generation == 0 or damaged or switched:
                 # A cluster source builds an on-disk index's shards on the cluster (ray_shards).
                 summary.generation = publish(store, staging, plan, captions, settings, damaged=damaged,
                                              add_shards=source.shard_builder(),
                                              encode_texts=aligner.encode_texts)
+            if faces:
+                if has_unscanned(catalog):  # a cluster's run: its workers do not look for faces
+                    scan_faces(store, settings, progress)
+                summary.faces = catalog.count("faces")
         finally:
             known.close()
             staging.close()

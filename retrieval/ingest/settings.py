@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from retrieval.aligners.faces import FaceSettings
 from retrieval.ann import DEFAULT as ANN_DEFAULT
 from retrieval.ann import AnnSettings
+from retrieval.media.files import WalkSettings
+from retrieval.media.video import VideoSettings
 
 
 @dataclass
@@ -32,6 +35,16 @@ class IndexSettings:
     on_disk: bool | None = None
     #: The index code's choices by size and target (exact limit, recall target...): the engine's by default.
     ann: AnnSettings = ANN_DEFAULT
+    #: How the walk groups files into photos (RAW+JPEG pairs as one photo, or each on its own).
+    walk: WalkSettings = WalkSettings()
+    #: How videos are sampled into frames: the cap per video, the time per file, frames a minute.
+    video: VideoSettings = VideoSettings()
+
+    #: Look for faces while decoding (docs/people.md): None keeps what the index remembers (a new
+    #: index does; one made before faces existed does not until `people scan` or `--faces`).
+    faces: bool | None = None
+    #: How faces are looked for; None: the measured defaults (retrieval.aligners.faces).
+    face_settings: FaceSettings | None = None
 
     def worker_count(self) -> int:
         if self.workers is not None:

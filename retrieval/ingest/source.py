@@ -16,10 +16,11 @@ import numpy as np
 
 from retrieval.aligners.base import Aligner
 from retrieval.ann.ondisk import AddShards
+from retrieval.ingest.faces import finder_for, store_found
 from retrieval.ingest.settings import IndexSettings
 from retrieval.ingest.stream import batched, load_stream
 from retrieval.media.decode import Loaded
-from retrieval.media.files import FileStat, walk
+from retrieval.media.files import FileStat, WalkSettings, walk
 from retrieval.progress import Progress
 from retrieval.storage.staging import Staging
 from retrieval.storage.store import IndexStore
@@ -32,8 +33,11 @@ class Source(Protocol):
         """The folders as the catalog records them (resolved paths, normalized URLs)."""
         ...
 
-    def walk(self, roots: Sequence[str | Path], ignored: Counter[str] | None = None) -> Iterator[FileStat]:
-        """Every image file under `roots`, in a stable order; the files left out counted in `ignored`, by extension."""
+    def walk(
+        self, roots: Sequence[str | Path], ignored: Counter[str] | None = None, settings: WalkSettings = WalkSettings(),
+    ) -> Iterator[FileStat]:
+        """Every image and video file under `roots`, in a stable order, grouped into photos as
+        `settings` say; the files left out counted in `ignored`, by extension."""
         ...
 
     def encode(
@@ -55,18 +59,25 @@ class LocalSource(Source):
     def roots(self, roots: Sequence[str | Path]) -> list[Path]:
         return [Path(r).expanduser().resolve() for r in roots]
 
-    def walk(self, roots: Sequence[str | Path], ignored: Counter[str] | None = None) -> Iterator[FileStat]:
-        return walk(roots, ignored)
+    def walk(
+        self, roots: Sequence[str | Path], ignored: Counter[str] | None = None, settings: WalkSettings = WalkSettings(),
+    ) -> Iterator[FileStat]:
+        return walk(roots, ignored, settings)
 
     def encode(
         self, store: IndexStore, aligner: Aligner, staging: Staging, known: Container[str],
         settings: IndexSettings, progress: Progress,
     ) -> int:
         encoded = 0
-        stream = load_stream(staging.todo_paths(), aligner.transform, known, settings, count=staging.todo_count())
+        # Faces are looked for in the picture the workers decode anyway (retrieval.ingest.faces).
+        finder = finder_for(settings).prepare() if settings.faces and staging.todo_count() else None
+        stream = load_stream(staging.todo_paths(), aligner.transform, known, settings, count=staging.todo_count(),
+                             faces=finder)
         # A short first batch: the model starts on the first decoded chunk, not the first full batch.
         for batch in batched(stream, settings.batch_size, first=settings.chunk):
             encoded += encode_and_store(store, aligner, batch)
+            if finder is not None:
+                store_found(store.catalog, batch, finder.settings.name)
             staging.record(batch)
             progress.advance(len(batch))
         return encoded
@@ -84,7 +95,25 @@ def encode_and_store(store: IndexStore, aligner: Aligner, loaded: list[Loaded]) 
     if not missing:
         return 0
     new = [(digest, item, pixels) for digest, (item, pixels) in decoded.items() if digest in missing]
-    vectors = aligner.encode_images(np.stack([pixels for _, _, pixels in new]))
-    store.catalog.put_vectors([(digest, v, item.width, item.height) for (digest, item, _), v in zip(new, vectors)],
-                              [item.sameness for _, item, _ in new])
-    return len(new)
+    videos = [(digest, item) for digest, item, _ in new if item.times is not None]
+    new = [entry for entry in new if entry[1].times is None]
+    if new:
+        vectors = aligner.encode_images(np.stack([pixels for _, _, pixels in new]))
+        store.catalog.put_vectors([(digest, v, item.width, item.height) for (digest, item, _), v in zip(new, vectors)],
+                                  [item.sameness for _, item, _ in new])
+    for digest, item in videos:
+        store.catalog.put_video(digest, item.times or [], encode_frames(aligner, item.pixels), item.width, item.height,
+                                item.sameness)
+    return len(new) + len(videos)
+
+
+#: A video's frames go to the model this many at a time: a batch's worth, whatever the cap per video.
+FRAME_BATCH = 32
+
+
+def encode_frames(aligner: Aligner, pixels: np.ndarray | None) -> np.ndarray:
+    """The vectors of a video's sampled frames (float16 pixels from the decoder: see media.decode.load_video)."""
+    assert pixels is not None
+    parts = [aligner.encode_images(pixels[i : i + FRAME_BATCH].astype(np.float32))
+             for i in range(0, len(pixels), FRAME_BATCH)]
+    return np.concatenate(parts)

@@ -12,7 +12,7 @@ from collections.abc import Container, Iterable, Iterator
 from typing import TypeVar
 
 from retrieval.ingest.settings import IndexSettings
-from retrieval.media.decode import Loaded, Transform, load_many
+from retrieval.media.decode import FaceFn, Loaded, Transform, load_many
 from retrieval.media.workers import DecodePool, Task
 
 T = TypeVar("T")
@@ -25,20 +25,27 @@ def load_stream(
     known: Container[str],
     settings: IndexSettings,
     count: int | None = None,
+    faces: FaceFn | None = None,
 ) -> Iterator[Loaded]:
     """Yield loaded files in order, decoding ahead in worker processes with bounded memory.
 
     `paths` may be a lazy iterable (then give `count`); it is consumed a chunk at a time.
-    What the decoders said about a file is logged here, with its path, at INFO (`-v`).
+    What the decoders said about a file is logged here, with its path, at INFO (`-v`). With
+    `faces`, each decoded picture's faces are looked for too (``Loaded.faces``); a file the
+    face detector fails on gets one warning.
     """
-    for loaded in _decoded(paths, transform, known, settings, count):
+    for loaded in _decoded(paths, transform, known, settings, count, faces):
         for note in loaded.notes:
-            log.info("%s: %s", loaded.path, note)
+            # A video's notes say it was indexed only in part (the cap, the time limit, damage): shown by default.
+            log.log(logging.WARNING if loaded.times is not None else logging.INFO, "%s: %s", loaded.path, note)
+        if loaded.face_error:
+            log.warning("%s: no faces looked for (the face detector failed: %s)", loaded.path, loaded.face_error)
         yield loaded
 
 
 def _decoded(
     paths: Iterable[str], transform: Transform | None, known: Container[str], settings: IndexSettings, count: int | None,
+    faces: FaceFn | None = None,
 ) -> Iterator[Loaded]:
     count = len(paths) if count is None else count  # type: ignore[arg-type]
     chunks = batched(paths, settings.chunk)
@@ -46,10 +53,10 @@ def _decoded(
     limit = settings.decode_seconds
     if workers == 0 or count <= settings.chunk:
         for chunk in chunks:
-            yield from load_many(chunk, transform, known, settings.draft, limit)
+            yield from load_many(chunk, transform, known, settings.draft, limit, faces, settings.video)
         return
     # A stuck or crashed worker is replaced and only the file at fault is skipped (retrieval.media.workers).
-    with DecodePool(workers, transform, known, settings.draft, limit) as pool:
+    with DecodePool(workers, transform, known, settings.draft, limit, faces, settings.video) as pool:
         pending: deque[Task] = deque()
         first = next(chunks, None)
         try:
@@ -60,7 +67,7 @@ def _decoded(
             # Spawned workers need a few tenths of a second to start; this process would sit
             # idle until then, so it decodes the first chunk itself and the model starts sooner.
             if first is not None:
-                yield from load_many(first, transform, known, settings.draft, limit)
+                yield from load_many(first, transform, known, settings.draft, limit, faces, settings.video)
             while pending:
                 done = pool.result(pending.popleft())
                 nxt = next(chunks, None)

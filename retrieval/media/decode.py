@@ -7,26 +7,37 @@ records them as skipped. Plain functions, so that worker processes
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import os
 import re
+import stat
 import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, ImageStat, UnidentifiedImageError
 
+from retrieval.errors import BadVideo
+from retrieval.media import heif
 from retrieval.media.deadline import DecodeTimeout, time_limit
 from retrieval.media.exif import PhotoMeta, read_meta
-from retrieval.media.files import SkipFile, content_hash, read_regular, unreadable_kind
+from retrieval.media.files import SkipFile, content_hash, is_raw, read_regular, unreadable_kind
+from retrieval.media.raw import decode_raw
 from retrieval.media.sameness import perceptual_hash
+from retrieval.media.video import VideoSettings, is_video, recorded, sample
 
 #: What turns a decoded image into the model's input (an aligner's ImageTransform).
 Transform = Callable[[Image.Image], np.ndarray]
+#: What finds the faces of a decoded, upright RGB image (retrieval.aligners.faces.FaceFinder.find):
+#: a list of faces with ``box`` (x, y, w, h in that image's pixels), ``score`` and ``embedding``.
+FaceFn = Callable[[Image.Image], list[Any]]
 
 #: What Pillow raises for a file it names but cannot decode (UnidentifiedImageError is an
 #: OSError): truncated and corrupt data as OSError or SyntaxError, impossible values as
@@ -53,6 +64,14 @@ class Loaded:
     #: 64-bit perceptual hash of the decoded picture (retrieval.media.sameness), for
     #: near-duplicates; None when not decoded or flat.
     sameness: int | None = None
+    #: The faces found in the decoded picture, boxes in the full-size upright picture's pixels;
+    #: None when faces were not looked for (or the content was known), [] when there are none.
+    faces: list[Any] | None = None
+    #: Why looking for faces failed on this file: it is indexed without faces.
+    face_error: str | None = None
+    #: A video's sampled frames: seconds into it, one per row of `pixels` (retrieval/media/video.py).
+    #: None for a photo, whose `pixels` is one picture.
+    times: list[float] | None = None
 
 
 def load(
@@ -62,18 +81,23 @@ def load(
     skip_hashes: Container[str] = frozenset(),
     draft: bool = True,
     time_limit_s: float | None = None,
+    faces: FaceFn | None = None,
+    video: VideoSettings | None = None,
 ) -> Loaded:
     """Read, hash and (unless the hash is already known) decode and preprocess one file.
 
-    Within `time_limit` seconds, or the file is skipped with that reason.
+    Within `time_limit` seconds, or the file is skipped with that reason. A video (by its
+    name) is sampled into frames as `video` says (:func:`load_video`).
     """
+    if is_video(path):
+        return load_video(path, transform, skip_hashes=skip_hashes, settings=video, time_limit_s=time_limit_s)
     try:
         data = read_regular(path)
     except SkipFile as exc:
         return Loaded(path, error=str(exc))
     try:
         with time_limit(time_limit_s):
-            return load_bytes(path, data, transform, skip_hashes=skip_hashes, draft=draft)
+            return load_bytes(path, data, transform, skip_hashes=skip_hashes, draft=draft, faces=faces)
     except DecodeTimeout:
         return Loaded(path, error=f"decoding took longer than {time_limit_s:g}s (pathological image?)")
 
@@ -86,13 +110,16 @@ def load_bytes(
     skip_hashes: Container[str] = frozenset(),
     draft: bool = True,
     digest: str | None = None,
+    faces: FaceFn | None = None,
 ) -> Loaded:
     """:func:`load` for bytes already read (by a cluster worker, through fsspec); `digest` if already hashed."""
     if not data:
         return Loaded(path, error="empty file")
+    if is_video(path):  # sampled from a local file by load_video, which a cluster run does not do yet
+        return Loaded(path, error="videos are indexed by a run on this machine (retrieval index without --ray)")
     notes: list[str] = []
     with decoder_messages(notes):
-        loaded = _load_bytes(path, data, transform, skip_hashes=skip_hashes, draft=draft, digest=digest)
+        loaded = _load_bytes(path, data, transform, skip_hashes=skip_hashes, draft=draft, digest=digest, faces=faces)
     loaded.notes = notes
     if loaded.error and notes and loaded.error.startswith(("corrupt image", "truncated image")):
         loaded.error += f" ({notes[-1]})"  # libtiff's own words say more than "decoder error -2"
@@ -101,17 +128,21 @@ def load_bytes(
 
 def _load_bytes(
     path: str, data: bytes, transform: Transform | None, *, skip_hashes: Container[str], draft: bool, digest: str | None,
+    faces: FaceFn | None = None,
 ) -> Loaded:
     digest = digest or content_hash(data)
     # Read for known content too: an index built before metadata existed gains it this way,
     # without decoding or encoding again.
-    meta = read_meta(data)
-    if digest in skip_hashes or transform is None:
+    raw = is_raw(path)
+    meta = read_meta(data, raw=raw)
+    if digest in skip_hashes or (transform is None and faces is None):
         return Loaded(path, hash=digest, meta=meta)
     try:
-        image, size = decode(data, draft_to=draft_size(transform) if draft else None)
-        pixels = transform(image)
+        image, size = decode(data, draft_to=_draft_for(transform, faces) if draft else None, raw=raw)
+        pixels = transform(image) if transform is not None else None
         sameness = perceptual_hash(image)
+    except SkipFile as exc:  # a RAW file LibRaw cannot read, in its words
+        return Loaded(path, hash=digest, error=str(exc))
     except Image.DecompressionBombError:
         return Loaded(path, hash=digest, error="decompression bomb (too many pixels)")
     except UnidentifiedImageError:
@@ -121,8 +152,46 @@ def _load_bytes(
     except DECODE_ERRORS as exc:
         # Pillow reports truncated and corrupt data as OSError / SyntaxError.
         kind = "truncated image" if "truncated" in str(exc).lower() else "corrupt image"
-        return Loaded(path, hash=digest, error=f"{kind}: {exc}")
-    return Loaded(path, hash=digest, width=size[0], height=size[1], pixels=pixels, meta=meta, sameness=sameness)
+        return Loaded(path, hash=digest, error=f"{kind}: {str(exc).strip()}")
+    found, face_error = _faces(faces, image, size, data, raw, draft) if faces is not None else (None, None)
+    return Loaded(path, hash=digest, width=size[0], height=size[1], pixels=pixels, meta=meta, sameness=sameness,
+                  faces=found, face_error=face_error)
+
+
+def _draft_for(transform: Transform | None, faces: FaceFn | None) -> int | None:
+    """The short side a draft decode keeps: the transform's, so that a picture's vector and
+    perceptual hash never depend on whether faces are looked for; the face finder's without one."""
+    return draft_size(transform) if transform is not None else getattr(faces, "draft_side", None)
+
+
+def _faces(
+    faces: FaceFn, image: Image.Image, size: tuple[int, int], data: bytes, raw: bool, draft: bool,
+) -> tuple[list[Any], str | None]:
+    """The faces `faces` finds in the picture, boxes scaled to the full-size picture (`size`, before
+    EXIF rotation); a detector failure gives none and its reason.
+
+    `image` is the model's decode. Only when its draft made even its long side smaller than the
+    finder's ``enlarge_below`` (a 6-megapixel JPEG decoded at 1/8 scale for a 224 px model) is
+    it enlarged to that for the faces alone (a resize: a second decode, the finder's
+    ``redecode_below``, costs about as much as the first and found no more faces, docs/people.md),
+    so a 12-megapixel photo's 1/8 decode (504 px) is looked at as it is.
+    """
+    try:
+        shrunk = draft and min(image.size) < min(size)
+        below = getattr(faces, "redecode_below", None)
+        enlarge = getattr(faces, "enlarge_below", None)
+        if shrunk and below and max(image.size) < below:
+            image, _ = decode(data, draft_to=getattr(faces, "draft_side", None), raw=raw)
+        elif shrunk and enlarge and max(image.size) < enlarge:
+            factor = enlarge / max(image.size)
+            image = image.resize((round(image.width * factor), round(image.height * factor)), Image.Resampling.BILINEAR)
+        found = faces(image)
+    except Exception as exc:  # noqa: BLE001 - any fault of the detector costs this file its faces, never the run
+        return [], f"{type(exc).__name__}: {exc}"
+    scale = max(size) / max(image.size)
+    if abs(scale - 1.0) < 1e-6:
+        return found, None
+    return [dataclasses.replace(face, box=tuple(round(v * scale) for v in face.box)) for face in found], None
 
 
 @contextmanager
@@ -158,8 +227,9 @@ def warnings_noted(notes: list[str]) -> Iterator[None]:
 
 
 #: What a decoder writes to descriptor 2 from C: libtiff's handlers print "MODULE: message" or
-#: "FILE: message" (Pillow names an in-memory TIFF "tempfile.tif").
-_DECODER_LINE = re.compile(rb"^(tempfile\.tif|\w*TIFF\w*|[^:\n]*\.tiff?): ", re.IGNORECASE)
+#: "FILE: message" (Pillow names an in-memory TIFF "tempfile.tif"; LibRaw a RAW read from bytes
+#: "unknown file").
+_DECODER_LINE = re.compile(rb"^(tempfile\.tif|unknown file|\w*TIFF\w*|[^:\n]*\.tiff?): ", re.IGNORECASE)
 
 
 @contextmanager
@@ -206,18 +276,91 @@ def load_many(
     skip_hashes: Container[str] = frozenset(),
     draft: bool = True,
     time_limit_s: float | None = None,
+    faces: FaceFn | None = None,
+    video: VideoSettings | None = None,
 ) -> list[Loaded]:
     """Load a chunk of files; the unit of work sent to a worker process."""
-    return [load(p, transform, skip_hashes=skip_hashes, draft=draft, time_limit_s=time_limit_s) for p in paths]
+    return [load(p, transform, skip_hashes=skip_hashes, draft=draft, time_limit_s=time_limit_s, faces=faces, video=video)
+            for p in paths]
 
 
-def decode(data: bytes, draft_to: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+def load_video(
+    path: str, transform: Transform | None, *, skip_hashes: Container[str] = frozenset(),
+    settings: VideoSettings | None = None, time_limit_s: float | None = None,
+) -> Loaded:
+    """Hash a video (read in blocks, never whole) and, unless its content is known, sample it
+    into frames (retrieval/media/video.py), each preprocessed by `transform`.
+
+    Pixels travel as float16 (half the bytes from a worker; the model's input is far coarser
+    than that precision). A video that cannot be sampled is a skipped file with the reason.
+    """
+    settings = settings or VideoSettings()
+    try:
+        digest = hash_streamed(path)
+    except SkipFile as exc:
+        return Loaded(path, error=str(exc))
+    meta = recorded(path)  # for known content too, as a photo's EXIF: an older index gains it
+    if digest in skip_hashes or transform is None:
+        return Loaded(path, hash=digest, meta=meta)
+    notes: list[str] = []
+    times: list[float] = []
+    pixels: list[np.ndarray] = []
+    first: Image.Image | None = None
+    # Sampling stops itself within settings.longest_s; this is the backstop for a decoder that does not return.
+    limit = max(time_limit_s or 0.0, settings.longest_s + 10.0)
+    try:
+        with time_limit(limit), warnings_noted(notes):
+            for frame in sample(path, settings, notes):
+                times.append(frame.time)
+                pixels.append(transform(frame.image).astype(np.float16))
+                first = first or frame.image
+    except BadVideo as exc:
+        return Loaded(path, hash=digest, error=str(exc), notes=notes)
+    except DecodeTimeout:
+        return Loaded(path, hash=digest, error=f"sampling took longer than {limit:g}s", notes=notes)
+    assert first is not None  # sample() raises EmptyVideo when it keeps no frame
+    return Loaded(path, hash=digest, width=first.width, height=first.height, pixels=np.stack(pixels),
+                  notes=notes, sameness=perceptual_hash(first), times=times, meta=meta)
+
+
+def hash_streamed(path: str, block: int = 1 << 20) -> str:
+    """:func:`content_hash` of a file read `block` bytes at a time (a video may not fit in memory),
+    refused like :func:`read_regular` refuses: a special file, or one that changes while read."""
+    try:
+        before = os.stat(path)
+        if not stat.S_ISREG(before.st_mode):
+            raise SkipFile("not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SkipFile(f"unreadable: {exc.strerror or exc}") from None
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        with open(fd, "rb", closefd=False) as fh:
+            while chunk := fh.read(block):
+                digest.update(chunk)
+        after = os.fstat(fd)
+    except OSError as exc:
+        raise SkipFile(f"unreadable: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise SkipFile("changed while being read (it is read again on the next run)")
+    return digest.hexdigest()
+
+
+def decode(data: bytes, draft_to: int | None = None, *, raw: bool = False) -> tuple[Image.Image, tuple[int, int]]:
     """Decode bytes to an upright RGB image; returns it and the original (width, height).
 
     With `draft_to`, JPEGs much larger than the model input decode at 1/2, 1/4 or 1/8
     scale (still at least `draft_to` on the short side), which is several times faster
-    and changes the embedding negligibly.
+    and changes the embedding negligibly. `raw` (the file's name says camera RAW) decodes
+    through LibRaw (retrieval.media.raw): its preview when large enough, else a half-size
+    demosaic; the size returned is the sensor's. HEIC/HEIF is read once pillow-heif's
+    opener is registered, which this does first.
     """
+    if raw:
+        return decode_raw(data, draft_to)
+    heif.register()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         image = Image.open(io.BytesIO(data))
@@ -226,6 +369,25 @@ def decode(data: bytes, draft_to: int | None = None) -> tuple[Image.Image, tuple
             image.draft("RGB", _draft_box(size, draft_to))
         image.load()
     return as_rgb(ImageOps.exif_transpose(image)), size
+
+
+def open_still(path: str | os.PathLike[str], min_side: int | None = None) -> Image.Image:
+    """``Image.open`` for a file of any still format the indexer reads, for thumbnails and sheets.
+
+    HEIC/HEIF opens lazily like any format (the opener is registered first); a RAW file (by
+    its name) comes back decoded and upright (its preview when its short side reaches
+    `min_side`, else a half-size demosaic), so ``exif_transpose`` leaves it as it is. Raises
+    one of DECODE_ERRORS for a file it cannot read, a RAW one included (as ValueError).
+    """
+    if is_raw(os.fspath(path)):
+        with open(path, "rb") as file:
+            data = file.read()
+        try:
+            return decode_raw(data, min_side)[0]
+        except SkipFile as exc:
+            raise ValueError(str(exc)) from None
+    heif.register()
+    return Image.open(path)
 
 
 def as_rgb(image: Image.Image) -> Image.Image:

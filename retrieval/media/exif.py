@@ -19,6 +19,8 @@ from datetime import datetime
 
 from PIL import ExifTags, Image
 
+from retrieval.media import heif
+
 _EXIF_DATE = "%Y:%m:%d %H:%M:%S"
 _OFFSET = re.compile(r"^[+-](0\d|1[0-4]):[0-5]\d$")
 
@@ -47,13 +49,51 @@ COLUMNS = tuple(f.name for f in fields(PhotoMeta))
 EMPTY = PhotoMeta()
 
 
-def read_meta(data: bytes) -> PhotoMeta:
-    """The metadata in an image file's bytes; EMPTY when there is none or it cannot be read."""
+def read_meta(data: bytes, *, raw: bool = False) -> PhotoMeta:
+    """The metadata in an image file's bytes; EMPTY when there is none or it cannot be read.
+
+    HEIC/HEIF is read through pillow-heif's opener (registered first) and AVIF through
+    Pillow's, both of which hand out the file's EXIF block. `raw` (a camera RAW file, by its
+    name) is read by :func:`raw_meta`.
+    """
+    if raw:
+        return raw_meta(data)
+    heif.register()
     try:
         with Image.open(io.BytesIO(data)) as image:
             return meta_of(image)
     except Exception:  # noqa: BLE001 - metadata is optional: a file Pillow cannot open is reported by decoding
         return EMPTY
+
+
+#: RAW files laid out as TIFF under a magic number of their own (Olympus ORF, Panasonic RW2).
+_TIFF_LIKE = {b"IIRO": b"II*\x00", b"IIRS": b"II*\x00", b"MMOR": b"MM\x00*", b"IIU\x00": b"II*\x00"}
+
+
+def raw_meta(data: bytes) -> PhotoMeta:
+    """A camera RAW file's metadata.
+
+    Most RAW formats (DNG, CR2, NEF, ARW, PEF, SRW, and ORF and RW2 under their own magic
+    numbers) are TIFF files: Pillow's EXIF reader parses their IFD0 (camera, orientation) and
+    its EXIF and GPS directories from the bytes without decoding any pixels. The others (CR3,
+    RAF) keep an EXIF block in their embedded JPEG preview, which LibRaw hands out.
+    """
+    head = data[:4]
+    if head in _TIFF_LIKE:
+        data = _TIFF_LIKE[head] + data[4:]
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        exif = Image.Exif()
+        try:
+            exif.load(data)
+        except Exception:  # noqa: BLE001 - a damaged header loses the metadata only; decoding reports the file
+            exif = Image.Exif()
+        meta = meta_from(exif)
+        if meta != EMPTY:
+            return meta
+    from retrieval.media.raw import preview_exif
+
+    preview = preview_exif(data)
+    return read_meta(preview) if preview else EMPTY
 
 
 def meta_of(image: Image.Image) -> PhotoMeta:
@@ -63,18 +103,28 @@ def meta_of(image: Image.Image) -> PhotoMeta:
         exif = image.getexif()
     except Exception:  # noqa: BLE001 - Pillow raises many kinds of errors on corrupt EXIF blocks
         return EMPTY
+    return meta_from(exif)
+
+
+def meta_from(exif: Image.Exif) -> PhotoMeta:
+    """:func:`meta_of` for an EXIF block already parsed."""
     if not exif:
         return EMPTY
     details = _ifd(exif, ExifTags.IFD.Exif)
     gps = _ifd(exif, ExifTags.IFD.GPSInfo)
     taken, offset = None, None
-    for date_tag, offset_tag in (
-        (ExifTags.Base.DateTimeOriginal, ExifTags.Base.OffsetTimeOriginal),
-        (ExifTags.Base.DateTimeDigitized, ExifTags.Base.OffsetTimeDigitized),
-    ):
-        taken = parse_exif_date(details.get(date_tag))
+    # TIFF/EP (the standard DNG and several RAW formats build on) puts DateTimeOriginal in IFD0
+    # itself; EXIF puts it in the EXIF directory. Looked up there first, then in IFD0.
+    for where in (details, exif):
+        for date_tag, offset_tag in (
+            (ExifTags.Base.DateTimeOriginal, ExifTags.Base.OffsetTimeOriginal),
+            (ExifTags.Base.DateTimeDigitized, ExifTags.Base.OffsetTimeDigitized),
+        ):
+            taken = parse_exif_date(where.get(date_tag))
+            if taken:
+                offset = parse_offset(where.get(offset_tag))
+                break
         if taken:
-            offset = parse_offset(details.get(offset_tag))
             break
     lat, lon = gps_position(gps)
     return PhotoMeta(

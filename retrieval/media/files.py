@@ -47,20 +47,44 @@ def image_extensions() -> frozenset[str]:
 
 _FRAME_HINT = "index and search take still images; a frame works (ffmpeg -i FILE -frames:v 1 frame.jpg)"
 
-#: What would read files the walk leaves out, by extension: said beside their count.
-_HEIF = "HEIC/HEIF/AVIF photos: this version does not read them (pillow-heif would); convert them to JPEG meanwhile"
-_RAW = "RAW photos: not read yet (a later version may); export them to JPEG meanwhile"
-_VIDEO = f"videos are not indexed yet: {_FRAME_HINT}"
+#: HEIF-family photos (phones' HEIC, AVIF), decoded through pillow-heif (retrieval.media.heif).
+HEIF_SUFFIXES = frozenset({".heic", ".heif", ".hif", ".avif", ".avifs"})
+#: Camera RAW files LibRaw reads, decoded through rawpy (retrieval.media.raw). Ambiguous
+#: extensions other programs use for other things (.data, .bay, .cap) are left out.
+RAW_SUFFIXES = frozenset({
+    ".3fr", ".ari", ".arw", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".fff", ".gpr", ".iiq", ".k25",
+    ".kdc", ".mef", ".mos", ".mrw", ".nef", ".nrw", ".orf", ".pef", ".raf", ".raw", ".rw2", ".rwl", ".sr2",
+    ".srf", ".srw", ".x3f",
+})
+#: Videos the walk yields; retrieval.media.video (PyAV) samples them into timed frames.
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi"})
+#: What a RAW file pairs with (the camera's own rendering of the same shot), and what a
+#: Live Photo's still is (its motion file is a .mov of the same stem).
+_JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
+_LIVE_STILLS = frozenset({".heic", ".heif", ".hif", ".jpg", ".jpeg"})
+
+_VIDEO = f"videos of this kind are not indexed: {_FRAME_HINT}"
 IGNORED_HINTS = {
-    **dict.fromkeys((".heic", ".heif", ".hif", ".avif", ".avifs"), _HEIF),
-    **dict.fromkeys((".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".raf", ".orf",
-                     ".rw2", ".pef", ".srw", ".x3f", ".3fr", ".erf", ".kdc", ".mrw", ".raw", ".rwl", ".iiq"), _RAW),
-    **dict.fromkeys((".mp4", ".m4v", ".mov", ".qt", ".avi", ".mkv", ".webm", ".3gp", ".3g2", ".mts", ".m2ts",
-                     ".wmv", ".mpg", ".mpeg", ".flv", ".ogv"), _VIDEO),
+    **dict.fromkeys((".qt", ".3gp", ".3g2", ".mts", ".m2ts", ".wmv", ".mpg", ".mpeg", ".flv", ".ogv"), _VIDEO),
     ".pdf": "PDF documents are not images; export the pages to PNG to index them",
     ".svg": "SVG drawings: this version reads pixel images only; export them to PNG",
     **dict.fromkeys((".eps", ".ps"), "PostScript: read once Ghostscript is installed (gs on the PATH)"),
 }
+
+
+def is_video(path: str) -> bool:
+    """Whether the walk yields `path` as a video (by its extension)."""
+    return os.path.splitext(path)[1].lower() in VIDEO_SUFFIXES
+
+
+def is_raw(path: str) -> bool:
+    """Whether `path` is decoded as a camera RAW file (by its extension)."""
+    return os.path.splitext(path)[1].lower() in RAW_SUFFIXES
+
+
+def walk_extensions() -> frozenset[str]:
+    """Every extension the walk yields: what Pillow decodes here, HEIF, RAW and videos."""
+    return image_extensions() | HEIF_SUFFIXES | RAW_SUFFIXES | VIDEO_SUFFIXES
 
 
 def ignored_hint(extension: str) -> str | None:
@@ -84,9 +108,9 @@ def unreadable_kind(data: bytes) -> str | None:
     if head[4:8] == b"ftyp":
         brands = {head[8:12]} | {head[i : i + 4] for i in range(16, min(len(head), 32) - 3, 4)}
         if head[8:12] in _HEIF_BRANDS or (brands & _HEIF_BRANDS and not brands & _VIDEO_BRANDS):
-            return "a HEIC photo: this version does not read HEIC yet; convert it to JPEG first (e.g. heif-convert)"
+            return "a HEIC photo that libheif could not decode (damaged or truncated?)"
         if head[8:12] == b"crx ":
-            return "a Canon CR3 raw photo: this version does not read raw files; export it to JPEG first"
+            return "a Canon CR3 raw photo under another name: name it .cr3 to have it read as RAW"
         if head[8:12] == b"qt  ":
             return f"a QuickTime video: {_FRAME_HINT}"
         return f"an MP4 video: {_FRAME_HINT}"
@@ -106,6 +130,11 @@ class FileStat:
     path: str
     size: int
     mtime: float
+    #: The other files of the same photo, shown with it but not indexed: the RAW of a
+    #: RAW+JPEG pair, whose JPEG (the camera's own rendering) is the one decoded.
+    companions: tuple[str, ...] = ()
+    #: A Live Photo's motion file (a .mov of the same stem), linked to the still, not a video.
+    motion: str | None = None
 
 
 class SkipFile(Exception):
@@ -117,15 +146,30 @@ SPECIAL_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR
                  stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory"}
 
 
-def walk(roots: Iterable[str | Path], ignored: Counter[str] | None = None) -> Iterator[FileStat]:
-    """Yield every image file under `roots` (recursively), in a stable order.
+@dataclass(frozen=True)
+class WalkSettings:
+    """How the walk groups a folder's files into photos."""
 
-    A file Pillow cannot decode is counted in `ignored` (when given) by its lower-case
+    #: True: a RAW and a JPEG of one stem in one folder are one photo (the JPEG indexed, the
+    #: RAW listed with it); False: each is indexed on its own (``retrieval index --raw-pairs both``).
+    pair_raw: bool = True
+
+
+def walk(
+    roots: Iterable[str | Path], ignored: Counter[str] | None = None, settings: WalkSettings = WalkSettings(),
+) -> Iterator[FileStat]:
+    """Yield every image and video file under `roots` (recursively), in a stable order.
+
+    A file nothing here decodes is counted in `ignored` (when given) by its lower-case
     extension ("" for none), so a run can say what it left out; hidden files (a leading dot:
     .DS_Store, macOS's ._ copies) are passed over without a count. A root that is a file is
     yielded whatever its name: naming it asks for it, and its skip reason says what it is.
+
+    Files of one stem in one folder that belong to one shot are one item (see :func:`group`):
+    a RAW beside its JPEG is listed as the JPEG's companion, and a Live Photo's .mov as its
+    still's motion file, never as a video of its own.
     """
-    readable = image_extensions()
+    readable = walk_extensions()
     for root in roots:
         root = Path(root).expanduser().resolve()
         if root.is_file():
@@ -134,6 +178,7 @@ def walk(roots: Iterable[str | Path], ignored: Counter[str] | None = None) -> It
             continue
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            names = []
             for name in sorted(filenames):
                 if name.startswith("."):
                     continue
@@ -142,14 +187,52 @@ def walk(roots: Iterable[str | Path], ignored: Counter[str] | None = None) -> It
                     if ignored is not None:
                         ignored[suffix] += 1
                     continue
+                names.append(name)
+            for name, companions, motion in group(names, settings):
                 path = os.path.join(dirpath, name)
+                extra = tuple(os.path.join(dirpath, c) for c in companions)
+                linked = os.path.join(dirpath, motion) if motion else None
                 try:
                     info = os.stat(path)
                 except OSError:
                     # A dangling link or a file we may not stat: let load() report it as unreadable.
-                    yield FileStat(path, -1, 0.0)
+                    yield FileStat(path, -1, 0.0, extra, linked)
                     continue
-                yield FileStat(path, info.st_size, info.st_mtime)
+                yield FileStat(path, info.st_size, info.st_mtime, extra, linked)
+
+
+def group(names: Iterable[str], settings: WalkSettings = WalkSettings()) -> Iterator[tuple[str, tuple[str, ...], str | None]]:
+    """One folder's file names (sorted) as (name, companion names, motion name), in name order.
+
+    Same stem (the name before its last dot, as cameras and phones write it) marks one shot:
+    a RAW with a JPEG is the JPEG with the RAW as companion (the JPEG is the camera's own
+    rendering, and decodes in a fraction of the RAW's time); a .mov beside a HEIC or JPEG
+    still is that Live Photo's motion file. Anything else stays a file of its own.
+    """
+    by_stem: dict[str, list[str]] = {}
+    for name in names:
+        by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
+    out: list[tuple[str, tuple[str, ...], str | None]] = []
+    for members in by_stem.values():
+        suffix = {name: os.path.splitext(name)[1].lower() for name in members}
+        jpegs = [n for n in members if suffix[n] in _JPEG_SUFFIXES]
+        raws = [n for n in members if suffix[n] in RAW_SUFFIXES]
+        stills = [n for n in members if suffix[n] in _LIVE_STILLS]
+        movs = [n for n in members if suffix[n] == ".mov"]
+        taken: set[str] = set()
+        companions: dict[str, tuple[str, ...]] = {}
+        motion: dict[str, str] = {}
+        if settings.pair_raw and len(jpegs) == 1 and raws:
+            companions[jpegs[0]] = tuple(raws)
+            taken.update(raws)
+        if len(movs) == 1 and stills:
+            # The still the phone wrote with it: HEIC before an exported JPEG.
+            still = min(stills, key=lambda n: (suffix[n] not in HEIF_SUFFIXES, n))
+            motion[still] = movs[0]
+            taken.add(movs[0])
+        out.extend((n, companions.get(n, ()), motion.get(n)) for n in members if n not in taken)
+    out.sort(key=lambda item: item[0])
+    return iter(out)
 
 
 def content_hash(data: bytes) -> str:

@@ -26,7 +26,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from types import TracebackType
 
-from retrieval.media.decode import Loaded, Transform, load_many
+from retrieval.media import heif
+from retrieval.media.decode import FaceFn, Loaded, Transform, load_many
+from retrieval.media.video import VideoSettings, is_video
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,13 @@ class DecodeJob:
     skip_hashes: Container[str]
     draft: bool
     time_limit_s: float | None
+    #: What finds faces in each decoded picture (its models load in the worker, on first use).
+    faces: FaceFn | None = None
+    #: How videos are sampled into frames (retrieval.media.video).
+    video: VideoSettings | None = None
 
     def load(self, paths: list[str]) -> list[Loaded]:
-        return load_many(paths, self.transform, self.skip_hashes, self.draft, self.time_limit_s)
+        return load_many(paths, self.transform, self.skip_hashes, self.draft, self.time_limit_s, self.faces, self.video)
 
 
 # This worker process's job. The one module-level variable here, and per process: a pool's
@@ -66,6 +72,10 @@ def init_worker(job: DecodeJob) -> None:
     # Ctrl-C reaches the whole process group; the parent alone decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
+    heif.register()  # once per worker, before its first HEIC (decode would otherwise on the first one)
+    prepare = getattr(job.faces, "prepare", None)
+    if prepare is not None:
+        prepare()  # the face detector loads here, outside any file's time limit
     _job = job
 
 
@@ -107,10 +117,12 @@ class DecodePool:
     """``submit`` chunks of paths, then take each ``result`` in order."""
 
     def __init__(
-        self, workers: int, transform: Transform | None, known: Container[str], draft: bool, time_limit_s: float | None
+        self, workers: int, transform: Transform | None, known: Container[str], draft: bool, time_limit_s: float | None,
+        faces: FaceFn | None = None, video: VideoSettings | None = None,
     ):
         self.workers, self.time_limit_s = workers, time_limit_s
-        self._initargs = (DecodeJob(transform, known, draft, time_limit_s),)
+        self._video = video or VideoSettings()
+        self._initargs = (DecodeJob(transform, known, draft, time_limit_s, faces, video),)
         self._outstanding: list[Task] = []
         self.replaced = 0
         self._pool = self._start()
@@ -138,7 +150,7 @@ class DecodePool:
     def result(self, task: Task) -> list[Loaded]:
         self._wait_until_started()
         try:
-            return task.future.result(timeout=self._limit(len(task.paths)))
+            return task.future.result(timeout=self._limit(task.paths))
         except (cf.TimeoutError, BrokenProcessPool) as exc:
             self._outstanding.remove(task)
             self._replace(f"a decoding task {'timed out' if isinstance(exc, cf.TimeoutError) else 'crashed its worker'}")
@@ -151,16 +163,19 @@ class DecodePool:
         future = self._pool.submit(load_chunk, [path])
         self._wait_until_started()
         try:
-            return future.result(timeout=self._limit(1))[0]
+            return future.result(timeout=self._limit([path]))[0]
         except cf.TimeoutError:
             self._replace(f"decoding {path} did not stop")
-            return Loaded(path, error=f"decoding did not finish within {self._limit(1):g}s (the worker was replaced)")
+            return Loaded(path, error=f"decoding did not finish within {self._limit([path]):g}s (the worker was replaced)")
         except BrokenProcessPool:
             self._replace(f"decoding {path} crashed its worker")
             return Loaded(path, error="the decoder crashed on this file (the worker was replaced)")
 
-    def _limit(self, files: int) -> float:
-        return (self.time_limit_s or 60.0) * (files + 1) + SLACK_S
+    def _limit(self, paths: list[str]) -> float:
+        per_file = self.time_limit_s or 60.0
+        # A video samples for up to its own limit (scaled with its length), longer than a photo's.
+        video = max(per_file, self._video.longest_s + 10.0)
+        return sum(video if is_video(p) else per_file for p in paths) + per_file + SLACK_S
 
     def _replace(self, why: str) -> None:
         log.warning("%s: replacing the decoding workers", why)

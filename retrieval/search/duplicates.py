@@ -11,6 +11,14 @@ pairs into groups. A group's first member is its largest image (the copy worth k
 every member's score is its cosine similarity to that one. A group whose members carry
 distinct EXIF dates within a few seconds of each other is a burst; any other group holds copies.
 
+One shot saved in two formats is a group of its own kind: a RAW and its JPEG ("raw+jpeg"),
+a HEIC and a JPEG exported from it ("heic+jpeg"). Their candidates come from the catalog,
+not the vectors: the same stem in one folder, or the same camera and EXIF capture time; a
+pair is kept when its perceptual hashes agree (a RAW's demosaic and the camera's JPEG differ
+in tone and sharpening, which moves more bits than a re-encode: up to LOOSE_BITS). A RAW
+indexed as its JPEG's companion (the default of `retrieval index`) is such a group too, with
+the RAW listed as the companion member.
+
 The constants were measured on altered copies of real photos among distinct ones
 (benchmarks/dupes_eval.py; figures in docs/photo-library.md).
 
@@ -20,7 +28,9 @@ The constants were measured on altered copies of real photos among distinct ones
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,8 +39,10 @@ import numpy as np
 
 from retrieval import ann
 from retrieval.errors import RetrievalError
+from retrieval.media.files import RAW_SUFFIXES
 from retrieval.media.sameness import hamming
 from retrieval.progress import NullProgress, Progress
+from retrieval.storage import frames
 from retrieval.storage.store import IndexStore
 
 log = logging.getLogger(__name__)
@@ -49,9 +61,9 @@ MAX_BITS = 10
 CLOSE, LOOSE_BITS = 0.95, 20
 #: Members of a burst were taken within this many seconds of the next (by EXIF date).
 BURST_SECONDS = 10
-#: Kinds of group in the JSON. RAW+JPEG and HEIC+JPEG pairs of one shot are not yet told apart
-#: (the walk reads neither RAW nor HEIC files).
-COPIES, BURST = "copies", "burst"
+#: Kinds of group in the JSON: copies of one picture, a burst, one shot as RAW and JPEG, one
+#: shot as HEIC and a JPEG exported from it.
+COPIES, BURST, RAW_JPEG, HEIC_JPEG = "copies", "burst", "raw+jpeg", "heic+jpeg"
 
 
 @dataclass
@@ -62,16 +74,21 @@ class Member:
     rank: int = 0
     #: Bits in which its perceptual hash differs from the first member's; None without hashes.
     bits: int | None = None
+    #: A file listed with image `id` rather than indexed itself (the RAW of a RAW+JPEG pair).
+    companion: bool = False
 
     def as_dict(self) -> dict:
         out: dict = {"id": self.id, "path": self.path, "score": self.score}
         if self.bits is not None:
             out["bits_differ"] = self.bits
+        if self.companion:
+            out["companion"] = True
         return out
 
 
 class Group(list[Member]):
-    """The members of one group, best copy first, and what kind of group it is (COPIES or BURST)."""
+    """The members of one group, best copy first, and what kind of group it is (COPIES, BURST,
+    RAW_JPEG or HEIC_JPEG)."""
 
     kind: str = COPIES
 
@@ -107,23 +124,114 @@ def find_duplicates(
         pairs = list(ann.near_pairs(index, catalog.image_vectors, n, dim, lowest - margin, progress.advance, ann_settings))
         progress.close()
         a, b, score = (np.concatenate(p) for p in zip(*pairs)) if pairs else (np.zeros(0, np.int64),) * 3
+        # Files pair by their own vectors (a video's by its first frame), not by a video's later frames.
+        files = (a < frames.FRAME_STEP) & (b < frames.FRAME_STEP)
+        a, b, score = a[files], b[files], score[files]
         hashes: dict[int, int] = {}
         if hashed:
             a, b, hashes = _verified(catalog, a, b, score, threshold, margin, max_bits)
             approximate = False  # pairs without hashes were re-scored exactly in _verified
+        shots = _shot_pairs(catalog, hashes if hashed else None)
+        if len(shots):
+            a, b = np.concatenate([a, shots[:, 0]]), np.concatenate([b, shots[:, 1]])
         groups = _union_find(a, b)
         members = sorted({i for g in groups for i in g})
         vectors = catalog.image_vectors_by_id(members)
         rows = catalog.rows_by_id("images", members)
         dates = catalog.dates_by_id(members) if catalog.has_photo_meta else {}
+        paired = _companion_groups(catalog)
+    same_shot = {frozenset(pair) for pair in shots.tolist()}
     out: list[Group] = []
     for group in groups:
         out.extend(_rank(group, vectors, rows, threshold if approximate else None, hashes))
+    for g in out:
+        ids = [m.id for m in g]
+        shot = _shot_kind([m.path for m in g]) if len(g) == 2 and frozenset(ids) in same_shot else None
+        g.kind = shot or _kind([dates.get(i) for i in ids])
+    out.extend(paired)
     out.sort(key=lambda g: (-len(g), g[0].id))
     for g in out:
-        g.kind = _kind([dates.get(m.id) for m in g])
         for rank, m in enumerate(g, 1):
             m.rank = rank
+    return out
+
+
+def _suffix_kind(path: str) -> str | None:
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in (".jpg", ".jpeg"):
+        return "jpeg"
+    if suffix in RAW_SUFFIXES:
+        return "raw"
+    if suffix in (".heic", ".heif", ".hif"):
+        return "heic"
+    return None
+
+
+def _shot_kind(paths: list[str]) -> str | None:
+    """RAW_JPEG or HEIC_JPEG for two paths of those formats, else None."""
+    kinds = sorted(_suffix_kind(p) or "" for p in paths)
+    return {("jpeg", "raw"): RAW_JPEG, ("heic", "jpeg"): HEIC_JPEG}.get((kinds[0], kinds[1]))
+
+
+def _shot_pairs(catalog, hashes: dict[int, int] | None) -> np.ndarray:
+    """(n, 2) ids of a RAW or HEIC and a JPEG of one shot: same folder and stem, or same camera
+    and EXIF capture time; kept when their perceptual hashes agree within LOOSE_BITS (or, with
+    no hashes, their vectors within CANDIDATE_FLOOR)."""
+    others: list[tuple[int, str, tuple | None]] = []
+    jpegs_by_stem: dict[str, list[int]] = {}
+    jpegs_by_shot: dict[tuple, list[int]] = {}
+    meta = catalog.has_photo_meta
+    cols = "id, path, camera_make, camera_model, taken, taken_source" if meta else "id, path, NULL, NULL, NULL, NULL"
+    for id_, path, make, model, taken, source in catalog.db.conn.execute(f"SELECT {cols} FROM images"):
+        kind = _suffix_kind(path)
+        if kind is None:
+            continue
+        shot = (make, model, taken) if source == "exif" and taken and (make or model) else None
+        if kind == "jpeg":
+            jpegs_by_stem.setdefault(os.path.splitext(path)[0], []).append(id_)
+            if shot is not None:
+                jpegs_by_shot.setdefault(shot, []).append(id_)
+        else:
+            others.append((id_, path, shot))
+    candidates = set()
+    for id_, path, shot in others:
+        # Its own name's JPEG when there is one: a burst shot within one second would otherwise
+        # pair each RAW with its neighbours' JPEGs too.
+        partners = jpegs_by_stem.get(os.path.splitext(path)[0]) or (jpegs_by_shot.get(shot, []) if shot else [])
+        for partner in partners:
+            candidates.add((min(id_, partner), max(id_, partner)))
+    if not candidates:
+        return np.zeros((0, 2), np.int64)
+    ids = sorted({i for pair in candidates for i in pair})
+    if hashes is not None:
+        hashes.update(catalog.sameness_by_id([i for i in ids if i not in hashes]))
+    vectors = None
+    kept = []
+    for x, y in sorted(candidates):
+        if hashes is not None and x in hashes and y in hashes:
+            ok = int(hamming(np.array([hashes[x]]), np.array([hashes[y]]))[0]) <= LOOSE_BITS
+        else:
+            vectors = vectors if vectors is not None else catalog.image_vectors_by_id(ids)
+            ok = x in vectors and y in vectors and float(vectors[x] @ vectors[y]) >= CANDIDATE_FLOOR
+        if ok:
+            kept.append((x, y))
+    return np.array(kept, np.int64).reshape(-1, 2)
+
+
+def _companion_groups(catalog) -> list[Group]:
+    """A RAW+JPEG pair indexed as one photo (the RAW its companion): a RAW_JPEG group of the
+    JPEG and its RAW, both under the photo's id."""
+    if not catalog.has_pairs():
+        return []
+    out = []
+    for id_, path, companions in catalog.db.conn.execute(
+            "SELECT id, path, companions FROM images WHERE companions IS NOT NULL ORDER BY id"):
+        raws = [p for p in json.loads(companions) if _suffix_kind(p) == "raw"]
+        if raws:
+            group = Group([Member(id=id_, path=path, score=1.0)]
+                          + [Member(id=id_, path=p, score=1.0, companion=True) for p in raws])
+            group.kind = RAW_JPEG
+            out.append(group)
     return out
 
 

@@ -8,6 +8,7 @@ the FAISS file of that generation belong together.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -25,7 +26,8 @@ from retrieval.search import resident
 from retrieval.search.filters import Filters
 from retrieval.search.ordering import Order
 from retrieval.search.searcher import Searcher
-from retrieval.storage import integrity
+from retrieval.storage import frames, integrity
+from retrieval.storage.catalog import Catalog
 from retrieval.storage.store import IndexStore
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,14 @@ class Hit:
     #: With a date filter or a date sort: the date it compared, and "exif" or "file" (the file's modification time).
     taken: str | None = None
     date_source: str | None = None
+    #: A photo's other files, only when it has some: the RAW of a RAW+JPEG pair, a Live Photo's motion file.
+    companions: list[str] | None = None
+    motion: str | None = None
+
+    #: A video's hit: "video", and the seconds into it of its best moment (of this moment, when
+    #: every moment is listed). None for a photo, whose hits stay as they were.
+    media: str | None = None
+    time: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -96,14 +106,20 @@ def encode_image_file(aligner: Aligner, path: str) -> np.ndarray:
         log.info("%s: %s", path, note)
     if item.error or item.pixels is None:
         raise RetrievalError(f"cannot use {path} as a query image: {item.error or 'nothing decoded'}")
+    if item.times is not None:  # a video: what its sampled frames show together
+        return normalize(aligner.encode_images(item.pixels.astype(np.float32)).mean(axis=0)[None, :])[0]
     return aligner.encode_images(item.pixels[None])[0]
 
 
 def search_vectors(
     store: IndexStore, vectors: np.ndarray, k: int, target: str = "images", filters: Filters | None = None,
-    searcher: Searcher | None = None, order: Order | None = None,
+    searcher: Searcher | None = None, order: Order | None = None, moments: bool = False,
 ) -> list[list[Hit]]:
     """Top-k hits for each query vector, from one consistent generation of the index.
+
+    A video is one hit, at its best moment (``media`` and ``time`` say which): enough frames
+    are fetched that k files come back. With `moments`, every matching frame is a hit of its
+    own instead (its file's id, its own time).
 
     With `filters`, the best k among the images that pass them (retrieval/search/filters/).
     `searcher`: what a long-lived caller keeps between searches (retrieval/search/searcher.py);
@@ -143,38 +159,78 @@ def search_vectors(
         # Candidates re-scored per result, as the build tuned it (None: an index from before).
         rerank = catalog.get_meta("index_rerank") if kind == "images" else None
         quick = searcher.quick_scan(store, kind, index) if searcher is not None else None
-        if filters is not None:  # a broad filter over-fetches from the 8-bit copy, where there is one
-            found = filtered.search(
-                catalog, index, vectors, k, filters, factory=factory, rerank=rerank, quick=quick, searcher=searcher
+        def ranked(fetch: int) -> tuple[np.ndarray, np.ndarray]:
+            if filters is not None:  # a broad filter over-fetches from the 8-bit copy, where there is one
+                found = filtered.search(
+                    catalog, index, vectors, fetch, filters, factory=factory, rerank=rerank, quick=quick,
+                    searcher=searcher,
+                )
+                return found.scores, found.ids
+            if quick is not None:  # a long-lived caller's exact index: its 8-bit copy first (retrieval/ann/quickscan.py)
+                return quick.search(vectors, fetch)
+            return ann.search_ranked(
+                index, vectors, fetch, factory=factory, lookup=catalog.image_vectors_by_id, rerank=rerank
             )
-            scores, ids = found.scores, found.ids
-        elif quick is not None:  # a long-lived caller's exact index: its 8-bit copy first (retrieval/ann/quickscan.py)
-            scores, ids = quick.search(vectors, k)
+
+        videos = kind == "images" and _holds_videos(catalog)
+        fetch = k * VIDEO_FETCH if videos and not moments else k
+        scores, ids = ranked(fetch)
+        # One video's frames took the places of other files: fetch more, while there are more.
+        while videos and not moments and ids.shape[1] >= fetch and fetch < index.ntotal and not _enough_files(ids, k):
+            fetch = min(index.ntotal, fetch * 4)
+            scores, ids = ranked(fetch)
+        times = frames.times(catalog.db.conn, [i for i in ids.ravel().tolist() if i >= 0]) if videos else {}
+        if videos:
+            ids, frame_ids = frames.file_ids(ids), ids
         else:
-            scores, ids = ann.search_ranked(
-                index, vectors, k, factory=factory, lookup=catalog.image_vectors_by_id, rerank=rerank
-            )
+            frame_ids = ids
         rows = catalog.rows_by_id(table, [i for i in ids.ravel().tolist() if i >= 0])
         # A date filter says which date each hit passed with, and whether it is the file's own time;
         # a date sort orders by them.
         dated = (filters is not None and filters.dated) or (order is not None and order.by_date)
         dates = catalog.dates_by_id(list(rows)) if dated else {}
     results = []
-    for qscores, qids in zip(scores, ids):
+    for qscores, qids, qframes in zip(scores, ids, frame_ids):
         hits: list[Hit] = []
-        for score, id_ in zip(qscores.tolist(), qids.tolist()):
+        seen: set[int] = set()
+        for score, id_, frame_id in zip(qscores.tolist(), qids.tolist(), qframes.tolist()):
             row = rows.get(id_)
-            if id_ < 0 or row is None:
-                continue
+            if id_ < 0 or row is None or (id_ in seen and not moments):
+                continue  # a video's later moments rank below its best one
+            seen.add(id_)
+            moment = times.get(frame_id)
             taken, source = dates.get(id_, (None, None))
             hits.append(Hit(
                 rank=len(hits) + 1, id=int(id_), score=round(float(score), 6), path=row.get("path"), text=row.get("text"),
                 taken=taken, date_source=None if source is None else "exif" if source == "exif" else "file",
+                companions=json.loads(row["companions"]) if row.get("companions") else None, motion=row.get("motion"),
+                media=None if moment is None else "video", time=None if moment is None else round(moment, 3),
             ))
+        hits = hits[:k]
         if order is not None:
             hits = [replace(h, rank=i + 1) for i, h in enumerate(order.apply(hits, wanted))]
         results.append(hits)
     return results
+
+
+#: A search of an index holding videos asks for this many times k candidates at first: a video's
+#: frames near the query crowd each other, and k files must remain once they are grouped.
+VIDEO_FETCH = 4
+
+
+def _holds_videos(catalog: Catalog) -> bool:
+    """Whether any indexed content is a video (one lookup in a partial index)."""
+    return catalog.has_frames and catalog.db.execute(
+        "SELECT 1 FROM vectors WHERE frames IS NOT NULL LIMIT 1").fetchone() is not None
+
+
+def _enough_files(ids: np.ndarray, k: int) -> bool:
+    """Whether every query's candidates hold k distinct files (or are all there is)."""
+    for row in ids:
+        found = row[row >= 0]
+        if len(found) == len(row) and len(np.unique(frames.file_ids(found))) < k:
+            return False
+    return True
 
 
 # -- building blocks for long-lived callers (the server) ---------------------------------
@@ -248,6 +304,7 @@ def weighted_mean(vectors: np.ndarray, weights: list[float] | None = None) -> np
 def search_page(
     store: IndexStore, vectors: np.ndarray, k: int, offset: int = 0, target: str = "images",
     filters: Filters | None = None, searcher: Searcher | None = None, order: Order | None = None,
+    moments: bool = False,
 ) -> list[tuple[list[Hit], int | None]]:
     """Hits ranked offset+1 .. offset+k for each query, and the offset of the next page (None at the end).
 
@@ -256,7 +313,7 @@ def search_page(
     pages follow on.
     """
     pages = []
-    for hits in search_vectors(store, vectors, offset + k + 1, target, filters, searcher, order):
+    for hits in search_vectors(store, vectors, offset + k + 1, target, filters, searcher, order, moments):
         more = len(hits) > offset + k
         pages.append((hits[offset : offset + k], offset + k if more else None))
     return pages

@@ -1,10 +1,11 @@
 """What a long-lived caller (an opened Index, the server) keeps between its searches.
 
-Three things are worth keeping, each read or computed once and reused while it stays true:
+Four things are worth keeping, each read or computed once and reused while it stays true:
 
 - the FAISS index of each kind, and an 8-bit copy of an exact one (retrieval/search/resident.py);
 - a generation's filterable columns as numpy arrays (retrieval/search/filters/columns.py);
-- the vectors of recent query texts (retrieval/search/textcache.py).
+- the vectors of recent query texts (retrieval/search/textcache.py);
+- the photos of people searched for lately (retrieval/search/filters/people.py).
 
 A search given no searcher keeps none of them: it reads its FAISS file, evaluates a filter
 in SQL and encodes its text, as a one-shot command should.
@@ -20,6 +21,7 @@ from typing import Any
 
 from retrieval.ann.quickscan import QuickScan
 from retrieval.search.filters.columns import Columns, ColumnsCache
+from retrieval.search.filters.people import PeopleMasks
 from retrieval.search.resident import ResidentIndexes
 from retrieval.search.settings import SearchSettings
 from retrieval.search.textcache import TextVectorCache
@@ -35,6 +37,8 @@ class Searcher:
         self.indexes = ResidentIndexes(self.settings.keep_loaded, self.settings.quick_scan, self.settings.ann)
         self.columns = ColumnsCache() if self.settings.filter_columns else None
         self.text_cache = TextVectorCache(self.settings.text_cache_size)
+        #: The photos of people searched for lately, while the catalog is unchanged (filters/people.py).
+        self.people = PeopleMasks()
 
     def faiss_for(self, store: IndexStore, kind: str, path: Path) -> Any:
         """The FAISS index in `path`, kept loaded while the file is the same one (see :mod:`resident`)."""

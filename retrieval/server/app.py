@@ -18,10 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import quote
 
-from fastapi import APIRouter, FastAPI, Path, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -32,7 +33,8 @@ from starlette.routing import Match, Mount
 
 from retrieval import __version__
 from retrieval.errors import IndexNotFound, RetrievalError
-from retrieval.server import clip_compat, files, uploads
+from retrieval.search.filters import people_in
+from retrieval.server import clip_compat, faces, files, ranges, uploads
 from retrieval.server.batcher import QueryThread
 from retrieval.server.decoding import DecoderFailed, Decoders
 from retrieval.server.library import MAX_ID, Library, NotFound, Run, SearchSpec, Served
@@ -121,6 +123,9 @@ class SearchParams(BaseModel):
     min_height: int | None = Field(None, ge=1, le=10**6, description="At least this many pixels high.")
     date_source: Literal["any", "exif"] = Field("any", description="Which dates after and before compare: any "
                                                 "(the EXIF date, else the file's modification time) or exif (EXIF dates only).")
+    person: list[Text] = Field([], max_length=10, description="Only images showing this person, by name "
+                               "(case-insensitive) or id (GET /api/people lists them); repeated: all of them. "
+                               "Alone, without q or like, a person's photos clearest face first (or by sort).")
     # The order (retrieval/search/ordering.py, docs/search.md#sorted-by-date).
     sort: Literal["score", "date", "date-asc"] = Field(
         "score", description="score: best match first; date: newest first; date-asc: oldest first, by the date "
@@ -132,10 +137,11 @@ class SearchParams(BaseModel):
     def spec(self) -> SearchSpec:
         from retrieval.search.filters import Filters
 
-        given = (self.after, self.before, self.camera, self.near, self.min_width, self.min_height)
+        given = (self.after, self.before, self.camera, self.near, self.min_width, self.min_height, self.person or None)
         filters = Filters.parse(  # a bad value is a FilterError: a 400 with its one line
             after=self.after, before=self.before, camera=self.camera,
             near=self.near, min_width=self.min_width, min_height=self.min_height, date_source=self.date_source,
+            people=self.person,
         ) if any(v is not None for v in given) else None
         return SearchSpec(
             index=self.index, q=self.q or None, like=list(self.like), like_weights=self.like_weights,
@@ -148,7 +154,7 @@ class SearchParams(BaseModel):
 
 
 #: Fields given as repeated query parameters (?like=1&like=2).
-LIST_FIELDS = frozenset({"like", "like_weights", "not", "folder"})
+LIST_FIELDS = frozenset({"like", "like_weights", "not", "folder", "person"})
 #: GET /api/search's parameters as FastAPI would document `Annotated[SearchParams, Query()]`.
 QUERY_PARAMETERS = [
     {"name": name, "in": "query", "required": False, "schema": schema, **({"description": schema["description"]}
@@ -186,6 +192,8 @@ class Result(BaseModel):
     date_source: Literal["exif", "file"] | None = Field(
         None, description="With a date filter or sort: where `taken` comes from, the photo's EXIF date or the file's "
         "modification time (date_source=any lets those pass).")
+    media: Literal["video"] | None = Field(None, description="\"video\" for a video's moment; absent for a photo.")
+    time: float | None = Field(None, description="A video's moment, in seconds from its start (its thumb is that frame).")
 
 
 class SearchResponse(BaseModel):
@@ -234,6 +242,28 @@ class ImageMeta(BaseModel):
     size: int | None
     thumb: str
     url: str
+    people: list[FaceInImage] = Field([], description="The faces found in it (largest first), hidden people left out.")
+
+
+class FaceInImage(BaseModel):
+    face_id: int
+    box: list[int] = Field(description="x, y, width, height in the upright picture's pixels.")
+    person_id: int | None = Field(None, description="The person this face was grouped with (null: not grouped yet).")
+    name: str | None = Field(None, description="That person's name (null: not named).")
+    thumb: str
+
+
+class Person(BaseModel):
+    id: int
+    name: str
+    count: int = Field(description="Indexed photos showing this person.")
+    face_id: int | None = Field(None, description="Their clearest face, for /api/faces/{id}/thumb.")
+    thumb: str | None = None
+
+
+class PeopleList(BaseModel):
+    index: str
+    people: list[Person]
 
 
 class Login(BaseModel):
@@ -244,8 +274,14 @@ class Login(BaseModel):
 Responses = dict[int | str, dict[str, Any]]
 ERRORS: Responses = {status: {"model": Error} for status in (400, 401, 404, 413, 422)}
 JPEG: Responses = {200: {"content": {"image/jpeg": {}}, "description": "A JPEG thumbnail"}, 304: {"description": "Not modified"}}
-IMAGE: Responses = {200: {"content": {"image/*": {}}, "description": "The original file, or a JPEG of it"},
-                    304: {"description": "Not modified"}}
+IMAGE: Responses = {200: {"content": {"image/*": {}, "video/*": {}}, "description": "The original file, or a JPEG of it"},
+                    206: {"content": {"image/*": {}, "video/*": {}}, "description": "The byte range asked for (Range)"},
+                    304: {"description": "Not modified"},
+                    416: {"model": Error, "description": "The range starts past the end of the file"}}
+#: The longest video whose moment a thumbnail names: a week, in seconds.
+MAX_SECONDS = 7 * 24 * 3600
+
+
 def _form_field(schema: dict[str, Any]) -> dict[str, Any]:
     """A search field's schema as a form field: a form has no null, an absent field is one."""
     alternatives = [s for s in schema.get("anyOf", []) if s.get("type") != "null"]
@@ -350,9 +386,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @api.get("/api/thumb/{image_id}", response_class=Response, responses=JPEG, tags=["files"])
     async def thumb(request: Request, image_id: Annotated[int, Path(ge=0, le=MAX_ID)],
-                    index: str | None = None, size: ThumbSize = 256):
-        """A JPEG thumbnail (128, 256 or 512 px), made once and cached beside the index."""
+                    index: str | None = None, size: ThumbSize = 256,
+                    t: Annotated[float | None, Query(ge=0, le=MAX_SECONDS, allow_inf_nan=False, description=(
+                        "A video's moment in seconds (a video hit's `time`): the thumbnail is the frame shown "
+                        "then [default: the first]. Ignored for a photo."))] = None):
+        """A JPEG thumbnail (128, 256 or 512 px), made once and cached beside the index; of a video, its frame at t."""
         served, real = await _servable(run, index, image_id)
+        if files.is_video(real):
+            data, etag = await run_in_threadpool(files.video_thumbnail, served.folder, image_id, real, size, t or 0.0)
+            return _cached(request, etag, lambda: Response(data, media_type="image/jpeg"))
         data, etag = await run_in_threadpool(files.thumbnail, served.folder, image_id, real, size, decoders.thumbnail)
         return _cached(request, etag, lambda: Response(data, media_type="image/jpeg"))
 
@@ -360,13 +402,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def image(request: Request, image_id: Annotated[int, Path(ge=0, le=MAX_ID)], index: str | None = None,
                     download: bool = False):
         """The picture, while it is still inside an indexed folder: the original file where browsers draw its
-        format (JPEG, PNG, GIF, WebP, AVIF, BMP), else a JPEG of it at most 2048 px a side (TIFF...).
-        With download=1, the original file itself, as an attachment, whatever its format."""
+        format (JPEG, PNG, GIF, WebP, AVIF, BMP) and of a video, else a JPEG of it at most 2048 px a side (TIFF...).
+        With download=1, the original file itself, as an attachment, whatever its format. An original is
+        sent in the byte range a Range header asks for (206), which is how a browser seeks in a video."""
         served, real = await _servable(run, index, image_id)
-        if download or files.browser_draws(real):
+        if download or files.browser_draws(real) or files.is_video(real):
             etag = await run_in_threadpool(files.version_key, image_id, real)
-            name = real.name if download else None  # FileResponse sends a filename as an attachment
-            return _cached(request, etag, lambda: FileResponse(real, media_type=files.media_type(real), filename=name))
+            name = real.name if download else None  # sent with its name, as an attachment
+            return await _original(request, real, etag, name)
         data, etag = await run_in_threadpool(files.preview, served.folder, image_id, real, decoders.thumbnail)
         return _cached(request, etag, lambda: Response(data, media_type="image/jpeg"))
 
@@ -380,8 +423,38 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 "height": row.get("height"), "size": row.get("size"),
                 "thumb": f"/api/thumb/{image_id}?index={served.name}&size=256",
                 "url": f"/api/image/{image_id}?index={served.name}",
+                "people": [{**{k: face[k] for k in ("face_id", "box", "person_id", "name")},
+                            "thumb": f"/api/faces/{face['face_id']}/thumb?index={served.name}"}
+                           for face in people_in(served.catalog, [image_id])[image_id] if not face["hidden"]],
             }
         return await run(meta)
+
+    @api.get("/api/people", response_model=PeopleList, tags=["people"])
+    async def people(index: str | None = None):
+        """The index's named people (hidden ones left out), most photos first, each with a face to show.
+        Search by one with `person` (its name or id)."""
+        def listing(lib: Library) -> dict:
+            served = lib.get(index)
+            return {"index": served.name, "people": [
+                {**p, "thumb": f"/api/faces/{p['face_id']}/thumb?index={served.name}" if p["face_id"] else None}
+                for p in faces.named_people(served.catalog)]}
+        return await run(listing)
+
+    @api.get("/api/faces/{face_id}/thumb", response_class=Response, responses=JPEG, tags=["people"])
+    async def face_thumb(request: Request, face_id: Annotated[int, Path(ge=0, le=MAX_ID)], index: str | None = None,
+                         size: Annotated[Literal[64, 128, 256], BeforeValidator(_digits_to_int)] = 128):
+        """A face, square (64, 128 or 256 px), cut from a file with its photo's content that is still
+        inside an indexed folder; by face id only."""
+        def source(lib: Library) -> tuple[int, tuple[int, int, int, int]]:
+            served = lib.get(index)
+            found = faces.face_source(served.catalog, face_id)
+            if found is None:
+                raise NotFound(f"no face with id {face_id} in index {served.name}")
+            return found
+        image_id, box = await run(source)
+        served, real = await _servable(run, index, image_id)
+        data, etag = await run_in_threadpool(faces.face_thumbnail, served.folder, face_id, image_id, real, box, size)
+        return _cached(request, etag, lambda: Response(data, media_type="image/jpeg"))
 
     @api.post("/api/login", status_code=204, response_class=Response, tags=["server"])
     async def login(body: Login):
@@ -464,6 +537,30 @@ async def _servable(run: Run, index: str | None, image_id: int) -> tuple[Served,
     return served, real
 
 
+async def _original(request: Request, real: FsPath, etag: str, filename: str | None) -> Response:
+    """The file itself: whole (200), or the one byte range a Range header asks for (206; see
+    retrieval.server.ranges). If-Range with another version's ETag gets the whole file, as RFC 9110 says."""
+    header = request.headers.get("range")
+    if header is None or _quoted_etag(etag) in request.headers.get("if-none-match", ""):
+        return _cached(request, etag, lambda: FileResponse(real, media_type=files.media_type(real), filename=filename))
+    if_range = request.headers.get("if-range")
+    size = (await run_in_threadpool(real.stat)).st_size
+    wanted = ranges.requested(header, size) if if_range is None or if_range.strip() == _quoted_etag(etag) else None
+    part = wanted or ranges.ByteRange(0, size - 1, size)
+    headers = {"etag": _quoted_etag(etag), "cache-control": "private, max-age=86400", "accept-ranges": "bytes",
+               "content-length": str(part.length if size else 0)}
+    if wanted is not None:
+        headers["content-range"] = wanted.content_range()
+    if filename is not None:
+        headers["content-disposition"] = f"attachment; filename*=utf-8''{quote(filename)}"
+    return StreamingResponse(ranges.read_range(real, part) if size else iter(()), status_code=206 if wanted else 200,
+                             media_type=files.media_type(real), headers=headers)
+
+
+def _quoted_etag(etag: str) -> str:
+    return f'"{etag}"'
+
+
 def _cached(request: Request, etag: str, make: Callable[[], Response]) -> Response:
     quoted = f'"{etag}"'
     headers = {"etag": quoted, "cache-control": "private, max-age=86400"}
@@ -518,7 +615,7 @@ async def _form(headers: Headers, body: bytes, limit: int) -> tuple[bytes, dict]
     if not data:
         raise RetrievalError("the uploaded file is empty")
     fields: dict = {}
-    for name in ("like", "like_weights", "not", "folder"):
+    for name in ("like", "like_weights", "not", "folder", "person"):
         values = [v for v in form.getlist(name) if isinstance(v, str) and v != ""]
         if values:
             fields[name] = values
@@ -553,11 +650,12 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RetrievalError)
     async def retrieval_error(_request, exc: RetrievalError):
         status = 404 if isinstance(exc, (NotFound, IndexNotFound)) else 413 if isinstance(exc, TooLarge) else \
-            422 if isinstance(exc, DecoderFailed) else 400
+            422 if isinstance(exc, DecoderFailed) else 416 if isinstance(exc, ranges.RangeNotSatisfiable) else 400
         # The library reads its catalogs on the query thread only: the message is scrubbed there.
         library: Library = app.state.library
         message = await asyncio.wrap_future(app.state.query_thread.call(lambda: library.scrub(str(exc))))
-        return JSONResponse({"error": message}, status_code=status)
+        headers = {"content-range": f"bytes */{exc.size}"} if isinstance(exc, ranges.RangeNotSatisfiable) else None
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc: RequestValidationError):

@@ -28,7 +28,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from retrieval.errors import RetrievalError
-from retrieval.media.decode import DECODE_ERRORS, as_rgb, warnings_noted
+from retrieval.media.decode import DECODE_ERRORS, as_rgb, open_still, warnings_noted
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,15 @@ BROWSER_TYPES = {
     ".apng": "image/apng", ".webp": "image/webp", ".avif": "image/avif", ".gif": "image/gif", ".bmp": "image/bmp",
     ".ico": "image/x-icon",
 }
+#: Content types of the videos the walk yields (retrieval.media.files.VIDEO_SUFFIXES): the original is sent
+#: as it is, in byte ranges when asked (retrieval.server.ranges), so a <video> element can seek in it.
+VIDEO_TYPES = {
+    ".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm",
+    ".mkv": "video/x-matroska", ".avi": "video/x-msvideo",
+}
 #: Content types of the originals of other formats, when asked for as a download; anything else is sent as bytes.
-MEDIA_TYPES = {**BROWSER_TYPES, ".tif": "image/tiff", ".tiff": "image/tiff", ".jp2": "image/jp2", ".psd": "image/vnd.adobe.photoshop"}
+MEDIA_TYPES = {**BROWSER_TYPES, **VIDEO_TYPES, ".tif": "image/tiff", ".tiff": "image/tiff", ".jp2": "image/jp2",
+               ".psd": "image/vnd.adobe.photoshop"}
 #: The longest side of the JPEG sent in place of an original browsers cannot draw (TIFF...): a full-screen view.
 PREVIEW_SIZE = 2048
 PREVIEW_QUALITY = 90
@@ -71,6 +78,11 @@ def browser_draws(path: Path) -> bool:
     return path.suffix.lower() in BROWSER_TYPES
 
 
+def is_video(path: Path) -> bool:
+    """Whether the file is a video: its original is what the page plays, its thumbnails are frames."""
+    return path.suffix.lower() in VIDEO_TYPES
+
+
 def version_key(image_id: int, real: Path, size: int | str = "") -> str:
     """Changes whenever the file does: an ETag and a thumbnail cache key."""
     stat = real.stat()
@@ -94,9 +106,40 @@ def preview(index_folder: Path, image_id: int, real: Path, make: Maker | None = 
     return _cached_jpeg(index_folder, image_id, real, PREVIEW_SIZE, make or make_thumbnail)
 
 
-def _cached_jpeg(index_folder: Path, image_id: int, real: Path, size: int, make: Maker) -> tuple[bytes, str]:
-    key = version_key(image_id, real, size)
-    cached = index_folder / "thumbs" / str(size) / f"{image_id}-{key}.jpg"
+def video_thumbnail(index_folder: Path, image_id: int, real: Path, size: int, seconds: float) -> tuple[bytes, str]:
+    """(JPEG bytes, etag) of the frame shown `seconds` into a video (a search hit's moment), at most
+    `size` pixels a side, made by retrieval.media.video.frame_at and cached per tenth of a second.
+
+    A moment past the video's end is the end's frame, cached as the end: what any client can
+    ask for caches at most ten frames a second of the video, not one per number it sends."""
+    if size not in THUMB_SIZES:
+        raise RetrievalError(f"thumbnail size must be one of {', '.join(map(str, THUMB_SIZES))}")
+    moment = round(max(0.0, seconds), 1)
+    if not _cache_file(index_folder, image_id, real, size, f"@{moment:.1f}")[0].is_file():
+        from retrieval.media.video import probe  # PyAV loads only when a video's frame is asked for
+
+        duration = probe(str(real)).get("duration")
+        if duration is not None and moment > duration:
+            moment = round(max(0.0, duration - 0.05), 1)
+    return _cached_jpeg(index_folder, image_id, real, size, lambda path, side: video_frame_jpeg(path, moment, side),
+                        variant=f"@{moment:.1f}")
+
+
+def video_frame_jpeg(real: Path, seconds: float, size: int) -> bytes:
+    """A JPEG of at most size x size pixels of the frame shown `seconds` into the video."""
+    from retrieval.media.video import frame_at  # PyAV loads only when a video's frame is asked for
+
+    image = frame_at(str(real), seconds)
+    image.thumbnail((size, size))
+    out = io.BytesIO()
+    as_rgb(image).save(out, format="JPEG", quality=THUMB_QUALITY)
+    return out.getvalue()
+
+
+def _cached_jpeg(index_folder: Path, image_id: int, real: Path, size: int, make: Maker,
+                 variant: str = "") -> tuple[bytes, str]:
+    """`variant` tells apart pictures of one file at one size (a video's moments); a still image has none."""
+    cached, key = _cache_file(index_folder, image_id, real, size, variant)
     if cached.is_file():
         return cached.read_bytes(), key
     data = make(real, size)
@@ -108,6 +151,12 @@ def _cached_jpeg(index_folder: Path, image_id: int, real: Path, size: int, make:
     except OSError as exc:  # a read-only index folder still serves, uncached
         log.debug("thumbnail cache not written: %s", exc)
     return data, key
+
+
+def _cache_file(index_folder: Path, image_id: int, real: Path, size: int, variant: str = "") -> tuple[Path, str]:
+    """Where a picture of the file is cached, and its key (the ETag)."""
+    key = version_key(image_id, real, f"{size}{variant}")
+    return index_folder / "thumbs" / str(size) / f"{image_id}-{key}.jpg", key
 
 
 def make_thumbnail(real: Path, size: int) -> bytes:
@@ -130,7 +179,7 @@ def jpeg_of(real: Path, size: int) -> bytes:
             # An indexed file was already accepted by the indexer, which allows what Pillow allows
             # (up to twice MAX_IMAGE_PIXELS); beyond that Pillow raises DecompressionBombError.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(real) as opened:
+            with open_still(real, size) as opened:  # HEIC, and RAW through its preview or a demosaic
                 if opened.format == "JPEG":
                     opened.draft("RGB", (size, size))
                 opened.load()

@@ -26,6 +26,7 @@ from retrieval.api import Index, open_index
 from retrieval.errors import IndexNotFound, RetrievalError
 from retrieval.search import query as engine
 from retrieval.search import relevance
+from retrieval.search.by_person import person_hits
 from retrieval.search.filters import Filters
 from retrieval.storage.store import resolve
 
@@ -74,6 +75,12 @@ class SearchSpec:
         ordered = self.sort != "score" or self.min_score is not None
         return bool(self.q) and not (self.like or self.negatives or self.image is not None or self.vector or self.filters
                                      or self.folders or ordered)
+
+    @property
+    def person_only(self) -> bool:
+        """People named and nothing to compare with: their photos are listed, not ranked by a vector."""
+        return (self.filters is not None and bool(self.filters.people) and self.target == "images" and not self.q
+                and not self.like and self.image is None and self.vector is None)
 
     def echo(self, index: str) -> dict:
         out = {"index": index, "target": self.target, "k": self.k, "offset": self.offset}
@@ -197,11 +204,19 @@ class Library:
         filters = self.filters_for(served, spec)
         order = served.index.order(spec.sort, spec.min_score, replace(filters or Filters(), date_source=spec.date_source))
         order.check(served.catalog, spec.target)  # before encoding anything
-        spec = replace(spec, min_score=order.min_score)  # the cutoff in effect is echoed
-        vector = self.query_vector(served, spec)
-        [(hits, next_offset)] = engine.search_page(
-            served.store, vector, spec.k, spec.offset, spec.target, filters, served.index.searcher, order
-        )
+        # The cutoff in effect is echoed; a person alone is listed by face score or date, nothing cut.
+        spec = replace(spec, min_score=None if spec.person_only else order.min_score)
+        if spec.person_only:  # nothing to compare: the person's photos (retrieval/search/by_person.py)
+            assert filters is not None
+            found = person_hits(served.store, filters, spec.offset + spec.k + 1, order)
+            more = len(found) > spec.offset + spec.k
+            hits = [replace(h, rank=spec.offset + i + 1) for i, h in enumerate(found[spec.offset : spec.offset + spec.k])]
+            next_offset = spec.offset + spec.k if more else None
+        else:
+            vector = self.query_vector(served, spec)
+            [(hits, next_offset)] = engine.search_page(
+                served.store, vector, spec.k, spec.offset, spec.target, filters, served.index.searcher, order
+            )
         response = self._response(served, spec, hits, next_offset)
         if filters is not None and not hits and spec.offset == 0:
             from retrieval.search.filters import why_empty
@@ -320,6 +335,13 @@ class Library:
             )
             if hit.date_source is not None:  # a date filter: the date it passed with, as `search --json` says
                 item.update(taken=hit.taken, date_source=hit.date_source)
+            if hit.time is not None:  # a video's moment: the page shows that frame and plays from there
+                item.update(media="video", time=hit.time)
+                item["thumb"] = f"{item['thumb']}&t={round(hit.time, 3)}"
+            if hit.companions:  # a RAW+JPEG pair's RAW, as `search --json` lists it
+                item["companions"] = [self.show_path(served, p) for p in hit.companions]
+            if hit.motion:  # a Live Photo's motion file
+                item["motion"] = self.show_path(served, hit.motion)
             out.append(item)
         return out
 

@@ -12,6 +12,8 @@ Tables:
 - ``vectors.sameness`` (schema 3): a 64-bit perceptual hash of the pixels, for near-duplicates.
 - ``cameras``: the distinct camera makes and models (schema 2), rebuilt at each publish
   so a camera filter never scans every image row.
+- ``faces``, ``face_scans``, ``people`` (schema 5): faces found per content hash, the contents
+  looked at, and the people faces are grouped into (retrieval/storage/faces.py, docs/people.md).
 - ``meta``: schema version, aligner identity, dimension and the published generation.
 
 Nothing a search sees changes until :meth:`Catalog.publishing` commits one transaction
@@ -32,9 +34,10 @@ import numpy as np
 import sqlite_utils
 
 from retrieval.errors import RetrievalError
+from retrieval.storage import frames
 from retrieval.storage.known import KnownHashes
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 #: Photo metadata on ``images`` (schema 2): EXIF date (or the file's mtime, see taken_source),
 #: camera, GPS position and orientation. Filled by the indexer (retrieval.media.exif, staging.py).
@@ -59,6 +62,29 @@ MIGRATIONS: dict[int, list[str]] = {
     # A perceptual hash of the pixels per stored content (retrieval.media.sameness), for
     # near-duplicates. NULL for contents stored before (filled when a run decodes them again).
     3: ["ALTER TABLE vectors ADD COLUMN sameness INTEGER"],
+    # Phones' and cameras' media (HEIC/AVIF/RAW pairs, videos sampled into timed frames).
+    4: [
+        # A photo's other files (retrieval.media.files.FileStat): the RAW of a RAW+JPEG pair
+        # (a JSON list of paths) and a Live Photo's motion file. NULL when it has none.
+        "ALTER TABLE images ADD COLUMN companions TEXT",
+        "ALTER TABLE images ADD COLUMN motion TEXT",
+        # Videos' sampled frames, keyed by content like vectors (retrieval/storage/frames.py).
+        *frames.MIGRATION,
+    ],
+    # People: the faces found in each stored content, and the people they are grouped into.
+    # Keyed by content hash like ``vectors``, so a moved or copied file keeps its faces; boxes
+    # are in the EXIF-rotated picture's pixels; ``pinned`` marks a face the user placed
+    # (named, merged, moved), which clustering never moves. ``face_scans`` records every
+    # content scanned, with 0 faces too, so `retrieval people scan` resumes (docs/people.md).
+    5: [
+        """CREATE TABLE IF NOT EXISTS faces (
+            id INTEGER PRIMARY KEY, hash TEXT NOT NULL, x INTEGER, y INTEGER, w INTEGER, h INTEGER,
+            score REAL, embedding BLOB NOT NULL, person_id INTEGER, pinned INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE INDEX IF NOT EXISTS faces_hash ON faces(hash)",
+        "CREATE INDEX IF NOT EXISTS faces_person ON faces(person_id)",
+        "CREATE TABLE IF NOT EXISTS people (id INTEGER PRIMARY KEY, name TEXT, hidden INTEGER NOT NULL DEFAULT 0)",
+        "CREATE TABLE IF NOT EXISTS face_scans (hash TEXT PRIMARY KEY, faces INTEGER NOT NULL, detector TEXT)",
+    ],
 }
 CATALOG_FILE = "catalog.db"
 
@@ -140,6 +166,11 @@ class Catalog:
         return self.schema_version >= 2
 
     @property
+    def has_frames(self) -> bool:
+        """Whether the catalog has videos' frames (schema 4; retrieval/storage/frames.py)."""
+        return self.schema_version >= 4
+
+    @property
     def has_sameness(self) -> bool:
         """Whether ``vectors`` has the perceptual hash column (an index from before schema 3 has not)."""
         return self.schema_version >= 3
@@ -212,9 +243,10 @@ class Catalog:
         cursor = self.db.execute("SELECT path, size, mtime, reason FROM skipped")
         return {row[0]: (row[1], row[2], row[3]) for row in cursor}
 
-    def known_hashes(self) -> KnownHashes:
-        """A lookup of stored vectors' hashes that worker processes can take with them."""
-        return KnownHashes(self.path)
+    def known_hashes(self, faces: bool = False) -> KnownHashes:
+        """A lookup of stored vectors' hashes that worker processes can take with them (with
+        `faces`: of contents whose faces were looked for too)."""
+        return KnownHashes(self.path, faces)
 
     def missing_hashes(self, hashes: Iterable[str]) -> set[str]:
         """The hashes among `hashes` that have no stored vector."""
@@ -226,12 +258,20 @@ class Catalog:
         return self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
     def image_vectors(self, chunk: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (ids, vectors) of every indexed image, in id order, `chunk` rows at a time."""
+        """Yield (ids, vectors) of every indexed image, in id order, `chunk` rows at a time: what
+        the image index holds, so videos' frames after the first too (their ids follow every file's)."""
         yield from self.vector_chunks(
             "SELECT images.id, vectors.vector FROM images JOIN vectors USING (hash) "
             "WHERE images.id > ? ORDER BY images.id LIMIT ?",
             chunk,
         )
+        if self.has_frames:
+            yield from self.vector_chunks(frames.frames_sql("SELECT id, hash FROM images", True), chunk)
+
+    def indexed_count(self) -> int:
+        """How many vectors the image index holds: one per file, and a video's other frames."""
+        extra = frames.extra_count(self.db.conn, "SELECT hash FROM images") if self.has_frames else 0
+        return self.count("images") + extra
 
     def caption_vectors(self, chunk: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         yield from self.vector_chunks("SELECT id, vector FROM captions WHERE id > ? ORDER BY id LIMIT ?", chunk)
@@ -266,7 +306,11 @@ class Catalog:
         sql = "SELECT images.id, vectors.vector FROM images JOIN vectors USING (hash) WHERE images.id IN ({marks})"
         ids = [int(i) for i in ids]
         dim = self.vector_dim() if ids else 0
-        return {i: from_blobs([blob], dim)[0] for cursor in self._where_in(sql, ids) for i, blob in cursor}
+        later = [i for i in ids if i >= frames.FRAME_STEP]  # videos' frames after the first
+        out = {i: from_blobs([blob], dim)[0] for cursor in self._where_in(sql, ids) for i, blob in cursor}
+        if later:
+            out.update(frames.frame_vectors_by_id(self.db.conn, later, dim))
+        return out
 
     def sameness_by_id(self, ids: Iterable[int]) -> dict[int, int]:
         """Perceptual hashes of indexed images by id; images without one are left out."""
@@ -279,12 +323,19 @@ class Catalog:
     def rows_by_id(self, table: str, ids: list[int]) -> dict[int, dict]:
         """Look up catalog rows for FAISS ids (``images`` or ``captions``)."""
         cols = "id, path, size, width, height" if table == "images" else "id, text"
+        if table == "images" and self.has_pairs():
+            cols += ", companions, motion"  # a photo's RAW and a Live Photo's motion file (schema 4)
         out: dict[int, dict] = {}
         for cursor in self._where_in(f"SELECT {cols} FROM {table} WHERE id IN ({{marks}})", [int(i) for i in ids]):
             names = [d[0] for d in cursor.description]
             for row in cursor:
                 out[row[0]] = dict(zip(names, row))
         return out
+
+    def has_pairs(self) -> bool:
+        """Whether ``images`` has schema 4's companions and motion columns: an index on a read-only
+        mount is searched as its older schema left it."""
+        return any(row[1] == "companions" for row in self.db.conn.execute("PRAGMA table_info(images)"))
 
     def dates_by_id(self, ids: list[int]) -> dict[int, tuple[str | None, str | None]]:
         """(taken, taken_source) of images by id: the date filters compare, and whether EXIF or the file gave it."""
@@ -365,6 +416,24 @@ class Catalog:
             yield conn
             # Vectors no file refers to any more are dead weight once the run is published.
             conn.execute("DELETE FROM vectors WHERE hash NOT IN (SELECT hash FROM images)")
+            if self.has_frames:
+                conn.execute("DELETE FROM frames WHERE hash NOT IN (SELECT hash FROM images)")
+            if self.schema_version >= 5:  # faces too (people are kept: names outlive their photos)
+                conn.execute("DELETE FROM faces WHERE hash NOT IN (SELECT hash FROM images)")
+                conn.execute("DELETE FROM face_scans WHERE hash NOT IN (SELECT hash FROM images)")
+
+    def put_video(
+        self, digest: str, seconds: list[float], vectors: np.ndarray, width: int, height: int, sameness: int | None,
+    ) -> None:
+        """Store a video content's sampled frames (times in seconds, vectors in the same order):
+        frame 0 as its ``vectors`` row, every frame in ``frames``; committed at once, all or nothing."""
+        blobs = [to_blob(v) for v in vectors]
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO vectors (hash, vector, width, height, sameness, frames) VALUES (?, ?, ?, ?, ?, ?)",
+                (digest, blobs[0], width, height, sameness, len(blobs)),
+            )
+            frames.put(conn, digest, seconds, blobs)
 
     def replace_captions(self, captions: list[dict]) -> None:
         """The caption corpus, replaced whole (inside :meth:`publishing`)."""

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.errors import RetrievalError
+from retrieval.storage import frames
 
 try:  # an optional extra: the commands say how to install it
     import pyarrow as pa
@@ -282,8 +283,12 @@ class ExportSummary:
                 f"vectors in {self.caption_shards} shard(s) to {self.folder}")
 
 
-def export(catalog, out: str | Path, shard_rows: int = SHARD_ROWS, progress=None) -> ExportSummary:
+def export(catalog, out: str | Path, shard_rows: int = SHARD_ROWS, progress=None, faces: bool = False) -> ExportSummary:
     """Write the catalog's published vectors to `out` in clip-retrieval's layout, a block at a time.
+
+    With `faces`, the faces too (docs/people.md): ``faces/face_emb.npy`` (dlib's 128-d
+    descriptors, float32, one row per face and file) and ``faces/faces.parquet`` (face_id,
+    image_id, image_path, x, y, w, h, score, person_id, person_name).
 
     The folder appears complete or not at all: it is written beside `out` and renamed.
     """
@@ -298,13 +303,19 @@ def export(catalog, out: str | Path, shard_rows: int = SHARD_ROWS, progress=None
     work.mkdir(parents=True)
     try:
         with catalog.snapshot():  # one generation, even while an index run publishes
-            n_images, n_captions = catalog.count("images"), catalog.count("captions")
+            # Every vector of the image index: a video's frames are rows of their own (time, frame).
+            n_images, n_captions = catalog.indexed_count(), catalog.count("captions")
+            videos = frames.videos(catalog.db.conn) if catalog.has_frames else {}
             if progress is not None:
                 progress.start(n_images + n_captions, "exporting")
             images = ShardWriter(work, "img_emb", "img_emb", "metadata", n_images, catalog.dim, shard_rows)
             for ids, vectors in catalog.image_vectors():
-                rows = catalog.rows_by_id("images", ids.tolist())
-                images.add(vectors, {"image_path": [rows[i]["path"] for i in ids.tolist()], "id": ids.tolist()})
+                files = frames.file_ids(ids).tolist()
+                rows = catalog.rows_by_id("images", sorted(set(files)))
+                columns: dict[str, Any] = {"image_path": [rows[i]["path"] for i in files], "id": ids.tolist()}
+                if videos:  # extra columns only for an index holding videos: a photo index exports as before
+                    columns.update(_video_columns(catalog, ids, files, videos))
+                images.add(vectors, columns)
                 if progress is not None:
                     progress.advance(len(ids))
             images.close()
@@ -317,6 +328,8 @@ def export(catalog, out: str | Path, shard_rows: int = SHARD_ROWS, progress=None
             captions.close()
             record = {"model": catalog.get_meta("model"), "model_identity": catalog.get_meta("model_identity"),
                       "dim": catalog.dim, "images": n_images, "captions": n_captions}
+            if faces:
+                record["faces"] = _export_faces(catalog, work / "faces")
         (work / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
         if not n_captions:
             shutil.rmtree(work / "text_emb")
@@ -333,19 +346,40 @@ def export(catalog, out: str | Path, shard_rows: int = SHARD_ROWS, progress=None
     return ExportSummary(str(out), n_images, n_captions, images.number + 1, captions.number + 1)
 
 
+def _video_columns(catalog, ids: np.ndarray, files: list[int], videos: dict[int, int]) -> dict[str, Any]:
+    """The metadata columns of an index holding videos, typed (a shard of photos alone would
+    otherwise get null columns that the next shard's values do not fit): ``media`` ("photo" or
+    "video"), ``time`` (seconds into the video; null for a photo) and ``frame`` (its number
+    in the video, 0 first; null for a photo). ``id`` is the vector's FAISS id (retrieval/storage/frames.py)."""
+    seconds = frames.times(catalog.db.conn, ids.tolist())
+    numbers = frames.frame_numbers(ids).tolist()
+    video = [f in videos for f in files]
+    return {
+        "media": pa.array(["video" if v else "photo" for v in video], pa.string()),
+        "time": pa.array([seconds.get(i) for i in ids.tolist()], pa.float64()),
+        "frame": pa.array([n if v else None for n, v in zip(numbers, video)], pa.int64()),
+    }
+
+
 # -- reading for import (retrieval.ingest.embeddings) -------------------------------------
 def image_rows(layout: Layout) -> Iterator[tuple[list[int] | None, list[str], np.ndarray]]:
     """(ids or None, image paths, vectors) blocks over every image shard, in order."""
     for shard in layout.images:
-        meta = metadata_blocks(shard, ["image_path", "id"])
-        pending: dict[str, list] = {"image_path": [], "id": []}
+        meta = metadata_blocks(shard, ["image_path", "id", "frame"])
+        pending: dict[str, list] = {"image_path": [], "id": [], "frame": []}
         for _, vectors in vector_blocks(shard):
             while len(pending["image_path"]) < len(vectors):
                 block = next(meta)
                 pending["image_path"] += block["image_path"]
                 pending["id"] += block.get("id", [None] * len(block["image_path"]))
+                pending["frame"] += block.get("frame", [None] * len(block["image_path"]))
             paths, pending["image_path"] = pending["image_path"][: len(vectors)], pending["image_path"][len(vectors) :]
             ids, pending["id"] = pending["id"][: len(vectors)], pending["id"][len(vectors) :]
+            numbers, pending["frame"] = pending["frame"][: len(vectors)], pending["frame"][len(vectors) :]
+            if any(n for n in numbers):
+                # A video's later frames (an export of an index with videos): imported as its first frame alone.
+                keep = [j for j, n in enumerate(numbers) if not n]
+                paths, ids, vectors = [paths[j] for j in keep], [ids[j] for j in keep], vectors[keep]
             if any(p is None or p == "" for p in paths):
                 raise LayoutError(f"{shard.metadata}: an empty image_path")
             yield _ids(shard, ids), [str(p) for p in paths], vectors
@@ -375,12 +409,34 @@ def caption_rows(layout: Layout) -> Iterator[tuple[list[str], np.ndarray]]:
             yield [str(t) for t in texts], vectors
 
 
-def export_index(index: str, out: str | Path, shard_rows: int = SHARD_ROWS, progress=None) -> ExportSummary:
-    """Export an index's published vectors (and caption corpus) to `out` in clip-retrieval's layout."""
+def _export_faces(catalog, folder: Path) -> int:
+    """The faces of the indexed images, as an array of descriptors and a table beside it; returns the rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from retrieval.storage.faces import FACE_DIM, has_faces
+
+    folder.mkdir()
+    rows = [] if not has_faces(catalog) else catalog.db.execute(
+        "SELECT faces.id, images.id, images.path, faces.x, faces.y, faces.w, faces.h, faces.score, faces.person_id, "
+        "people.name, faces.embedding FROM faces JOIN images ON images.hash = faces.hash AND images.status = 'ok' "
+        "LEFT JOIN people ON people.id = faces.person_id ORDER BY faces.id, images.id"
+    ).fetchall()
+    names = ["face_id", "image_id", "image_path", "x", "y", "w", "h", "score", "person_id", "person_name"]
+    pq.write_table(pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)}), folder / "faces.parquet")
+    vectors = np.frombuffer(b"".join(row[10] for row in rows), dtype="<f4").reshape(-1, FACE_DIM)
+    np.save(folder / "face_emb.npy", vectors.astype(np.float32))
+    return len(rows)
+
+
+def export_index(index: str, out: str | Path, shard_rows: int = SHARD_ROWS, progress=None,
+                 faces: bool = False) -> ExportSummary:
+    """Export an index's published vectors (and caption corpus, and with `faces` its faces) to `out`
+    in clip-retrieval's layout."""
     from retrieval.storage.store import IndexStore
 
     store = IndexStore.open(index)
     try:
-        return export(store.catalog, out, shard_rows, progress)
+        return export(store.catalog, out, shard_rows, progress, faces)
     finally:
         store.close()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retrieval.errors import IndexNotFound, RetrievalError
-from retrieval.storage import integrity
+from retrieval.storage import frames, integrity
 from retrieval.storage.catalog import CATALOG_FILE
 from retrieval.storage.store import busy_line, lock_holder
 
@@ -75,6 +75,7 @@ def check(folder: Path) -> Report:
             return report
         try:
             _check_catalog(conn, report)
+            _check_faces(conn, report)
             _check_faiss(conn, folder, report)
         except sqlite3.DatabaseError as exc:
             report.problems.append(f"{db_path}: {exc}")
@@ -100,6 +101,28 @@ def _check_catalog(conn: sqlite3.Connection, report: Report) -> None:
     top = conn.execute("SELECT max(id) FROM images").fetchone()[0] or 0
     if top >= next_id:
         report.problems.append(f"catalog: image id {top} is not below next_id {next_id}")
+
+
+def _check_faces(conn: sqlite3.Connection, report: Report) -> None:
+    """The faces tables (schema 5, docs/people.md): descriptors whole, people and scans consistent."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'faces'").fetchone() is None:
+        return
+    faces, people = (conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("faces", "people"))
+    scanned = conn.execute("SELECT count(*) FROM face_scans").fetchone()[0]
+    report.findings.append(f"faces: {faces} faces in {scanned} scanned contents, {people} people")
+    bad = conn.execute("SELECT count(*) FROM faces WHERE length(embedding) != 512").fetchone()[0]
+    if bad:
+        report.problems.append(f"faces: {bad} face descriptors are not 128 floats; `retrieval people forget` "
+                               "then `retrieval people scan` finds them again")
+    lost = conn.execute("SELECT count(*) FROM faces WHERE person_id IS NOT NULL "
+                        "AND person_id NOT IN (SELECT id FROM people)").fetchone()[0]
+    if lost:
+        report.problems.append(f"faces: {lost} faces belong to people that do not exist; "
+                               "`retrieval people regroup` gives them people again")
+    unscanned = conn.execute("SELECT count(DISTINCT hash) FROM faces WHERE hash NOT IN (SELECT hash FROM face_scans)").fetchone()[0]
+    if unscanned:
+        report.problems.append(f"faces: {unscanned} contents have faces but no scan record; "
+                               "`retrieval people forget` then `retrieval people scan` rebuilds them")
 
 
 def _check_faiss(conn: sqlite3.Connection, folder: Path, report: Report) -> None:
@@ -131,6 +154,8 @@ def _check_faiss(conn: sqlite3.Connection, folder: Path, report: Report) -> None
             continue
         ids = ann.ids_of(index)
         catalog_ids = {r[0] for r in conn.execute(f"SELECT id FROM {table}")}
+        if kind == "images" and _meta(conn, "schema_version", 1) >= 4:  # videos' later frames (storage/frames.py)
+            catalog_ids |= {i + n * frames.FRAME_STEP for i, count in frames.videos(conn).items() for n in range(1, count)}
         stored = set(ids.tolist())
         if len(ids) != len(stored):
             report.problems.append(f"{path}: {len(ids) - len(stored)} ids stored twice")

@@ -14,10 +14,12 @@ from pathlib import Path
 
 
 class KnownHashes:
-    """``digest in known`` is true when the catalog at `path` holds a vector for that content."""
+    """``digest in known`` is true when the catalog at `path` holds a vector for that content
+    (and, with `faces`, has looked for its faces too: a run that finds faces decodes the rest)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, faces: bool = False):
         self.path = str(Path(path).resolve())
+        self.faces = faces
         self._conn: sqlite3.Connection | None = None
 
     def __contains__(self, digest: object) -> bool:
@@ -26,7 +28,10 @@ class KnownHashes:
             # batch, and WAL lets this reader see each commit without blocking the writer.
             uri = Path(self.path).as_uri() + "?mode=ro"
             self._conn = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
-        row = self._conn.execute("SELECT 1 FROM vectors WHERE hash = ?", (digest,)).fetchone()
+        sql = "SELECT 1 FROM vectors WHERE hash = ?"
+        if self.faces:
+            sql += " AND EXISTS (SELECT 1 FROM face_scans WHERE face_scans.hash = vectors.hash)"
+        row = self._conn.execute(sql, (digest,)).fetchone()
         return row is not None
 
     def close(self) -> None:
@@ -36,7 +41,7 @@ class KnownHashes:
 
     # A connection cannot cross a process boundary; each worker opens its own.
     def __getstate__(self) -> dict:
-        return {"path": self.path}
+        return {"path": self.path, "faces": self.faces}
 
     def __setstate__(self, state: dict) -> None:
-        self.path, self._conn = state["path"], None
+        self.path, self.faces, self._conn = state["path"], state.get("faces", False), None

@@ -21,6 +21,7 @@ Life of a row in ``run_files``::
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from retrieval.media.decode import Loaded
 from retrieval.media.exif import COLUMNS as EXIF_COLUMNS
 from retrieval.media.exif import EMPTY
 from retrieval.media.files import FileStat
+from retrieval.storage import frames
 from retrieval.storage.catalog import Catalog
 
 _META_SET = ", ".join(f"{c} = ?" for c in EXIF_COLUMNS)
@@ -44,6 +46,13 @@ _META_VALUES = (
     + ", ".join(f"f.{c}" for c in EXIF_COLUMNS[1:])
 )
 
+#: Kept rows whose companions or motion file differ from the published row's.
+_RELINKED = """SELECT {count} FROM run_files f JOIN images i ON i.id = f.old_id WHERE f.action = 'keep'
+               AND (i.companions IS NOT f.companions OR i.motion IS NOT f.motion)"""
+
+#: The metadata columns of a file without EXIF: one tuple shared by every such row.
+_NO_META = EMPTY.row()
+
 #: Rows of paths per page read or written at a time (a few hundred KB of Python objects).
 PAGE_ROWS = 2_000
 
@@ -54,7 +63,8 @@ _DDL = [
         seq INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL, size INTEGER, mtime REAL,
         old_id INTEGER, old_hash TEXT, todo INTEGER NOT NULL DEFAULT 1,
         hash TEXT, error TEXT, action TEXT, new_id INTEGER,
-        taken TEXT, taken_offset TEXT, camera_make TEXT, camera_model TEXT, lat REAL, lon REAL, orientation INTEGER)""",
+        taken TEXT, taken_offset TEXT, camera_make TEXT, camera_model TEXT, lat REAL, lon REAL, orientation INTEGER,
+        companions TEXT, motion TEXT)""",
     "CREATE INDEX temp.run_files_new ON run_files(new_id)",
     # Published image rows this run removes: replaced or failed files, and files that are gone.
     "CREATE TEMP TABLE run_deletes (id INTEGER PRIMARY KEY, hash TEXT NOT NULL, gone INTEGER NOT NULL)",
@@ -74,12 +84,14 @@ class Plan:
     deletes: int = 0
     touched: int = 0
     skipped_changed: bool = False
+    #: Unchanged photos whose other files changed (a RAW or a Live Photo's motion file came or went).
+    relinked: int = 0
     final_count: int = 0
     next_id: int = 1
 
     @property
     def changed(self) -> bool:
-        return bool(self.new_rows or self.deletes or self.touched or self.skipped_changed)
+        return bool(self.new_rows or self.deletes or self.touched or self.skipped_changed or self.relinked)
 
 
 class Staging:
@@ -111,7 +123,7 @@ class Staging:
     # -- walking -----------------------------------------------------------------
     def add_stats(self, stats: Iterable[FileStat]) -> None:
         """Stage the walk, page by page; a path met twice (overlapping folders) counts once."""
-        insert = "INSERT OR IGNORE INTO run_files (path, size, mtime) VALUES (?, ?, ?)"
+        insert = "INSERT OR IGNORE INTO run_files (path, size, mtime, companions, motion) VALUES (?, ?, ?, ?, ?)"
         page: list[tuple] = []
         for stat in stats:
             if not _storable(stat.path):
@@ -120,7 +132,8 @@ class Staging:
                      "reason": "file name is not valid UTF-8 (rename the file to index it)"}
                 )
                 continue
-            page.append((stat.path, stat.size, stat.mtime))
+            page.append((stat.path, stat.size, stat.mtime, json.dumps(stat.companions) if stat.companions else None,
+                         stat.motion))
             if len(page) == PAGE_ROWS:
                 self._batch(insert, page)
                 page = []
@@ -161,7 +174,7 @@ class Staging:
     def record(self, loaded: list[Loaded]) -> None:
         self._batch(
             f"UPDATE run_files SET hash = ?, error = ?, {_META_SET} WHERE path = ?",
-            [(item.hash, item.error, *(item.meta or EMPTY).row(), item.path) for item in loaded],
+            [(item.hash, item.error, *(item.meta.row() if item.meta else _NO_META), item.path) for item in loaded],
         )
 
     # -- planning ----------------------------------------------------------------
@@ -235,9 +248,28 @@ class Staging:
             deletes=deletes,
             touched=actions.get("touch", 0),
             skipped_changed=self._skipped_changes() > 0,
-            final_count=one("SELECT count(*) FROM images") - deletes + new_rows,
+            relinked=one(_RELINKED.format(count="count(*)")),
+            final_count=one("SELECT count(*) FROM images") - deletes + new_rows + self._frames_delta(),
             next_id=next_id + new_rows,
         )
+
+    def videos(self) -> tuple[int, int]:
+        """(videos, their sampled frames) among this run's indexed files."""
+        if not self.catalog.has_frames:
+            return 0, 0
+        row = self.conn.execute(
+            "SELECT count(*), coalesce(sum(v.frames), 0) FROM run_files f JOIN vectors v USING (hash) "
+            "WHERE f.action IN ('keep', 'touch', 'new') AND v.frames IS NOT NULL").fetchone()
+        return int(row[0]), int(row[1])
+
+    def _frames_delta(self) -> int:
+        """Change in the image index's rows from videos' frames beyond the first (retrieval/storage/frames.py)."""
+        if not self.catalog.has_frames:
+            return 0
+        c = self.conn
+        return (frames.extra_count(c, "SELECT hash FROM images")
+                - frames.extra_count(c, "SELECT hash FROM run_deletes")
+                + frames.extra_count(c, "SELECT hash FROM run_files WHERE action = 'new'"))
 
     def _skipped_changes(self) -> int:
         dropped = self.conn.execute(
@@ -264,8 +296,15 @@ class Staging:
         return [{"path": p, "size": size, "mtime": m, "reason": r} for p, size, m, r in cursor] + self.unnamed
 
     def deleted_ids(self) -> np.ndarray:
+        """Ids the image index loses: the deleted rows' own, and their videos' other frames."""
         rows = self.conn.execute("SELECT id FROM run_deletes ORDER BY id")
-        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64)
+        if not self.catalog.has_frames:
+            return ids
+        later = self.conn.execute(
+            "SELECT d.id, v.frames FROM run_deletes d JOIN vectors v USING (hash) WHERE v.frames > 1").fetchall()
+        extra = [i + n * frames.FRAME_STEP for i, count in later for n in range(1, count)]
+        return np.concatenate([ids, np.asarray(extra, np.int64)]) if extra else ids
 
     def added_vectors(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) of the new rows, in id order, a chunk at a time."""
@@ -273,6 +312,9 @@ class Staging:
             "SELECT f.new_id, v.vector FROM run_files f JOIN vectors v USING (hash) "
             "WHERE f.new_id > ? ORDER BY f.new_id LIMIT ?"
         )
+        if self.catalog.has_frames:  # the new videos' frames after the first
+            yield from self.catalog.vector_chunks(
+                frames.frames_sql("SELECT new_id AS id, hash FROM run_files WHERE action = 'new'", False))
 
     # -- publishing --------------------------------------------------------------
     def apply(self) -> None:
@@ -284,11 +326,17 @@ class Staging:
         c = self.conn
         c.execute("DELETE FROM images WHERE id IN (SELECT id FROM run_deletes)")
         c.execute(
-            f"""INSERT OR REPLACE INTO images (id, path, size, mtime, hash, width, height, status, {_META_COLUMNS})
+            f"""INSERT OR REPLACE INTO images (id, path, size, mtime, hash, width, height, status, companions, motion,
+                                               {_META_COLUMNS})
                SELECT CASE f.action WHEN 'touch' THEN f.old_id ELSE f.new_id END,
-                      f.path, f.size, f.mtime, f.hash, v.width, v.height, 'ok', {_META_VALUES}
+                      f.path, f.size, f.mtime, f.hash, v.width, v.height, 'ok', f.companions, f.motion, {_META_VALUES}
                FROM run_files f JOIN vectors v USING (hash)
                WHERE f.action IN ('touch', 'new') ORDER BY f.seq"""
+        )
+        # A kept photo's other files follow the folder: a RAW or a motion file that came or went.
+        c.execute(
+            "UPDATE images SET (companions, motion) = (SELECT f.companions, f.motion FROM run_files f "
+            "WHERE f.old_id = images.id) WHERE id IN (" + _RELINKED.format(count="f.old_id") + ")"
         )
         # Bad files outside this run's folders stay recorded as they were; bad files that are
         # unchanged keep their row; the rest of this run's folders is recorded afresh.

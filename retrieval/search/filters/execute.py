@@ -37,8 +37,10 @@ import numpy as np
 
 from retrieval import ann
 from retrieval.search.filters.columns import Columns, read_columns
+from retrieval.search.filters.people import person_mask
 from retrieval.search.filters.spec import Filters
 from retrieval.search.filters.sql import where
+from retrieval.storage import frames
 from retrieval.storage.catalog import Catalog
 
 if TYPE_CHECKING:
@@ -131,6 +133,8 @@ def search(
     clauses = filters.clauses(catalog)  # also refuses a filter this catalog cannot answer
     columns = _columns(catalog, tuning, searcher)
     mask = columns.mask(filters) if columns is not None else None
+    if mask is not None and filters.people:  # who is in a photo changes between generations: asked per query
+        mask &= person_mask(catalog, filters.people, len(mask), searcher.people if searcher is not None else None)
     if mask is not None:
         lock = searcher.indexes.direct_map_lock if searcher is not None else None
         return _search_masked(catalog, index, queries, k, mask, factory, tuning, rerank, quick, lock)
@@ -142,6 +146,8 @@ def search(
     if share is None or share * n <= 2 * tuning.restrict_max:
         rows = catalog.db.execute(f"SELECT id FROM images WHERE {sql} LIMIT ?", [*args, tuning.restrict_max + 1])
         ids = np.fromiter((r[0] for r in rows), np.int64)
+        if len(ids) <= tuning.restrict_max and catalog.has_frames:
+            ids = frames.with_frames(catalog.db.conn, ids)  # a passing video passes with every frame
         if len(ids) <= tuning.restrict_max:
             share = len(ids) / max(n, 1)
         else:
@@ -188,7 +194,9 @@ def _search_masked(
 ) -> FilterResult:
     """The filtered search once the passing ids are a mask indexed by id (`lock`: see ann.stored_vectors)."""
     queries = np.ascontiguousarray(queries, np.float32)
-    count = int(np.count_nonzero(mask))
+    # Videos' frames beyond the first pass with their file and count as vectors that pass.
+    videos = frames.videos(catalog.db.conn) if catalog.has_frames else {}
+    count = int(np.count_nonzero(mask)) + sum(n - 1 for i, n in videos.items() if i < len(mask) and mask[i])
     if count == 0:
         return FilterResult(*_empty(len(queries), 0), "none", "columns")
     share = count / max(index.ntotal, 1)
@@ -204,14 +212,19 @@ def _search_masked(
     lookup = catalog.image_vectors_by_id
     if exact:
         ids = np.flatnonzero(mask).astype(np.int64)
+        if videos:
+            ids = frames.with_frames(catalog.db.conn, ids)
         vectors = None if ann.reranks(factory) else ann.stored_vectors(index, ids, lock)
         if vectors is None:  # 8-bit codes: the exact vectors are the catalog's
             return FilterResult(*_exact(lookup(ids.tolist()), queries, k), "exact", "columns")
         return FilterResult(*ann.top_k(ids, ann.inner_products(queries, vectors), k), "exact", "columns")
     if share >= (tuning.mask_overfetch_share if lists is None else tuning.mask_overfetch_share_ivf):
-        found = _overfetch_masked(index, queries, k, mask, share, factory, lookup, rerank, quick)
+        found = _overfetch_masked(index, queries, k, mask, share, factory, lookup, rerank, quick, count)
         return FilterResult(*found, "overfetch", "columns")
-    params = ann.mask_params(index, mask, share)
+    # The mask is indexed by file id; videos' later frames have ids of their own (storage/frames.py),
+    # so where there are videos the passing ids are listed, frames included.
+    params = (ann.subset_params(index, frames.with_frames(catalog.db.conn, np.flatnonzero(mask).astype(np.int64)), share)
+              if videos else ann.mask_params(index, mask, share))
     found = ann.search_ranked(
         index, queries, min(k, count), factory=factory, lookup=lookup, params=params, rerank=rerank
     )
@@ -220,14 +233,15 @@ def _search_masked(
 
 def _overfetch_masked(
     index: Any, queries: np.ndarray, k: int, mask: np.ndarray, share: float, factory: str | None,
-    lookup: Lookup, rerank: int | None, quick: QuickScan | None,
+    lookup: Lookup, rerank: int | None, quick: QuickScan | None, count: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The best candidates of the whole index that the mask passes, widened until k pass.
 
     `quick`: the 8-bit copy a long-lived caller keeps of an exact index (retrieval/ann/quickscan.py),
     searched as an unfiltered query is, so a broad filter costs what no filter costs."""
     n = index.ntotal
-    scores, out = _empty(len(queries), min(k, int(np.count_nonzero(mask))))
+    count = int(np.count_nonzero(mask)) if count is None else count
+    scores, out = _empty(len(queries), min(k, count))
     for row, query in enumerate(queries):
         fetch = min(n, math.ceil(k / share * 1.5) + 16)
         while True:
@@ -239,7 +253,9 @@ def _overfetch_masked(
                     index, query[None], fetch, factory=factory, lookup=lookup, params=params, rerank=rerank
                 )
             s, ids = s[0], ids[0]
-            keep = np.flatnonzero((ids >= 0) & mask[np.clip(ids, 0, len(mask) - 1)])[: out.shape[1]]
+            files = frames.file_ids(ids)  # a video's frame passes as its file does
+            keep = np.flatnonzero((ids >= 0) & (files < len(mask)) & mask[np.clip(files, 0, len(mask) - 1)])
+            keep = keep[: out.shape[1]]
             if len(keep) >= out.shape[1] or fetch >= n:
                 scores[row, : len(keep)], out[row, : len(keep)] = s[keep], ids[keep]
                 break
@@ -286,8 +302,8 @@ def _overfetch(
         )
         scores, ids = scores[0], ids[0]
         found = [int(i) for i in ids if i >= 0]
-        passing = _passing(catalog, found, sql, args)
-        keep = [j for j, i in enumerate(ids.tolist()) if i in passing][:k]
+        passing = _passing(catalog, sorted({i % frames.FRAME_STEP for i in found}), sql, args)
+        keep = [j for j, i in enumerate(ids.tolist()) if i >= 0 and i % frames.FRAME_STEP in passing][:k]
         if len(keep) >= k or fetch >= n:
             return scores[keep], ids[keep]
         fetch = min(n, fetch * 4)

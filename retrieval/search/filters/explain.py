@@ -35,6 +35,8 @@ def _hint(catalog: Catalog, clause: Clause) -> str:
             "GROUP BY cam ORDER BY sum(images) DESC LIMIT 5"
         ).fetchall()
         return f" (cameras in this index: {', '.join(r[0] for r in rows)})" if rows else " (no image in this index names its camera)"
+    if clause.name.startswith("--person"):
+        return " (no indexed image shows that person now)"
     if clause.name.startswith("--near"):
         placed = db.execute("SELECT count(*) FROM images WHERE lat IS NOT NULL").fetchone()[0]
         return f" ({placed} images in this index have a GPS position)"

@@ -14,13 +14,9 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from retrieval.errors import RetrievalError
-from retrieval.search.filters.sql import Clause, camera_clause, near_clause
+from retrieval.search.filters.people import parse_people, person_clauses
+from retrieval.search.filters.sql import Clause, FilterError, camera_clause, near_clause
 from retrieval.storage.catalog import Catalog
-
-
-class FilterError(RetrievalError):
-    """A filter value that cannot be understood."""
 
 
 @dataclass(frozen=True)
@@ -45,11 +41,15 @@ class Filters:
     min_height: int | None = None
     #: Which dates ``after`` and ``before`` compare: "any" or "exif" (DATE_SOURCES).
     date_source: str = "any"
+    #: People who must all be in the image, each a name (case-insensitive) or a person id as
+    #: given; resolved against the catalog's ``people`` when the clauses are made (people.py).
+    people: tuple[str, ...] = ()
 
     @classmethod
     def parse(
         cls, *, after: Any = None, before: Any = None, folders: str | os.PathLike | Iterable[str | os.PathLike] | None = (),
         camera: Any = None, near: Any = None, min_width: Any = None, min_height: Any = None, date_source: Any = None,
+        people: str | int | Iterable[str | int] | None = (),
     ) -> Filters:
         """Filters from user input (strings from a command line or a URL, or typed values).
 
@@ -66,6 +66,7 @@ class Filters:
             min_width=_positive(min_width, "--min-width"),
             min_height=_positive(min_height, "--min-height"),
             date_source=_date_source(date_source),
+            people=parse_people(people),
         )
         if out.after and out.before and out.after >= out.before:
             raise FilterError(f"--after {after} is not earlier than --before {before}: no date can pass both")
@@ -125,6 +126,7 @@ class Filters:
         if self.min_height:
             col = "(CASE WHEN orientation BETWEEN 5 AND 8 THEN width ELSE height END)" if upright else "height"
             out.append(Clause(f"--min-height {self.min_height}", f"{col} >= ?", [self.min_height]))
+        out += person_clauses(catalog, self.people)
         return out
 
 

@@ -7,8 +7,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from retrieval.errors import RetrievalError
 from retrieval.search.filters.geo import haversine_km, near_box
 from retrieval.storage.catalog import Catalog
+
+
+class FilterError(RetrievalError):
+    """A filter value that cannot be understood."""
 
 
 @dataclass

@@ -20,10 +20,12 @@ const el = {
   viewerScore: $("viewer-score"), viewerRank: $("viewer-rank"), viewerLike: $("viewer-like"),
   viewerCaptions: $("viewer-captions"), viewerOpen: $("viewer-open"), viewerClose: $("viewer-close"),
   viewerPrev: $("viewer-prev"), viewerNext: $("viewer-next"), viewerDownload: $("viewer-download"),
+  viewerVideo: $("viewer-video"), viewerTime: $("viewer-time"),
+  people: $("people"), viewerPeople: $("viewer-people"),
 };
 
 // What is being searched; mirrored in the URL.
-const state = { index: "", q: "", like: [], not: [], target: "images", sort: "score", weight: 0.5, k: PAGE, filters: {} };
+const state = { index: "", q: "", like: [], not: [], target: "images", sort: "score", weight: 0.5, k: PAGE, filters: {}, people: [] };
 // The orders the page offers, as the API names them; captions have no dates.
 const SORTS = ["score", "date", "date-asc"];
 // An uploaded example image: { file, url } (url is a blob: URL for the chip).
@@ -50,6 +52,7 @@ function readURL() {
   state.q = p.get("q") || "";
   state.like = p.getAll("like").flatMap(splitList).filter((v) => /^\d+$/.test(v));
   state.not = p.getAll("not").flatMap(splitList);
+  state.people = p.getAll("person").map((v) => v.trim()).filter(Boolean); // names or ids, all in the photo
   state.target = p.get("target") === "texts" ? "texts" : "images";
   state.sort = SORTS.includes(p.get("sort")) ? p.get("sort") : "score";
   const w = parseFloat(p.get("weight"));
@@ -90,6 +93,7 @@ function stateParams({ forApi }) {
   if (fused && (forApi || state.weight !== 0.5)) p.set("weight", String(state.weight));
   if (state.k !== PAGE || forApi) p.set("k", String(state.k));
   for (const [name, v] of Object.entries(state.filters)) p.set(name, v);
+  for (const person of state.people) p.append("person", person);
   return p;
 }
 
@@ -185,12 +189,13 @@ async function loadIndexes() {
 // ---------- searching ----------
 
 function hasQuery() {
-  return Boolean(state.q || state.like.length || upload);
+  return Boolean(state.q || state.like.length || upload || state.people.length);
 }
 
 async function search({ push = false } = {}) {
   writeURL(push);
   updateControls();
+  markPeople();
   closeViewer();
   run = newRun(run.seq + 1);
   el.weak.hidden = true;
@@ -286,7 +291,7 @@ function describeResults() {
   const n = run.items.length;
   if (!n) {
     setStatus([]);
-    const filtered = Object.keys(state.filters).length > 0;
+    const filtered = Object.keys(state.filters).length > 0 || state.people.length > 0;
     const dated = state.sort !== "score" && state.target === "images";
     return showMessage(
       "info", "Nothing matched",
@@ -302,6 +307,7 @@ function describeResults() {
     parts.push(state.q ? " and the example image" : state.target === "texts" ? " for the example image" : " like the example image");
   }
   if (state.not.length) parts.push(", not ", strong(state.not.join(", ")));
+  if (state.people.length && state.target === "images") parts.push(" with ", strong(state.people.join(" and ")));
   if (state.sort !== "score" && state.target === "images") parts.push(state.sort === "date" ? ", newest first" : ", oldest first");
   const index = currentIndex();
   if (index && indexes.length > 1) parts.push(` in ${index.name}`);
@@ -396,6 +402,17 @@ function appendCards(results, start) {
     name.textContent = r.path || "";
     name.setAttribute("aria-hidden", "true");
     a.append(img, score, name);
+    if (isVideo(r)) {
+      // A video's card shows the frame of its best moment (the thumb URL names the time) and when it is.
+      const moment = document.createElement("span");
+      moment.className = "moment";
+      moment.textContent = `▶ ${formatTime(r.time)}`;
+      moment.setAttribute("aria-hidden", "true");
+      a.append(moment);
+      a.classList.add("video");
+      a.href = `${imageURL(r)}#t=${r.time}`; // opened in a tab of its own, it plays from there too
+      img.alt = `${baseName(r.path) || "video " + r.id} at ${formatTime(r.time)}, score ${r.score.toFixed(3)}`;
+    }
     return a;
   });
   el.grid.append(...cards);
@@ -486,6 +503,45 @@ function formatCount(n, noun) {
   return `${value.toLocaleString()} ${noun}${value === 1 ? "" : "s"}`;
 }
 
+function isVideo(r) {
+  return r.media === "video" && Number.isFinite(r.time);
+}
+
+// Seconds as a player shows them: 75.4 -> "1:15", 3725 -> "1:02:05".
+function formatTime(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  const two = (n) => String(n).padStart(2, "0");
+  const h = Math.floor(s / 3600);
+  return h ? `${h}:${two(Math.floor((s % 3600) / 60))}:${two(s % 60)}` : `${Math.floor(s / 60)}:${two(s % 60)}`;
+}
+
+// A video plays from its moment: "#t=" asks the browser to start there, and once the metadata is in the
+// time is set again where the browser ignored it. Seeking works because the server answers Range requests.
+let videoReady = null; // the shown video's loadedmetadata handler, dropped when another is shown
+
+function showVideo(r) {
+  const video = el.viewerVideo;
+  video.poster = thumbURL(r, 512);
+  videoReady = () => {
+    videoReady = null;
+    if (Math.abs(video.currentTime - r.time) > 0.25) video.currentTime = r.time;
+    video.play().catch(() => {}); // a browser that refuses to start it shows the controls at the moment
+  };
+  video.addEventListener("loadedmetadata", videoReady, { once: true });
+  video.src = `${imageURL(r)}#t=${r.time}`;
+}
+
+function stopVideo() {
+  const video = el.viewerVideo;
+  if (videoReady) video.removeEventListener("loadedmetadata", videoReady);
+  videoReady = null;
+  if (!video.getAttribute("src")) return;
+  video.pause();
+  video.removeAttribute("src");
+  video.removeAttribute("poster");
+  video.load(); // drops the connection that is still fetching it
+}
+
 function formatBytes(n) {
   if (!Number.isFinite(n)) return "";
   const units = ["bytes", "KB", "MB", "GB"];
@@ -504,14 +560,25 @@ async function openViewer(pos) {
   if (!r || state.target !== "images") return;
   viewerAt = pos;
   viewerSeq = run.seq;
-  el.viewerImg.src = imageURL(r);
+  const video = isVideo(r);
+  stopVideo();
+  el.viewerImg.hidden = video;
+  el.viewerVideo.hidden = !video;
+  for (const part of document.querySelectorAll(".viewer-moment")) part.hidden = !video;
+  el.viewerTime.textContent = video ? formatTime(r.time) : "";
+  if (video) {
+    el.viewerImg.removeAttribute("src");
+    showVideo(r);
+  } else {
+    el.viewerImg.src = imageURL(r);
+  }
   el.viewerImg.alt = baseName(r.path) || `photo ${r.id}`;
   el.viewerName.textContent = baseName(r.path) || `Photo ${r.id}`;
   el.viewerPath.textContent = r.path || "";
   el.viewerScore.textContent = r.score.toFixed(4);
   el.viewerRank.textContent = `${r.rank}`;
   el.viewerSize.textContent = r.width && r.height ? `${r.width} × ${r.height}` : "";
-  el.viewerOpen.href = imageURL(r);
+  el.viewerOpen.href = video ? `${imageURL(r)}#t=${r.time}` : imageURL(r);
   // "Open original" shows a JPEG where browsers cannot draw the file (TIFF); this link is the file itself.
   el.viewerDownload.href = `${imageURL(r)}${imageURL(r).includes("?") ? "&" : "?"}download=1`;
   const captions = currentIndex()?.captions > 0;
@@ -521,9 +588,11 @@ async function openViewer(pos) {
   el.viewerNext.disabled = pos >= run.items.length - 1 && run.next === null;
   if (!el.viewer.open) el.viewer.showModal();
   el.viewerLike.focus();
+  showFaces([]);
   try {
     const meta = await api(`api/image/${r.id}/meta?index=${encodeURIComponent(state.index)}`);
     if (viewerAt !== pos) return;
+    showFaces(meta.people || []);
     const dims = meta.width && meta.height ? `${meta.width} × ${meta.height}` : el.viewerSize.textContent;
     el.viewerSize.textContent = [dims, formatBytes(meta.size)].filter(Boolean).join(" · ");
   } catch {
@@ -621,7 +690,9 @@ function wire() {
   el.index.addEventListener("change", () => {
     state.index = el.index.value;
     state.like = []; // ids belong to one index
+    state.people = []; // and so do people
     search({ push: true });
+    loadPeople();
   });
   for (const radio of document.querySelectorAll('input[name="target"]')) {
     radio.addEventListener("change", () => {
@@ -690,6 +761,7 @@ function wire() {
   });
   el.viewer.addEventListener("close", () => {
     el.viewerImg.removeAttribute("src");
+    stopVideo();
     // After the dialog's own focus restoration (to the card that opened it): focus the card
     // last shown, which arrow keys may have changed.
     // After "more like this" the grid holds other results: focus the grid itself instead.
@@ -805,9 +877,87 @@ async function loadFilters() {
   for (const name of Object.keys(state.filters)) if (!supported.includes(name)) delete state.filters[name];
 }
 
+// ---------- people ----------
+
+// A face as a button: its picture (by face id only) and the person's name.
+function faceButton(face, name, pressed) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "person";
+  const img = document.createElement("img");
+  img.alt = "";
+  img.loading = "lazy";
+  if (face) img.src = `${face}${face.includes("?") ? "&" : "?"}size=128`;
+  const label = document.createElement("span");
+  label.textContent = name;
+  button.append(img, label);
+  if (pressed !== null) button.setAttribute("aria-pressed", String(pressed));
+  return button;
+}
+
+// The strip of named people (GET /api/people); a click shows that person's photos, or stops
+// filtering by them. A server without people (an older one, an index without faces) shows none.
+async function loadPeople() {
+  let people = [];
+  try {
+    const body = await api(`api/people?index=${encodeURIComponent(state.index)}`);
+    people = body.people || [];
+  } catch (error) {
+    if (error instanceof AuthNeeded) throw error;
+  }
+  el.people.replaceChildren(
+    ...people.map((p) => {
+      const button = faceButton(p.thumb, p.name, false);
+      button.dataset.name = p.name;
+      button.title = `${p.name}: ${formatCount(p.count, "photo")}`;
+      button.addEventListener("click", () => togglePerson(p.name));
+      return button;
+    }),
+  );
+  el.people.hidden = people.length === 0;
+  markPeople();
+}
+
+function samePerson(a, b) {
+  return a.toLowerCase() === b.toLowerCase();
+}
+
+function togglePerson(name) {
+  const on = state.people.some((p) => samePerson(p, name));
+  state.people = on ? state.people.filter((p) => !samePerson(p, name)) : [...state.people, name];
+  search({ push: true });
+}
+
+function markPeople() {
+  for (const button of el.people.querySelectorAll(".person")) {
+    button.setAttribute("aria-pressed", String(state.people.some((p) => samePerson(p, button.dataset.name))));
+  }
+}
+
+// Who is in the photo the viewer shows; a named face filters the search by that person.
+function showFaces(faces) {
+  el.viewerPeople.replaceChildren(
+    ...faces.map((face) => {
+      const button = faceButton(face.thumb, face.name || "Not named", null);
+      button.disabled = !face.name;
+      button.title = face.name ? `Show the photos of ${face.name}` : "Name this person with: retrieval people name ID NAME";
+      if (face.name) {
+        button.addEventListener("click", () => {
+          closeViewer();
+          state.people = [face.name];
+          search({ push: true });
+        });
+      }
+      return button;
+    }),
+  );
+  for (const part of document.querySelectorAll(".viewer-people")) part.hidden = faces.length === 0;
+}
+
 async function start() {
   try {
     await Promise.all([loadIndexes(), loadFilters()]);
+    await loadPeople();
   } catch (error) {
     if (error instanceof AuthNeeded) return showLogin();
     return showMessage("error", "The server did not list its indexes", error.message);
