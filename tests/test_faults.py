@@ -413,3 +413,41 @@ def test_search_paths_null_separates_names_holding_newlines(tmp_path, cli_aligne
     out = cli("search", "x", "--index", tmp_path / "idx", "--paths", "--null", "-k", 5).stdout_bytes
     assert sorted(out.split(b"\0")[:-1]) == sorted([os.fsencode(odd), os.fsencode(folder / "plain.png")])
     assert out.endswith(b"\0") and np.sum([p == os.fsencode(odd) for p in out.split(b"\0")]) == 1
+
+
+def test_a_folder_that_cannot_be_listed_keeps_its_photos_and_says_so(tmp_path, monkeypatch, caplog):
+    """A subfolder the walk may not list (no permission, an I/O error) is not a deleted one."""
+    folder = tmp_path / "pics"
+    for i in range(3):
+        make_image(folder / "locked" / f"{i}.png", seed=i)
+        make_image(folder / "open" / f"{i}.png", seed=10 + i)
+    index_folder(folder, tmp_path / "idx")
+    locked = str(folder.resolve() / "locked")
+    make_image(folder / "open" / "new.png", seed=30)
+    (folder / "open" / "0.png").unlink()
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if str(path) == locked:  # what root meets on a folder it may not read, whatever chmod says
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level("WARNING", logger="retrieval.media.files"):
+        index_folder(folder, tmp_path / "idx")
+    assert any(locked in r.getMessage() and "Permission denied" in r.getMessage() for r in caplog.records)
+    store = IndexStore.open(tmp_path / "idx")
+    try:
+        paths = set(store.catalog.files())
+    finally:
+        store.close()
+    assert {f"{locked}/{i}.png" for i in range(3)} <= paths  # kept, though unseen
+    assert str(folder.resolve() / "open" / "new.png") in paths  # the rest of the run went on
+    assert str(folder.resolve() / "open" / "0.png") not in paths  # a file really gone still goes
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    index_folder(folder, tmp_path / "idx")  # readable again: nothing to redo
+    store = IndexStore.open(tmp_path / "idx")
+    try:
+        assert {f"{locked}/{i}.png" for i in range(3)} <= set(store.catalog.files())
+    finally:
+        store.close()

@@ -8,6 +8,7 @@ whose message is the reason the indexer records.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 from collections import Counter
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import EpsImagePlugin, Image, ImageFile
+
+log = logging.getLogger(__name__)
 
 #: Formats Pillow names by extension that it still cannot draw here: MPEG's plugin reads a
 #: video's frame size and no pixels (each would be indexed as a black picture).
@@ -135,6 +138,9 @@ class FileStat:
     companions: tuple[str, ...] = ()
     #: A Live Photo's motion file (a .mov of the same stem), linked to the still, not a video.
     motion: str | None = None
+    #: Not a file: a folder the walk could not list (no permission, an I/O error). What is
+    #: indexed under it is kept, not taken for deleted (retrieval/storage/staging.py).
+    unlisted: bool = False
 
 
 class SkipFile(Exception):
@@ -176,7 +182,9 @@ def walk(
             info = root.stat()
             yield FileStat(str(root), info.st_size, info.st_mtime)
             continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        unlisted: list[OSError] = []
+        for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append, followlinks=False):
+            yield from _unlisted(unlisted)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             names = []
             for name in sorted(filenames):
@@ -199,6 +207,17 @@ def walk(
                     yield FileStat(path, -1, 0.0, extra, linked)
                     continue
                 yield FileStat(path, info.st_size, info.st_mtime, extra, linked)
+        yield from _unlisted(unlisted)
+
+
+def _unlisted(errors: list[OSError]) -> Iterator[FileStat]:
+    """The folders os.walk could not list since last asked, as markers, each with one warning."""
+    while errors:
+        exc = errors.pop(0)
+        folder = str(exc.filename)
+        log.warning("folder %s could not be read (%s): the photos indexed under it are kept as they are",
+                    folder, exc.strerror or exc)
+        yield FileStat(folder, -1, 0.0, unlisted=True)
 
 
 def group(names: Iterable[str], settings: WalkSettings = WalkSettings()) -> Iterator[tuple[str, tuple[str, ...], str | None]]:

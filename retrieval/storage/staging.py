@@ -111,6 +111,19 @@ class Staging:
             clauses.append("(path = ? OR substr(path, 1, ?) = ?)")
             self._under_args += [str(root), len(prefix), prefix]
         self._under = "(" + (" OR ".join(clauses) or "0") + ")"
+        #: Folders the walk could not list: their indexed files are not gone, only unseen.
+        self.unlisted: list[str] = []
+
+    def _gone(self) -> tuple[str, list]:
+        """SQL over `path` (and its arguments): under this run's folders, not met by the walk, and
+        not under a folder the walk could not list."""
+        args = list(self._under_args)
+        kept = ""
+        for folder in self.unlisted:
+            prefix = folder.rstrip(os.sep) + os.sep
+            kept += " AND path != ? AND substr(path, 1, ?) != ?"
+            args += [folder, len(prefix), prefix]
+        return f"({self._under} AND path NOT IN (SELECT path FROM run_files){kept})", args
 
     def close(self) -> None:
         for statement in _DROP:
@@ -126,6 +139,9 @@ class Staging:
         insert = "INSERT OR IGNORE INTO run_files (path, size, mtime, companions, motion) VALUES (?, ?, ?, ?, ?)"
         page: list[tuple] = []
         for stat in stats:
+            if stat.unlisted:
+                self.unlisted.append(stat.path)
+                continue
             if not _storable(stat.path):
                 self.unnamed.append(
                     {"path": _printable(stat.path), "size": stat.size, "mtime": stat.mtime,
@@ -211,11 +227,11 @@ class Staging:
                 "INSERT INTO run_deletes (id, hash, gone) SELECT old_id, old_hash, 0 FROM run_files "
                 "WHERE old_id IS NOT NULL AND action IN ('new', 'fail')"
             )
+            gone, gone_args = self._gone()
             c.execute(
                 f"""INSERT OR IGNORE INTO run_deletes (id, hash, gone)
-                    SELECT id, hash, 1 FROM images
-                    WHERE {self._under} AND path NOT IN (SELECT path FROM run_files)""",
-                self._under_args,
+                    SELECT id, hash, 1 FROM images WHERE {gone}""",
+                gone_args,
             )
             plan = self._count(next_id)
         return plan
@@ -272,11 +288,12 @@ class Staging:
                 + frames.extra_count(c, "SELECT hash FROM run_files WHERE action = 'new'"))
 
     def _skipped_changes(self) -> int:
+        gone, gone_args = self._gone()
         dropped = self.conn.execute(
             f"""SELECT count(*) FROM skipped WHERE
                   path IN (SELECT path FROM run_files WHERE action NOT IN ('keep_bad', 'fail'))
-                  OR ({self._under} AND path NOT IN (SELECT path FROM run_files))""",
-            self._under_args,
+                  OR {gone}""",
+            gone_args,
         ).fetchone()[0]
         new_or_different = self.conn.execute(
             """SELECT count(*) FROM run_files f WHERE action = 'fail' AND NOT EXISTS (
@@ -340,11 +357,12 @@ class Staging:
         )
         # Bad files outside this run's folders stay recorded as they were; bad files that are
         # unchanged keep their row; the rest of this run's folders is recorded afresh.
+        gone, gone_args = self._gone()
         c.execute(
             f"""DELETE FROM skipped WHERE
                   path IN (SELECT path FROM run_files WHERE action != 'keep_bad')
-                  OR ({self._under} AND path NOT IN (SELECT path FROM run_files))""",
-            self._under_args,
+                  OR {gone}""",
+            gone_args,
         )
         c.execute(
             "INSERT INTO skipped (path, size, mtime, reason) "
