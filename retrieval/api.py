@@ -25,6 +25,7 @@ from retrieval.search.settings import SearchSettings
 from retrieval.search.textcache import TextVectorCache
 from retrieval.storage import frames
 from retrieval.storage.catalog import CATALOG_FILE
+from retrieval.storage.faces import counts as face_counts
 from retrieval.storage.faults import explained
 from retrieval.storage.store import IndexStore, resolve
 
@@ -190,6 +191,9 @@ class Index:
             # Video files and the frames they were sampled into (docs/video.md); 0 and 0 for photos
             # alone, 0 for an index from before videos (opened read-only, not migrated).
             **dict(zip(("videos", "video_frames"), frames.counts(catalog.db.conn) if catalog.has_frames else (0, 0))),
+            # Faces found and the people they are grouped into, hidden people included (docs/people.md);
+            # 0 and 0 with faces off, or for an index from before faces (opened read-only, not migrated).
+            **{key: n for key, n in face_counts(catalog).items() if key in ("faces", "people")},
             "generation": catalog.generation,
             "index_type": catalog.get_meta("index_factory"),
             "nprobe": catalog.get_meta("index_nprobe"),

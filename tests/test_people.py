@@ -206,6 +206,9 @@ def test_index_groups_people_and_the_users_corrections_last(tmp_path, portraits)
     summary = pipeline.run(store, ColorAligner(), [portraits], settings=SEQUENTIAL)
     store.close()
     assert summary.faces == 3
+    info = json.loads(invoke("info", "--index", index, "--json").output)
+    assert (info["faces"], info["people"]) == (3, 2)
+    assert any(line.split() == ["people", "2"] for line in invoke("info", "--index", index).output.splitlines())
     people = people_json(index)
     files = by_file(people)
     assert set(files) == {"obama.jpg", "obama3.jpg", "biden.jpg"}  # nobody in the coffee
@@ -314,6 +317,10 @@ def test_people_commands_on_an_index_without_faces_say_so(tmp_path, image_dir):
     pipeline.run(store, ColorAligner(), [image_dir], settings=IndexSettings(workers=0, faces=False))
     store.close()
     assert "faces are off" in invoke("people", "--index", index).output
+    info = json.loads(invoke("info", "--index", index, "--json").output)
+    assert (info["faces"], info["people"]) == (0, 0)
+    text = invoke("info", "--index", index).output
+    assert "images" in text and not any(line.split()[0] in ("faces", "people") for line in text.splitlines())
     assert invoke("people", "--index", index, "--json").output.strip().startswith('{\n  "people": []')
     assert "no person named 'Alice'" in invoke("people", "hide", "Alice", "--index", index, ok=False).output
     assert "no face 3" in invoke("people", "move", 3, "new", "--index", index, ok=False).output

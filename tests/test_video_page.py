@@ -132,8 +132,9 @@ def test_the_page_plays_the_video_from_its_moment(browser, served):
         assert any(status == 206 and asked for status, asked in answers), answers
         assert page.locator("#viewer-time").inner_text() == f"0:{int(hit['time']):02d}"
         # Closing stops it; a photo's viewer shows the picture, not a player.
-        page.keyboard.press("Escape")
-        assert video.evaluate("v => v.paused && !v.getAttribute('src')")
+        page.keyboard.press("Escape")  # the viewer closes through the history (popstate): wait for it
+        page.wait_for_function("() => { const v = document.querySelector('#viewer-video');"
+                               " return v.paused && !v.getAttribute('src'); }", timeout=10_000)
         assert not problems, problems
     finally:
         context.close()

@@ -101,6 +101,63 @@ def test_new_files_are_indexed_deleted_ones_leave_and_renames_keep_their_vector(
     assert any("moved 1" in line for line in running.lines), running.lines
 
 
+class FinderCount:
+    """Counts FaceFinder constructions and model loads (in this process: a batch of one file decodes here)."""
+
+    def __init__(self, monkeypatch):
+        from retrieval.aligners.faces import FaceFinder
+
+        self.built: list[object] = []
+        self.loaded: list[str] = []
+        init, load = FaceFinder.__init__, FaceFinder._load
+
+        def counted_init(finder, settings=None):
+            self.built.append(finder)
+            init(finder, settings)
+
+        def counted_load(name):
+            self.loaded.append(name)
+            return load(name)
+
+        monkeypatch.setattr(FaceFinder, "__init__", counted_init)
+        monkeypatch.setattr(FaceFinder, "_load", staticmethod(counted_load))
+
+
+def test_a_watcher_with_faces_off_builds_no_face_finder(tmp_path, image_dir, color_aligner, monkeypatch):
+    count = FinderCount(monkeypatch)
+    watcher = Watcher(tmp_path / "idx", color_aligner, [image_dir], WatchSettings(index=IndexSettings(faces=False)))
+    assert watcher.batch("start").added == 12
+    make_image(image_dir / "new.jpg", seed=99)
+    assert watcher.batch("1 new").added == 1
+    assert count.built == [] and count.loaded == []
+
+
+@pytest.mark.slow
+def test_watcher_batches_share_one_face_finder_and_its_loaded_models(tmp_path, color_aligner, monkeypatch):
+    from PIL import Image
+
+    face = Path(sys.prefix) / "share" / "face-photos" / "obama.jpg"
+    if not face.is_file():
+        pytest.skip(f"{face} is missing: `bash scripts/setup.sh --test` unpacks face_recognition's photos there")
+    count = FinderCount(monkeypatch)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copyfile(skimage_photo("coffee.png"), folder / "coffee.png")
+    # Default workers: a batch this small decodes in the watcher's own process.
+    watcher = Watcher(tmp_path / "idx", color_aligner, [folder], WatchSettings(index=IndexSettings(faces=True)))
+    assert watcher.batch("start").faces == 0
+    shutil.copyfile(face, folder / "a.jpg")
+    assert watcher.batch("1 new").faces == 1
+    with Image.open(face) as image:
+        other = image.convert("RGB")
+    other.putpixel((0, 0), (255, 0, 0))  # new content, the same face
+    other.save(folder / "b.jpg", quality=92)
+    summary = watcher.batch("1 new")
+    assert (summary.added, summary.faces) == (1, 2)
+    assert len(count.built) == 1  # one finder for the three batches
+    assert sorted(count.loaded) == ["hog", "landmarks", "resnet"]  # each model loaded once
+
+
 def test_a_burst_is_one_batch_and_a_file_being_written_waits(tmp_path, image_dir, color_aligner):
     index = tmp_path / "idx"
     with Running(index, color_aligner, [image_dir], WatchSettings(quiet=1.0, max_wait=30, index=IndexSettings(workers=0))) as running:

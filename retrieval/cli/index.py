@@ -147,7 +147,8 @@ def info(index_name: str, as_json: bool) -> None:
 #: How `info` names each field of Index.info() for a person; fields not listed are not shown as text.
 _INFO_LABELS = {
     "index": "index", "model": "aligner", "model_identity": "aligner recipe", "dim": "dimension",
-    "images": "images", "videos": "videos", "video_frames": "video frames", "skipped": "skipped files", "captions": "captions", "with_date": "with a date",
+    "images": "images", "videos": "videos", "video_frames": "video frames",
+    "faces": "faces", "people": "people", "skipped": "skipped files", "captions": "captions", "with_date": "with a date",
     "with_place": "with a place", "with_camera": "with a camera", "generation": "generation",
     "index_type": "index type", "nprobe": "lists probed", "recall_at_10_vs_exact": "recall@10 vs exact",
     "recall_measured_on": "recall measured on", "recall_at_10_by_queries": "recall@10 by queries",
@@ -162,6 +163,8 @@ def info_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     for key, label in _INFO_LABELS.items():
         value = data.get(key)
         if value is None or (key in ("videos", "video_frames") and not value):  # an index of photos: as before
+            continue
+        if key in ("faces", "people") and not data.get("faces"):  # faces off, or none found: as before
             continue
         rows.append((label, _size(value) if key == "bytes_on_disk" else _readable(value)))
     return rows

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from retrieval.cli.app import main, note
 from retrieval.cli.filtering import filter_options, filters_from
 from retrieval.cli.options import INDEX_HELP, MODEL_HELP, progress
+
+if TYPE_CHECKING:
+    from retrieval.search.query import Hit
 
 
 @main.command()
@@ -105,7 +109,16 @@ def search(text: str | None, image: str | None, texts: bool, k: int, weight: flo
             # Sorted by date, the date is what orders them: shown beside the score.
             when = f"{(hit.taken or 'no date').replace('T', ' '):<19}  " if order.by_date else ""
             at = f"  at {_clock(hit.time)}" if hit.time is not None else ""  # a video's moment
-            click.echo(f"{hit.rank:>3}  {hit.score:.3f}  {when}{hit.path if hit.path is not None else hit.text}{at}")
+            click.echo(f"{hit.rank:>3}  {hit.score:.3f}  {when}{hit.path if hit.path is not None else hit.text}{at}"
+                       f"{_also(hit)}")
+
+
+def _also(hit: Hit) -> str:
+    """A photo's other files, short: "  (+ IMG_1.CR2)" for a RAW+JPEG pair, "  (live)" for a Live Photo."""
+    parts = [f"+ {', '.join(os.path.basename(p) for p in hit.companions)}"] if hit.companions else []
+    if hit.motion:
+        parts.append("live")
+    return f"  ({'; '.join(parts)})" if parts else ""
 
 
 def _clock(seconds: float) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from retrieval.aligners.base import Aligner
+from retrieval.aligners.faces import FaceFinder
 from retrieval.errors import FolderGone
 from retrieval.ingest.captions import read_captions
 from retrieval.ingest.faces import faces_wanted
@@ -208,7 +209,7 @@ def run(
             if faces:
                 # Before publishing, so people are there when the photos are: what no worker
                 # looked at (unchanged files of an index that had faces off), then the grouping.
-                scan_faces(store, settings, progress)
+                scan_faces(store, settings, progress, finder=_kept_finder(source, settings))
             if plan.changed or captions is not None or catalog.generation == 0 or damaged or switched:
                 # A cluster source builds an on-disk index's shards on the cluster (ray_shards).
                 summary.generation = publish(store, staging, plan, captions, settings, damaged=damaged,
@@ -216,7 +217,7 @@ def run(
                                              encode_texts=aligner.encode_texts)
             if faces:
                 if has_unscanned(catalog):  # a cluster's run: its workers do not look for faces
-                    scan_faces(store, settings, progress)
+                    scan_faces(store, settings, progress, finder=_kept_finder(source, settings))
                 summary.faces = catalog.count("faces")
         finally:
             known.close()
@@ -224,6 +225,11 @@ def run(
     summary.seconds = time.monotonic() - started
     log.info("index run: %s", summary.line())
     return summary
+
+
+def _kept_finder(source: Source, settings: IndexSettings) -> FaceFinder | None:
+    """The face finder a local source keeps across runs (a watcher's), so a scan reuses its models too."""
+    return source.finder(settings) if isinstance(source, LocalSource) else None
 
 
 def _refuse_gone(roots: Sequence[str | Path]) -> None:

@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from retrieval.aligners.base import Aligner
+from retrieval.aligners.faces import FaceFinder, FaceSettings
 from retrieval.ann.ondisk import AddShards
 from retrieval.ingest.faces import finder_for, store_found
 from retrieval.ingest.settings import IndexSettings
@@ -54,7 +55,22 @@ class Source(Protocol):
 
 
 class LocalSource(Source):
-    """Files from local folders, decoded by worker processes and encoded here: the default."""
+    """Files from local folders, decoded by worker processes and encoded here: the default.
+
+    One source may serve many runs (a watcher's batches): its face finder is built once and
+    keeps its loaded models, instead of dlib's detector and face models loading again per run.
+    """
+
+    def __init__(self) -> None:
+        self._finder: FaceFinder | None = None
+
+    def finder(self, settings: IndexSettings) -> FaceFinder:
+        """The face finder for `settings`' face settings: the one of an earlier run when they are the same.
+        Not prepared: building one costs nothing, its models load on first use."""
+        wanted = settings.face_settings or FaceSettings()
+        if self._finder is None or self._finder.settings != wanted:
+            self._finder = finder_for(settings)
+        return self._finder
 
     def roots(self, roots: Sequence[str | Path]) -> list[Path]:
         return [Path(r).expanduser().resolve() for r in roots]
@@ -70,7 +86,7 @@ class LocalSource(Source):
     ) -> int:
         encoded = 0
         # Faces are looked for in the picture the workers decode anyway (retrieval.ingest.faces).
-        finder = finder_for(settings).prepare() if settings.faces and staging.todo_count() else None
+        finder = self.finder(settings).prepare() if settings.faces and staging.todo_count() else None
         stream = load_stream(staging.todo_paths(), aligner.transform, known, settings, count=staging.todo_count(),
                              faces=finder)
         # A short first batch: the model starts on the first decoded chunk, not the first full batch.

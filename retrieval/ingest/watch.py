@@ -32,6 +32,7 @@ from pathlib import Path
 from retrieval.aligners.base import Aligner
 from retrieval.errors import FolderGone, IndexBusy, StorageError
 from retrieval.ingest.pipeline import IndexSettings, RunSummary, run
+from retrieval.ingest.source import LocalSource
 from retrieval.storage.faults import explained
 from retrieval.storage.store import IndexStore
 
@@ -121,6 +122,9 @@ class Watcher:
         self.gone: set[Path] = set()
         self.batches = 0
         self._not_before = 0.0
+        #: One source for every batch: its face finder (dlib's detector and face models) is built
+        #: and loaded once, not once per batch (docs/people.md#which-detector-at-which-size).
+        self.source = LocalSource()
 
     # -- lines -------------------------------------------------------------------------------
     def say(self, line: str) -> None:
@@ -236,7 +240,8 @@ class Watcher:
             store = IndexStore.open(self.index, create=True)
             try:
                 with explained(store.folder, "indexing"):
-                    summary = run(store, self.aligner, roots, settings=self.settings.index, holder=HOLDER)
+                    summary = run(store, self.aligner, roots, settings=self.settings.index, source=self.source,
+                                  holder=HOLDER)
             finally:
                 store.close()
         except (FolderGone, IndexBusy, StorageError) as exc:

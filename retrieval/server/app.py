@@ -413,6 +413,19 @@ def create_app(settings: ServerSettings) -> FastAPI:
         data, etag = await run_in_threadpool(files.preview, served.folder, image_id, real, decoders.thumbnail)
         return _cached(request, etag, lambda: Response(data, media_type="image/jpeg"))
 
+    @api.get("/api/image/{image_id}/motion", response_class=Response, responses=IMAGE, tags=["files"])
+    async def motion(request: Request, image_id: Annotated[int, Path(ge=0, le=MAX_ID)], index: str | None = None):
+        """A Live Photo's motion file (its .mov), by the photo's id, under the originals' rules: only from
+        inside an indexed folder, in the byte range a Range header asks for; 404 for a photo without one."""
+        served, row, roots = await run(lambda lib: (*lib.image_row(index, image_id), lib.get(index).roots()))
+        # An index from before roots were recorded: the photo's own folder, never the motion file's.
+        allowed = roots or [str(FsPath(row["path"]).parent)]
+        real = await run_in_threadpool(files.servable_path, row.get("motion") or "", allowed)
+        if real is None:
+            raise NotFound(f"image {image_id} has no motion file inside an indexed folder")
+        etag = await run_in_threadpool(files.version_key, image_id, real, "motion")
+        return await _original(request, real, etag, None)
+
     @api.get("/api/image/{image_id}/meta", response_model=ImageMeta, tags=["files"])
     async def image_meta(image_id: Annotated[int, Path(ge=0, le=MAX_ID)], index: str | None = None):
         """Path (relative unless --absolute-paths), size and pixel dimensions of an image."""

@@ -21,6 +21,7 @@ const el = {
   viewerCaptions: $("viewer-captions"), viewerOpen: $("viewer-open"), viewerClose: $("viewer-close"),
   viewerPrev: $("viewer-prev"), viewerNext: $("viewer-next"), viewerDownload: $("viewer-download"),
   viewerVideo: $("viewer-video"), viewerTime: $("viewer-time"),
+  viewerCompanions: $("viewer-companions"), viewerMotion: $("viewer-motion"), viewerMotionLink: $("viewer-motion-link"),
   people: $("people"), viewerPeople: $("viewer-people"),
 };
 
@@ -413,6 +414,14 @@ function appendCards(results, start) {
       a.href = `${imageURL(r)}#t=${r.time}`; // opened in a tab of its own, it plays from there too
       img.alt = `${baseName(r.path) || "video " + r.id} at ${formatTime(r.time)}, score ${r.score.toFixed(3)}`;
     }
+    const badge = pairBadge(r);
+    if (badge) {
+      const mark = document.createElement("span");
+      mark.className = "badge";
+      mark.textContent = badge;
+      a.append(mark);
+      img.alt += ` (${badge})`;
+    }
     return a;
   });
   el.grid.append(...cards);
@@ -578,6 +587,7 @@ async function openViewer(pos) {
   el.viewerScore.textContent = r.score.toFixed(4);
   el.viewerRank.textContent = `${r.rank}`;
   el.viewerSize.textContent = r.width && r.height ? `${r.width} × ${r.height}` : "";
+  showPair(r);
   el.viewerOpen.href = video ? `${imageURL(r)}#t=${r.time}` : imageURL(r);
   // "Open original" shows a JPEG where browsers cannot draw the file (TIFF); this link is the file itself.
   el.viewerDownload.href = `${imageURL(r)}${imageURL(r).includes("?") ? "&" : "?"}download=1`;
@@ -597,6 +607,42 @@ async function openViewer(pos) {
     el.viewerSize.textContent = [dims, formatBytes(meta.size)].filter(Boolean).join(" · ");
   } catch {
     // The dimensions from the result are enough; the byte size is a bonus.
+  }
+}
+
+// A photo with other files of its shot: a RAW beside its JPEG ("companions"), a Live Photo's .mov ("motion").
+function pairBadge(r) {
+  if (r.motion) return "LIVE";
+  if (!Array.isArray(r.companions) || !r.companions.length) return "";
+  // A RAW's extension varies by maker (CR2, NEF, DNG...): the badge names the kind, the viewer the files.
+  const still = (baseName(r.path).split(".").pop() || "").toUpperCase();
+  return `RAW+${still === "JPG" || still === "JPE" || !still ? "JPEG" : still}`;
+}
+
+function motionURL(r) {
+  return `api/image/${r.id}/motion?index=${encodeURIComponent(state.index)}`;
+}
+
+// The viewer's "Also" (companion file names) and "Live" (the motion file, muted, looping) rows.
+function showPair(r) {
+  const names = Array.isArray(r.companions) ? r.companions.map(baseName) : [];
+  el.viewerCompanions.replaceChildren(...names.map((name) => {
+    const li = document.createElement("li");
+    li.textContent = name;
+    return li;
+  }));
+  for (const part of document.querySelectorAll(".viewer-pair")) part.hidden = !names.length;
+  for (const part of document.querySelectorAll(".viewer-live")) part.hidden = !r.motion;
+  const motion = el.viewerMotion;
+  if (r.motion) {
+    el.viewerMotionLink.href = motionURL(r);
+    el.viewerMotionLink.textContent = baseName(r.motion);
+    motion.src = motionURL(r);
+    motion.play().catch(() => {}); // autoplay refused: the link still opens the file
+  } else if (motion.getAttribute("src")) {
+    motion.pause();
+    motion.removeAttribute("src");
+    motion.load(); // drops the connection that is still fetching it
   }
 }
 
@@ -762,6 +808,7 @@ function wire() {
   el.viewer.addEventListener("close", () => {
     el.viewerImg.removeAttribute("src");
     stopVideo();
+    showPair({}); // stops a Live Photo's motion
     // After the dialog's own focus restoration (to the card that opened it): focus the card
     // last shown, which arrow keys may have changed.
     // After "more like this" the grid holds other results: focus the grid itself instead.
