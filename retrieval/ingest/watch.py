@@ -202,8 +202,8 @@ class Watcher:
                 for change, path in found:
                     self.pending.note(kinds[change], path, now, self.settings.follow_limit)
                 if self.present() != roots:
-                    if self.pending:
-                        self._due(time.monotonic(), force=True)
+                    # The changes wait for the watch of the new set of folders: a batch run before
+                    # that watch starts would miss a file written between its walk and the watch.
                     return
                 self._due(now)
                 if self.stop.is_set():
@@ -215,13 +215,13 @@ class Watcher:
         """A change that events do not show (a folder came back): it calls for a batch too."""
         self.pending.note("modified", "", now, 0)
 
-    def _due(self, now: float, force: bool = False) -> None:
+    def _due(self, now: float) -> None:
         pending, s = self.pending, self.settings
         if not pending or now < self._not_before:
             return
         quiet = now - pending.last >= s.quiet
         overdue = now - pending.first >= s.max_wait
-        if not (quiet or overdue or force):
+        if not (quiet or overdue):
             return
         if not overdue and pending.unsettled():
             pending.last = now  # still being written: a quiet period from now
