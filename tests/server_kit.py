@@ -14,7 +14,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -96,6 +99,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def serving(app, header_timeout_s: float = 5.0, keep_alive_s: int = 5) -> Iterator[int]:
+    """`app` on a real uvicorn in a thread of this process, on 127.0.0.1; yields its port."""
+    from retrieval.server.listen import listener
+
+    port = free_port()
+    server = listener(app, "127.0.0.1", port, header_timeout_s=header_timeout_s, keep_alive_s=keep_alive_s)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 class ServerProcess:

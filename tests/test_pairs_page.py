@@ -11,15 +11,13 @@ Plumbing only: the ColorAligner indexes and searches, a real uvicorn serves in t
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 
 import httpx
 import pytest
 from click.testing import CliRunner
 from conftest import ColorAligner, skimage_photo
 from PIL import Image
-from server_kit import client, free_port
+from server_kit import client, serving
 from video_kit import make_video
 
 from benchmarks.raw_files import save_dng
@@ -58,22 +56,11 @@ def library(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(library):
     """(base URL, {shown path: hit}, in-process client): a real uvicorn in this process."""
-    from retrieval.server.listen import listener
-
     _, index = library
     api = client(ServerSettings(indexes=[str(index)]), aligner=ColorAligner())
     hits = {h["path"]: h for h in api.get("/api/search", params={"q": "anything", "k": 10}).json()["results"]}
-    port = free_port()
-    server = listener(api.app, "127.0.0.1", port, header_timeout_s=5.0, keep_alive_s=5)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", hits, api
-    server.should_exit = True
-    thread.join(10)
+    with serving(api.app, header_timeout_s=5.0, keep_alive_s=5) as port:
+        yield f"http://127.0.0.1:{port}", hits, api
 
 
 def test_a_hit_lists_its_raw_or_its_motion_file_and_a_plain_photo_gains_no_keys(served):

@@ -8,13 +8,11 @@ a browser gets. Playing a video from its moment in Chromium is tests/test_video_
 from __future__ import annotations
 
 import os
-import threading
-import time
 
 import httpx
 import pytest
 from conftest import ColorAligner
-from server_kit import client, color_index, free_port
+from server_kit import client, color_index, serving
 
 from retrieval.server import ranges
 from retrieval.server.app import ServerSettings
@@ -60,25 +58,14 @@ def test_ranges_past_the_end_are_not_satisfiable(header, size):
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """(base URL, photo folder, id of p0.jpg): a real uvicorn in this process over a ColorAligner index."""
-    from retrieval.server.listen import listener
-
     root = tmp_path_factory.mktemp("ranges")
     index, photos = color_index(root, count=3)
     api = client(ServerSettings(indexes=[str(index)]), aligner=ColorAligner())
     results = api.get("/api/search", params={"q": "x", "k": 10}).json()["results"]
     image_id = next(r["id"] for r in results if r["path"] == "p0.jpg")
     app = api.app
-    port = free_port()
-    server = listener(app, "127.0.0.1", port, header_timeout_s=5.0, keep_alive_s=5)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", photos, image_id
-    server.should_exit = True
-    thread.join(10)
+    with serving(app, header_timeout_s=5.0, keep_alive_s=5) as port:
+        yield f"http://127.0.0.1:{port}", photos, image_id
 
 
 def test_an_original_is_sent_whole_or_in_the_range_asked_for(live):

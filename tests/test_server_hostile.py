@@ -18,7 +18,7 @@ import time
 import pytest
 from conftest import ColorAligner
 from PIL import Image
-from server_kit import client, color_index, free_port
+from server_kit import client, color_index, serving
 
 from retrieval.server import clip_compat
 from retrieval.server.app import ServerSettings
@@ -179,21 +179,10 @@ def test_two_host_headers_are_refused(setup):
 @pytest.fixture
 def live(tmp_path):
     """A real uvicorn in this process with 1-second header and keep-alive timeouts."""
-    from retrieval.server.listen import listener
-
     index, _ = color_index(tmp_path)
     app = client(ServerSettings(indexes=[str(index)]), aligner=ColorAligner()).app
-    port = free_port()
-    server = listener(app, "127.0.0.1", port, header_timeout_s=1.0, keep_alive_s=1)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(10)
+    with serving(app, header_timeout_s=1.0, keep_alive_s=1) as port:
+        yield port
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> float | None:
