@@ -321,3 +321,23 @@ def test_with_the_default_aligner_a_photo_copied_in_is_found_by_text(tmp_path):
     finally:
         idx.close()
     assert Path(top[0].path).name == "cat.png"
+
+
+def test_a_file_written_the_moment_the_first_batch_is_reported_is_indexed(tmp_path, image_dir, color_aligner):
+    """The first batch runs once the watch listens: a file written as its line comes out (before
+    the watch had started, it waited unseen for some later change) gets a batch of its own."""
+    index = tmp_path / "idx"
+    late = image_dir / "late.png"
+    running = Running(index, color_aligner, [image_dir])
+    report = running.lines.append
+
+    def write_on_first_line(line: str) -> None:
+        report(line)
+        if line.startswith("batch 1 (start)"):
+            make_image(late, seed=77)
+
+    running.watcher._report = write_on_first_line
+    with running:
+        wait_for(lambda: str(late) in rows(index))
+    assert running.lines[0].startswith("batch 1 (start): added 12")
+    assert running.lines[1].startswith("batch 2 (") and ": added 1," in running.lines[1], running.lines

@@ -122,6 +122,8 @@ class Watcher:
         self.gone: set[Path] = set()
         self.batches = 0
         self._not_before = 0.0
+        #: The first batch has not run: it runs once the first watch is listening (see `run`).
+        self._starting = True
         #: One source for every batch: its face finder (dlib's detector and face models) is built
         #: and loaded once, not once per batch (docs/people.md#which-detector-at-which-size).
         self.source = LocalSource()
@@ -175,8 +177,11 @@ class Watcher:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
-        """Index what is there, then follow changes until `stop` is set."""
-        self.batch("start")
+        """Index what is there, then follow changes until `stop` is set.
+
+        The first batch runs inside the first watch, once it listens: run before it, a file
+        written between that batch's walk and the watch's start would wait for the next change.
+        """
         while not self.stop.is_set():
             roots = self.present()
             if not roots:
@@ -198,6 +203,9 @@ class Watcher:
                  watchfiles.Change.deleted: "deleted"}
         try:
             for found in changes:
+                if self._starting:
+                    self._starting = False
+                    self.batch("start")
                 now = time.monotonic()
                 for change, path in found:
                     self.pending.note(kinds[change], path, now, self.settings.follow_limit)
