@@ -8,13 +8,19 @@ people and photos without, in one run.
 - Each saved `--copies` times at JPEG qualities 92, 91...: other contents to the indexer, the
   same work, so that a run's fixed costs (starting the workers, loading the models) weigh little.
 
-Three configurations: faces off, faces on as shipped, and faces on as first shipped (HOG on the
-RGB picture, a second decode of a small draft), so one run gives the before and after. Each
-configuration indexes its folder into a fresh index with the `default` aligner loaded once
-(outside the timing) and the indexer's default workers; configurations take turns, `--rounds`
-times, and the median run counts: wall time (images/s) and CPU time of this process and its
-workers per photo (less swayed by the other work of a shared machine). Faces on includes loading dlib's models in the workers, as
-every index run does.
+Four configurations: faces off; faces on as shipped (dlib's ResNet descriptor read from its file
+and run by numpy, retrieval/aligners/face_resnet.py); faces on with it run by torch; and faces on
+with dlib's own descriptor (the same descriptors, dlib's code: what shipped before), so one run
+gives the before and after and the alternative. Each configuration indexes its folder into a
+fresh index with the `default` aligner loaded once (outside the timing) and the indexer's default
+workers; configurations take turns, `--rounds` times, and the median run counts: wall time
+(images/s) and CPU time of this process and its workers per photo (less swayed by the other work
+of a shared machine). Faces on includes loading the face models in the workers (and, for torch,
+importing it there), as every index run does.
+
+Then the descriptor alone, as a decoding worker runs it (on one thread): CPU ms per face of each
+descriptor on the aligned chips of the labelled set's faces, one batch per photo; and the CPU
+seconds a fresh process (a decoding worker) spends to load each one, imports included.
 
     python -m benchmarks.bench_people_cost [--rounds 3] [--photos 40]
 """
@@ -26,6 +32,8 @@ import re
 import resource
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -73,6 +81,58 @@ def without_people(folder: Path, count: int, copies: int) -> int:
     return len(paths) * copies
 
 
+def descriptor_ms(rounds: int) -> dict[str, float]:
+    """CPU ms per face of each descriptor on the labelled set's chips (median of `rounds` passes),
+    torch on one thread as in a decoding worker; the chips are made once, by dlib."""
+    import torch
+
+    from retrieval.aligners.faces import DESCRIPTORS, FaceFinder, FaceSettings
+
+    finders = {d: FaceFinder(FaceSettings(descriptor=d)).load() for d in DESCRIPTORS}
+    batches = []
+    for item in labelled_set():
+        if item.path.is_file() and item.faces:
+            image = picture(item)
+            chips = finders["numpy"].chips(image, finders["numpy"].detect(image))
+            if chips:
+                batches.append(chips)
+    faces = sum(len(b) for b in batches)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {}
+        for name, finder in finders.items():
+            finder.describe(batches[0])  # first call: allocations, oneDNN's kernel choice
+            passes = []
+            for _ in range(rounds):
+                started = time.process_time()
+                for chips in batches:
+                    finder.describe(chips)
+                passes.append(time.process_time() - started)
+            out[name] = round(statistics.median(passes) / faces * 1000, 1)
+    finally:
+        torch.set_num_threads(threads)
+    note(f"descriptor CPU ms per face over {faces} faces: {out}")
+    return out
+
+
+LOAD_CODE = """
+import sys, time
+from retrieval.aligners.faces import FaceFinder, FaceSettings
+finder = FaceFinder(FaceSettings(descriptor=sys.argv[1]))
+started = time.process_time()
+finder._model("resnet")
+print(time.process_time() - started)
+"""
+
+
+def load_cpu_s(descriptor: str, rounds: int) -> float:
+    """CPU seconds a fresh process spends loading `descriptor` (imports included), median of `rounds`."""
+    runs = [float(subprocess.run([sys.executable, "-c", LOAD_CODE, descriptor], check=True, capture_output=True,
+                                 text=True).stdout.split()[-1]) for _ in range(rounds)]
+    return round(statistics.median(runs), 2)
+
+
 def _cpu_s() -> float:
     """CPU seconds of this process and of its finished children (the decoding workers, which an
     index run ends): on a shared machine the work done, where wall time also counts waiting."""
@@ -104,11 +164,10 @@ def main(out: Path, rounds: int, photos: int, copies: int) -> None:
     finally:
         warm.close()
     before = load()
-    # Faces off, faces on as shipped, and faces on as first shipped (HOG on the RGB picture, a
-    # second decode for a small draft) for the before/after in docs/people.md.
+    # Faces off, faces on as shipped (dlib's ResNet run by numpy), run by torch, and run by dlib
+    # (as shipped before) for the before/after in docs/people.md.
     configs: dict[str, FaceSettings | None] = {
-        "off": None, "on": FaceSettings(),
-        "on_before": FaceSettings(grey=False, enlarge_below=0, redecode_below=480),
+        "off": None, "on": FaceSettings(), "on_torch": FaceSettings(descriptor="torch"), "on_dlib": FaceSettings(descriptor="dlib"),
     }
     times: dict[tuple[str, str], list[float]] = {(k, c): [] for k in folders for c in configs}
     cpu_runs: dict[tuple[str, str], list[float]] = {(k, c): [] for k in folders for c in configs}
@@ -134,15 +193,21 @@ def main(out: Path, rounds: int, photos: int, copies: int) -> None:
         rows.append({"photos": kind, "count": counts[kind],
                      **{f"img_s_faces_{c}": round(counts[kind] / wall[c], 2) for c in configs},
                      **{f"cpu_ms_per_photo_faces_{c}": round(cpu_s[c] / counts[kind] * 1000) for c in configs},
-                     "added_cpu_before": f"{(cpu_s['on_before'] / cpu_s['off'] - 1) * 100:+.0f}%",
+                     "added_cpu_dlib": f"{(cpu_s['on_dlib'] / cpu_s['off'] - 1) * 100:+.0f}%",
+                     "added_cpu_torch": f"{(cpu_s['on_torch'] / cpu_s['off'] - 1) * 100:+.0f}%",
                      "added_cpu_now": f"{(cpu_s['on'] / cpu_s['off'] - 1) * 100:+.0f}%",
                      "aim_met_now": cpu_s["on"] <= 1.3 * cpu_s["off"],
                      **{f"runs_s_faces_{c}": [round(t, 1) for t in times[(kind, c)]] for c in configs}})
+    per_face = descriptor_ms(rounds)
+    loading = {d: load_cpu_s(d, rounds) for d in per_face}
+    note(f"descriptor load CPU s in a fresh process: {loading}")
     after = load()
     shutil.rmtree(work, ignore_errors=True)
-    report("people_cost", {"machine": machine(), "load_before": before, "load_after": after, "aim": "+30% CPU", "rows": rows}, rows, out,
+    report("people_cost", {"machine": machine(), "load_before": before, "load_after": after, "aim": "+30% CPU", "rows": rows,
+                           "descriptor_cpu_ms_per_face": per_face, "descriptor_load_cpu_s": loading}, rows, out,
            title=f"`default` indexing with faces off and on, median of {rounds} runs; load average {before:.1f} before, "
-                 f"{after:.1f} after (the machine was shared)")
+                 f"{after:.1f} after (the machine was shared); descriptor CPU ms per face on one thread: {per_face}; "
+                 f"CPU s to load it in a fresh process: {loading}")
 
 
 if __name__ == "__main__":

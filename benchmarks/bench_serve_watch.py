@@ -35,7 +35,7 @@ import click
 import httpx
 
 from benchmarks import harness
-from benchmarks.bench_server import free_port
+from benchmarks.bench_server import free_port, wait_healthy
 from benchmarks.bench_watch import Photos, rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,20 +66,6 @@ def count_indexed(index: Path) -> int:
 
 def start(argv: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
-
-
-def wait_healthy(base: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited ({proc.returncode}); see {log}")
-        try:
-            if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"the server did not answer within 300 s; see {log}")
 
 
 def stop(proc: subprocess.Popen) -> None:

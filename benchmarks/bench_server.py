@@ -274,6 +274,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(base: str, proc: subprocess.Popen, log: Path, seconds: float = 300) -> None:
+    """Wait until the server at `base` answers /api/health, or exit naming its log."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited ({proc.returncode}); see {log}")
+        try:
+            if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the server did not answer within {seconds:g} s; see {log}")
+
+
 class Server:
     """`retrieval serve` in a child process on 127.0.0.1."""
 
@@ -285,18 +300,11 @@ class Server:
             cmd += ["--index", str(index)]
         self.log = open(log, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the server exited ({self.proc.returncode}); see {log}")
-            try:
-                if httpx.get(f"{self.base}/api/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise SystemExit(f"the server did not answer within 120 s; see {log}")
+        try:
+            wait_healthy(self.base, self.proc, log, seconds=120)
+        except SystemExit:
+            self.stop()
+            raise
 
     def cpu_seconds(self) -> float:
         """CPU time the server process has used so far (user + system, every thread)."""

@@ -7,7 +7,9 @@ real motion to code. Then, on this machine:
 
 - the sampler (retrieval.media.video.sample) over the whole video, with no cap on frames or
   time (what its decoding costs for all of it), and with the settings indexing uses;
-- the alternatives, on the same video in the same run: the sampler probing keyframes at most
+- the alternatives, on the same video in the same run: the sampler not looking back
+  (``look_back=False``: no decode of a passed-over run's middle or of the last keyframe, the
+  sampler before 2026-12-07), the sampler probing keyframes at most
   7.5 s apart, the sampler decoding every keyframe (as it did before packet sizes chose
   which), decoding every frame (PyAV, same decoder), and a keyframe's decoding with FFmpeg's
   loop filter skipped (``skip_loop_filter``: a cheaper decode for the frames only compared);
@@ -159,6 +161,7 @@ def main(scenes: int, rounds: int, spinners: int, out: Path) -> None:
     uncapped = VideoSettings(max_frames=10**6, seconds=1e9)
     variants = {  # name -> settings: the sampler as indexing runs it first, then the alternatives
         "**sampler** (packet sizes, a keyframe at least every 10 s; no cap)": uncapped,
+        "sampler not looking back (alternative: the sampler before 2026-12-07)": replace(uncapped, look_back=False),
         "sampler probing keyframes at most 7.5 s apart (alternative)": replace(uncapped, probe_every=7.5),
         "sampler decoding every keyframe (alternative: the sampler before)": replace(uncapped, probe_every=0.0),
     }

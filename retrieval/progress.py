@@ -15,6 +15,15 @@ class Progress(Protocol):
     def close(self) -> None: ...
 
 
+def note(progress: Progress, text: str) -> None:
+    """Show `text` beside the count (an index run's "videos 2 (41 frames)": a count of files
+    says little of the work where one file is a video of many frames), where `progress` can.
+    Not part of the protocol, so a caller's own Progress without ``note`` still works."""
+    method = getattr(progress, "note", None)
+    if callable(method):
+        method(text)
+
+
 class NullProgress:
     """Reports nowhere: the default for library calls."""
 
@@ -22,6 +31,9 @@ class NullProgress:
         pass
 
     def advance(self, n: int = 1) -> None:
+        pass
+
+    def note(self, text: str) -> None:
         pass
 
     def close(self) -> None:
@@ -45,6 +57,11 @@ class TqdmProgress:
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:
             self.bar.update(n)
+
+    def note(self, text: str) -> None:
+        """Text after the count and rate, until the bar closes (drawn with the next update)."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:

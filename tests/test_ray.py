@@ -563,3 +563,67 @@ def test_ray_json_stays_valid_json_while_ray_prints_cluster_events(ray_address, 
     assert not Path(os.environ[CRASH_ONCE_ENV]).exists()  # a worker did die
     assert "(raylet)" in out.stderr  # Ray printed, to stderr
     assert json.loads(out.stdout)["added"] == 31
+
+
+def _faces(index_dir) -> tuple[dict, list]:
+    """Each content's faces (box, score, descriptor), and the people as groups of contents."""
+    with sqlite3.connect(Path(index_dir) / "catalog.db") as db:
+        rows = db.execute("SELECT hash, x, y, w, h, score, embedding, person_id FROM faces ORDER BY hash, x, y").fetchall()
+        scans = dict(db.execute("SELECT hash, detector FROM face_scans"))
+    found: dict = {}
+    people: dict = {}
+    for digest, x, y, w, h, score, blob, person in rows:
+        found.setdefault(digest, []).append(((x, y, w, h), score, np.frombuffer(blob, np.float32)))
+        people.setdefault(person, set()).add(digest)
+    return {"faces": found, "scans": scans}, sorted(sorted(group) for group in people.values())
+
+
+def _same_faces(got, want) -> None:
+    (got_found, got_people), (want_found, want_people) = got, want
+    assert got_found["scans"] == want_found["scans"] and got_people == want_people
+    assert got_found["faces"].keys() == want_found["faces"].keys()
+    for digest, faces in want_found["faces"].items():
+        assert [f[0] for f in got_found["faces"][digest]] == [f[0] for f in faces]  # the same boxes
+        for (_, score, descriptor), (_, want_score, want_descriptor) in zip(got_found["faces"][digest], faces):
+            assert abs(score - want_score) < 1e-4 and np.abs(descriptor - want_descriptor).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_ray_workers_find_faces_and_the_driver_reads_no_file_again(ray_address, tmp_path, monkeypatch):
+    from test_people import face_photo
+
+    from retrieval.ingest import faces as ingest_faces
+    from retrieval.ingest.settings import IndexSettings
+
+    folder = tmp_path / "portraits"
+    folder.mkdir()
+    for name in ("obama.jpg", "obama3.jpg", "biden.jpg"):
+        shutil.copyfile(face_photo(name), folder / name)
+    make_image(folder / "nobody.png", seed=3, size=(96, 64))
+    touched = [folder / "obama.jpg", folder / "nobody.png"]
+
+    def faces_turned_on(index, ray_source=None):
+        """An index made with faces off, then run with faces on after two files were touched: the
+        touched ones (known contents) are decoded again for their faces, the others scanned."""
+        _run(index, [folder], ray_source, settings=IndexSettings(faces=False))
+        for path in touched:
+            os.utime(path, (time.time() + 10, path.stat().st_mtime + 10))
+        return _run(index, [folder], ray_source, settings=IndexSettings(faces=True))
+
+    _run(tmp_path / "local", [folder])
+    local = _faces(tmp_path / "local")
+    assert len(local[0]["faces"]) == 3 and len(local[0]["scans"]) == 4 and len(local[1]) == 2
+    faces_turned_on(tmp_path / "local-on")
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the driver read files again to find their faces")
+
+    # The driver's face scan reads files through load_stream; the workers are other processes.
+    monkeypatch.setattr(ingest_faces, "load_stream", no_reading)
+    summary = _run(tmp_path / "ray", [folder], _ray_source())
+    assert summary.faces == 3
+    _same_faces(_faces(tmp_path / "ray"), local)
+
+    again = faces_turned_on(tmp_path / "ray-on", _ray_source())
+    assert (again.unchanged, again.encoded, again.faces) == (4, 0, 3), again.as_dict()  # none encoded again
+    _same_faces(_faces(tmp_path / "ray-on"), _faces(tmp_path / "local-on"))

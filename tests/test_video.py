@@ -156,6 +156,25 @@ def test_a_phone_video_is_sampled_from_a_few_of_its_keyframes(tmp_path):
     assert every.decoded == every.keyframes == 14
 
 
+@pytest.mark.parametrize("photos", [
+    ["coffee.png", "chelsea.png", "rocket.jpg"],  # the middle scene's cut shows in no packet size
+    ["rocket.jpg", "coffee.png", "chelsea.png"],  # the last scene's: no keyframe after it to show a change
+    ["coffee.png", "hubble_deep_field.jpg", "astronaut.png"],  # both
+])
+def test_three_scenes_of_4s_cut_on_keyframes_keep_a_frame_each(tmp_path, photos):
+    # The issue's repro: x264 puts its keyframe of every second at each cut, of about the size of
+    # the one before, and each scene is shorter than probe_every (10 s).
+    from video_kit import make_video as make_kit_video
+
+    path = make_kit_video(tmp_path / "three.mp4", photos, scene_seconds=4.0, codec="h264")
+    tally = Tally()
+    kept = [f.time for f in sample(str(path), VideoSettings(), tally=tally)]
+    assert [int(t // 4.0) for t in kept] == [0, 1, 2], kept
+    assert tally.keyframes == 12 and tally.decoded <= 6  # still a few keyframes of the 12, not all
+    # The sampler before (no look back) lost a scene of these.
+    assert len(list(sample(str(path), VideoSettings(look_back=False)))) < 3
+
+
 def test_the_time_limit_grows_with_the_video():
     scaled = VideoSettings()
     assert (scaled.time_limit(None), scaled.time_limit(30.0), scaled.time_limit(300.0)) == (20.0, 20.0, 50.0)
@@ -284,6 +303,24 @@ def test_results_group_by_video_and_moments_list_each(tmp_path, library):
         assert next(h for h in found if h.id == video_id).time == best.time
         moments_filtered = search_vectors(store, query, 10, filters=folder, moments=True)[0]
         assert len(moments_filtered) == 6
+    finally:
+        store.close()
+
+
+def test_index_progress_counts_the_videos_frames_beside_the_files(tmp_path, library, capsys):
+    from retrieval.progress import TqdmProgress
+
+    store = IndexStore.open(tmp_path / "idx", create=True)
+    try:
+        indexer.run(store, ColorAligner(), [library], settings=SEQUENTIAL, progress=TqdmProgress(disable=False))
+        drawn = capsys.readouterr().err
+        # The bar counts files (3 indexed, 3 skipped) and says the videos' frames after them.
+        assert "6/6" in drawn and "videos 2 (6 frames)" in drawn, drawn
+        (library / "more").mkdir()
+        shutil.copy(skimage_photo("coffee.png"), library / "more" / "coffee.png")
+        indexer.run(store, ColorAligner(), [library], settings=SEQUENTIAL, progress=TqdmProgress(disable=False))
+        drawn = capsys.readouterr().err
+        assert "1/1" in drawn and "videos" not in drawn and "frames" not in drawn, drawn  # photos alone: as before
     finally:
         store.close()
 

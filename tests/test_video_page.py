@@ -110,6 +110,11 @@ def test_the_page_plays_the_video_from_its_moment(browser, served):
     answers: list[tuple[int, str | None]] = []
     page.on("response", lambda r: "/api/image/" in r.url and answers.append((r.status, r.request.headers.get("range"))))
     try:
+        # The heading counts the video apart from the photo (the index's "videos" in /api/indexes).
+        (served_index,) = httpx.get(server.url + "/api/indexes", timeout=30).json()["indexes"]
+        assert (served_index["images"], served_index["videos"]) == (2, 1)
+        page.goto("/")
+        assert page.locator("#message h2").inner_text() == f"Search 1 photo and 1 video in “{served_index['name']}”"
         page.goto("/?q=a+tabby+cat")
         card = page.locator("#results .card").first
         card.wait_for()

@@ -115,12 +115,12 @@ class FinderCount:
             self.built.append(finder)
             init(finder, settings)
 
-        def counted_load(name):
+        def counted_load(finder, name):
             self.loaded.append(name)
-            return load(name)
+            return load(finder, name)
 
         monkeypatch.setattr(FaceFinder, "__init__", counted_init)
-        monkeypatch.setattr(FaceFinder, "_load", staticmethod(counted_load))
+        monkeypatch.setattr(FaceFinder, "_load", counted_load)
 
 
 def test_a_watcher_with_faces_off_builds_no_face_finder(tmp_path, image_dir, color_aligner, monkeypatch):

@@ -1,4 +1,5 @@
-"""Faces in a picture, offline: found, aligned and embedded with dlib (the only module importing dlib).
+"""Faces in a picture, offline: found and aligned with dlib (the only module importing dlib), and
+embedded by dlib's ResNet model run without dlib (:mod:`retrieval.aligners.face_resnet`).
 
 The weights are the files of PyPI's ``face-recognition-models`` (CC0, see docs/people.md):
 dlib's 5-point landmark model and its ResNet face-recognition model (128-d descriptors, two
@@ -10,13 +11,20 @@ Every photo is looked at by dlib's HOG detector on a grey copy whose long side i
 load and run only for a face found. OpenCV's Haar cascade as a cheaper gate and dlib's MMOD
 CNN were measured and not chosen (docs/people.md has the figures: the gate cost more than
 HOG and missed turned faces; the CNN found nothing more at many times the cost). Each face
-kept is aligned by its 5 landmarks (``dlib.get_face_chip``, on the picture given) and embedded.
+kept is aligned by its 5 landmarks (``dlib.get_face_chip``, on the picture given), and a photo's
+chips are embedded in one batch. The ResNet does not run in dlib: the ``dlib-bin`` wheel is built
+without BLAS, and its descriptor cost about 76 ms of CPU a face, most of what faces added to
+indexing. The same network read from dlib's file gives the same descriptors (within float
+rounding) several times faster as numpy matrix products, the default, or in torch, which a
+decoding worker would first have to import (docs/people.md). dlib's own descriptor and torch's
+stay settings (``FaceSettings.descriptor``) so that a benchmark compares them in one run.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +53,10 @@ class Face:
     box: tuple[int, int, int, int]
     score: float
     embedding: np.ndarray
+
+
+#: What runs dlib's ResNet on an aligned chip for its 128-d descriptor: numpy, torch or dlib.
+DESCRIPTORS = ("numpy", "torch", "dlib")
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,10 @@ class FaceSettings:
     #: false faces and the real ones, half-turned included, of the photos in docs/people.md.
     #: None: 0.15 on a grey copy, 0.3 on RGB (scores are lower on grey, false and real alike).
     min_score: float | None = None
+    #: What runs dlib's ResNet: "numpy" (retrieval.aligners.face_resnet), "torch" (as cheap a face,
+    #: but a decoding worker imports torch first: over a second of CPU) or "dlib" (the same
+    #: descriptors at several times the CPU). Figures in docs/people.md.
+    descriptor: str = "numpy"
 
     @property
     def score_cut(self) -> float:
@@ -117,6 +133,8 @@ class FaceFinder:
         self.settings = settings or FaceSettings()
         if self.settings.detector not in ("hog", "cnn"):
             raise ModelError(f"unknown face detector {self.settings.detector!r}: hog or cnn")
+        if self.settings.descriptor not in DESCRIPTORS:
+            raise ModelError(f"unknown face descriptor {self.settings.descriptor!r}: {' or '.join(DESCRIPTORS)}")
         self._models: dict[str, Any] = {}
 
     def __getstate__(self) -> dict:
@@ -148,8 +166,9 @@ class FaceFinder:
             self._models[name] = self._load(name)
         return self._models[name]
 
-    @staticmethod
-    def _load(name: str) -> Any:
+    def _load(self, name: str) -> Any:
+        if name == "resnet" and self.settings.descriptor != "dlib":
+            return _resnet(self.settings.descriptor)
         try:
             import dlib
         except ImportError as exc:
@@ -214,19 +233,50 @@ class FaceFinder:
 
     def embed(self, image: Image.Image, boxes: list[tuple[tuple[int, int, int, int], float]]) -> list[Face]:
         """Align each box's face by its 5 landmarks on the full picture and embed the chips."""
+        descriptors = self.describe(self.chips(image, boxes))
+        return [Face(box=box, score=score, embedding=d) for (box, score), d in zip(boxes, descriptors)]
+
+    def chips(self, image: Image.Image, boxes: list[tuple[tuple[int, int, int, int], float]]) -> list[np.ndarray]:
+        """Each box's face aligned by its 5 landmarks: a CHIP_SIZE-square uint8 RGB array (dlib's)."""
         import dlib
 
         pixels = np.asarray(image)
-        landmarks, resnet = self._model("landmarks"), self._model("resnet")
+        landmarks = self._model("landmarks")
         chips = []
         for (x, y, w, h), _ in boxes:
             shape = landmarks(pixels, dlib.rectangle(x, y, x + w - 1, y + h - 1))
             chips.append(dlib.get_face_chip(pixels, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
-        descriptors = resnet.compute_face_descriptor(chips)
-        return [
-            Face(box=box, score=score, embedding=np.asarray(d, dtype=np.float32).reshape(FACE_DIM))
-            for (box, score), d in zip(boxes, descriptors)
-        ]
+        return chips
+
+    def describe(self, chips: list[np.ndarray]) -> np.ndarray:
+        """(len(chips), FACE_DIM) float32 descriptors of aligned chips, all in one batch."""
+        if not chips:
+            return np.zeros((0, FACE_DIM), np.float32)
+        resnet = self._model("resnet")
+        if self.settings.descriptor != "dlib":
+            return resnet.describe(chips)
+        return np.asarray([np.asarray(d) for d in resnet.compute_face_descriptor(chips)], dtype=np.float32).reshape(-1, FACE_DIM)
+
+
+def _resnet(descriptor: str) -> Any:
+    """dlib's ResNet read from its file, in numpy (its products on one BLAS thread) or in torch.
+    torch runs on one thread in a decoding worker (a child process: the pool has one per core,
+    each doing its work on one thread, as dlib did), else on the threads this process's torch
+    has (the aligner's choice)."""
+    path = models_folder() / "dlib_face_recognition_resnet_model_v1.dat"
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: reinstall face-recognition-models")
+    if descriptor == "numpy":
+        from retrieval.aligners.face_resnet import load_face_resnet
+
+        return load_face_resnet(path)
+    import torch
+
+    from retrieval.aligners.face_resnet_torch import load_torch_face_resnet
+
+    if multiprocessing.parent_process() is not None:
+        torch.set_num_threads(1)
+    return load_torch_face_resnet(path)
 
 
 def _resized(image: Image.Image, scale: float) -> Image.Image:

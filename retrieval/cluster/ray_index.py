@@ -6,11 +6,15 @@ Who does what::
                                 the single writer of the catalog: commits vectors as they arrive
     read tasks (CPU)            read and hash a chunk of files (plain paths or fsspec URLs)
     driver                      asks its catalog which of those contents already have a vector
-    decode tasks (CPU)          decode and preprocess the new ones (decode.load_bytes, as locally)
+    decode tasks (CPU)          decode and preprocess the new ones (decode.load_bytes, as locally);
+                                with faces on, find the faces in the picture they decode
     encoder actors (GPU or CPU) load the aligner once, embed batches, return vectors
+    driver                      commits vectors, file rows and faces together
 
-Only hashes, vectors and error rows come back to the driver; file bytes and pixels travel
-from task to task inside the object store. The known-content check stays on the driver
+Only hashes, vectors, faces (boxes, scores, 128-d descriptors) and error rows come back to the
+driver; file bytes and pixels travel from task to task inside the object store. The driver
+never reads a file again for its faces, so a run over URLs that only the workers can read gets
+its faces too (docs/people.md). The known-content check stays on the driver
 (its catalog is a local SQLite file a remote worker cannot open), which costs one small
 round trip per chunk and works the same when the driver joins through ``ray://``.
 
@@ -54,9 +58,11 @@ import numpy as np
 import ray
 
 from retrieval.aligners.base import Aligner
+from retrieval.aligners.faces import FaceFinder
 from retrieval.ann.ondisk import AddShards
 from retrieval.cluster.settings import RaySettings
 from retrieval.errors import RetrievalError
+from retrieval.ingest.faces import finder_for, store_found
 from retrieval.ingest.settings import IndexSettings
 from retrieval.ingest.source import Source
 from retrieval.ingest.stream import batched
@@ -64,6 +70,7 @@ from retrieval.media.deadline import DecodeTimeout, time_limit
 from retrieval.media.decode import Loaded, load_bytes
 from retrieval.media.files import FileStat, SkipFile, WalkSettings, group, read_regular, walk, walk_extensions
 from retrieval.progress import Progress
+from retrieval.storage.faces import scanned
 from retrieval.storage.staging import Staging
 from retrieval.storage.store import IndexStore
 
@@ -206,23 +213,35 @@ def read_chunk(paths: list[str]) -> tuple[list[Loaded], list[bytes | None]]:
 @ray.remote(num_cpus=DECODE_CPUS)
 def decode_chunk(
     rows: list[Loaded], blobs: list[bytes | None], wanted: list[int], transform, draft: bool, limit: float | None = None,
+    faces: FaceFinder | None = None, stored: Container[int] = (),
 ) -> list[Loaded]:
     """Decode and preprocess the files at positions `wanted`, exactly as the local loader does.
+
+    With `faces` (a :class:`FaceFinder`, unpickled here with its detector built), the faces of
+    each picture decoded are found too, as a local decoding worker finds them. The files at
+    positions in `stored` have a vector already (an index that had faces off): decoded for
+    their faces only, their pixels are dropped here, so that no encoder embeds them again.
 
     Each file within `limit` seconds (a SIGALRM in the task's thread, as in a local worker),
     or it becomes an error row. A decoder deaf to that (stuck inside one C call) is the
     driver's to stop: it cancels the task (:meth:`_Pipeline._overdue`).
     """
     _maybe_crash()
-    return [_decode_one(rows[i], blobs[i], transform, draft, limit) for i in wanted]
+    out = []
+    for i in wanted:
+        row = _decode_one(rows[i], blobs[i], transform, draft, limit, faces)
+        out.append(dataclasses.replace(row, pixels=None) if i in stored else row)
+    return out
 
 
-def _decode_one(row: Loaded, data: bytes | None, transform: Any, draft: bool, limit: float | None) -> Loaded:
+def _decode_one(
+    row: Loaded, data: bytes | None, transform: Any, draft: bool, limit: float | None, faces: FaceFinder | None = None,
+) -> Loaded:
     if data is None:  # the read failed: its row already says why
         return row
     try:
         with time_limit(limit):
-            return load_bytes(row.path, data, transform, draft=draft, digest=row.hash)
+            return load_bytes(row.path, data, transform, draft=draft, digest=row.hash, faces=faces)
     except DecodeTimeout:
         return Loaded(row.path, error=f"decoding took longer than {limit:g}s (pathological image?)")
 
@@ -278,14 +297,19 @@ COMMIT_SECONDS = 0.5
 STREAMING_CHECKPOINT_PAGES = 16_384
 
 
-def commit(store: IndexStore, staging: Staging, rows: list[Loaded], encoded: list[tuple[str, np.ndarray, int, int]]) -> int:
-    """The single writer's step: store vectors of contents not yet stored and record the rows, in one transaction.
+def commit(store: IndexStore, staging: Staging, rows: list[Loaded], encoded: list[tuple[str, np.ndarray, int, int]],
+           detector: str | None = None) -> int:
+    """The single writer's step: store vectors of contents not yet stored, the faces the workers
+    found (with `detector`, the finder's name, when faces are on) and record the rows, in one transaction.
 
     The staging rows live in a temporary table, which a killed driver loses anyway; the
-    vectors are what a killed driver keeps.
+    vectors and faces are what a killed driver keeps.
     """
     with store.catalog.transaction():
-        return store_and_record(store, staging, rows, encoded)
+        stored = store_and_record(store, staging, rows, encoded)
+        if detector is not None:
+            store_found(store.catalog, rows, detector)
+        return stored
 
 
 def store_and_record(store: IndexStore, staging: Staging, rows: list[Loaded],
@@ -486,7 +510,9 @@ class RaySource(Source):
             self.start(aligner.spec)
             encoders = self._encoders
             assert encoders is not None  # start() made them
-            return _Pipeline(store, aligner, staging, settings, self.settings, encoders, progress).run()
+            # Built here, so that no decode task builds dlib's detector again (retrieval.aligners.faces).
+            finder = finder_for(settings).prepare() if settings.faces else None
+            return _Pipeline(store, aligner, staging, settings, self.settings, encoders, progress, finder).run()
         except ray.exceptions.RayError as exc:
             raise _lost(exc) from None
         finally:
@@ -495,6 +521,16 @@ class RaySource(Source):
 
     def shard_builder(self) -> AddShards:
         return self.add_shards
+
+    def load_faces(self, paths: Sequence[str], finder: FaceFinder, settings: IndexSettings) -> Iterator[Loaded]:
+        """Indexed files decoded for their faces alone, by the cluster's read and decode tasks (so
+        a URL that only the workers can read is looked at too): what a run's face scan calls for
+        files no decode task looked at in this run (an index that had faces off)."""
+        self._connect()
+        try:
+            yield from _faces_of(paths, finder, settings, self.settings)
+        except ray.exceptions.RayError as exc:
+            raise _lost(exc) from None
 
     def add_shards(
         self, trained: Path, parts: Iterator[Iterator[tuple[np.ndarray, np.ndarray]]], work: Path, n: int
@@ -514,6 +550,33 @@ class RaySource(Source):
             return add_shards(trained, parts, work, n)
         except ray.exceptions.RayError as exc:
             raise _lost(exc) from None
+
+
+def _faces_of(paths: Sequence[str], finder: FaceFinder, settings: IndexSettings, rs: RaySettings) -> Iterator[Loaded]:
+    """Read and decode `paths` (transform None: faces only) as Ray tasks; rows in order, with
+    at most two tasks per cluster CPU in flight. A task that has not finished within
+    `stall_seconds` of being waited for ends the run in one line (the scan's commits are kept)."""
+    finder_ref = ray.put(finder)
+    in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    pending: deque = deque()
+
+    def oldest() -> list[Loaded]:
+        try:
+            return ray.get(pending.popleft(), timeout=rs.stall_seconds)
+        except ray.exceptions.GetTimeoutError:
+            raise RetrievalError(
+                f"the Ray cluster looked for no face for {rs.stall_seconds:g}s; the faces found so far are kept: "
+                "run the same command again, with the cluster's capacity back, to go on") from None
+
+    for chunk in batched(paths, rs.chunk):
+        refs: Any = read_chunk.remote(chunk)  # num_returns=2: two refs, which Ray's annotations don't say
+        rows_ref, blobs_ref = refs
+        pending.append(decode_chunk.remote(rows_ref, blobs_ref, list(range(len(chunk))), None, settings.draft,
+                                           settings.decode_seconds, finder_ref))
+        if len(pending) >= in_flight:
+            yield from oldest()
+    while pending:
+        yield from oldest()
 
 
 def _lost(exc: Exception) -> RetrievalError:
@@ -588,6 +651,8 @@ class _Decode:
     blobs_ref: object
     wanted: list[int]
     deadline: float
+    #: Positions among `wanted` whose content has a vector already: decoded for faces only.
+    stored: frozenset[int] = frozenset()
 
 
 class _Pipeline:
@@ -595,10 +660,14 @@ class _Pipeline:
 
     def __init__(
         self, store: IndexStore, aligner: Aligner, staging: Staging, settings: IndexSettings, ray_settings: RaySettings,
-        encoders: Encoders, progress: Progress,
+        encoders: Encoders, progress: Progress, finder: FaceFinder | None = None,
     ):
         self.store, self.aligner, self.staging, self.progress = store, aligner, staging, progress
         self.settings, self.ray_settings = settings, ray_settings
+        # Faces on: the decode tasks find them. The finder is put in the object store once
+        # (pickled with its detector built, as the local workers get it), not once per task.
+        self.detector = finder.settings.name if finder is not None else None
+        self.finder_ref = ray.put(finder) if finder is not None else None
         self.started = encoders.started
         self.encoders, self.identities = encoders.actors, encoders.identities
         self.loading = set(self.identities)  # identity calls of actors still loading their model
@@ -752,24 +821,35 @@ class _Pipeline:
             log.info("first vectors %.1fs after the encoders were asked for", time.monotonic() - self.started)
         rows, vectors = self.rows, self.vectors
         self.rows, self.vectors, self.since = [], [], None
-        self.encoded += commit(self.store, self.staging, rows, vectors)
+        for row in rows:
+            if row.face_error:  # as retrieval.ingest.stream says it for a local run
+                log.warning("%s: no faces looked for (the face detector failed: %s)", row.path, row.face_error)
+        self.encoded += commit(self.store, self.staging, rows, vectors, self.detector)
         self.progress.advance(len(rows))
 
     def _after_read(self, rows: list[Loaded], blobs_ref) -> None:
-        """Rows that are final now (errors, contents already stored) wait for a commit; a decode task takes the rest."""
+        """Rows that are final now (errors, contents already stored) wait for a commit; a decode task takes the rest.
+
+        With faces on, a content stored without its faces looked for (an index that had faces
+        off) is decoded for them, as the local path decodes it, and not encoded again.
+        """
         hashes = [r.hash for r in rows if r.hash]
         missing = self.store.catalog.missing_hashes(hashes) if hashes else set()
-        wanted = [i for i, r in enumerate(rows) if r.hash in missing]
+        unscanned: set[str] = set()
+        if self.finder_ref is not None and hashes:
+            unscanned = set(hashes) - missing - scanned(self.store.catalog, hashes)
+        wanted = [i for i, r in enumerate(rows) if r.hash in missing or r.hash in unscanned]
         decoding = set(wanted)
         self._arrived([r for i, r in enumerate(rows) if i not in decoding])
         if wanted:
-            self._decode(rows, blobs_ref, wanted)
+            self._decode(rows, blobs_ref, wanted, frozenset(i for i in wanted if rows[i].hash in unscanned))
 
-    def _decode(self, rows: list[Loaded], blobs_ref, wanted: list[int]) -> None:
+    def _decode(self, rows: list[Loaded], blobs_ref, wanted: list[int], stored: frozenset[int] = frozenset()) -> None:
         limit = self.settings.decode_seconds
-        ref = decode_chunk.remote(rows, blobs_ref, wanted, self.aligner.transform, self.settings.draft, limit)
+        ref = decode_chunk.remote(rows, blobs_ref, wanted, self.aligner.transform, self.settings.draft, limit,
+                                  self.finder_ref, stored)
         deadline = time.monotonic() + (limit or 60.0) * (len(wanted) + 1) + DECODE_SLACK_S
-        self.decoding[ref] = _Decode(rows, blobs_ref, wanted, deadline)
+        self.decoding[ref] = _Decode(rows, blobs_ref, wanted, deadline, stored)
 
     def _overdue(self) -> None:
         """Decode tasks past their deadline: a decoder stuck where the task's own limit cannot reach.
@@ -785,7 +865,7 @@ class _Pipeline:
             if len(task.wanted) > 1:
                 log.warning("a decode task of %d files overran its limit: decoding them one by one", len(task.wanted))
                 for i in task.wanted:
-                    self._decode(task.rows, task.blobs_ref, [i])
+                    self._decode(task.rows, task.blobs_ref, [i], task.stored & {i})
                 continue
             path = task.rows[task.wanted[0]].path
             seconds = (self.settings.decode_seconds or 60.0) * 2 + DECODE_SLACK_S

@@ -7,18 +7,22 @@ publishes generation 1 the way an index run publishes (:mod:`.publish`).
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from retrieval import ann
 from retrieval.aligners import Aligner
 from retrieval.errors import RetrievalError
 from retrieval.ingest import publish as publishing
 from retrieval.progress import Progress
-from retrieval.storage import integrity
+from retrieval.storage import frames, integrity
 from retrieval.storage.catalog import to_blob
 from retrieval.storage.exchange import (
+    ImageBlock,
     Layout,
     LayoutError,
     caption_rows,
@@ -49,27 +53,50 @@ def import_into(store: IndexStore, aligner: Aligner, layout: Layout, *, on_disk:
     with store.write_lock():
         store.bind_model(aligner)
         count, next_id = 0, 1
+        video_ids: dict[str, int] = {}  # a video's path -> its file id, for an export without ids
         if progress is not None:
             progress.start(layout.image_count, "importing")
         # Rows are committed in blocks; nothing is searchable before the publishing commit below.
         with catalog.quick_commits():
-            for ids, paths, vectors in image_rows(layout):
-                ids = ids or list(range(next_id, next_id + len(paths)))
-                hashes = [import_hash(v) for v in vectors]
+            for block in image_rows(layout):
+                ids = block.ids or list(range(next_id, next_id + len(block.paths)))
+                numbers = block.frames or [None] * len(ids)
+                photos = [j for j, n in enumerate(numbers) if n is None]
+                hashes = {j: import_hash(block.vectors[j]) for j in photos}
+                companions, motion = block.companions or [None] * len(ids), block.motion or [None] * len(ids)
                 with catalog.transaction() as conn:
                     conn.executemany("INSERT OR IGNORE INTO vectors (hash, vector) VALUES (?, ?)",
-                                     zip(hashes, (to_blob(v) for v in vectors)))
-                    conn.executemany("INSERT OR IGNORE INTO images (id, path, size, mtime, hash) VALUES (?, ?, NULL, NULL, ?)",
-                                     zip(ids, paths, hashes))
-                count += len(paths)
-                next_id = max(next_id, max(ids) + 1)
+                                     ((hashes[j], to_blob(block.vectors[j])) for j in photos))
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO images (id, path, size, mtime, hash, companions, motion) "
+                        "VALUES (?, ?, NULL, NULL, ?, ?, ?)",
+                        ((ids[j], block.paths[j], hashes[j], json.dumps(companions[j]) if companions[j] else None,
+                          motion[j] or None) for j in photos))
+                    # A video's frames wait until every row is read (retrieval/storage/frames.py).
+                    times = block.times or []  # present wherever frames are (exchange.image_rows checks)
+                    staged = [(_video_id(block, ids, j, video_ids, next_id), n, block.paths[j], _seconds(times[j]),
+                               to_blob(block.vectors[j])) for j, n in enumerate(numbers) if n is not None]
+                    if staged and frames.stage_imported(conn, staged) != len(staged):
+                        raise LayoutError("a video's frame appears twice (the same id or image_path and frame number)")
+                files = [ids[j] for j in photos] + [row[0] for row in staged]
+                if max(files) >= frames.FRAME_STEP:
+                    raise LayoutError(f"a photo's id must be below {frames.FRAME_STEP} (larger ids are videos' later "
+                                      "frames, which need a frame column)")
+                count += len(photos)
+                next_id = max(next_id, max(files) + 1)
                 if progress is not None:
-                    progress.advance(len(paths))
+                    progress.advance(len(block.paths))
+            with catalog.transaction() as conn:
+                conflict = frames.staged_conflict(conn)
+                if conflict is not None:
+                    raise LayoutError(f"the frames of video id {conflict[0]} name different files: {', '.join(conflict[1])}")
+                count += frames.settle_imported(conn)
             if catalog.count("images") != count:
                 raise LayoutError(
                     f"{count - catalog.count('images')} metadata row(s) repeat the image_path or id of an earlier row; "
                     "each image must appear once"
                 )
+            count = catalog.indexed_count()  # every vector the image index holds: a video's later frames too
             captions = 0
             for texts, vectors in caption_rows(layout):
                 with catalog.transaction() as conn:
@@ -93,6 +120,23 @@ def import_into(store: IndexStore, aligner: Aligner, layout: Layout, *, on_disk:
             catalog.set_meta(next_id=next_id, generation=1, imported_from=str(layout.folder), **meta)
     store.prune(1)
     return ImportSummary(str(store.folder), count, catalog.count("captions"), 1)
+
+
+def _seconds(time: float | None) -> float:
+    if time is None:  # exchange.image_rows refuses such a row first; kept so a caller's block cannot slip past
+        raise LayoutError("a video's frame row needs its time (seconds into the video)")
+    return float(time)
+
+
+def _video_id(block: ImageBlock, ids: list[int], j: int, known: dict[str, int], next_id: int) -> int:
+    """The file id of the video whose frame is row `j`: its FAISS id's file part (frames.file_ids),
+    or, for an export without ids, one handed out per path."""
+    if block.ids is not None:
+        return int(frames.file_ids(np.asarray([ids[j]]))[0])
+    path = block.paths[j]
+    if path not in known:
+        known[path] = max(next_id + len(ids), max(known.values(), default=0) + 1)
+    return known[path]
 
 
 def _model_for(layout: Layout, model: str | None) -> str:

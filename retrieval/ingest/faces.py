@@ -1,19 +1,21 @@
 """Faces at indexing time, and `retrieval people scan` for the contents an index has not looked at.
 
 An index run with faces on hands a :class:`~retrieval.aligners.faces.FaceFinder` to the decoding
-workers, which look for faces in the picture they decode anyway (:mod:`retrieval.media.decode`);
-:func:`store_found` commits what they found beside the vectors, keyed by content hash. What no
-worker looked at (unchanged files of an index that had faces off, a cluster run's files) is
-scanned after publishing by :func:`scan`, the same function as `retrieval people scan`: each
-content decoded once more, no model but the face models, committed batch by batch with its
-scan so an interrupted scan resumes where it stopped. Then the new faces are grouped into
-people (:mod:`retrieval.people.clustering`).
+workers (local processes, or a cluster's decode tasks: retrieval.cluster.ray_index), which look
+for faces in the picture they decode anyway (:mod:`retrieval.media.decode`); :func:`store_found`
+commits what they found beside the vectors, keyed by content hash. What no worker looked at
+(unchanged files of an index that had faces off) is scanned by :func:`scan`, the same function
+as `retrieval people scan`: each content decoded once more, no model but the face models,
+committed batch by batch with its scan so an interrupted scan resumes where it stopped; an
+index run's source decodes them (:data:`LoadFaces`: on a cluster, its tasks read them). Then
+the new faces are grouped into people (:mod:`retrieval.people.clustering`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from retrieval.aligners.faces import FaceFinder, FaceSettings
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 FAILED = "failed"
 #: What it records for a video: faces are looked for in photos only (a video's frames are not).
 VIDEO = "video"
+
+#: Who decodes already indexed files for their faces alone: (paths, finder, settings) -> their
+#: rows, in order, with ``faces`` (None for a file that could not be read now).
+LoadFaces = Callable[[Sequence[str], FaceFinder, IndexSettings], Iterable[Loaded]]
 
 
 @dataclass
@@ -80,14 +86,20 @@ def store_found(catalog: Catalog, loaded: list[Loaded], detector: str) -> int:
     return put_scans(catalog, scans) if scans else 0
 
 
+def load_faces(paths: Sequence[str], finder: FaceFinder, settings: IndexSettings) -> Iterable[Loaded]:
+    """:data:`LoadFaces` on this machine: decoding worker processes, no image model."""
+    return load_stream(paths, None, frozenset(), settings, count=len(paths), faces=finder)
+
+
 def scan(
     store: IndexStore, settings: IndexSettings | None = None, progress: Progress | None = None,
-    finder: FaceFinder | None = None, clustering: ClusterSettings | None = None,
+    finder: FaceFinder | None = None, clustering: ClusterSettings | None = None, load: LoadFaces | None = None,
 ) -> ScanSummary:
     """Look for faces in every indexed content not looked at yet, then group the faces into people.
 
     The caller holds the writer lock. Resumable: each batch is committed with its scans.
-    Turns faces on for the index's later runs.
+    Turns faces on for the index's later runs. `load` decodes the files (an index run's
+    source: a cluster's tasks for a Ray run); None: :func:`load_faces`, on this machine.
     """
     started = time.monotonic()
     settings = replace(settings or IndexSettings(), faces=True)
@@ -108,7 +120,7 @@ def scan(
         finder = (finder or finder_for(settings)).prepare()
         progress.start(len(todo), "faces")
         paths = [path for _, path in todo]
-        stream = load_stream(paths, None, frozenset(), settings, count=len(paths), faces=finder)
+        stream = (load or load_faces)(paths, finder, settings)
         for batch in batched(stream, settings.batch_size):
             summary.faces += store_found(catalog, batch, finder.settings.name)
             summary.scanned += sum(1 for item in batch if item.faces is not None)

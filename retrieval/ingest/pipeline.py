@@ -209,15 +209,15 @@ def run(
             if faces:
                 # Before publishing, so people are there when the photos are: what no worker
                 # looked at (unchanged files of an index that had faces off), then the grouping.
-                scan_faces(store, settings, progress, finder=_kept_finder(source, settings))
+                scan_faces(store, settings, progress, finder=_kept_finder(source, settings), load=source.load_faces)
             if plan.changed or captions is not None or catalog.generation == 0 or damaged or switched:
                 # A cluster source builds an on-disk index's shards on the cluster (ray_shards).
                 summary.generation = publish(store, staging, plan, captions, settings, damaged=damaged,
                                              add_shards=source.shard_builder(),
                                              encode_texts=aligner.encode_texts)
             if faces:
-                if has_unscanned(catalog):  # a cluster's run: its workers do not look for faces
-                    scan_faces(store, settings, progress, finder=_kept_finder(source, settings))
+                if has_unscanned(catalog):  # a file first met in this run that no worker looked at
+                    scan_faces(store, settings, progress, finder=_kept_finder(source, settings), load=source.load_faces)
                 summary.faces = catalog.count("faces")
         finally:
             known.close()

@@ -8,7 +8,7 @@ work on a Ray cluster. Staging, planning and publishing do not depend on which.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -17,12 +17,12 @@ import numpy as np
 from retrieval.aligners.base import Aligner
 from retrieval.aligners.faces import FaceFinder, FaceSettings
 from retrieval.ann.ondisk import AddShards
-from retrieval.ingest.faces import finder_for, store_found
+from retrieval.ingest.faces import finder_for, load_faces, store_found
 from retrieval.ingest.settings import IndexSettings
 from retrieval.ingest.stream import batched, load_stream
 from retrieval.media.decode import Loaded
 from retrieval.media.files import FileStat, WalkSettings, walk
-from retrieval.progress import Progress
+from retrieval.progress import Progress, note
 from retrieval.storage.staging import Staging
 from retrieval.storage.store import IndexStore
 
@@ -51,6 +51,11 @@ class Source(Protocol):
     def shard_builder(self) -> AddShards | None:
         """Who adds an on-disk index's shards when the run publishes one: None for this process
         (:func:`retrieval.ann.ondisk.add_shards_here`), else a function that builds them elsewhere."""
+        ...
+
+    def load_faces(self, paths: Sequence[str], finder: FaceFinder, settings: IndexSettings) -> Iterable[Loaded]:
+        """Indexed files decoded for their faces alone (:data:`retrieval.ingest.faces.LoadFaces`),
+        where this source reads its files."""
         ...
 
 
@@ -89,17 +94,25 @@ class LocalSource(Source):
         finder = self.finder(settings).prepare() if settings.faces and staging.todo_count() else None
         stream = load_stream(staging.todo_paths(), aligner.transform, known, settings, count=staging.todo_count(),
                              faces=finder)
+        videos = frames = 0
         # A short first batch: the model starts on the first decoded chunk, not the first full batch.
         for batch in batched(stream, settings.batch_size, first=settings.chunk):
             encoded += encode_and_store(store, aligner, batch)
             if finder is not None:
                 store_found(store.catalog, batch, finder.settings.name)
             staging.record(batch)
+            sampled = [len(item.times) for item in batch if item.times is not None]
+            if sampled:  # the files' count alone hides a video's frames; a run of photos shows as before
+                videos, frames = videos + len(sampled), frames + sum(sampled)
+                note(progress, f"videos {videos} ({frames} frames)")
             progress.advance(len(batch))
         return encoded
 
     def shard_builder(self) -> AddShards | None:
         return None
+
+    def load_faces(self, paths: Sequence[str], finder: FaceFinder, settings: IndexSettings) -> Iterable[Loaded]:
+        return load_faces(paths, finder, settings)
 
 
 def encode_and_store(store: IndexStore, aligner: Aligner, loaded: list[Loaded]) -> int:

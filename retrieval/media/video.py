@@ -26,7 +26,10 @@ the limit on indexing (docs/video.md has the measurements). A keyframe is decode
   change the sizes do not show, such as walking into another room, or a cut on a keyframe
   of about the same size as the one before);
 - keyframes are further apart than the ceiling's gap (each of them could be kept; an encoder
-  that spaces them so mostly puts them at cuts).
+  that spaces them so mostly puts them at cuts);
+- looking back (``look_back``): the keyframe in the middle of a run passed over, where the one
+  decoded after the run shows a new scene, and the last keyframe when it was passed over, so a
+  scene shorter than ``probe_every`` whose cut no packet size shows is not lost.
 
 Where keyframes are further apart than ``dense_after`` or the floor allows, the gap is
 filled by seeking to the keyframe before it and decoding forward; nothing else decodes the
@@ -46,7 +49,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -110,6 +113,11 @@ class VideoSettings:
     #: frame, so this is kept coarse (docs/video.md compares 7.5 s and every keyframe). 0: every
     #: keyframe is decoded (the sampler before packet sizes were used).
     probe_every: float = 10.0
+    #: Where the keyframe decoded after a run of passed-over ones shows a new scene, decode the
+    #: middle of the run too, and decode the last keyframe when it was passed over: a short
+    #: scene whose cut no packet size shows is then not lost (:meth:`_Plan.look_back`). False:
+    #: the sampler before (docs/video.md compares them).
+    look_back: bool = True
 
     def __post_init__(self) -> None:
         if self.max_frames < 1:
@@ -172,6 +180,8 @@ class _Candidate:
     time: float
     signature: np.ndarray
     frame: Any  # av.VideoFrame, kept only until it is turned into an image
+    #: For a keyframe the plan decoded: the times of the keyframes it passed over since the one decoded before.
+    skipped: tuple[float, ...] = ()
 
 
 @dataclass
@@ -186,6 +196,12 @@ class _Plan:
     previous: tuple[float, int] | None = None
     #: Since the last keyframe decoded, the packets said that the picture changed.
     changed: bool = False
+    #: The last frame kept, in small (its signature), set by :func:`sample`.
+    last_signature: np.ndarray | None = None
+    #: Times of the keyframes read and not decoded since the last one decoded; ``passed`` is
+    #: that run as it stood when the last keyframe was decoded.
+    skipped: list[float] = field(default_factory=list)
+    passed: tuple[float, ...] = ()
     #: Bytes and count of the frames since the keyframe read last; their mean over the gap before.
     _bytes: int = 0
     _count: int = 0
@@ -218,7 +234,32 @@ class _Plan:
         if due:
             self.changed = False
             self.last_decoded = t if t is not None else self.last_decoded
+            self.passed, self.skipped = tuple(self.skipped), []
+        elif t is not None:
+            self.skipped.append(t)
         return due
+
+    def look_back(self, candidate: _Candidate) -> float | None:
+        """The keyframe to decode before `candidate`, a keyframe decoded after a run of others,
+        when it shows a new scene: the middle of the run's keyframes that could be kept beside
+        it (a ceiling's gap from the frame kept before and from it). None: nothing to look at.
+
+        Why: a cut that falls on a keyframe of about the same size as the one before shows in no
+        packet size, so a scene shorter than ``probe_every`` can lie wholly inside a run of
+        keyframes that were not decoded (three scenes of 4 s, cut on x264's keyframes of a second:
+        the middle one was lost). The decoded keyframe after the run differing from the last
+        kept frame says a cut happened somewhere in it; one decode at its middle finds a scene
+        that covers it, which a scene longer than half the run always does. It costs a decode
+        per cut after a long run, not per minute as a shorter ``probe_every`` would, and
+        nothing on a continuous shot."""
+        settings = self.settings
+        if self.last_signature is None or settings.probe_every == 0 or not settings.look_back:
+            return None
+        low, high = self.last_kept + settings.ceiling_gap - 1e-6, candidate.time - settings.ceiling_gap + 1e-6
+        window = [t for t in candidate.skipped if low <= t <= high]
+        if not window or _difference(candidate.signature, self.last_signature) <= settings.scene_change:
+            return None
+        return window[len(window) // 2]
 
 
 def is_video(path: str) -> bool:
@@ -253,7 +294,7 @@ def sample(
                 yield Frame(candidate.time, _image(candidate.frame))
                 tally.kept += 1
                 last = candidate
-                plan.last_kept = candidate.time
+                plan.last_kept, plan.last_signature = candidate.time, candidate.signature
                 if tally.kept >= settings.max_frames:
                     stopped = f"reached the cap of {settings.max_frames} frames"
                     break
@@ -431,7 +472,18 @@ def _keyframes_and_fill(
             # The keyframe read before this one; where the frame's time is not its packet's (a
             # container that times them differently), the last candidate, as if every keyframe were decoded.
             gap_from = before.pop(candidate.time, last)
-            if gap_from is not None and candidate.time - gap_from > dense:
+            fill = gap_from is not None and candidate.time - gap_from > dense
+            middle = plan.look_back(candidate)
+            if middle is not None and (last is not None and middle <= last + 1e-6 or fill and gap_from is not None
+                                       and middle >= gap_from - 1e-6):
+                middle = None  # candidates stay in time order; a gap filled below is decoded whole anyway
+            if middle is not None:
+                filler = filler or _open(path)
+                found = _one(*filler, middle, tally)
+                if found is not None:
+                    yield found
+                    last = found.time
+            if fill and gap_from is not None:
                 filler = filler or _open(path)
                 # From the keyframe before the gap, itself included when it was not decoded.
                 yield from _between(*filler, gap_from, candidate.time, tally, inclusive=gap_from != last)
@@ -443,6 +495,23 @@ def _keyframes_and_fill(
         if final is not None and (end is None or end - final > dense):
             filler = filler or _open(path)
             yield from _between(*filler, final, math.inf, tally, inclusive=final != last)
+        elif (settings.look_back and final is not None and plan.skipped and abs(plan.skipped[-1] - final) < 1e-6
+              and final - plan.last_decoded >= settings.ceiling_gap - 1e-6
+              and final - plan.last_kept >= settings.ceiling_gap - 1e-6):
+            # The last keyframe, when the plan passed over it: no keyframe after it can show that
+            # the scene changed since the last one decoded, so a last scene shorter than
+            # ``probe_every`` whose cut no packet size showed would be lost (three scenes of 4 s:
+            # the third was). One decode a video; the run before it is looked back on as any.
+            filler = filler or _open(path)
+            found = _one(*filler, final, tally)
+            if found is not None:
+                found.skipped = tuple(plan.skipped[:-1])
+                middle = plan.look_back(found)
+                if middle is not None:
+                    before_it = _one(*filler, middle, tally)
+                    if before_it is not None:
+                        yield before_it
+                yield found
     finally:
         if filler is not None:
             filler[0].close()
@@ -484,7 +553,7 @@ def _keyframes(
                 tally.decoded += 1
                 ft = _time(frame, stream)
                 if ft is not None:
-                    yield _Candidate(ft, _signature(frame), frame)
+                    yield _Candidate(ft, _signature(frame), frame, plan.passed)
     except _ffmpeg_error() as exc:
         notes.append(f"damaged after some point, indexed up to there ({_said(exc)})")
     finally:
@@ -508,6 +577,21 @@ def _between(
             yield _Candidate(t, _signature(frame), frame)
     except _ffmpeg_error():
         return  # the keyframe pass notes the damage
+
+
+def _one(container: Any, stream: Any, at: float, tally: Tally) -> _Candidate | None:
+    """The keyframe at `at` seconds, decoded alone through a second opening of the file (seek to
+    it: it is the frame the decoder starts from); None if the file ends or fails first."""
+    _seek(container, stream, at)
+    try:
+        for frame in container.decode(stream):
+            tally.decoded += 1
+            t = _time(frame, stream)
+            if t is not None and t >= at - 1e-6:
+                return _Candidate(t, _signature(frame), frame)
+    except _ffmpeg_error():
+        return None  # the keyframe pass notes the damage
+    return None
 
 
 def _packet_time(packet: Any, stream: Any) -> float | None:

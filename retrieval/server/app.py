@@ -216,6 +216,7 @@ class Health(BaseModel):
 class IndexSummary(BaseModel):
     name: str
     images: int
+    videos: int = Field(0, description="How many of the images are videos (each searched by its sampled frames).")
     captions: int
     model: str | None
     generation: int

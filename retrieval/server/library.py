@@ -28,6 +28,7 @@ from retrieval.search import query as engine
 from retrieval.search import relevance
 from retrieval.search.by_person import person_hits
 from retrieval.search.filters import Filters
+from retrieval.storage import frames
 from retrieval.storage.store import resolve
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class Served:
         catalog = self.catalog
         return {
             "name": self.name, "images": catalog.count("images"), "captions": catalog.count("captions"),
+            "videos": frames.counts(catalog.db.conn)[0] if catalog.has_frames else 0,
             "model": catalog.get_meta("model"), "generation": catalog.generation, "dim": catalog.dim,
             "by_path": self.by_path,
             "weak_below": relevance.weak_below(catalog.get_meta("model")),

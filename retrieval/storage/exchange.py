@@ -306,6 +306,7 @@ def export(catalog, out: str | Path, shard_rows: int = SHARD_ROWS, progress=None
             # Every vector of the image index: a video's frames are rows of their own (time, frame).
             n_images, n_captions = catalog.indexed_count(), catalog.count("captions")
             videos = frames.videos(catalog.db.conn) if catalog.has_frames else {}
+            pairs = _has_pairs(catalog)
             if progress is not None:
                 progress.start(n_images + n_captions, "exporting")
             images = ShardWriter(work, "img_emb", "img_emb", "metadata", n_images, catalog.dim, shard_rows)
@@ -315,6 +316,8 @@ def export(catalog, out: str | Path, shard_rows: int = SHARD_ROWS, progress=None
                 columns: dict[str, Any] = {"image_path": [rows[i]["path"] for i in files], "id": ids.tolist()}
                 if videos:  # extra columns only for an index holding videos: a photo index exports as before
                     columns.update(_video_columns(catalog, ids, files, videos))
+                if pairs:  # and only for one holding RAW+JPEG pairs or Live Photos
+                    columns.update(_pair_columns([rows[i] for i in files]))
                 images.add(vectors, columns)
                 if progress is not None:
                     progress.advance(len(ids))
@@ -361,28 +364,76 @@ def _video_columns(catalog, ids: np.ndarray, files: list[int], videos: dict[int,
     }
 
 
+def _has_pairs(catalog) -> bool:
+    """Whether any indexed photo has a companion (the RAW of a RAW+JPEG pair) or a motion file."""
+    if not catalog.has_pairs():
+        return False
+    return catalog.db.execute(
+        "SELECT 1 FROM images WHERE companions IS NOT NULL OR motion IS NOT NULL LIMIT 1").fetchone() is not None
+
+
+def _pair_columns(rows: list[dict]) -> dict[str, Any]:
+    """The metadata columns of an index holding pairs or Live Photos, typed (see _video_columns):
+    ``companions`` (the paths of a photo's other files of one shot, a RAW beside its JPEG; null
+    when none) and ``motion`` (a Live Photo's .mov; null when none), as search results give them."""
+    return {
+        "companions": pa.array([_companions(r.get("companions")) for r in rows], pa.list_(pa.string())),
+        "motion": pa.array([r.get("motion") for r in rows], pa.string()),
+    }
+
+
+def _companions(stored: str | None) -> list[str] | None:
+    return [str(p) for p in json.loads(stored)] if stored else None
+
+
 # -- reading for import (retrieval.ingest.embeddings) -------------------------------------
-def image_rows(layout: Layout) -> Iterator[tuple[list[int] | None, list[str], np.ndarray]]:
-    """(ids or None, image paths, vectors) blocks over every image shard, in order."""
+#: Metadata columns an import reads beside ``image_path`` when they are there (an export of an
+#: index with videos, pairs or Live Photos writes them; older exports and other tools do not).
+_IMPORTED = ["id", "frame", "time", "companions", "motion"]
+
+
+@dataclass
+class ImageBlock:
+    """Rows of an image shard, in order: vectors and their metadata (None: the column is absent)."""
+
+    ids: list[int] | None
+    paths: list[str]
+    vectors: np.ndarray
+    #: A video's frame number per row (None for a photo's row); None: no video in the export.
+    frames: list[int | None] | None = None
+    #: Seconds into its video per row (None for a photo).
+    times: list[float | None] | None = None
+    companions: list[list[str] | None] | None = None
+    motion: list[str | None] | None = None
+
+
+def image_rows(layout: Layout) -> Iterator[ImageBlock]:
+    """Blocks of rows over every image shard, in order: a video's frames are rows of their own."""
     for shard in layout.images:
-        meta = metadata_blocks(shard, ["image_path", "id", "frame"])
-        pending: dict[str, list] = {"image_path": [], "id": [], "frame": []}
+        meta = metadata_blocks(shard, ["image_path", *_IMPORTED])
+        pending: dict[str, list] = {}
         for _, vectors in vector_blocks(shard):
-            while len(pending["image_path"]) < len(vectors):
+            while len(pending.get("image_path", [])) < len(vectors):
                 block = next(meta)
-                pending["image_path"] += block["image_path"]
-                pending["id"] += block.get("id", [None] * len(block["image_path"]))
-                pending["frame"] += block.get("frame", [None] * len(block["image_path"]))
-            paths, pending["image_path"] = pending["image_path"][: len(vectors)], pending["image_path"][len(vectors) :]
-            ids, pending["id"] = pending["id"][: len(vectors)], pending["id"][len(vectors) :]
-            numbers, pending["frame"] = pending["frame"][: len(vectors)], pending["frame"][len(vectors) :]
-            if any(n for n in numbers):
-                # A video's later frames (an export of an index with videos): imported as its first frame alone.
-                keep = [j for j, n in enumerate(numbers) if not n]
-                paths, ids, vectors = [paths[j] for j in keep], [ids[j] for j in keep], vectors[keep]
+                for name, values in block.items():
+                    pending.setdefault(name, []).extend(values)
+            taken: dict[str, list] = {}
+            for name in list(pending):
+                taken[name], pending[name] = pending[name][: len(vectors)], pending[name][len(vectors) :]
+            paths = taken["image_path"]
             if any(p is None or p == "" for p in paths):
                 raise LayoutError(f"{shard.metadata}: an empty image_path")
-            yield _ids(shard, ids), [str(p) for p in paths], vectors
+            numbers = taken.get("frame")
+            if numbers is not None and any(n is not None and (not float(n).is_integer() or n < 0) for n in numbers):
+                raise LayoutError(f"{shard.metadata}: the frame column must hold whole numbers from 0 (or nulls for photos)")
+            times = taken.get("time")
+            if numbers is not None and any(n is not None and (times is None or times[j] is None)
+                                           for j, n in enumerate(numbers)):
+                raise LayoutError(f"{shard.metadata}: a video's frame row needs its time (seconds into the video)")
+            ids = taken.get("id", [None] * len(paths))
+            yield ImageBlock(_ids(shard, ids), [str(p) for p in paths], vectors,
+                             [None if n is None else int(n) for n in numbers] if numbers is not None else None,
+                             times, taken.get("companions"), taken.get("motion"))
 
 
 def _ids(shard: Shard, ids: list) -> list[int] | None:

@@ -15,6 +15,7 @@ is the file's own id, and ``id % FRAME_STEP`` gives any frame's file back withou
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Iterable, Iterator
 
@@ -145,3 +146,55 @@ def frames_sql(rows: str, indexed_by_hash: bool) -> str:
     join = f"frames f CROSS JOIN ({rows}) s ON s.hash = f.hash" if indexed_by_hash else \
         f"({rows}) s CROSS JOIN frames f ON f.hash = s.hash"
     return _FRAMES_BY_ID.format(step=FRAME_STEP, join=join)
+
+
+# -- import (retrieval/ingest/embeddings.py) -----------------------------------------------
+#: An import gathers videos' frames here until every row of the export is read: an export lists
+#: rows by FAISS id, so every file's first frame comes before any video's second, and a video's
+#: frames lie far apart in it. A temporary table: it lives on disk beside the catalog, not in memory.
+_STAGE = """CREATE TEMP TABLE IF NOT EXISTS import_frames (
+    file INTEGER NOT NULL, n INTEGER NOT NULL, path TEXT NOT NULL, time REAL NOT NULL, vector BLOB NOT NULL,
+    PRIMARY KEY (file, n)) WITHOUT ROWID"""
+
+
+def stage_imported(conn: sqlite3.Connection, rows: list[tuple[int, int, str, float, bytes]]) -> int:
+    """Keep imported frame rows (file id, frame number, path, seconds, vector blob) until
+    :func:`settle_imported`; returns how many were new (a repeated (file, frame) is not)."""
+    conn.execute(_STAGE)
+    before = conn.total_changes
+    conn.executemany("INSERT OR IGNORE INTO import_frames (file, n, path, time, vector) VALUES (?, ?, ?, ?, ?)", rows)
+    return conn.total_changes - before
+
+
+def staged_conflict(conn: sqlite3.Connection) -> tuple[int, list[str]] | None:
+    """A staged video whose frame rows name more than one path: (file id, its paths), or None."""
+    conn.execute(_STAGE)
+    row = conn.execute("SELECT file FROM import_frames GROUP BY file HAVING count(DISTINCT path) > 1 LIMIT 1").fetchone()
+    if row is None:
+        return None
+    return int(row[0]), [p for (p,) in conn.execute("SELECT DISTINCT path FROM import_frames WHERE file = ?", row)]
+
+
+def settle_imported(conn: sqlite3.Connection) -> int:
+    """Turn the staged frames into catalog rows as an index run stores a video: per file, its
+    ``images`` row (its id, its path; size and time unknown as for any imported row), one
+    ``vectors`` row holding its first frame with ``frames`` = how many, and its frames, renumbered
+    0, 1, 2... in their order (what FAISS ids and the search assume). The content hash is
+    ``import:`` and a digest of every frame's vector and time, so copies of one video share their
+    frames as copies of a file do, and two videos that only begin alike do not. Returns how many
+    videos; the staging table is emptied (inside the caller's transaction)."""
+    conn.execute(_STAGE)
+    videos = [(int(f), str(p)) for f, p in conn.execute("SELECT file, min(path) FROM import_frames GROUP BY file ORDER BY file")]
+    for file, path in videos:
+        rows = conn.execute("SELECT time, vector FROM import_frames WHERE file = ? ORDER BY n", (file,)).fetchall()
+        seconds, blobs = [float(t) for t, _ in rows], [bytes(b) for _, b in rows]
+        digest = hashlib.sha256(b"".join(blobs) + np.asarray(seconds, "<f8").tobytes()).hexdigest()[:40]
+        digest = f"import:{digest}"
+        known = conn.execute("SELECT 1 FROM vectors WHERE hash = ?", (digest,)).fetchone()
+        if known is None:  # a copy of a video already settled shares its rows
+            conn.execute("INSERT INTO vectors (hash, vector, frames) VALUES (?, ?, ?)", (digest, blobs[0], len(blobs)))
+            put(conn, digest, seconds, blobs)
+        conn.execute("INSERT OR IGNORE INTO images (id, path, size, mtime, hash) VALUES (?, ?, NULL, NULL, ?)",
+                     (file, path, digest))
+    conn.execute("DELETE FROM import_frames")
+    return len(videos)

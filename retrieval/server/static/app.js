@@ -178,7 +178,7 @@ async function loadIndexes() {
     ...indexes.map((i) => {
       const option = document.createElement("option");
       option.value = i.name;
-      option.textContent = `${i.name} · ${formatCount(i.images, "photo")}`;
+      option.textContent = `${i.name} · ${formatHoldings(i)}`;
       return option;
     }),
   );
@@ -232,7 +232,7 @@ async function search({ push = false } = {}) {
       );
     }
     return showMessage(
-      "info", `Search ${formatCount(index.images, "photo")} in “${index.name}”`,
+      "info", `Search ${formatHoldings(index)} in “${index.name}”`,
       "Describe what you are looking for, or drop a photo anywhere on the page to find similar ones.",
     );
   }
@@ -510,6 +510,15 @@ function setImage(img, src) {
 function formatCount(n, noun) {
   const value = Number(n || 0);
   return `${value.toLocaleString()} ${noun}${value === 1 ? "" : "s"}`;
+}
+
+// What an index holds, as its heading says it: "12 photos and 3 videos" (images counts both).
+function formatHoldings(index) {
+  const videos = Number(index.videos || 0);
+  const photos = Math.max(0, Number(index.images || 0) - videos);
+  if (!videos) return formatCount(photos, "photo");
+  if (!photos) return formatCount(videos, "video");
+  return `${formatCount(photos, "photo")} and ${formatCount(videos, "video")}`;
 }
 
 function isVideo(r) {
