@@ -193,11 +193,17 @@ def test_a_sigkilled_driver_resumes_to_the_same_catalog(ray_address, tmp_path):
 
 @pytest.mark.slow
 def test_cli_with_the_default_aligner_matches_the_local_path(ray_address, tmp_path, photo_dir):
-    """The real command joins the cluster; real photos, the real packaged aligner."""
+    """The real command joins the cluster; real photos and a real video, the real packaged aligner."""
+    from click.testing import CliRunner
+    from video_kit import make_video
+
     from retrieval.api import build_index
+    from retrieval.cli import main
 
     make_image(photo_dir / "small.jpg", seed=7, size=(40, 30))
     (photo_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    make_video(photo_dir / "scenes.mp4", ["astronaut.png", "coffee.png", "rocket.jpg"], scene_seconds=2.0,
+               size=(160, 120), codec="h264")
     out = subprocess.run(
         [sys.executable, "-m", "retrieval", "index", str(photo_dir), "--index", str(tmp_path / "ray"),
          "--ray", ray_address, "--json"],
@@ -206,13 +212,27 @@ def test_cli_with_the_default_aligner_matches_the_local_path(ray_address, tmp_pa
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     local = build_index([photo_dir], index=str(tmp_path / "local"))
-    assert summary["added"] == local.added == 7 and [s["path"] for s in summary["skipped"]] == [str(photo_dir / "broken.png")]
+    assert summary["added"] == local.added == 8 and [s["path"] for s in summary["skipped"]] == [str(photo_dir / "broken.png")]
+    assert summary["videos"] == local.videos == 1 and summary["video_frames"] == local.video_frames >= 3
     ray_cat, local_cat = _catalog(tmp_path / "ray"), _catalog(tmp_path / "local")
     assert [r[:5] for r in ray_cat["images"]] == [r[:5] for r in local_cat["images"]]  # ids, paths, sizes, hashes
     assert ray_cat["skipped"] == local_cat["skipped"] and ray_cat["meta"] == local_cat["meta"]
     for digest, blob in local_cat["vectors"].items():
         a, b = np.frombuffer(blob, "<f4"), np.frombuffer(ray_cat["vectors"][digest], "<f4")
         assert float(a @ b) >= 0.9999  # batches differ in size, so float sums may differ in the last bits
+    # A video's frames are encoded in the same batches both ways (ingest.source.encode_frames).
+    _same_frames(_frames(tmp_path / "ray"), _frames(tmp_path / "local"))
+
+    def moments(index: Path) -> list[tuple]:
+        out = CliRunner().invoke(main, ["search", "a cup of coffee", "--moments", "--index", str(index), "--json"],
+                                 catch_exceptions=False)
+        assert out.exit_code == 0, out.output
+        return [(h["id"], h["path"], h.get("time"), round(h["score"], 4)) for h in json.loads(out.output)["results"]]
+
+    found = moments(tmp_path / "ray")
+    assert found == moments(tmp_path / "local")
+    video = [t for _, path, t, _ in found if path.endswith("scenes.mp4")]
+    assert len(video) == local.video_frames and 2.0 <= video[0] < 4.0  # its best moment: the coffee scene
 
 
 def test_without_ray_installed_the_cli_says_how_to_install_it(tmp_path, image_dir):
@@ -627,3 +647,158 @@ def test_ray_workers_find_faces_and_the_driver_reads_no_file_again(ray_address, 
     again = faces_turned_on(tmp_path / "ray-on", _ray_source())
     assert (again.unchanged, again.encoded, again.faces) == (4, 0, 3), again.as_dict()  # none encoded again
     _same_faces(_faces(tmp_path / "ray-on"), _faces(tmp_path / "local-on"))
+
+
+# -- videos on Ray --------------------------------------------------------------------------------
+def _frames(index_dir) -> dict:
+    """Every sampled frame: (hash, n) -> (time, vector), and the videos' file ids."""
+    with sqlite3.connect(Path(index_dir) / "catalog.db") as db:
+        frames = {(h, n): (t, np.frombuffer(v, "<f4")) for h, n, t, v in db.execute("SELECT hash, n, time, vector FROM frames")}
+        videos = dict(db.execute("SELECT path, id FROM images WHERE path LIKE '%.mp4'"))
+    return {"frames": frames, "videos": videos}
+
+
+def _same_frames(got: dict, want: dict, tolerance: float = 1e-5) -> None:
+    assert got["videos"] == want["videos"] and got["frames"].keys() == want["frames"].keys()
+    for key, (t, vector) in want["frames"].items():
+        assert got["frames"][key][0] == t
+        assert 1.0 - float(vector @ got["frames"][key][1]) <= tolerance, key
+
+
+@pytest.fixture
+def video_dir(tmp_path) -> Path:
+    """Two photos, a real H.264 video of three scenes (a keyframe a second, as a phone writes),
+    a damaged copy of it and an empty one."""
+    from video_kit import make_video
+
+    folder = tmp_path / "clips"
+    make_image(folder / "a.jpg", seed=1, size=(96, 64))
+    make_image(folder / "b.png", seed=2, size=(96, 64))
+    clip = make_video(folder / "scenes.mp4", ["astronaut.png", "coffee.png", "rocket.jpg"], scene_seconds=2.0,
+                      size=(160, 120), codec="h264")
+    (folder / "damaged.mp4").write_bytes(clip.read_bytes()[: clip.stat().st_size // 3])
+    (folder / "empty.mov").write_bytes(b"")
+    return folder
+
+
+class _Notes:
+    """A Progress that keeps what the run shows beside its count."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def start(self, total, label) -> None: ...
+    def advance(self, n=1) -> None: ...
+    def close(self) -> None: ...
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+def test_ray_samples_videos_and_stores_their_frames_as_a_local_run_does(ray_address, tmp_path, video_dir):
+    from retrieval.search.query import search_vectors
+
+    local = _run(tmp_path / "local", [video_dir])
+    shown = _Notes()
+    store = IndexStore.open(str(tmp_path / "ray"), create=True)
+    try:
+        on_ray = indexer.run(store, ColorAligner(), [video_dir], source=_ray_source(), progress=shown)
+    finally:
+        store.close()
+    assert (on_ray.videos, on_ray.video_frames) == (local.videos, local.video_frames) and local.videos == 1
+    assert local.video_frames >= 3 and shown.notes[-1] == f"videos 1 ({local.video_frames} frames)"
+    reasons = {Path(s["path"]).name: s["reason"] for s in on_ray.skipped}
+    assert reasons == {Path(s["path"]).name: s["reason"] for s in local.skipped}
+    assert "FFmpeg cannot read" in reasons["damaged.mp4"] and reasons["empty.mov"] == "empty file (0 bytes)"
+    assert _catalog(tmp_path / "ray") == _catalog(tmp_path / "local")  # ids, rows, first frames' vectors
+    _same_frames(_frames(tmp_path / "ray"), _frames(tmp_path / "local"))
+
+    # The same moments come back, under the same FAISS ids (a frame n of file i is i + n * 2^40).
+    stores = [IndexStore.open(str(tmp_path / way)) for way in ("local", "ray")]
+    try:
+        video_id = _frames(tmp_path / "local")["videos"][str(video_dir / "scenes.mp4")]
+        second = video_id + 2**40
+        query = stores[0].catalog.image_vectors_by_id([second])[second][None]
+        found = [[(h.id, h.time, round(h.score, 5)) for h in search_vectors(st, query, 10, moments=True)[0]]
+                 for st in stores]
+        assert found[0] == found[1] and len(found[0]) == 2 + local.video_frames
+    finally:
+        for st in stores:
+            st.close()
+
+
+def test_a_video_read_as_bytes_from_a_url_is_sampled_as_the_local_file_is(tmp_path, video_dir):
+    """What a decode task does with a video behind a URL (bytes from fsspec), without a server."""
+    from retrieval.cluster import ray_index
+    from retrieval.media.decode import Loaded, load_bytes, load_video
+    from retrieval.media.video import VideoSettings
+
+    transform = ColorAligner().transform
+    settings = VideoSettings(max_frames=2)
+    clip = video_dir / "scenes.mp4"
+    url = "https://example.org/clips/scenes.mp4"
+    read = load_bytes(url, clip.read_bytes(), None)  # the read task's row: hash and recorded metadata
+    local = load_video(str(clip), transform, settings=settings)
+    assert read.hash == local.hash and read.error is None and read.times is None
+    got = ray_index._decode_one(read, clip.read_bytes(), transform, True, 30.0, video=settings)
+    assert got.path == url and got.times == local.times and len(got.times or []) == 2  # the run's settings apply
+    assert got.pixels is not None and local.pixels is not None and np.array_equal(got.pixels, local.pixels)
+    assert got.pixels.dtype == np.float16 and got.notes == local.notes
+    damaged = (video_dir / "damaged.mp4").read_bytes()
+    bad = ray_index._decode_one(Loaded("https://example.org/damaged.mp4", hash="x"), damaged, transform, True, 30.0)
+    assert bad.error == load_video(str(video_dir / "damaged.mp4"), transform).error
+    assert not list(Path(tempfile.gettempdir()).glob("retrieval-video-*"))  # the temporary copies are gone
+
+
+def _hanging_shard_task():
+    """A shard task that never returns, as one waiting for a node that is gone (shipped by value)."""
+
+    @ray.remote(num_cpus=1)
+    def hangs(trained, chunk_refs):
+        time.sleep(600)
+
+    return hangs
+
+
+def test_a_shard_build_that_stops_moving_ends_in_one_line_and_a_rerun_completes(ray_address, tmp_path, mixed_dir,
+                                                                                  monkeypatch):
+    from retrieval.cluster import ray_shards
+
+    settings = indexer.IndexSettings(on_disk=True)
+    monkeypatch.setattr(ray_shards, "build_shard_task", _hanging_shard_task())
+    hanging = source(RaySettings(aligner_factory=ColorAligner, shards_on_ray=True, stall_seconds=3))
+    started = time.monotonic()
+    with pytest.raises(RetrievalError) as err:
+        _run(tmp_path / "ray", [mixed_dir], hanging, settings=settings)
+    took = time.monotonic() - started
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("the Ray cluster built no index shard for 3s"), message
+    assert "the catalog's committed rows are kept" in message and "run the same command again" in message
+    assert took < 90, took
+    monkeypatch.undo()
+    again = _run(tmp_path / "ray", [mixed_dir], source(RaySettings(aligner_factory=ColorAligner, shards_on_ray=True)),
+                 settings=settings)
+    assert again.encoded == 0  # the vectors of the run that stalled were kept
+    _run(tmp_path / "local", [mixed_dir], settings=settings)
+    assert _catalog(tmp_path / "ray") == _catalog(tmp_path / "local")
+
+
+def _slow_on_video_frames(seconds: float):
+    """A transform that takes `seconds` on each 160 x 120 picture (the test video's frames; shipped by value)."""
+    from retrieval.media.transform import ImageTransform
+
+    class SlowOnFrames(ImageTransform):
+        def __call__(self, image):
+            if image.size == (160, 120):
+                time.sleep(seconds)
+            return super().__call__(image)
+
+    return SlowOnFrames(size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def test_a_video_sampled_for_longer_than_stall_seconds_is_not_a_stall(ray_address, tmp_path, video_dir):
+    aligner = ColorAligner()
+    aligner.transform = _slow_on_video_frames(1.0)  # 3 or more frames: past the 2 s without a result
+    summary = _run(tmp_path / "ray", [video_dir], source(RaySettings(aligner_factory=ColorAligner, stall_seconds=2)),
+                   aligner=aligner)
+    assert summary.videos == 1 and summary.video_frames >= 3

@@ -7,7 +7,8 @@ Who does what::
     read tasks (CPU)            read and hash a chunk of files (plain paths or fsspec URLs)
     driver                      asks its catalog which of those contents already have a vector
     decode tasks (CPU)          decode and preprocess the new ones (decode.load_bytes, as locally);
-                                with faces on, find the faces in the picture they decode
+                                with faces on, find the faces in the picture they decode; a new
+                                video alone in its task, sampled into frames (decode.load_video)
     encoder actors (GPU or CPU) load the aligner once, embed batches, return vectors
     driver                      commits vectors, file rows and faces together
 
@@ -64,12 +65,13 @@ from retrieval.cluster.settings import RaySettings
 from retrieval.errors import RetrievalError
 from retrieval.ingest.faces import finder_for, store_found
 from retrieval.ingest.settings import IndexSettings
-from retrieval.ingest.source import Source
+from retrieval.ingest.source import Source, encode_frames
 from retrieval.ingest.stream import batched
 from retrieval.media.deadline import DecodeTimeout, time_limit
-from retrieval.media.decode import Loaded, load_bytes
+from retrieval.media.decode import Loaded, load_bytes, load_video
 from retrieval.media.files import FileStat, SkipFile, WalkSettings, group, read_regular, walk, walk_extensions
-from retrieval.progress import Progress
+from retrieval.media.video import VideoSettings, is_video
+from retrieval.progress import Progress, note
 from retrieval.storage.faces import scanned
 from retrieval.storage.staging import Staging
 from retrieval.storage.store import IndexStore
@@ -190,10 +192,18 @@ MIN_ENCODER_CPUS = 0.25
 
 @ray.remote(num_cpus=READ_CPUS, num_returns=2)
 def read_chunk(paths: list[str]) -> tuple[list[Loaded], list[bytes | None]]:
-    """Read and hash a chunk: rows for the driver (hash and photo metadata, or an error), bytes for the decoder."""
+    """Read and hash a chunk: rows for the driver (hash and photo metadata, or an error), bytes for the decoder.
+
+    A video on a plain path is hashed in blocks, never read whole, and its decode task opens it
+    by path, as a local worker does; one behind a URL travels as bytes, like a photo.
+    """
     rows: list[Loaded] = []
     blobs: list[bytes | None] = []
     for path in paths:
+        if is_video(path) and not is_url(path):
+            rows.append(load_video(path, None))  # hash and recorded date/place, or why it is skipped
+            blobs.append(None)
+            continue
         try:
             data = read_bytes(path)
         except SkipFile as exc:
@@ -213,9 +223,13 @@ def read_chunk(paths: list[str]) -> tuple[list[Loaded], list[bytes | None]]:
 @ray.remote(num_cpus=DECODE_CPUS)
 def decode_chunk(
     rows: list[Loaded], blobs: list[bytes | None], wanted: list[int], transform, draft: bool, limit: float | None = None,
-    faces: FaceFinder | None = None, stored: Container[int] = (),
+    faces: FaceFinder | None = None, stored: Container[int] = (), video: VideoSettings | None = None,
 ) -> list[Loaded]:
     """Decode and preprocess the files at positions `wanted`, exactly as the local loader does.
+
+    A video is sampled into frames as `video` says (the run's ``IndexSettings.video``), within
+    its own limit, which grows with its length (``load_video``); its frames come back as the
+    local workers send them (float16 model inputs, with their times).
 
     With `faces` (a :class:`FaceFinder`, unpickled here with its detector built), the faces of
     each picture decoded are found too, as a local decoding worker finds them. The files at
@@ -229,15 +243,22 @@ def decode_chunk(
     _maybe_crash()
     out = []
     for i in wanted:
-        row = _decode_one(rows[i], blobs[i], transform, draft, limit, faces)
+        row = _decode_one(rows[i], blobs[i], transform, draft, limit, faces, video)
         out.append(dataclasses.replace(row, pixels=None) if i in stored else row)
     return out
 
 
 def _decode_one(
     row: Loaded, data: bytes | None, transform: Any, draft: bool, limit: float | None, faces: FaceFinder | None = None,
+    video: VideoSettings | None = None,
 ) -> Loaded:
-    if data is None:  # the read failed: its row already says why
+    if row.error is not None:  # the read failed: its row already says why
+        return row
+    if is_video(row.path):  # faces are looked for in photos only, as locally
+        if data is None:  # a plain path (read_chunk): opened there, as a local worker opens it
+            return load_video(row.path, transform, settings=video, time_limit_s=limit)
+        return load_bytes(row.path, data, transform, video=video, time_limit_s=limit)
+    if data is None:
         return row
     try:
         with time_limit(limit):
@@ -271,16 +292,25 @@ class Encoder:
     def identity(self) -> str:
         return self.aligner.identity
 
-    def encode(self, *chunks: list[Loaded]) -> tuple[list[Loaded], list[tuple[str, int, int]], np.ndarray]:
-        """Rows (no pixels), then (hash, width, height) and vectors of each distinct decoded content."""
+    def encode(self, *chunks: list[Loaded]) -> tuple[list[Loaded], list[tuple[str, int, int]], np.ndarray, list[Moments]]:
+        """Rows (no pixels; a video's times kept), then (hash, width, height) and vectors of each
+        distinct decoded photo, then each distinct decoded video's frames (:data:`Moments`)."""
         items = [item for chunk in chunks for item in chunk]
         decoded = {item.hash: item for item in items if item.pixels is not None and item.hash is not None}
-        if decoded:
-            vectors = self.aligner.encode_images(np.stack([it.pixels for it in decoded.values() if it.pixels is not None]))
+        stills = {h: it for h, it in decoded.items() if it.times is None}
+        if stills:
+            vectors = self.aligner.encode_images(np.stack([it.pixels for it in stills.values() if it.pixels is not None]))
         else:
             vectors = np.zeros((0, self.aligner.dim), np.float32)
+        # As a local run encodes them (ingest.source.encode_frames): the same batches, so the same vectors.
+        videos = [(h, list(it.times or []), encode_frames(self.aligner, it.pixels), it.width, it.height)
+                  for h, it in decoded.items() if it.times is not None]
         rows = [dataclasses.replace(it, pixels=None) for it in items]
-        return rows, [(h, it.width, it.height) for h, it in decoded.items()], vectors
+        return rows, [(h, it.width, it.height) for h, it in stills.items()], vectors, videos
+
+
+#: A video's frames as an encoder returns them: (hash, times in seconds, their vectors, width, height).
+Moments = tuple[str, list[float], np.ndarray, int, int]
 
 
 # -- the driver --------------------------------------------------------------------------
@@ -298,7 +328,7 @@ STREAMING_CHECKPOINT_PAGES = 16_384
 
 
 def commit(store: IndexStore, staging: Staging, rows: list[Loaded], encoded: list[tuple[str, np.ndarray, int, int]],
-           detector: str | None = None) -> int:
+           detector: str | None = None, videos: Sequence[Moments] = ()) -> int:
     """The single writer's step: store vectors of contents not yet stored, the faces the workers
     found (with `detector`, the finder's name, when faces are on) and record the rows, in one transaction.
 
@@ -306,7 +336,7 @@ def commit(store: IndexStore, staging: Staging, rows: list[Loaded], encoded: lis
     vectors and faces are what a killed driver keeps.
     """
     with store.catalog.transaction():
-        stored = store_and_record(store, staging, rows, encoded)
+        stored = store_videos(store, rows, videos) + store_and_record(store, staging, rows, encoded)
         if detector is not None:
             store_found(store.catalog, rows, detector)
         return stored
@@ -329,6 +359,19 @@ def store_and_record(store: IndexStore, staging: Staging, rows: list[Loaded],
             store.catalog.put_vectors(list(fresh.values()), [sameness.get(h) for h in fresh])
     if rows:
         staging.record(rows)
+    return len(fresh)
+
+
+def store_videos(store: IndexStore, rows: list[Loaded], videos: Sequence[Moments]) -> int:
+    """Each video content not yet stored, its frames with their times, as a local run stores
+    them (``Catalog.put_video``: the same frames rows, so the same FAISS ids); how many were stored."""
+    if not videos:
+        return 0
+    missing = store.catalog.missing_hashes(h for h, *_ in videos)
+    sameness = {r.hash: r.sameness for r in rows if r.hash}
+    fresh = {h: (h, times, vectors, w, ht) for h, times, vectors, w, ht in videos if h in missing}
+    for digest, times, vectors, width, height in fresh.values():
+        store.catalog.put_video(digest, times, vectors, width, height, sameness.get(digest))
     return len(fresh)
 
 
@@ -547,7 +590,7 @@ class RaySource(Source):
             log.info("one-node Ray cluster: the shards are added in this process (RaySettings.shards_on_ray)")
             return ondisk.add_shards_here(trained, parts, work, n)
         try:
-            return add_shards(trained, parts, work, n)
+            return add_shards(trained, parts, work, n, self.settings.stall_seconds)
         except ray.exceptions.RayError as exc:
             raise _lost(exc) from None
 
@@ -653,6 +696,10 @@ class _Decode:
     deadline: float
     #: Positions among `wanted` whose content has a vector already: decoded for faces only.
     stored: frozenset[int] = frozenset()
+    #: What it weighs in an encoder's group: its files, or a whole group for a video (_Pipeline._decode).
+    weight: int = 1
+    #: For a video's task, until when its sampling may run: the run is not stalled before then (_Pipeline._stall_at).
+    sampling_until: float = 0.0
 
 
 class _Pipeline:
@@ -680,9 +727,12 @@ class _Pipeline:
         # What has arrived and waits for the next commit (COMMIT_VECTORS, COMMIT_SECONDS).
         self.rows: list[Loaded] = []
         self.vectors: list[tuple] = []
+        self.videos: list[Moments] = []
         self.since: float | None = None
         # When a result last arrived: with none for RaySettings.stall_seconds the run ends (_stalled).
         self.moved = time.monotonic()
+        # Videos committed and their frames, for the progress bar's note (as LocalSource.encode shows them).
+        self.sampled = (0, 0)
 
     def _check_identity(self) -> None:
         """Before the first commit: every actor must have loaded the driver's model."""
@@ -742,7 +792,7 @@ class _Pipeline:
             # stop decoding ahead (_ahead).
             waited = [*reading, *self.decoding, *encoding, *self.loading]
             ready, _ = ray.wait(waited, num_returns=1, timeout=self._wait_seconds())
-            if not ready and time.monotonic() - self.moved >= self.ray_settings.stall_seconds:
+            if not ready and time.monotonic() >= self._stall_at():
                 raise self._stalled()
             if ready:
                 self.moved = time.monotonic()
@@ -758,13 +808,16 @@ class _Pipeline:
                 elif ref in self.decoding:
                     # Ready decodes only: an encoder call never waits on a decode that may hang.
                     group.append(ref)
-                    files = len(self.decoding.pop(ref).wanted)
-                    group_files += files
-                    self.decoded += files
+                    task = self.decoding.pop(ref)
+                    group_files += task.weight
+                    self.decoded += len(task.wanted)
+                    if group_files >= batch:  # a video fills a group alone: one video's frames per encoder call
+                        groups.append(group)
+                        group, group_files, first = [], 0, False
                 else:
                     busy[encoding.pop(ref)] -= 1
-                    got_rows, meta, vecs = self._get(ref)
-                    self._arrived(got_rows, [(h, v, w, ht) for (h, w, ht), v in zip(meta, vecs)])
+                    got_rows, meta, vecs, videos = self._get(ref)
+                    self._arrived(got_rows, [(h, v, w, ht) for (h, w, ht), v in zip(meta, vecs)], videos)
             self._overdue()
 
     def _get(self, ref: Any) -> Any:
@@ -779,19 +832,27 @@ class _Pipeline:
         ahead = self.ray_settings.decode_ahead_files  # RaySettings says why
         return 2 * len(self.encoders) + math.ceil(ahead * len(self.loading) / max(1, batch))
 
-    def _arrived(self, rows: list[Loaded], vectors: Sequence[tuple] = ()) -> None:
+    def _arrived(self, rows: list[Loaded], vectors: Sequence[tuple] = (), videos: Sequence[Moments] = ()) -> None:
         if self.since is None:
             self.since = time.monotonic()
         self.rows += rows
         self.vectors += vectors
+        self.videos += videos
 
     def _wait_seconds(self) -> float | None:
         """How long the driver may wait for results: until the next commit, decode or no-progress deadline is due."""
         due = [d.deadline for d in self.decoding.values()]
         if self.since is not None:
             due.append(self.since + COMMIT_SECONDS)
-        due.append(self.moved + self.ray_settings.stall_seconds)
+        due.append(self._stall_at())
         return max(0.0, min(due) - time.monotonic())
+
+    def _stall_at(self) -> float:
+        """When a run in which nothing arrives counts as stalled: `stall_seconds` after the last
+        result, or later while a video may still be sampled within its own limit (which grows with
+        its length, past `stall_seconds` for a long video on a busy node)."""
+        sampling = max((d.sampling_until for d in self.decoding.values()), default=0.0)
+        return max(self.moved + self.ray_settings.stall_seconds, sampling)
 
     def _stalled(self) -> RetrievalError:
         """The one line that ends a run in which nothing arrived for RaySettings.stall_seconds.
@@ -814,17 +875,25 @@ class _Pipeline:
         """Commit what has arrived once enough has, or once the first of it has waited long enough."""
         if self.since is None:
             return
-        if not (force or len(self.vectors) >= COMMIT_VECTORS or time.monotonic() - self.since >= COMMIT_SECONDS):
+        waiting = len(self.vectors) + sum(len(times) for _, times, *_ in self.videos)
+        if not (force or waiting >= COMMIT_VECTORS or time.monotonic() - self.since >= COMMIT_SECONDS):
             return
-        if self.vectors and not self.checked:
+        if (self.vectors or self.videos) and not self.checked:
             self._check_identity()
             log.info("first vectors %.1fs after the encoders were asked for", time.monotonic() - self.started)
-        rows, vectors = self.rows, self.vectors
-        self.rows, self.vectors, self.since = [], [], None
-        for row in rows:
-            if row.face_error:  # as retrieval.ingest.stream says it for a local run
+        rows, vectors, videos = self.rows, self.vectors, self.videos
+        self.rows, self.vectors, self.videos, self.since = [], [], [], None
+        for row in rows:  # as retrieval.ingest.stream says them for a local run
+            if row.times is not None:
+                for said in row.notes:  # the cap, the time limit, damage: the video is indexed only in part
+                    log.warning("%s: %s", row.path, said)
+            if row.face_error:
                 log.warning("%s: no faces looked for (the face detector failed: %s)", row.path, row.face_error)
-        self.encoded += commit(self.store, self.staging, rows, vectors, self.detector)
+        self.encoded += commit(self.store, self.staging, rows, vectors, self.detector, videos)
+        sampled = [len(row.times) for row in rows if row.times is not None]
+        if sampled:  # a run of photos alone draws as before
+            self.sampled = (self.sampled[0] + len(sampled), self.sampled[1] + sum(sampled))
+            note(self.progress, f"videos {self.sampled[0]} ({self.sampled[1]} frames)")
         self.progress.advance(len(rows))
 
     def _after_read(self, rows: list[Loaded], blobs_ref) -> None:
@@ -838,18 +907,36 @@ class _Pipeline:
         unscanned: set[str] = set()
         if self.finder_ref is not None and hashes:
             unscanned = set(hashes) - missing - scanned(self.store.catalog, hashes)
+            # A video's frames are not looked at for faces (as locally): the run's face scan records it.
+            unscanned -= {r.hash for r in rows if r.hash and is_video(r.path)}
         wanted = [i for i, r in enumerate(rows) if r.hash in missing or r.hash in unscanned]
         decoding = set(wanted)
         self._arrived([r for i, r in enumerate(rows) if i not in decoding])
-        if wanted:
-            self._decode(rows, blobs_ref, wanted, frozenset(i for i in wanted if rows[i].hash in unscanned))
+        # Each video in a task of its own: it runs within its own limit, and its frames (up to
+        # VideoSettings.max_frames of them) reach an encoder in a call of their own.
+        photos = [i for i in wanted if not is_video(rows[i].path)]
+        if photos:
+            self._decode(rows, blobs_ref, photos, frozenset(i for i in photos if rows[i].hash in unscanned))
+        for i in wanted:
+            if is_video(rows[i].path):
+                self._decode(rows, blobs_ref, [i])
+
+    def _allowed(self, rows: list[Loaded], wanted: list[int]) -> float:
+        """Seconds a decode task of these files may take, as the local pool allows (retrieval.media.workers):
+        a photo the decode limit, a video the longest its sampling may run, and one more photo's limit."""
+        per_file = self.settings.decode_seconds or 60.0
+        per_video = max(per_file, self.settings.video.longest_s + 10.0)
+        return sum(per_video if is_video(rows[i].path) else per_file for i in wanted) + per_file
 
     def _decode(self, rows: list[Loaded], blobs_ref, wanted: list[int], stored: frozenset[int] = frozenset()) -> None:
         limit = self.settings.decode_seconds
         ref = decode_chunk.remote(rows, blobs_ref, wanted, self.aligner.transform, self.settings.draft, limit,
-                                  self.finder_ref, stored)
-        deadline = time.monotonic() + (limit or 60.0) * (len(wanted) + 1) + DECODE_SLACK_S
-        self.decoding[ref] = _Decode(rows, blobs_ref, wanted, deadline, stored)
+                                  self.finder_ref, stored, self.settings.video)
+        now, allowed = time.monotonic(), self._allowed(rows, wanted)
+        video = any(is_video(rows[i].path) for i in wanted)
+        weight = self.settings.batch_size if video else len(wanted)
+        self.decoding[ref] = _Decode(rows, blobs_ref, wanted, now + allowed + DECODE_SLACK_S, stored, weight,
+                                     now + allowed if video else 0.0)
 
     def _overdue(self) -> None:
         """Decode tasks past their deadline: a decoder stuck where the task's own limit cannot reach.
@@ -868,7 +955,7 @@ class _Pipeline:
                     self._decode(task.rows, task.blobs_ref, [i], task.stored & {i})
                 continue
             path = task.rows[task.wanted[0]].path
-            seconds = (self.settings.decode_seconds or 60.0) * 2 + DECODE_SLACK_S
+            seconds = self._allowed(task.rows, task.wanted) + DECODE_SLACK_S
             log.warning("%s: decoding did not finish within %.0fs; skipped", path, seconds)
             self._arrived([Loaded(path, error=f"decoding did not finish within {seconds:g}s (the worker was replaced)")])
 

@@ -22,7 +22,11 @@ float32 vectors that went out.
 
 A task whose worker or node dies is retried by Ray (its inputs are the driver's objects);
 the shards are numbered by their place in id order, so the merged index is the same
-whatever order the tasks finish in.
+whatever order the tasks finish in. A task that never returns (resources no live node
+offers, a hung worker) would leave Ray waiting forever: when no shard finishes for the run's
+``stall_seconds`` beyond what the shards in flight may take (:func:`_patience`), the build
+ends in one line; the catalog's committed rows are kept and the same command builds the
+index again.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
 
 from retrieval.ann import ondisk
+from retrieval.errors import RetrievalError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,11 @@ log = logging.getLogger(__name__)
 #: vectors in the object store (1.5 GB for a million 384-d vectors), and past a few the
 #: driver's reading of the catalog is the limit anyway.
 MAX_IN_FLIGHT = 4
+#: Vectors a second a shard task adds at least, for the time it is allowed before a wait counts
+#: as stalled: a tenth of the slowest rate measured here (docs/scaling.md#f-on-disk-shards-one-process-against-ray-tasks:
+#: 200,000 vectors added in 38.3 s by Ray tasks on 2 loaded cores), so a big shard on a slow
+#: node is never taken for a hung one; a million-row shard is allowed about 190 s more.
+SLOWEST_ADD_RATE = 5_000.0
 
 
 @ray.remote(num_cpus=1)
@@ -57,8 +68,17 @@ def build_shard_task(trained: np.ndarray, chunk_refs: list) -> np.ndarray:
         return np.fromfile(out, dtype=np.uint8)
 
 
-def add_shards(trained: Path, parts: Iterator[Iterator[tuple[np.ndarray, np.ndarray]]], work: Path, n: int) -> list[Path]:
-    """:data:`retrieval.ann.ondisk.AddShards` on Ray: one task per shard, shard files written into `work`."""
+def add_shards(
+    trained: Path, parts: Iterator[Iterator[tuple[np.ndarray, np.ndarray]]], work: Path, n: int,
+    stall_seconds: float = 120.0, task: Any = None,
+) -> list[Path]:
+    """:data:`retrieval.ann.ondisk.AddShards` on Ray: one task per shard, shard files written into `work`.
+
+    Raises a one-line :class:`RetrievalError` when no shard finishes for `stall_seconds` (the
+    run's ``RaySettings.stall_seconds``) beyond what the shards in flight may take. `task` is
+    the remote function that builds a shard (:func:`build_shard_task`; tests give one that hangs).
+    """
+    task = task or build_shard_task
     trained_ref = ray.put(np.fromfile(trained, dtype=np.uint8))
     cpus = int(ray.cluster_resources().get("CPU", 1))
     limit = max(1, min(MAX_IN_FLIGHT, cpus))
@@ -82,11 +102,36 @@ def add_shards(trained: Path, parts: Iterator[Iterator[tuple[np.ndarray, np.ndar
             rows += len(ids)
         shards.append(work / f"shard-{number}.faiss")
         # The chunk refs stay referenced until the task is collected, so a retried task finds its inputs.
-        pending[build_shard_task.remote(trained_ref, chunk_refs)] = (number, chunk_refs, rows)
+        pending[task.remote(trained_ref, chunk_refs)] = (number, chunk_refs, rows)
         while len(pending) >= limit:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            collect(ready[0])
+            collect(_next(pending, stall_seconds, done, n))
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        collect(ready[0])
+        collect(_next(pending, stall_seconds, done, n))
     return shards
+
+
+def _patience(pending: dict, stall_seconds: float) -> float:
+    """Seconds to wait for the next shard: the stall limit, plus the time the biggest shard in
+    flight may take to add at the slowest rate allowed (SLOWEST_ADD_RATE)."""
+    biggest = max((rows for _, _, rows in pending.values()), default=0)
+    return stall_seconds + biggest / SLOWEST_ADD_RATE
+
+
+def _next(pending: dict, stall_seconds: float, done: int, n: int) -> Any:
+    """The next shard task to finish, or the one line that ends a build in which none does."""
+    waited = _patience(pending, stall_seconds)
+    ready, _ = ray.wait(list(pending), num_returns=1, timeout=waited)
+    if ready:
+        return ready[0]
+    for ref in pending:  # their workers may hold CPUs the next run needs
+        ray.cancel(ref, force=True)
+    try:
+        cpus = (f" (cluster CPUs: {ray.cluster_resources().get('CPU', 0):g}, "
+                f"free: {ray.available_resources().get('CPU', 0):g})")
+    except Exception:  # noqa: BLE001  (the cluster may be what failed: the message goes out without it)
+        cpus = ""
+    raise RetrievalError(
+        f"the Ray cluster built no index shard for {waited:.0f}s ({done} of {n} vectors added){cpus}; "
+        "the catalog's committed rows are kept and nothing was published: run the same command again, "
+        "with the cluster's capacity back, to build the index"
+    )

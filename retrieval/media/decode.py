@@ -111,12 +111,19 @@ def load_bytes(
     draft: bool = True,
     digest: str | None = None,
     faces: FaceFn | None = None,
+    video: VideoSettings | None = None,
+    time_limit_s: float | None = None,
 ) -> Loaded:
-    """:func:`load` for bytes already read (by a cluster worker, through fsspec); `digest` if already hashed."""
+    """:func:`load` for bytes already read (by a cluster worker, through fsspec); `digest` if already hashed.
+
+    A video (by its name) is sampled as `video` says, within its own limit (:func:`load_video_bytes`);
+    `time_limit_s` applies to videos only (a caller limits a photo's decode around this call).
+    """
+    if is_video(path):  # before the empty check: an empty video is skipped with a video's reason, as locally
+        return load_video_bytes(path, data, transform, skip_hashes=skip_hashes, settings=video,
+                                time_limit_s=time_limit_s)
     if not data:
         return Loaded(path, error="empty file")
-    if is_video(path):  # sampled from a local file by load_video, which a cluster run does not do yet
-        return Loaded(path, error="videos are indexed by a run on this machine (retrieval index without --ray)")
     notes: list[str] = []
     with decoder_messages(notes):
         loaded = _load_bytes(path, data, transform, skip_hashes=skip_hashes, draft=draft, digest=digest, faces=faces)
@@ -321,6 +328,29 @@ def load_video(
     assert first is not None  # sample() raises EmptyVideo when it keeps no frame
     return Loaded(path, hash=digest, width=first.width, height=first.height, pixels=np.stack(pixels),
                   notes=notes, sameness=perceptual_hash(first), times=times, meta=meta)
+
+
+def load_video_bytes(
+    path: str, data: bytes, transform: Transform | None, *, skip_hashes: Container[str] = frozenset(),
+    settings: VideoSettings | None = None, time_limit_s: float | None = None,
+) -> Loaded:
+    """:func:`load_video` for a video's bytes already read (a cluster worker's, from a URL).
+
+    FFmpeg reads a path: sampling opens the file twice (keyframes, then the frames between
+    them) and seeks in both, so the bytes are written to a temporary file of the same
+    extension (FFmpeg's "cannot read" message names the kind by it), sampled as a local file
+    is, and the file is gone when this returns. The bytes are held once in memory, as a
+    photo's are, and once on disk while sampled.
+    """
+    suffix = os.path.splitext(path)[1].lower()
+    with tempfile.NamedTemporaryFile(prefix="retrieval-video-", suffix=suffix) as file:
+        try:
+            file.write(data)
+            file.flush()
+        except OSError as exc:
+            return Loaded(path, error=f"no room to sample it (writing a temporary copy: {exc.strerror or exc})")
+        loaded = load_video(file.name, transform, skip_hashes=skip_hashes, settings=settings, time_limit_s=time_limit_s)
+    return dataclasses.replace(loaded, path=path)
 
 
 def hash_streamed(path: str, block: int = 1 << 20) -> str:
