@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,20 +25,30 @@ class FolderOrURL(click.Path):
         return super().convert(value, param, ctx)
 
 
-def _ray_settings(address: str | None, encoders: int | None, folders: Sequence[str]) -> RaySettings | None:
-    """--ray [ADDRESS] as RaySettings; URLs without --ray, and a folder taken for the address, are usage errors."""
+def _ray_settings(
+    address: str | None, encoders: int | None, folders: Sequence[str], stall: float | None = None,
+) -> RaySettings | None:
+    """--ray [ADDRESS] as RaySettings; URLs or --ray-stall without --ray, and a folder taken for the address, are usage errors."""
     urls = [f for f in folders if "://" in f]
     if address is None:
         if urls:
             raise click.UsageError(f"{urls[0]} is a URL: URLs are read by Ray workers, add --ray")
+        if stall is not None:
+            raise click.UsageError("--ray-stall limits a Ray run's wait: add --ray")
         return None
+    # FloatRange lets nan and inf through; a run that can never be called stalled waits for ever.
+    if stall is not None and not math.isfinite(stall):
+        raise click.UsageError(f"--ray-stall {stall}: give a number of seconds above 0")
     if address not in ("local", "auto") and not address.startswith("ray://") and (":" not in address or "/" in address):
         raise click.UsageError(
             f"--ray {address!r}: ADDRESS is auto, HOST:PORT or ray://HOST:10001 (put FOLDER before a bare --ray)"
         )
     from retrieval.cluster import RaySettings
 
-    return RaySettings(address=None if address == "local" else address, encoders=encoders)
+    ray_settings = RaySettings(address=None if address == "local" else address, encoders=encoders)
+    if stall is not None:
+        ray_settings.stall_seconds = stall
+    return ray_settings
 
 
 @main.command()
@@ -63,6 +74,10 @@ def _ray_settings(address: str | None, encoders: int | None, folders: Sequence[s
                    "FOLDERs may then be fsspec URLs (s3://, gs://, file://).")
 @click.option("--ray-encoders", type=click.IntRange(min=1), default=None,
               help="Encoder actors on a cluster without GPUs [default: 1; with GPUs, one per GPU].")
+@click.option("--ray-stall", "ray_stall", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="With --ray: end the run in one line after this long without progress (no file read or decoded, "
+                   "no vector stored); what was stored is kept and the same command resumes. Raise it where a "
+                   "model takes longer to load on a busy node [default: 120].")
 @click.option("--raw-pairs", type=click.Choice(["one", "both"]), default="one", show_default=True,
               help="A RAW and a JPEG of one stem in one folder: one photo (the JPEG indexed, the RAW listed "
                    "with it), or both indexed on their own.")
@@ -76,7 +91,7 @@ def _ray_settings(address: str | None, encoders: int | None, folders: Sequence[s
                    "a new index does]. --faces on an index made without them looks at its photos now.")
 def index(folders: tuple[str, ...], index_name: str, model: str | None, captions: str | None, batch_size: int,
           workers: int | None, max_index_memory: int | None, on_disk: bool | None, as_json: bool, quiet_flag: bool,
-          ray_address: str | None, ray_encoders: int | None, raw_pairs: str, video_frames: int,
+          ray_address: str | None, ray_encoders: int | None, ray_stall: float | None, raw_pairs: str, video_frames: int,
           video_seconds: float | None, faces: bool | None) -> None:
     """Index image folders (recursively); re-runs encode only what changed.
 
@@ -103,7 +118,7 @@ def index(folders: tuple[str, ...], index_name: str, model: str | None, captions
                              video=VideoSettings(max_frames=video_frames, seconds=video_seconds), faces=faces)
     summary = build_index(
         list(folders), index=index_name, model=model, captions=captions, settings=settings,
-        progress=progress(not quiet_flag), ray=_ray_settings(ray_address, ray_encoders, folders),
+        progress=progress(not quiet_flag), ray=_ray_settings(ray_address, ray_encoders, folders, ray_stall),
     )
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))

@@ -130,11 +130,24 @@ def walk_url(url: str, ignored: Counter[str] | None = None, settings: WalkSettin
         yield _stat(name(top), fs.info(top))
         return
     readable = walk_extensions()
-    for dirpath, dirs, files in fs.walk(top, detail=True):
-        # fsspec descends into `dirs` after this yield: pruned and sorted in place, as os.walk allows.
-        kept = sorted((d, info) for d, info in dirs.items() if not d.startswith("."))
-        dirs.clear()
-        dirs.update(kept)
+    # One folder listed at a time, depth first in name order (the local walk's order), instead of
+    # one fs.walk over the tree: fsspec's walk hands its on_error to the top folder only, and a
+    # sub-folder it cannot list comes out as an empty one, whose indexed files staging would then
+    # take for deleted. Such a folder is named once and marked, as the local walk does.
+    folders = [top]
+    while folders:
+        folder = folders.pop()
+        errors: list[OSError] = []
+        # An async filesystem's walk (s3fs, gcsfs) still yields the refused folder, empty.
+        listed = next(iter(fs.walk(folder, maxdepth=1, detail=True, on_error=errors.append)), None)
+        if errors or listed is None:
+            reason = (errors[0].strerror or errors[0]) if errors else "no listing"
+            log.warning("folder %s could not be read (%s): the photos indexed under it are kept as they are",
+                        name(folder), reason)
+            yield FileStat(name(folder), -1, 0.0, unlisted=True)
+            continue
+        dirpath, dirs, files = listed
+        folders += [info["name"].rstrip("/") for d, info in sorted(dirs.items(), reverse=True) if not d.startswith(".")]
         names = []
         for fname in sorted(files):
             if fname.startswith("."):

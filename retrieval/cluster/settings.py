@@ -37,6 +37,7 @@ class RaySettings:
     #: ends with a message: a cluster that lost the CPUs or nodes the work waits for would
     #: otherwise wait forever, silently. What was stored is kept; the same command resumes.
     #: Longer than a model's load on a busy node, which an encoder's restart repeats.
+    #: (`retrieval index --ray-stall SECONDS`.)
     stall_seconds: float = 120.0
     #: Decoded files that may wait for each encoder actor still loading its model, beyond the
     #: usual two groups per encoder: the cores the loading actor leaves free decode ahead instead

@@ -260,13 +260,13 @@ class Watcher:
                 self._mark(time.monotonic())  # a failed first run is tried again too
             self._not_before = time.monotonic() + self.settings.retry
             return None
-        self.batches += 1
         skipped = f", {len(summary.skipped)} not indexed (`retrieval index --json` lists why)" if summary.skipped else ""
         self.say(
-            f"batch {self.batches} ({what}): added {summary.added}, updated {summary.updated}, moved {summary.moved}, "
+            f"batch {self.batches + 1} ({what}): added {summary.added}, updated {summary.updated}, moved {summary.moved}, "
             f"removed {summary.removed}{skipped}, generation {summary.generation}, "
             f"{time.monotonic() - started:.1f}s"
         )
+        self.batches += 1  # after its line: whoever sees the count can read the line
         return summary
 
 
