@@ -61,12 +61,13 @@ import ray
 from retrieval.aligners.base import Aligner
 from retrieval.aligners.faces import FaceFinder
 from retrieval.ann.ondisk import AddShards
+from retrieval.cluster.ray_shards import capacity
 from retrieval.cluster.settings import RaySettings
 from retrieval.errors import RetrievalError
 from retrieval.ingest.faces import finder_for, store_found
 from retrieval.ingest.settings import IndexSettings
 from retrieval.ingest.source import Source, encode_frames
-from retrieval.ingest.stream import batched
+from retrieval.ingest.stream import batched, say_decoded
 from retrieval.media.deadline import DecodeTimeout, time_limit
 from retrieval.media.decode import Loaded, load_bytes, load_video
 from retrieval.media.files import FileStat, SkipFile, WalkSettings, group, read_regular, walk, walk_extensions
@@ -873,14 +874,9 @@ class _Pipeline:
         Ray waits forever for resources no live node offers (a lost node, encoders holding
         every CPU) and says nothing; the driver says what is kept and how to go on.
         """
-        try:
-            cpus = (f" (cluster CPUs: {ray.cluster_resources().get('CPU', 0):g}, "
-                    f"free: {ray.available_resources().get('CPU', 0):g})")
-        except Exception:  # noqa: BLE001  (the cluster may be what failed: the message goes out without it)
-            cpus = ""
         return RetrievalError(
             f"the Ray cluster made no progress for {self.ray_settings.stall_seconds:g}s: no file read and no vector "
-            f"stored{cpus}; the {self.encoded} vectors this run stored are kept: run the same command again, "
+            f"stored{capacity()}; the {self.encoded} vectors this run stored are kept: run the same command again, "
             "with the cluster's capacity back, to resume"
         )
 
@@ -896,12 +892,8 @@ class _Pipeline:
             log.info("first vectors %.1fs after the encoders were asked for", time.monotonic() - self.started)
         rows, vectors, videos = self.rows, self.vectors, self.videos
         self.rows, self.vectors, self.videos, self.since = [], [], [], None
-        for row in rows:  # as retrieval.ingest.stream says them for a local run
-            if row.times is not None:
-                for said in row.notes:  # the cap, the time limit, damage: the video is indexed only in part
-                    log.warning("%s: %s", row.path, said)
-            if row.face_error:
-                log.warning("%s: no faces looked for (the face detector failed: %s)", row.path, row.face_error)
+        for row in rows:
+            say_decoded(row)
         self.encoded += commit(self.store, self.staging, rows, vectors, self.detector, videos)
         sampled = [len(row.times) for row in rows if row.times is not None]
         if sampled:  # a run of photos alone draws as before

@@ -110,6 +110,16 @@ def add_shards(
     return shards
 
 
+def capacity() -> str:
+    """The cluster's CPUs, all and free, as a stall's message quotes them; empty when the
+    cluster cannot say (it may be what failed: the message goes out without it)."""
+    try:
+        return (f" (cluster CPUs: {ray.cluster_resources().get('CPU', 0):g}, "
+                f"free: {ray.available_resources().get('CPU', 0):g})")
+    except Exception:  # noqa: BLE001
+        return ""
+
+
 def _patience(pending: dict, stall_seconds: float) -> float:
     """Seconds to wait for the next shard: the stall limit, plus the time the biggest shard in
     flight may take to add at the slowest rate allowed (SLOWEST_ADD_RATE)."""
@@ -125,13 +135,8 @@ def _next(pending: dict, stall_seconds: float, done: int, n: int) -> Any:
         return ready[0]
     for ref in pending:  # their workers may hold CPUs the next run needs
         ray.cancel(ref, force=True)
-    try:
-        cpus = (f" (cluster CPUs: {ray.cluster_resources().get('CPU', 0):g}, "
-                f"free: {ray.available_resources().get('CPU', 0):g})")
-    except Exception:  # noqa: BLE001  (the cluster may be what failed: the message goes out without it)
-        cpus = ""
     raise RetrievalError(
-        f"the Ray cluster built no index shard for {waited:.0f}s ({done} of {n} vectors added){cpus}; "
+        f"the Ray cluster built no index shard for {waited:.0f}s ({done} of {n} vectors added){capacity()}; "
         "the catalog's committed rows are kept and nothing was published: run the same command again, "
         "with the cluster's capacity back, to build the index"
     )

@@ -35,12 +35,17 @@ def load_stream(
     face detector fails on gets one warning.
     """
     for loaded in _decoded(paths, transform, known, settings, count, faces):
-        for note in loaded.notes:
-            # A video's notes say it was indexed only in part (the cap, the time limit, damage): shown by default.
-            log.log(logging.WARNING if loaded.times is not None else logging.INFO, "%s: %s", loaded.path, note)
-        if loaded.face_error:
-            log.warning("%s: no faces looked for (the face detector failed: %s)", loaded.path, loaded.face_error)
+        say_decoded(loaded)
         yield loaded
+
+
+def say_decoded(loaded: Loaded) -> None:
+    """Log what the decoders said about a file, with its path (a local run's and a cluster's alike)."""
+    for note in loaded.notes:
+        # A video's notes say it was indexed only in part (the cap, the time limit, damage): shown by default.
+        log.log(logging.WARNING if loaded.times is not None else logging.INFO, "%s: %s", loaded.path, note)
+    if loaded.face_error:
+        log.warning("%s: no faces looked for (the face detector failed: %s)", loaded.path, loaded.face_error)
 
 
 def _decoded(

@@ -25,7 +25,6 @@ rows outside FOLDER stay as imported.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -217,7 +216,7 @@ def check_vectors(layout: Layout) -> None:
 
 
 def import_hash(vector: np.ndarray) -> str:
-    return "import:" + hashlib.sha256(np.ascontiguousarray(vector, "<f4").tobytes()).hexdigest()[:40]
+    return frames.import_digest(np.ascontiguousarray(vector, "<f4").tobytes())
 
 
 # -- writing the layout --------------------------------------------------------------------

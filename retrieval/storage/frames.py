@@ -157,6 +157,12 @@ _STAGE = """CREATE TEMP TABLE IF NOT EXISTS import_frames (
     PRIMARY KEY (file, n)) WITHOUT ROWID"""
 
 
+def import_digest(data: bytes) -> str:
+    """The content hash of an imported row, which has no file to hash: ``import:`` and a digest
+    of what it holds (a photo's vector: exchange.import_hash; a video's frames and times)."""
+    return "import:" + hashlib.sha256(data).hexdigest()[:40]
+
+
 def stage_imported(conn: sqlite3.Connection, rows: list[tuple[int, int, str, float, bytes]]) -> int:
     """Keep imported frame rows (file id, frame number, path, seconds, vector blob) until
     :func:`settle_imported`; returns how many were new (a repeated (file, frame) is not)."""
@@ -188,8 +194,7 @@ def settle_imported(conn: sqlite3.Connection) -> int:
     for file, path in videos:
         rows = conn.execute("SELECT time, vector FROM import_frames WHERE file = ? ORDER BY n", (file,)).fetchall()
         seconds, blobs = [float(t) for t, _ in rows], [bytes(b) for _, b in rows]
-        digest = hashlib.sha256(b"".join(blobs) + np.asarray(seconds, "<f8").tobytes()).hexdigest()[:40]
-        digest = f"import:{digest}"
+        digest = import_digest(b"".join(blobs) + np.asarray(seconds, "<f8").tobytes())
         known = conn.execute("SELECT 1 FROM vectors WHERE hash = ?", (digest,)).fetchone()
         if known is None:  # a copy of a video already settled shares its rows
             conn.execute("INSERT INTO vectors (hash, vector, frames) VALUES (?, ?, ?)", (digest, blobs[0], len(blobs)))
