@@ -119,6 +119,8 @@ def test_the_page_plays_the_video_from_its_moment(browser, served):
         card = page.locator("#results .card").first
         card.wait_for()
         assert card.get_attribute("data-id") == str(hit["id"])
+        # The results line counts the video apart too, not among "2 photos".
+        assert page.locator("#status").text_content().startswith("1 photo and 1 video for")
         assert card.locator(".moment").inner_text().endswith(f"0:{int(hit['time']):02d}")
         page.wait_for_function("() => document.querySelector('#results .card img').naturalWidth > 0")
         card.click()

@@ -301,8 +301,9 @@ function describeResults() {
         : "Try other words, or another example image.",
     );
   }
-  const noun = state.target === "texts" ? "caption" : "photo";
-  const parts = [strong(formatCount(n, noun) + (run.next !== null ? "+" : ""))];
+  const videos = state.target === "texts" ? 0 : run.items.filter(isVideo).length;
+  const count = state.target === "texts" ? formatCount(n, "caption") : formatMedia(n - videos, videos);
+  const parts = [strong(count + (run.next !== null ? "+" : ""))];
   if (state.q) parts.push(" for ", strong(`“${state.q}”`));
   if (state.like.length || upload) {
     parts.push(state.q ? " and the example image" : state.target === "texts" ? " for the example image" : " like the example image");
@@ -515,7 +516,11 @@ function formatCount(n, noun) {
 // What an index holds, as its heading says it: "12 photos and 3 videos" (images counts both).
 function formatHoldings(index) {
   const videos = Number(index.videos || 0);
-  const photos = Math.max(0, Number(index.images || 0) - videos);
+  return formatMedia(Math.max(0, Number(index.images || 0) - videos), videos);
+}
+
+// Photos and videos counted apart: "12 photos", "3 videos", "12 photos and 3 videos".
+function formatMedia(photos, videos) {
   if (!videos) return formatCount(photos, "photo");
   if (!photos) return formatCount(videos, "video");
   return `${formatCount(photos, "photo")} and ${formatCount(videos, "video")}`;
