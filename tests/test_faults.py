@@ -451,3 +451,30 @@ def test_a_folder_that_cannot_be_listed_keeps_its_photos_and_says_so(tmp_path, m
         assert {f"{locked}/{i}.png" for i in range(3)} <= set(store.catalog.files())
     finally:
         store.close()
+
+
+def test_a_catalog_created_by_two_processes_at_once_keeps_its_migrated_schema(tmp_path, monkeypatch):
+    """A search opening a new index's catalog as the first index run creates it: the opener that
+    read "no schema yet" just before the other migrated must not set version 1 over it (every
+    later run then failed on "duplicate column name")."""
+    from retrieval.storage.catalog import SCHEMA_VERSION, Catalog
+
+    path = tmp_path / "catalog.db"
+    first = Catalog(path)  # the index run: created and migrated
+    assert first.schema_version == SCHEMA_VERSION
+    real = Catalog.get_meta
+    stale = {"schema_version": True}
+
+    def get_meta_read_before_the_other(self, key, default=None):
+        if stale.pop(key, False):  # this opener's first look came before the other's commit
+            return None
+        return real(self, key, default)
+
+    monkeypatch.setattr(Catalog, "get_meta", get_meta_read_before_the_other)
+    second = Catalog(path)
+    monkeypatch.undo()
+    assert not stale  # the late look really happened
+    assert second.schema_version == first.schema_version == SCHEMA_VERSION
+    Catalog(path).migrate()  # a later run opens and migrates it as usual
+    first.close()
+    second.close()

@@ -151,8 +151,15 @@ class Catalog:
         for statement in _DDL:
             self.db.execute(statement)
         if self.get_meta("schema_version") is None:
-            # The tables above are version 1; a new catalog climbs the migrations at once.
-            self.set_meta(schema_version=1, generation=0, next_id=1)
+            # The tables above are version 1; a new catalog climbs the migrations at once. Another
+            # process may be creating the same catalog now (a search opening it as the first index
+            # run makes it): its values stand (OR IGNORE), and migrate() reads the version under
+            # its write lock. Setting 1 over that process's migrated catalog made every later run
+            # fail on "duplicate column name" (a CI failure of the torture test, 2026-12-07).
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in {"schema_version": 1, "generation": 0, "next_id": 1}.items()],
+            )
             self.migrate()
 
     # -- schema -----------------------------------------------------------
